@@ -1,0 +1,303 @@
+#include "config.h"
+
+#include <grp.h>
+
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "config_default.h"
+#include "validate.h"
+
+namespace gpubroker {
+namespace {
+
+// Reads YAML nodes into Config fields; yaml-cpp exceptions end here.
+class Reader {
+ public:
+  explicit Reader(std::string origin) : origin_(std::move(origin)) {}
+
+  Status At(const YAML::Mark& mark, const std::string& what) const {
+    if (mark.is_null()) return ConfigError(origin_ + ": " + what);
+    return ConfigError(origin_ + ":" + std::to_string(mark.line + 1) + ":" +
+                       std::to_string(mark.column + 1) + ": " + what);
+  }
+
+  Status CheckKeys(const YAML::Node& map, const std::string& where,
+                   const std::set<std::string>& allowed) const {
+    if (!map.IsMap()) return At(map.Mark(), where + " must be a mapping");
+    for (const auto& kv : map) {
+      std::string key = kv.first.Scalar();
+      if (allowed.count(key) == 0) {
+        std::string list;
+        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        return At(kv.first.Mark(), "unknown key '" + key + "' in " + where + " (known: " + list + ")");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Result<std::string> String(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar()) return At(n.Mark(), key + " must be a string");
+    return n.Scalar();
+  }
+
+  template <typename T>
+  Result<T> Unsigned(const YAML::Node& n, const std::string& key, T max) const {
+    if (!n.IsScalar()) return At(n.Mark(), key + " must be a non-negative integer");
+    const std::string& s = n.Scalar();
+    uint64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || p != s.data() + s.size() || v > max) {
+      return At(n.Mark(), key + " must be an integer 0.." + std::to_string(max) + ", not '" + s + "'");
+    }
+    return static_cast<T>(v);
+  }
+
+  Result<uint64_t> Bytes(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar()) return At(n.Mark(), key + " must be a size such as 4096 or 64MiB");
+    auto r = ParseBytes(n.Scalar());
+    if (!r.ok()) return At(n.Mark(), key + ": " + r.status().message());
+    return r;
+  }
+
+  Result<uint32_t> Mode(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar()) return At(n.Mark(), key + " must be an octal mode such as '0660'");
+    auto r = ParseMode(n.Scalar());
+    if (!r.ok()) return At(n.Mark(), key + ": " + r.status().message());
+    return r;
+  }
+
+  Status Socket(const YAML::Node& n, Config& c) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "socket", {"path", "mode", "group"}));
+    if (n["path"]) { GPB_ASSIGN_OR_RETURN(c.socket_path, String(n["path"], "socket.path")); }
+    if (n["mode"]) { GPB_ASSIGN_OR_RETURN(c.socket_mode, Mode(n["mode"], "socket.mode")); }
+    if (n["group"]) { GPB_ASSIGN_OR_RETURN(c.socket_group, String(n["group"], "socket.group")); }
+    if (c.socket_path.empty() || c.socket_path.front() != '/') {
+      return At(n["path"] ? n["path"].Mark() : n.Mark(), "socket.path must be an absolute path");
+    }
+    return Status::Ok();
+  }
+
+  Status Registry(const YAML::Node& n, Config& c) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "registry", {"name", "capacity", "mode", "group"}));
+    if (n["name"]) {
+      GPB_ASSIGN_OR_RETURN(c.registry_name, String(n["name"], "registry.name"));
+      if (c.registry_name.empty() || c.registry_name.size() > 63 ||
+          c.registry_name.find('/') != std::string::npos) {
+        return At(n["name"].Mark(), "registry.name must be 1..63 characters without '/'");
+      }
+    }
+    if (n["capacity"]) {
+      GPB_ASSIGN_OR_RETURN(c.registry_capacity,
+                           Unsigned<uint32_t>(n["capacity"], "registry.capacity", 1u << 20));
+      if (c.registry_capacity == 0) return At(n["capacity"].Mark(), "registry.capacity must be at least 1");
+    }
+    if (n["mode"]) { GPB_ASSIGN_OR_RETURN(c.registry_mode, Mode(n["mode"], "registry.mode")); }
+    if (n["group"]) { GPB_ASSIGN_OR_RETURN(c.registry_group, String(n["group"], "registry.group")); }
+    return Status::Ok();
+  }
+
+  Status LimitsNode(const YAML::Node& n, Limits& l) const {
+    GPB_RETURN_IF_ERROR(
+        CheckKeys(n, "limits", {"max_slots", "max_bytes_per_client", "max_connections"}));
+    if (n["max_slots"]) {
+      GPB_ASSIGN_OR_RETURN(l.max_slots, Unsigned<uint32_t>(n["max_slots"], "limits.max_slots", 1u << 20));
+    }
+    if (n["max_bytes_per_client"]) {
+      GPB_ASSIGN_OR_RETURN(l.max_bytes_per_client,
+                           Bytes(n["max_bytes_per_client"], "limits.max_bytes_per_client"));
+    }
+    if (n["max_connections"]) {
+      GPB_ASSIGN_OR_RETURN(l.max_connections,
+                           Unsigned<uint32_t>(n["max_connections"], "limits.max_connections", 65536));
+      if (l.max_connections == 0) return At(n["max_connections"].Mark(), "limits.max_connections must be at least 1");
+    }
+    return Status::Ok();
+  }
+
+  Result<PoolConfig> Pool(const YAML::Node& n) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "a pool",
+                                  {"name", "backend", "device", "dtype", "shape", "bytes", "mode", "group"}));
+    PoolConfig p;
+    if (!n["name"]) return At(n.Mark(), "a pool needs a name");
+    GPB_ASSIGN_OR_RETURN(p.name, String(n["name"], "pool name"));
+    if (Status s = ValidateName(p.name); !s.ok()) return At(n["name"].Mark(), s.message());
+    if (n["backend"]) {
+      GPB_ASSIGN_OR_RETURN(std::string b, String(n["backend"], "pool backend"));
+      auto kind = ParseBackend(b);
+      if (!kind.ok()) return At(n["backend"].Mark(), kind.status().message());
+      p.backend = *kind;
+    }
+    if (n["device"]) {
+      GPB_ASSIGN_OR_RETURN(std::string d, String(n["device"], "pool device"));
+      if (d.rfind("GPU-", 0) == 0) {
+        return At(n["device"].Mark(), "device UUIDs are accepted once the CUDA backends are built");
+      }
+      auto v = Unsigned<int32_t>(n["device"], "pool device", 1 << 16);
+      if (!v.ok()) return v.status();
+      p.device_ordinal = *v;
+    }
+    std::string dtype = "uint8";
+    if (n["dtype"]) { GPB_ASSIGN_OR_RETURN(dtype, String(n["dtype"], "pool dtype")); }
+    auto dt = ParseDType(dtype);
+    if (!dt.ok()) return At(n["dtype"] ? n["dtype"].Mark() : n.Mark(), dt.status().message());
+    p.dtype = *dt;
+    if (n["shape"]) {
+      const YAML::Node& s = n["shape"];
+      if (!s.IsSequence() || s.size() > kMaxDims) {
+        return At(s.Mark(), "pool shape must be a list of at most 8 sizes");
+      }
+      for (const auto& dim : s) {
+        GPB_ASSIGN_OR_RETURN(uint64_t v, Unsigned<uint64_t>(dim, "pool shape entry", INT64_MAX));
+        p.shape.push_back(static_cast<int64_t>(v));
+      }
+    }
+    if (n["bytes"]) { GPB_ASSIGN_OR_RETURN(p.bytes, Bytes(n["bytes"], "pool bytes")); }
+    if (!n["shape"] && !n["bytes"]) return At(n.Mark(), "pool '" + p.name + "' needs a shape or bytes");
+    if (!n["shape"]) p.shape = {static_cast<int64_t>(p.bytes / p.dtype.itemsize())};
+    if (n["mode"]) { GPB_ASSIGN_OR_RETURN(p.mode, Mode(n["mode"], "pool mode")); }
+    if (n["group"]) { GPB_ASSIGN_OR_RETURN(p.group, String(n["group"], "pool group")); }
+    auto strides = ContiguousStrides(p.shape);
+    if (!strides.ok()) return At(n.Mark(), "pool '" + p.name + "': " + strides.status().message());
+    auto extent = ViewExtentBytes(p.dtype, p.shape, *strides);
+    if (!extent.ok()) return At(n.Mark(), "pool '" + p.name + "': " + extent.status().message());
+    if (p.bytes != 0 && p.bytes < *extent) {
+      return At(n["bytes"].Mark(), "pool '" + p.name + "': bytes is smaller than the shape needs (" +
+                                       std::to_string(*extent) + ")");
+    }
+    return p;
+  }
+
+  Status Logging(const YAML::Node& n, Config& c) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "logging", {"level", "format"}));
+    if (n["level"]) {
+      GPB_ASSIGN_OR_RETURN(c.log_level, String(n["level"], "logging.level"));
+      static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn",
+                                                    "error", "critical", "off"};
+      if (kLevels.count(c.log_level) == 0) {
+        return At(n["level"].Mark(), "logging.level must be trace, debug, info, warn, error, critical or off");
+      }
+    }
+    if (n["format"]) {
+      GPB_ASSIGN_OR_RETURN(c.log_format, String(n["format"], "logging.format"));
+      if (c.log_format != "text" && c.log_format != "json") {
+        return At(n["format"].Mark(), "logging.format must be text or json");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Result<Config> Top(const YAML::Node& root) const {
+    Config c;
+    if (root.IsNull()) return c;
+    GPB_RETURN_IF_ERROR(CheckKeys(root, "the top level",
+                                  {"socket", "registry", "admin_group", "default_backend",
+                                   "limits", "pools", "logging"}));
+    if (root["socket"]) GPB_RETURN_IF_ERROR(Socket(root["socket"], c));
+    if (root["registry"]) GPB_RETURN_IF_ERROR(Registry(root["registry"], c));
+    if (root["admin_group"]) { GPB_ASSIGN_OR_RETURN(c.admin_group, String(root["admin_group"], "admin_group")); }
+    if (root["default_backend"]) {
+      const YAML::Node& n = root["default_backend"];
+      GPB_ASSIGN_OR_RETURN(c.default_backend, String(n, "default_backend"));
+      if (c.default_backend != "auto" && !ParseBackend(c.default_backend).ok()) {
+        return At(n.Mark(), "default_backend must be auto, host, cuda_vmm or cuda_ipc");
+      }
+    }
+    if (root["limits"]) GPB_RETURN_IF_ERROR(LimitsNode(root["limits"], c.limits));
+    if (root["pools"]) {
+      const YAML::Node& pools = root["pools"];
+      if (!pools.IsSequence()) return At(pools.Mark(), "pools must be a list");
+      std::set<std::string> names;
+      for (const auto& n : pools) {
+        GPB_ASSIGN_OR_RETURN(PoolConfig p, Pool(n));
+        if (!names.insert(p.name).second) return At(n.Mark(), "pool '" + p.name + "' is listed twice");
+        c.pools.push_back(std::move(p));
+      }
+    }
+    if (root["logging"]) GPB_RETURN_IF_ERROR(Logging(root["logging"], c));
+    return c;
+  }
+
+ private:
+  std::string origin_;
+};
+
+}  // namespace
+
+std::string_view EmbeddedDefaultConfig() { return kEmbeddedDefaultConfig; }
+
+Result<Config> ParseConfig(std::string_view yaml, const std::string& origin) {
+  Reader reader(origin);
+  try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    GPB_ASSIGN_OR_RETURN(Config c, reader.Top(root));
+    GPB_RETURN_IF_ERROR(ValidateConfig(c).Annotate(origin));
+    return c;
+  } catch (const YAML::Exception& e) {
+    return reader.At(e.mark, e.msg);
+  }
+}
+
+Result<Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return ConfigError("cannot read config file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseConfig(text.str(), path);
+}
+
+Status ValidateConfig(const Config& c) {
+  if (c.limits.max_slots > c.registry_capacity) {
+    return ConfigError("limits.max_slots (" + std::to_string(c.limits.max_slots) +
+                       ") exceeds registry.capacity (" + std::to_string(c.registry_capacity) + ")");
+  }
+  if (c.pools.size() > c.registry_capacity) return ConfigError("more pools than registry.capacity");
+  return Status::Ok();
+}
+
+Result<uint32_t> ParseMode(std::string_view text) {
+  uint32_t v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v, 8);
+  if (text.empty() || ec != std::errc() || p != text.data() + text.size() || v > 0777) {
+    return ConfigError("'" + std::string(text) + "' is not an octal mode 0000..0777");
+  }
+  return v;
+}
+
+Result<uint64_t> ParseBytes(std::string_view text) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p == text.data()) {
+    return ConfigError("'" + std::string(text) + "' is not a size (e.g. 4096, 64MiB, 2GiB)");
+  }
+  std::string_view unit(p, text.data() + text.size() - p);
+  uint64_t scale = 1;
+  if (unit == "" || unit == "B") scale = 1;
+  else if (unit == "KiB") scale = 1ull << 10;
+  else if (unit == "MiB") scale = 1ull << 20;
+  else if (unit == "GiB") scale = 1ull << 30;
+  else if (unit == "TiB") scale = 1ull << 40;
+  else return ConfigError("unknown size unit '" + std::string(unit) + "' (use B, KiB, MiB, GiB or TiB)");
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(v, scale, &bytes)) return ConfigError("size '" + std::string(text) + "' overflows");
+  return bytes;
+}
+
+Result<gid_t> LookupGroup(const std::string& name) {
+  gid_t numeric = 0;
+  auto [p, ec] = std::from_chars(name.data(), name.data() + name.size(), numeric);
+  if (ec == std::errc() && p == name.data() + name.size()) return numeric;
+  group g{};
+  group* found = nullptr;
+  std::vector<char> buf(16384);
+  if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return ConfigError("unknown group '" + name + "'");
+  }
+  return found->gr_gid;
+}
+
+}  // namespace gpubroker

@@ -1,0 +1,83 @@
+// Who holds what: allocations, connected clients and their leases.
+//
+// A lease ties one client connection to one allocation; a client holds at most
+// one lease entry per allocation, counting its attaches. An allocation lives
+// while any slot views it or any lease holds it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "gpubroker/types.hpp"
+
+namespace gpubroker {
+
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups
+};
+
+struct Lease {
+  uint32_t count = 0;
+  std::string slot;  // the name it was first attached through
+};
+
+struct ClientEntry {
+  uint64_t id = 0;
+  PeerCredentials peer;
+  std::string name;
+  bool greeted = false;  // hello received
+  uint64_t connected_ns = 0;
+  uint64_t bytes_created = 0;  // live allocations this client created
+  std::map<uint64_t, Lease> leases;  // by allocation id
+};
+
+struct Allocation {
+  uint64_t id = 0;
+  BackendKind backend = BackendKind::kHost;
+  std::unique_ptr<BackendMemory> memory;
+  uint64_t bytes = 0;      // as requested; memory->size() may be larger
+  uint64_t creator = 0;    // client id; 0 for the broker's own pools
+  std::set<uint32_t> slots;  // registry entries viewing it
+  uint32_t leases = 0;       // sum of lease counts over clients
+};
+
+class LeaseTable {
+ public:
+  ClientEntry& AddClient(uint64_t id, PeerCredentials peer, uint64_t now_ns);
+  ClientEntry* FindClient(uint64_t id);
+  const std::map<uint64_t, ClientEntry>& clients() const { return clients_; }
+  // Drops the client and every lease it held; returns the allocations touched.
+  std::vector<uint64_t> RemoveClient(uint64_t id);
+
+  Allocation& AddAllocation(Allocation a);
+  Allocation* FindAllocation(uint64_t id);
+  const std::map<uint64_t, Allocation>& allocations() const { return allocations_; }
+  uint64_t NextAllocationId() { return ++last_allocation_id_; }
+
+  void TakeLease(ClientEntry& client, Allocation& a, const std::string& slot);
+  // Returns the client's remaining count, or -1 if it held no lease on it.
+  int64_t DropLease(ClientEntry& client, uint64_t allocation_id);
+
+  // Frees the allocation if no slot and no lease keeps it; true if freed.
+  bool FreeIfUnused(uint64_t allocation_id);
+
+  uint64_t total_leases() const;
+  uint64_t BytesOn(Device::Type type) const;
+
+ private:
+  std::map<uint64_t, ClientEntry> clients_;
+  std::map<uint64_t, Allocation> allocations_;
+  uint64_t last_allocation_id_ = 0;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,13 @@
+// spdlog set-up for the broker: level and text or JSON lines on stderr.
+#pragma once
+
+#include <string>
+
+#include "gpubroker/status.hpp"
+
+namespace gpubroker {
+
+// format: "text" or "json"; level: a spdlog level name.
+Status SetupLogging(const std::string& level, const std::string& format);
+
+}  // namespace gpubroker

@@ -1,0 +1,86 @@
+// gpubrokerd: flags, configuration, logging; the rest is RunBroker().
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker.h"
+#include "config.h"
+#include "logging.h"
+#include "version.h"
+
+namespace {
+
+struct Flags {
+  std::string config_file;
+  std::optional<std::string> socket, socket_mode, registry, admin_group, log_level, log_format,
+      default_backend, max_bytes_per_client;
+  std::optional<uint32_t> capacity, max_slots, max_connections;
+  bool print_default = false;
+};
+
+gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
+  using namespace gpubroker;
+  if (f.socket) c.socket_path = *f.socket;
+  if (f.socket_mode) { GPB_ASSIGN_OR_RETURN(c.socket_mode, ParseMode(*f.socket_mode)); }
+  if (f.registry) c.registry_name = *f.registry;
+  if (f.capacity) c.registry_capacity = *f.capacity;
+  if (f.admin_group) c.admin_group = *f.admin_group;
+  if (f.log_level) c.log_level = *f.log_level;
+  if (f.log_format) c.log_format = *f.log_format;
+  if (f.default_backend) c.default_backend = *f.default_backend;
+  if (f.max_slots) c.limits.max_slots = *f.max_slots;
+  if (f.max_connections) c.limits.max_connections = *f.max_connections;
+  if (f.max_bytes_per_client) {
+    GPB_ASSIGN_OR_RETURN(c.limits.max_bytes_per_client, ParseBytes(*f.max_bytes_per_client));
+  }
+  return ValidateConfig(c).Annotate("command line");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gpubrokerd: shares GPU and host buffers between processes, by name, zero-copy"};
+  app.set_version_flag("--version", gpubroker::kGpubrokerVersion);
+  Flags f;
+  app.add_option("-c,--config", f.config_file, "YAML config file (default: the embedded one)");
+  app.add_option("--socket", f.socket, "control socket path");
+  app.add_option("--socket-mode", f.socket_mode, "control socket mode, octal");
+  app.add_option("--registry", f.registry, "registry segment name (/dev/shm/NAME)");
+  app.add_option("--capacity", f.capacity, "registry capacity in slots");
+  app.add_option("--admin-group", f.admin_group, "group whose members administer the broker");
+  app.add_option("--default-backend", f.default_backend, "auto, host, cuda_vmm or cuda_ipc");
+  app.add_option("--max-slots", f.max_slots, "limit on live slots");
+  app.add_option("--max-bytes-per-client", f.max_bytes_per_client, "e.g. 64GiB; 0 = unlimited");
+  app.add_option("--max-connections", f.max_connections, "limit on client connections");
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
+  app.add_option("--log-format", f.log_format, "text or json");
+  app.add_flag("--print-default-config", f.print_default, "print the embedded config and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  if (f.print_default) {
+    std::cout << gpubroker::EmbeddedDefaultConfig();
+    return 0;
+  }
+  auto config = f.config_file.empty()
+                    ? gpubroker::ParseConfig(gpubroker::EmbeddedDefaultConfig(), "<embedded default>")
+                    : gpubroker::LoadConfigFile(f.config_file);
+  if (!config.ok()) {
+    std::cerr << "gpubrokerd: " << config.status().message() << "\n";
+    return 2;
+  }
+  if (auto s = ApplyFlags(f, *config); !s.ok()) {
+    std::cerr << "gpubrokerd: " << s.message() << "\n";
+    return 2;
+  }
+  if (auto s = gpubroker::SetupLogging(config->log_level, config->log_format); !s.ok()) {
+    std::cerr << "gpubrokerd: " << s.message() << "\n";
+    return 2;
+  }
+  gpubroker::Status s = gpubroker::RunBroker(*config);
+  if (!s.ok()) {
+    spdlog::critical("{}", s.ToString());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,245 @@
+#include "request_handler.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <ctime>
+
+#include <spdlog/spdlog.h>
+
+#include "version.h"
+
+namespace gpubroker {
+
+uint64_t NowNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options)
+    : registry_(registry), backends_(backends), options_(std::move(options)) {
+  if (options_.limits.max_slots == 0 || options_.limits.max_slots > registry_.capacity()) {
+    options_.limits.max_slots = registry_.capacity();
+  }
+}
+
+Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
+  if (table_.clients().size() >= options_.limits.max_connections) {
+    return ResourceExhausted("too many connections (limit " +
+                             std::to_string(options_.limits.max_connections) + ")");
+  }
+  uint64_t id = ++last_client_id_;
+  table_.AddClient(id, peer, NowNs());
+  spdlog::info("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
+  return id;
+}
+
+Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> message) {
+  ClientEntry* client = table_.FindClient(client_id);
+  if (client == nullptr) {
+    return Reply{wire::EncodeError(0, Internal("unknown connection")), UniqueFd(), true};
+  }
+  auto frame = wire::ParseFrame(message);
+  if (!frame.ok()) {
+    uint32_t request_id = 0;
+    if (message.size() >= sizeof(wire::Header)) {
+      std::memcpy(&request_id, message.data() + offsetof(wire::Header, request_id), sizeof request_id);
+    }
+    spdlog::warn("client {}: rejected message: {}", client_id, frame.status().message());
+    return Reply{wire::EncodeError(request_id, frame.status()), UniqueFd(), false};
+  }
+  Result<Reply> reply = Dispatch(*client, *frame);
+  if (!reply.ok()) {
+    spdlog::debug("client {}: {} failed: {}", client_id,
+                  wire::TypeName(static_cast<uint16_t>(frame->type)), reply.status().ToString());
+    return Reply{wire::EncodeError(frame->request_id, reply.status()), UniqueFd(), false};
+  }
+  return std::move(reply).value();
+}
+
+namespace {
+
+// Decodes the payload as T and calls the member handler.
+template <typename T, typename H>
+Result<Reply> Call(RequestHandler* self, H handler, auto request, const wire::Frame& f) {
+  GPB_ASSIGN_OR_RETURN(T message, wire::Decode<T>(f.payload));
+  return (self->*handler)(request, message);
+}
+
+}  // namespace
+
+Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f) {
+  using wire::MsgType;
+  if (f.reply) return ProtocolError("clients send requests, not replies");
+  Request r{client, f.request_id};
+  if (!client.greeted && f.type != MsgType::kHello) {
+    return ProtocolError(wire::TypeName(static_cast<uint16_t>(f.type)) +
+                         " before hello; send hello first");
+  }
+  switch (f.type) {
+    case MsgType::kHello: return Call<wire::HelloRequest>(this, &RequestHandler::OnHello, r, f);
+    case MsgType::kCreate: return Call<wire::CreateRequest>(this, &RequestHandler::OnCreate, r, f);
+    case MsgType::kAttach: return Call<wire::AttachRequest>(this, &RequestHandler::OnAttach, r, f);
+    case MsgType::kDetach: return Call<wire::DetachRequest>(this, &RequestHandler::OnDetach, r, f);
+    case MsgType::kDestroy: return Call<wire::DestroyRequest>(this, &RequestHandler::OnDestroy, r, f);
+    case MsgType::kList: return Call<wire::ListRequest>(this, &RequestHandler::OnList, r, f);
+    case MsgType::kStat: return Call<wire::StatRequest>(this, &RequestHandler::OnStat, r, f);
+    case MsgType::kClients: return Call<wire::ClientsRequest>(this, &RequestHandler::OnClients, r, f);
+    case MsgType::kLeases: return Call<wire::LeasesRequest>(this, &RequestHandler::OnLeases, r, f);
+    case MsgType::kStatus: return Call<wire::StatusRequest>(this, &RequestHandler::OnStatus, r, f);
+    case MsgType::kShutdown:
+      return Call<wire::ShutdownRequest>(this, &RequestHandler::OnShutdown, r, f);
+    case MsgType::kNotice:
+    case MsgType::kError: break;
+  }
+  return ProtocolError("unknown message type " + std::to_string(static_cast<uint16_t>(f.type)));
+}
+
+Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
+  if (r.client.greeted) return ProtocolError("hello sent twice");
+  if (m.protocol_version != wire::kProtocolVersion) {
+    return Unsupported("client speaks protocol " + std::to_string(m.protocol_version) +
+                       "; this broker speaks " + std::to_string(wire::kProtocolVersion));
+  }
+  r.client.greeted = true;
+  r.client.name = std::string(m.client_name.view());
+  spdlog::info("client {} is '{}' (pid {})", r.client.id, r.client.name, r.client.peer.pid);
+  wire::HelloReply reply{};
+  reply.protocol_version = wire::kProtocolVersion;
+  reply.broker_pid = ::getpid();
+  reply.boot_generation = registry_.boot_generation();
+  reply.client_id = r.client.id;
+  reply.capacity = registry_.capacity();
+  reply.registry_name.set(registry_.name());
+  return Reply{wire::EncodeReply(r.id, reply)};
+}
+
+Result<Reply> RequestHandler::OnList(Request r, const wire::ListRequest& m) {
+  std::vector<SlotDescriptor> out;
+  std::optional<uint32_t> next = registry_.Scan(
+      m.cursor, m.max_entries, [&](const SlotDescriptor& d) { out.push_back(d); });
+  wire::ListReply head{static_cast<uint32_t>(out.size()), next.value_or(wire::kEndCursor)};
+  return Reply{wire::EncodeListReply(r.id, head, std::span<const SlotDescriptor>(out))};
+}
+
+Result<Reply> RequestHandler::OnStat(Request r, const wire::StatRequest& m) {
+  GPB_ASSIGN_OR_RETURN(uint32_t index, FindSlot(m.name.view()));
+  wire::SlotReply reply{registry_.Get(index)};
+  return Reply{wire::EncodeReply(r.id, reply)};
+}
+
+namespace {
+
+// One page [cursor, cursor + max) of a sequence produced by `each`.
+template <typename Head, typename Record, typename Each>
+Reply Page(uint32_t request_id, uint32_t cursor, uint32_t max, Each each) {
+  std::vector<Record> out;
+  uint32_t position = 0;
+  bool more = false;
+  each([&](const Record& rec) {
+    if (position++ < cursor) return;
+    if (out.size() == max) {
+      more = true;
+      return;
+    }
+    out.push_back(rec);
+  });
+  Head head{static_cast<uint32_t>(out.size()), more ? cursor + max : wire::kEndCursor};
+  return Reply{wire::EncodeListReply(request_id, head, std::span<const Record>(out))};
+}
+
+}  // namespace
+
+Result<Reply> RequestHandler::OnClients(Request r, const wire::ClientsRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "listing clients"));
+  return Page<wire::ClientsReply, wire::ClientRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
+    for (const auto& [id, c] : table_.clients()) {
+      wire::ClientRecord rec{};
+      rec.client_id = id;
+      rec.connected_ns = c.connected_ns;
+      rec.bytes_created = c.bytes_created;
+      rec.pid = c.peer.pid;
+      rec.uid = c.peer.uid;
+      rec.gid = c.peer.gid;
+      for (const auto& [aid, lease] : c.leases) rec.lease_count += lease.count;
+      rec.name.set(c.name);
+      emit(rec);
+    }
+  });
+}
+
+Result<Reply> RequestHandler::OnLeases(Request r, const wire::LeasesRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "listing leases"));
+  return Page<wire::LeasesReply, wire::LeaseRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
+    for (const auto& [id, c] : table_.clients()) {
+      for (const auto& [aid, lease] : c.leases) {
+        wire::LeaseRecord rec{};
+        rec.client_id = id;
+        rec.allocation_id = aid;
+        const Allocation* a = table_.FindAllocation(aid);
+        rec.allocation_bytes = a != nullptr ? a->bytes : 0;
+        rec.count = lease.count;
+        rec.slot.set(lease.slot);
+        emit(rec);
+      }
+    }
+  });
+}
+
+Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
+  wire::StatusReply s{};
+  s.boot_generation = registry_.boot_generation();
+  s.started_ns = options_.started_ns;
+  s.bytes_host = table_.BytesOn(Device::kCpu);
+  s.bytes_device = table_.BytesOn(Device::kCuda);
+  s.broker_pid = ::getpid();
+  s.state = stopping_ ? wire::kStateStopping : wire::kStateRunning;
+  s.capacity = registry_.capacity();
+  s.max_slots = options_.limits.max_slots;
+  s.slots = registry_.live();
+  s.allocations = static_cast<uint32_t>(table_.allocations().size());
+  s.clients = static_cast<uint32_t>(table_.clients().size());
+  s.leases = static_cast<uint32_t>(table_.total_leases());
+  s.registry_name.set(registry_.name());
+  s.broker_version.set(kGpubrokerVersion);
+  return Reply{wire::EncodeReply(r.id, s)};
+}
+
+Result<Reply> RequestHandler::OnShutdown(Request r, const wire::ShutdownRequest&) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "shutting the broker down"));
+  spdlog::info("client {} ('{}') asked the broker to shut down", r.client.id, r.client.name);
+  shutdown_requested_ = true;
+  return Reply{wire::EncodeReply(r.id, wire::ShutdownReply{})};
+}
+
+bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {
+  if (peer.uid == 0 || peer.uid == ::geteuid()) return true;
+  if (!options_.admin_group) return false;
+  gid_t g = *options_.admin_group;
+  return peer.gid == g || std::find(peer.groups.begin(), peer.groups.end(), g) != peer.groups.end();
+}
+
+bool RequestHandler::Allows(const PeerCredentials& peer, const SlotDescriptor& slot,
+                            uint32_t bit) const {
+  if (IsAdmin(peer)) return true;
+  uint32_t mode = slot.mode;
+  if (peer.uid == slot.owner_uid) return (mode >> 6) & bit;
+  bool in_group = peer.gid == slot.owner_gid ||
+                  std::find(peer.groups.begin(), peer.groups.end(), slot.owner_gid) != peer.groups.end();
+  if (in_group) return (mode >> 3) & bit;
+  return mode & bit;
+}
+
+Status RequestHandler::RequireAdmin(const ClientEntry& client, std::string_view what) const {
+  if (IsAdmin(client.peer)) return Status::Ok();
+  return PermissionDenied(std::string(what) + " needs root or the admin group");
+}
+
+Result<uint32_t> RequestHandler::FindSlot(std::string_view name) const {
+  std::optional<uint32_t> index = registry_.Find(name);
+  if (!index) return NotFound("no slot named '" + std::string(name) + "'");
+  return *index;
+}
+
+}  // namespace gpubroker

@@ -1,0 +1,104 @@
+// The broker's logic: one handler per message type, over the registry, the
+// lease table and the backends. No sockets here; the session hands in bytes
+// and sends back what Handle() returns, so every branch is testable alone.
+// Single-threaded: the event loop is its only caller.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "config.h"
+#include "lease_table.h"
+#include "posix.h"
+#include "registry.h"
+#include "wire.h"
+
+namespace gpubroker {
+
+struct Reply {
+  std::vector<std::byte> bytes;
+  UniqueFd fd;  // sent with the reply as SCM_RIGHTS, then closed
+  bool close_connection = false;
+};
+
+struct HandlerOptions {
+  Limits limits;
+  std::optional<gid_t> admin_group;
+  uint64_t started_ns = 0;
+};
+
+class RequestHandler {
+ public:
+  RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options);
+
+  // A new connection; kResourceExhausted past limits.max_connections.
+  Result<uint64_t> OnConnect(const PeerCredentials& peer);
+  // One received message; always returns a reply to send.
+  Reply Handle(uint64_t client_id, std::span<const std::byte> message);
+  // The connection closed (cleanly or not): its leases go back.
+  void OnDisconnect(uint64_t client_id);
+
+  // Creates a configured pool as a broker-owned slot.
+  Status CreatePool(const PoolConfig& pool);
+
+  // New creates and attaches are refused while draining or stopping.
+  void SetStopping() { stopping_ = true; }
+  bool shutdown_requested() const { return shutdown_requested_; }
+  const LeaseTable& leases() const { return table_; }
+
+ private:
+  struct Request {
+    ClientEntry& client;
+    uint32_t id;
+  };
+
+  Result<Reply> Dispatch(ClientEntry& client, const wire::Frame& frame);
+  Result<Reply> OnHello(Request r, const wire::HelloRequest& m);
+  Result<Reply> OnCreate(Request r, const wire::CreateRequest& m);
+  Result<Reply> OnAttach(Request r, const wire::AttachRequest& m);
+  Result<Reply> OnDetach(Request r, const wire::DetachRequest& m);
+  Result<Reply> OnDestroy(Request r, const wire::DestroyRequest& m);
+  Result<Reply> OnList(Request r, const wire::ListRequest& m);
+  Result<Reply> OnStat(Request r, const wire::StatRequest& m);
+  Result<Reply> OnClients(Request r, const wire::ClientsRequest& m);
+  Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
+  Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
+  Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
+
+  // Who: the creator of a slot (a client, or the broker for pools).
+  struct Owner {
+    uint64_t client_id;
+    uid_t uid;
+    gid_t gid;
+  };
+  Result<uint32_t> CreateSlot(const wire::CreateRequest& m, const Owner& owner, ClientEntry* client);
+  Result<Allocation*> NewAllocation(const wire::CreateRequest& m, uint64_t bytes, const Owner& owner,
+                                    ClientEntry* client);
+  Result<Reply> AttachSlot(Request r, uint32_t index, bool read_only);
+  bool IsAdmin(const PeerCredentials& peer) const;
+  // mode bit 4 (read) or 2 (write), chosen by the owner / group / other triplet.
+  bool Allows(const PeerCredentials& peer, const SlotDescriptor& slot, uint32_t bit) const;
+  Status RequireAdmin(const ClientEntry& client, std::string_view what) const;
+  Result<uint32_t> FindSlot(std::string_view name) const;
+  // Mirrors an allocation's lease count into every slot that views it.
+  void SyncLeaseCount(const Allocation& a);
+  void ReleaseIfUnused(uint64_t allocation_id);
+
+  Registry& registry_;
+  BackendSet& backends_;
+  HandlerOptions options_;
+  LeaseTable table_;
+  uint64_t last_client_id_ = 0;
+  bool stopping_ = false;
+  bool shutdown_requested_ = false;
+};
+
+uint64_t NowNs();
+
+}  // namespace gpubroker

@@ -1,0 +1,154 @@
+#include "server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "seqpacket.h"
+
+namespace gpubroker {
+namespace {
+
+PeerCredentials ReadPeer(int fd) {
+  PeerCredentials peer;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    peer.pid = cred.pid;
+    peer.uid = cred.uid;
+    peer.gid = cred.gid;
+  } else {
+    peer.uid = static_cast<uid_t>(-1);  // unknown: grant nothing
+    peer.gid = static_cast<gid_t>(-1);
+  }
+  gid_t groups[256];
+  len = sizeof groups;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
+    peer.groups.assign(groups, groups + len / sizeof(gid_t));
+  }
+  return peer;
+}
+
+Result<UniqueFd> BindSocket(const Config& config) {
+  const std::string& path = config.socket_path;
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status(Code::kIo, "cannot create socket directory " + dir.string() + ": " + ec.message());
+  if (std::filesystem::exists(path, ec)) {
+    if (ConnectSeqpacket(path).ok()) {
+      return AlreadyExists("a broker is already listening on " + path);
+    }
+    spdlog::warn("removing stale socket {}", path);
+    ::unlink(path.c_str());
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return ConfigError("socket path is too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) return PosixError("socket", errno);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return PosixError("bind " + path, errno);
+  }
+  if (::chmod(path.c_str(), config.socket_mode) != 0) return PosixError("chmod " + path, errno);
+  if (!config.socket_group.empty()) {
+    GPB_ASSIGN_OR_RETURN(gid_t gid, LookupGroup(config.socket_group));
+    if (::chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) return PosixError("chown " + path, errno);
+  }
+  if (::listen(fd.get(), SOMAXCONN) != 0) return PosixError("listen " + path, errno);
+  return fd;
+}
+
+}  // namespace
+
+Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry)
+    : io_(io),
+      handler_(handler),
+      registry_(registry),
+      acceptor_(io),
+      signals_(io, SIGTERM, SIGINT),
+      receive_buffer_(wire::kMaxMessageBytes) {}
+
+Server::~Server() {
+  if (!socket_path_.empty()) ::unlink(socket_path_.c_str());
+}
+
+Result<std::unique_ptr<Server>> Server::Create(boost::asio::io_context& io, const Config& config,
+                                               RequestHandler& handler, Registry& registry) {
+  GPB_ASSIGN_OR_RETURN(UniqueFd fd, BindSocket(config));
+  std::unique_ptr<Server> server(new Server(io, handler, registry));
+  boost::system::error_code ec;
+  server->acceptor_.assign(UnixSeqPacket(), fd.release(), ec);
+  if (ec) return Status(Code::kIo, "cannot adopt listening socket: " + ec.message());
+  server->socket_path_ = config.socket_path;
+  return server;
+}
+
+void Server::Start() {
+  signals_.async_wait([this](boost::system::error_code ec, int signo) {
+    if (!ec) Stop(std::string("signal ") + ::strsignal(signo));
+  });
+  Accept();
+}
+
+void Server::Accept() {
+  acceptor_.async_accept([this](boost::system::error_code ec,
+                                SeqPacketSocket socket) {
+    if (stopped_) return;
+    if (!ec) {
+      OnAccepted(std::move(socket));
+    } else if (ec != boost::asio::error::operation_aborted) {
+      spdlog::warn("accept failed: {}", ec.message());  // e.g. EMFILE: keep serving the rest
+    }
+    Accept();
+  });
+}
+
+void Server::OnAccepted(SeqPacketSocket socket) {
+  PeerCredentials peer = ReadPeer(socket.native_handle());
+  auto id = handler_.OnConnect(peer);
+  if (!id.ok()) {
+    spdlog::warn("refused connection from pid {}: {}", peer.pid, id.status().message());
+    auto error = wire::EncodeError(0, id.status());
+    (void)SendRecord(socket.native_handle(), error, -1, true);
+    return;  // closes the socket
+  }
+  auto session = std::make_shared<Session>(
+      std::move(socket), *id, handler_, receive_buffer_,
+      Session::Hooks{[this](uint64_t client_id) { sessions_.erase(client_id); },
+                     [this] {
+                       if (handler_.shutdown_requested()) {
+                         boost::asio::post(io_, [this] { Stop("shutdown request"); });
+                       }
+                     }});
+  sessions_.emplace(*id, session);
+  session->Start();
+}
+
+void Server::Stop(const std::string& reason) {
+  if (stopped_) return;
+  stopped_ = true;
+  spdlog::info("stopping ({})", reason);
+  handler_.SetStopping();
+  registry_.SetState(wire::kStateStopping);
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  signals_.cancel(ec);
+  wire::Notice notice{wire::kNoticeStopping, 0, {}};
+  notice.message.set("broker stopping: " + reason);
+  auto farewell = wire::EncodeReply(0, notice);
+  auto sessions = sessions_;  // Close() erases from sessions_
+  for (auto& [id, session] : sessions) session->Close(farewell);
+  ::unlink(socket_path_.c_str());
+  socket_path_.clear();
+  io_.stop();
+}
+
+}  // namespace gpubroker

@@ -1,0 +1,45 @@
+// The listening socket, the signal set and the live sessions.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "asio.h"
+#include "config.h"
+#include "request_handler.h"
+#include "session.h"
+
+namespace gpubroker {
+
+class Server {
+ public:
+  // Binds the control socket (creating its directory; replacing a stale socket
+  // file, refusing one a live broker answers on) and sets its mode and group.
+  static Result<std::unique_ptr<Server>> Create(boost::asio::io_context& io, const Config& config,
+                                                RequestHandler& handler, Registry& registry);
+  ~Server();
+
+  // Accepts connections and handles SIGTERM / SIGINT until Stop().
+  void Start();
+  // Stops accepting, tells every client, closes sessions and the socket file.
+  void Stop(const std::string& reason);
+
+ private:
+  Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry);
+  void Accept();
+  void OnAccepted(SeqPacketSocket socket);
+
+  boost::asio::io_context& io_;
+  RequestHandler& handler_;
+  Registry& registry_;
+  SeqPacketAcceptor acceptor_;
+  boost::asio::signal_set signals_;
+  std::string socket_path_;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
+  std::vector<std::byte> receive_buffer_;
+  bool stopped_ = false;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,51 @@
+// One client connection: framing, fd passing and flow control. Messages go to
+// the RequestHandler one at a time; replies that the socket cannot take yet are
+// queued, and the session reads nothing more until the queue drains, so a
+// client that never reads cannot make the broker buffer without bound.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <span>
+
+#include "asio.h"
+#include "request_handler.h"
+
+namespace gpubroker {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  using Socket = SeqPacketSocket;
+  struct Hooks {
+    std::function<void(uint64_t client_id)> closed;
+    std::function<void()> replied;  // after each reply is queued or sent
+  };
+
+  Session(Socket socket, uint64_t client_id, RequestHandler& handler,
+          std::span<std::byte> receive_buffer, Hooks hooks);
+
+  void Start();
+  // Sends a notice if the socket takes it at once, then closes.
+  void Close(std::span<const std::byte> farewell = {});
+  uint64_t client_id() const { return client_id_; }
+
+ private:
+  void WaitReadable();
+  void OnReadable();
+  void Enqueue(Reply reply);
+  void Flush();
+  void Shutdown();
+
+  Socket socket_;
+  uint64_t client_id_;
+  RequestHandler& handler_;
+  std::span<std::byte> buffer_;  // shared by all sessions: the loop is single-threaded
+  Hooks hooks_;
+  std::deque<Reply> outgoing_;
+  bool closed_ = false;
+  bool waiting_write_ = false;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,155 @@
+// The gpubroker client: connect to the broker, create named buffers, attach
+// them as zero-copy views.
+//
+// Thread-safety: a Client and the Views made from it may be used from any
+// number of threads; requests on one connection are serialised.
+// Errors: every call returns Status or Result<T>; nothing throws or exits.
+// Ownership: a View holds a lease on its buffer's allocation. Copies of a View
+// share that lease; the memory stays mapped (and the lease held) until the
+// last copy goes, even if the Client object is gone first: the connection
+// lives as long as anything made from it. If the broker dies, mapped views
+// stay readable and writable; further calls return kUnavailable.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gpubroker/status.hpp"
+#include "gpubroker/types.hpp"
+
+namespace gpubroker {
+
+struct MappedAllocation;  // internal: one mapping of an allocation in this process
+
+inline constexpr const char* kDefaultSocketPath = "/run/gpubroker/gpubroker.sock";
+
+// $GPUBROKER_SOCKET if set, else kDefaultSocketPath.
+std::string DefaultSocketPath();
+
+struct ConnectOptions {
+  std::string socket_path = DefaultSocketPath();
+  std::string client_name;       // shown by `gpubrokerctl clients`; default: the program name
+  int reply_timeout_ms = 30000;  // a broker silent this long is kUnavailable
+};
+
+struct CreateOptions {
+  std::string name;
+  DType dtype;                    // default uint8
+  std::vector<int64_t> shape;     // empty: a scalar
+  std::vector<int64_t> strides;   // in elements; empty: row-major
+  uint64_t bytes = 0;             // allocation size; 0: what the shape needs
+  std::string base;               // non-empty: a view into base's allocation...
+  uint64_t byte_offset = 0;       // ...at this offset (element-aligned)
+  std::optional<BackendKind> backend;  // unset: the broker's default
+  int32_t device = -1;                 // CUDA ordinal in the broker's numbering; -1: default
+  std::optional<DeviceUuid> device_uuid;  // overrides `device`
+  uint32_t mode = 0600;           // like chmod: r = attach, w = write, destroy, add views
+};
+
+enum class AttachMode { kReadWrite, kReadOnly };
+
+// A zero-copy window onto a slot's memory. Default-constructed: empty.
+class View {
+ public:
+  View() = default;
+
+  bool valid() const { return mapping_ != nullptr; }
+  // First element. Host memory for host slots.
+  void* data() const;
+  const SlotInfo& slot() const { return slot_; }
+  const std::string& name() const { return slot_.name; }
+  DType dtype() const { return slot_.dtype; }
+  const std::vector<int64_t>& shape() const { return slot_.shape; }
+  const std::vector<int64_t>& strides() const { return slot_.strides; }  // elements
+  uint64_t nbytes() const { return slot_.nbytes; }
+  uint64_t version() const { return slot_.version; }
+  Device device() const { return slot_.device; }
+  bool writable() const;
+  // Drops this copy's share of the lease.
+  void reset() { mapping_.reset(); }
+
+ private:
+  friend class Client;
+  View(std::shared_ptr<MappedAllocation> mapping, SlotInfo slot)
+      : mapping_(std::move(mapping)), slot_(std::move(slot)) {}
+  std::shared_ptr<MappedAllocation> mapping_;
+  SlotInfo slot_;
+};
+
+struct BrokerInfo {
+  int32_t pid = 0;
+  std::string version;
+  std::string registry_name;
+  bool stopping = false;
+  uint64_t boot_generation = 0;
+  uint64_t started_ns = 0;
+  uint32_t capacity = 0;
+  uint32_t max_slots = 0;
+  uint32_t slots = 0;
+  uint32_t allocations = 0;
+  uint32_t clients = 0;
+  uint32_t leases = 0;
+  uint64_t bytes_host = 0;
+  uint64_t bytes_device = 0;
+};
+
+struct ClientInfo {
+  uint64_t id = 0;
+  std::string name;
+  int32_t pid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t lease_count = 0;
+  uint64_t bytes_created = 0;
+  uint64_t connected_ns = 0;
+};
+
+struct LeaseInfo {
+  uint64_t client_id = 0;
+  uint64_t allocation_id = 0;
+  uint64_t allocation_bytes = 0;
+  uint32_t count = 0;
+  std::string slot;
+};
+
+class Client {
+ public:
+  static Result<Client> Connect(const ConnectOptions& options = {});
+
+  // Creates a slot; the broker owns its memory until it is destroyed.
+  Result<SlotInfo> Create(const CreateOptions& options);
+  // Creates a slot and attaches it in one round trip.
+  Result<View> CreateAndAttach(const CreateOptions& options);
+  // Attaches a slot by name. If this process already maps the slot's
+  // allocation, no message is sent.
+  Result<View> Attach(std::string_view name, AttachMode mode = AttachMode::kReadWrite);
+  // Removes the name at once; the memory goes when the last lease goes.
+  Status Destroy(std::string_view name);
+
+  // Asks the broker.
+  Result<SlotInfo> Stat(std::string_view name);
+  Result<std::vector<SlotInfo>> List();
+  // Reads the shared registry directly: no round trip.
+  Result<SlotInfo> Lookup(std::string_view name);
+  Result<std::vector<SlotInfo>> ListRegistry();
+
+  Result<BrokerInfo> Info();
+  // Admin only (root or the admin group).
+  Result<std::vector<ClientInfo>> Clients();
+  Result<std::vector<LeaseInfo>> Leases();
+  Status Shutdown();
+
+  uint64_t client_id() const;
+
+ private:
+  struct Core;
+  explicit Client(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  std::shared_ptr<Core> core_;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,188 @@
+#include "gpubroker/client.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "connection.h"
+#include "validate.h"
+
+namespace gpubroker {
+
+struct Client::Core {
+  std::shared_ptr<Connection> connection;
+};
+
+std::string DefaultSocketPath() {
+  const char* env = std::getenv("GPUBROKER_SOCKET");
+  return env != nullptr && *env != '\0' ? env : kDefaultSocketPath;
+}
+
+void* View::data() const {
+  if (!mapping_) return nullptr;
+  return static_cast<std::byte*>(mapping_->base) + slot_.byte_offset;
+}
+
+bool View::writable() const { return mapping_ && mapping_->writable; }
+
+namespace {
+
+Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
+  GPB_RETURN_IF_ERROR(ValidateName(o.name));
+  if (o.shape.size() > static_cast<size_t>(kMaxDims)) {
+    return InvalidArgument("ndim " + std::to_string(o.shape.size()) + " exceeds the limit of " +
+                           std::to_string(kMaxDims));
+  }
+  if (!o.strides.empty() && o.strides.size() != o.shape.size()) {
+    return InvalidArgument("strides must have one entry per dimension");
+  }
+  wire::CreateRequest m{};
+  m.name.set(o.name);
+  m.base.set(o.base);
+  m.byte_offset = o.byte_offset;
+  m.nbytes = o.bytes;
+  std::copy(o.shape.begin(), o.shape.end(), m.shape);
+  std::copy(o.strides.begin(), o.strides.end(), m.strides);
+  m.ndim = static_cast<uint8_t>(o.shape.size());
+  m.device_ordinal = o.device;
+  if (o.device_uuid) std::memcpy(m.device_uuid, o.device_uuid->data(), sizeof m.device_uuid);
+  m.flags = (o.strides.empty() ? 0 : wire::kCreateHasStrides) | (attach ? wire::kCreateAttach : 0) |
+            (o.device_uuid ? wire::kCreateByUuid : 0);
+  m.mode = o.mode;
+  m.backend = o.backend ? static_cast<uint16_t>(*o.backend) : 0;
+  m.dtype_code = o.dtype.code;
+  m.dtype_bits = o.dtype.bits;
+  m.dtype_lanes = o.dtype.lanes;
+  return m;
+}
+
+}  // namespace
+
+Result<Client> Client::Connect(const ConnectOptions& options) {
+  GPB_ASSIGN_OR_RETURN(auto connection, Connection::Open(options));
+  auto core = std::make_shared<Core>();
+  core->connection = std::move(connection);
+  return Client(std::move(core));
+}
+
+uint64_t Client::client_id() const { return core_->connection->hello().client_id; }
+
+Result<SlotInfo> Client::Create(const CreateOptions& options) {
+  GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, false));
+  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
+  return ToSlotInfo(reply.slot);
+}
+
+Result<View> Client::CreateAndAttach(const CreateOptions& options) {
+  GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, true));
+  UniqueFd fd;
+  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->connection->Call<wire::AttachReply>(m, &fd));
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped,
+                       core_->connection->Map(reply, std::move(fd)));
+  return View(std::move(mapped), ToSlotInfo(reply.slot));
+}
+
+Result<View> Client::Attach(std::string_view name, AttachMode mode) {
+  GPB_RETURN_IF_ERROR(ValidateName(name));
+  Connection& c = *core_->connection;
+  // Fast path: this process already maps the slot's allocation.
+  if (auto registry = c.Registry(); registry.ok() && (*registry)->BrokerAlive()) {
+    auto slot = (*registry)->Lookup(name);
+    if (slot.ok()) {
+      if (auto cached = c.Cached(slot->allocation_id)) {
+        if (mode == AttachMode::kReadOnly || cached->writable) {
+          return View(std::move(cached), ToSlotInfo(*slot));
+        }
+      }
+    }
+  }
+  wire::AttachRequest m{};
+  m.name.set(name);
+  m.flags = mode == AttachMode::kReadOnly ? wire::kAttachReadOnly : 0;
+  UniqueFd fd;
+  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, c.Call<wire::AttachReply>(m, &fd));
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, c.Map(reply, std::move(fd)));
+  return View(std::move(mapped), ToSlotInfo(reply.slot));
+}
+
+Status Client::Destroy(std::string_view name) {
+  GPB_RETURN_IF_ERROR(ValidateName(name));
+  wire::DestroyRequest m{};
+  m.name.set(name);
+  return core_->connection->Call<wire::DestroyReply>(m).status();
+}
+
+Result<SlotInfo> Client::Stat(std::string_view name) {
+  GPB_RETURN_IF_ERROR(ValidateName(name));
+  wire::StatRequest m{};
+  m.name.set(name);
+  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
+  return ToSlotInfo(reply.slot);
+}
+
+Result<std::vector<SlotInfo>> Client::List() {
+  GPB_ASSIGN_OR_RETURN(auto records, core_->connection->CallList<wire::ListReply>(wire::ListRequest{}));
+  std::vector<SlotInfo> out;
+  for (const auto& d : records) out.push_back(ToSlotInfo(d));
+  return out;
+}
+
+Result<SlotInfo> Client::Lookup(std::string_view name) {
+  GPB_RETURN_IF_ERROR(ValidateName(name));
+  GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
+  GPB_ASSIGN_OR_RETURN(SlotDescriptor d, registry->Lookup(name));
+  return ToSlotInfo(d);
+}
+
+Result<std::vector<SlotInfo>> Client::ListRegistry() {
+  GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
+  std::vector<SlotInfo> out;
+  for (const auto& d : registry->ListLive()) out.push_back(ToSlotInfo(d));
+  return out;
+}
+
+Result<BrokerInfo> Client::Info() {
+  GPB_ASSIGN_OR_RETURN(wire::StatusReply s, core_->connection->Call<wire::StatusReply>(wire::StatusRequest{}));
+  BrokerInfo b;
+  b.pid = s.broker_pid;
+  b.version = std::string(s.broker_version.view());
+  b.registry_name = std::string(s.registry_name.view());
+  b.stopping = s.state == wire::kStateStopping;
+  b.boot_generation = s.boot_generation;
+  b.started_ns = s.started_ns;
+  b.capacity = s.capacity;
+  b.max_slots = s.max_slots;
+  b.slots = s.slots;
+  b.allocations = s.allocations;
+  b.clients = s.clients;
+  b.leases = s.leases;
+  b.bytes_host = s.bytes_host;
+  b.bytes_device = s.bytes_device;
+  return b;
+}
+
+Result<std::vector<ClientInfo>> Client::Clients() {
+  GPB_ASSIGN_OR_RETURN(auto records,
+                       core_->connection->CallList<wire::ClientsReply>(wire::ClientsRequest{}));
+  std::vector<ClientInfo> out;
+  for (const auto& r : records) {
+    out.push_back({r.client_id, std::string(r.name.view()), r.pid, r.uid, r.gid, r.lease_count,
+                   r.bytes_created, r.connected_ns});
+  }
+  return out;
+}
+
+Result<std::vector<LeaseInfo>> Client::Leases() {
+  GPB_ASSIGN_OR_RETURN(auto records,
+                       core_->connection->CallList<wire::LeasesReply>(wire::LeasesRequest{}));
+  std::vector<LeaseInfo> out;
+  for (const auto& r : records) {
+    out.push_back({r.client_id, r.allocation_id, r.allocation_bytes, r.count, std::string(r.slot.view())});
+  }
+  return out;
+}
+
+Status Client::Shutdown() {
+  return core_->connection->Call<wire::ShutdownReply>(wire::ShutdownRequest{}).status();
+}
+
+}  // namespace gpubroker

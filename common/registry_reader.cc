@@ -1,0 +1,146 @@
+#include "registry_reader.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "wire.h"
+
+namespace bip = boost::interprocess;
+
+namespace gpubroker {
+
+uint64_t ProcessStartTicks(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  // The command name (field 2) may hold spaces; fields resume after the last ')'.
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  for (int i = 3; i < 22; ++i) rest >> field;  // skip fields 3..21
+  uint64_t ticks = 0;
+  rest >> ticks;
+  return ticks;
+}
+
+bool ProcessIsAlive(int pid, uint64_t start_ticks) {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  uint64_t now = ProcessStartTicks(pid);
+  return now != 0 && (start_ticks == 0 || now == start_ticks);
+}
+
+struct RegistryReader::Mapping {
+  bip::mapped_region region;
+  const RegistryHeader* header = nullptr;
+  RegistryGeometry geometry{};
+};
+
+RegistryReader::RegistryReader(std::unique_ptr<Mapping> m) : m_(std::move(m)) {}
+RegistryReader::RegistryReader(RegistryReader&&) noexcept = default;
+RegistryReader& RegistryReader::operator=(RegistryReader&&) noexcept = default;
+RegistryReader::~RegistryReader() = default;
+
+Result<RegistryReader> RegistryReader::Open(const std::string& name) {
+  auto m = std::make_unique<Mapping>();
+  try {
+    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_only);
+    bip::offset_t size = 0;
+    if (!shm.get_size(size) || size < static_cast<bip::offset_t>(sizeof(RegistryHeader))) {
+      return Unavailable("registry segment '" + name + "' is not ready");
+    }
+    m->region = bip::mapped_region(shm, bip::read_only);
+  } catch (const bip::interprocess_exception& e) {
+    return Unavailable("cannot open registry segment '" + name + "': " + e.what());
+  }
+  m->header = static_cast<const RegistryHeader*>(m->region.get_address());
+  const RegistryHeader& h = *m->header;
+  if (h.magic.load(std::memory_order_acquire) != kRegistryMagic) {
+    return Unavailable("registry segment '" + name + "' is not ready or not a gpubroker registry");
+  }
+  if (h.layout_version != kRegistryLayoutVersion) {
+    return Unsupported("registry segment '" + name + "' has layout version " +
+                       std::to_string(h.layout_version) + "; this library reads version " +
+                       std::to_string(kRegistryLayoutVersion));
+  }
+  if (h.capacity == 0 || h.capacity > kMaxRegistryCapacity) {
+    return ProtocolError("registry segment '" + name + "' has a corrupt capacity");
+  }
+  m->geometry = ComputeGeometry(h.capacity);
+  if (h.header_bytes != sizeof(RegistryHeader) || h.slot_bytes != sizeof(SlotRecord) ||
+      h.index_buckets != m->geometry.index_buckets ||
+      m->region.get_size() < m->geometry.total_bytes) {
+    return ProtocolError("registry segment '" + name + "' has a corrupt geometry");
+  }
+  return RegistryReader(std::move(m));
+}
+
+const RegistryHeader& RegistryReader::header() const { return *m_->header; }
+
+const SlotRecord& RegistryReader::slot(uint32_t index) const {
+  auto* base = static_cast<const std::byte*>(m_->region.get_address());
+  return reinterpret_cast<const SlotRecord*>(base + m_->geometry.slots_offset)[index];
+}
+
+bool RegistryReader::BrokerAlive() const {
+  const RegistryHeader& h = header();
+  return h.state.load(std::memory_order_acquire) == wire::kStateRunning &&
+         ProcessIsAlive(h.broker_pid, h.broker_start_ticks);
+}
+
+Result<SlotDescriptor> RegistryReader::Lookup(std::string_view name) const {
+  auto* base = static_cast<const std::byte*>(m_->region.get_address());
+  auto* buckets = reinterpret_cast<const std::atomic<uint32_t>*>(base + m_->geometry.index_offset);
+  const uint32_t mask = m_->geometry.index_buckets - 1;
+  const uint32_t capacity = m_->geometry.capacity;
+  constexpr int kMaxIndexTries = 64;  // each slot read already retries on its own
+  for (int attempt = 0; attempt < kMaxIndexTries; ++attempt) {
+    uint64_t s1 = header().index_seq.load(std::memory_order_acquire);
+    if (s1 & 1) continue;
+    bool torn = false;
+    uint32_t pos = static_cast<uint32_t>(NameHash(name)) & mask;
+    for (uint32_t probe = 0; probe <= mask; ++probe, pos = (pos + 1) & mask) {
+      uint32_t b = buckets[pos].load(std::memory_order_acquire);
+      if (b == kBucketEmpty) break;
+      if (b == kBucketTombstone || b > capacity) continue;
+      std::optional<SlotDescriptor> d = slot(b - 1).Load();
+      if (!d) {
+        torn = true;
+        break;
+      }
+      if (d->state == static_cast<uint16_t>(SlotState::kLive) &&
+          strnlen(d->name, sizeof d->name) == name.size() &&
+          std::memcmp(d->name, name.data(), name.size()) == 0) {
+        GPB_RETURN_IF_ERROR(ValidateDescriptor(*d));
+        return *d;
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (!torn && header().index_seq.load(std::memory_order_relaxed) == s1) {
+      return NotFound("no slot named '" + std::string(name) + "'");
+    }
+  }
+  return Unavailable("registry is being rewritten continuously (is the broker stuck?)");
+}
+
+std::vector<SlotDescriptor> RegistryReader::ListLive() const {
+  std::vector<SlotDescriptor> out;
+  for (uint32_t i = 0; i < m_->geometry.capacity; ++i) {
+    std::optional<SlotDescriptor> d = slot(i).Load();
+    if (d && d->state == static_cast<uint16_t>(SlotState::kLive) && ValidateDescriptor(*d).ok()) {
+      out.push_back(*d);
+    }
+  }
+  return out;
+}
+
+}  // namespace gpubroker

@@ -1,0 +1,51 @@
+// Lock-free, read-only access to the broker's registry segment.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gpubroker/status.hpp"
+#include "registry_layout.h"
+
+namespace gpubroker {
+
+// Start time of a process in clock ticks since boot (/proc/<pid>/stat field 22),
+// or 0 if there is no such process.
+uint64_t ProcessStartTicks(int pid);
+
+// True if `pid` runs and is the same process that started at `start_ticks`.
+bool ProcessIsAlive(int pid, uint64_t start_ticks);
+
+class RegistryReader {
+ public:
+  // Maps /dev/shm/<name> read-only and checks its magic, layout version and
+  // geometry. kUnavailable if the segment is missing or not ready.
+  static Result<RegistryReader> Open(const std::string& name);
+
+  RegistryReader(RegistryReader&&) noexcept;
+  RegistryReader& operator=(RegistryReader&&) noexcept;
+  ~RegistryReader();
+
+  // The live slot of that name: kNotFound if none.
+  Result<SlotDescriptor> Lookup(std::string_view name) const;
+
+  // All live slots, each read consistently (the set as a whole is not a
+  // snapshot of one instant).
+  std::vector<SlotDescriptor> ListLive() const;
+
+  const RegistryHeader& header() const;
+  uint64_t boot_generation() const { return header().boot_generation; }
+  // False once the broker that wrote the segment has stopped or died.
+  bool BrokerAlive() const;
+
+ private:
+  struct Mapping;
+  explicit RegistryReader(std::unique_ptr<Mapping> m);
+  const SlotRecord& slot(uint32_t index) const;
+  std::unique_ptr<Mapping> m_;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,61 @@
+// A sequence lock over a trivially copyable value in shared memory.
+//
+// One writer (the broker); any number of readers in other processes, which
+// never block the writer and never wait on anything a crashed process could
+// hold: a reader that keeps seeing a write in progress gives up after a bounded
+// number of tries. The payload is copied word by word with relaxed atomics and
+// fenced, which is the data-race-free form of a seqlock in the C++ memory model.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+
+namespace gpubroker {
+
+template <typename T>
+class SeqLocked {
+  static_assert(std::is_trivially_copyable_v<T>);
+  static_assert(sizeof(T) % 8 == 0);
+  static constexpr size_t kWords = sizeof(T) / 8;
+
+ public:
+  static constexpr int kMaxReadTries = 100000;
+
+  // Writer only.
+  void Store(const T& value) {
+    uint64_t words[kWords];
+    std::memcpy(words, &value, sizeof(T));
+    uint64_t s = seq_.load(std::memory_order_relaxed);
+    seq_.store(s + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    for (size_t i = 0; i < kWords; ++i) words_[i].store(words[i], std::memory_order_relaxed);
+    seq_.store(s + 2, std::memory_order_release);
+  }
+
+  // A consistent copy, or nullopt if every try overlapped a write.
+  std::optional<T> Load() const {
+    for (int attempt = 0; attempt < kMaxReadTries; ++attempt) {
+      uint64_t s1 = seq_.load(std::memory_order_acquire);
+      if (s1 & 1) continue;
+      uint64_t words[kWords];
+      for (size_t i = 0; i < kWords; ++i) words[i] = words_[i].load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (seq_.load(std::memory_order_relaxed) != s1) continue;
+      T value;
+      std::memcpy(&value, words, sizeof(T));
+      return value;
+    }
+    return std::nullopt;
+  }
+
+  uint64_t sequence() const { return seq_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<uint64_t> seq_{0};
+  std::atomic<uint64_t> words_[kWords];
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,52 @@
+// The fixed-layout description of a slot. The same bytes live in the shared
+// registry segment and travel in protocol replies, so there is one definition.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "gpubroker/status.hpp"
+#include "gpubroker/types.hpp"
+
+namespace gpubroker {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "wire and registry layouts are little-endian");
+
+struct SlotDescriptor {
+  char name[128];  // NUL-terminated
+  uint64_t generation;
+  uint64_t allocation_id;
+  uint64_t allocation_bytes;
+  uint64_t byte_offset;
+  uint64_t nbytes;
+  uint64_t version;
+  uint64_t created_ns;
+  uint64_t updated_ns;
+  int64_t shape[kMaxDims];
+  int64_t strides[kMaxDims];
+  uint8_t device_uuid[16];
+  int32_t device_ordinal;  // in the broker's numbering; -1 for host memory
+  uint32_t owner_uid;
+  uint32_t owner_gid;
+  uint32_t mode;
+  uint32_t lease_count;
+  uint16_t state;    // SlotState
+  uint16_t backend;  // BackendKind
+  uint8_t dtype_code;
+  uint8_t dtype_bits;
+  uint16_t dtype_lanes;
+  uint32_t ndim;
+  uint8_t ipc_handle[64];  // legacy CUDA IPC handle, only for world-readable slots
+  uint8_t reserved[16];
+};
+static_assert(sizeof(SlotDescriptor) == 448);
+static_assert(std::is_trivially_copyable_v<SlotDescriptor>);
+
+// Checks a descriptor that came from outside (shared memory, a socket) before
+// anything trusts its fields.
+Status ValidateDescriptor(const SlotDescriptor& d);
+
+// Converts a validated descriptor.
+SlotInfo ToSlotInfo(const SlotDescriptor& d);
+
+}  // namespace gpubroker

@@ -1,0 +1,417 @@
+// The control protocol: one definition of every message. docs/protocol.md is
+// the prose spec of the same layouts; keep the two in step.
+//
+// A message is a Header followed by `length` payload bytes, carried in one
+// SOCK_SEQPACKET record. Payloads are fixed-layout little-endian structs; the
+// list-style replies append `count` records after their fixed part. Every
+// payload is checked by Decode() before use, in every build type.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "gpubroker/status.hpp"
+#include "slot_descriptor.h"
+
+namespace gpubroker::wire {
+
+inline constexpr uint32_t kMagic = 0x4b524247;  // "GBRK"
+inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr size_t kMaxMessageBytes = 64 * 1024;
+inline constexpr uint16_t kReplyBit = 0x8000;
+
+enum class MsgType : uint16_t {
+  kHello = 1,
+  kCreate = 2,
+  kAttach = 3,
+  kDetach = 4,
+  kDestroy = 5,
+  kList = 6,
+  kStat = 7,
+  kClients = 8,
+  kLeases = 9,
+  kStatus = 10,
+  kShutdown = 11,
+  kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
+  kError = 0x7fff,   // reply to any request that failed
+};
+
+constexpr uint16_t ReplyType(MsgType t) { return static_cast<uint16_t>(t) | kReplyBit; }
+
+struct Header {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t type;  // MsgType, | kReplyBit on replies
+  uint32_t request_id;
+  uint32_t length;  // payload bytes after the header
+};
+static_assert(sizeof(Header) == 16);
+
+// Fixed-size, NUL-terminated text field.
+template <size_t N>
+struct Text {
+  char bytes[N];
+  std::string_view view() const { return {bytes, strnlen(bytes, N)}; }
+  bool terminated() const { return std::memchr(bytes, '\0', N) != nullptr; }
+  // Copies `s` (truncated to N-1 bytes) and zero-fills the rest.
+  void set(std::string_view s) {
+    std::memset(bytes, 0, N);
+    std::memcpy(bytes, s.data(), s.size() < N ? s.size() : N - 1);
+  }
+};
+
+// ---- requests --------------------------------------------------------------
+
+struct HelloRequest {
+  static constexpr MsgType kType = MsgType::kHello;
+  uint32_t protocol_version;
+  int32_t pid;
+  Text<64> client_name;
+};
+static_assert(sizeof(HelloRequest) == 72);
+
+enum CreateFlags : uint32_t {
+  kCreateHasStrides = 1u << 0,  // `strides` is set; otherwise row-major
+  kCreateAttach = 1u << 1,      // also attach: the reply carries a lease and fd
+  kCreateByUuid = 1u << 2,      // pick the device by `device_uuid`, not ordinal
+};
+inline constexpr uint32_t kCreateKnownFlags = 0x7;
+
+struct CreateRequest {
+  static constexpr MsgType kType = MsgType::kCreate;
+  Text<128> name;
+  Text<128> base;        // empty: new allocation; else a view into base's allocation
+  uint64_t byte_offset;  // view: offset within base's allocation; new: must be 0
+  uint64_t nbytes;       // new allocation size; 0 = the view's extent
+  int64_t shape[8];
+  int64_t strides[8];
+  uint8_t device_uuid[16];
+  int32_t device_ordinal;  // -1: the backend's default device
+  uint32_t flags;          // CreateFlags
+  uint32_t mode;           // permission bits, <= 0777
+  uint16_t backend;        // BackendKind; 0 = the broker's default
+  uint8_t dtype_code;
+  uint8_t dtype_bits;
+  uint16_t dtype_lanes;
+  uint8_t ndim;
+  uint8_t reserved[5];
+};
+static_assert(sizeof(CreateRequest) == 440);
+
+enum AttachFlags : uint32_t { kAttachReadOnly = 1u << 0 };
+
+struct AttachRequest {
+  static constexpr MsgType kType = MsgType::kAttach;
+  Text<128> name;
+  uint32_t flags;  // AttachFlags
+  uint32_t reserved;
+};
+static_assert(sizeof(AttachRequest) == 136);
+
+struct DetachRequest {
+  static constexpr MsgType kType = MsgType::kDetach;
+  uint64_t allocation_id;
+};
+
+struct DestroyRequest {
+  static constexpr MsgType kType = MsgType::kDestroy;
+  Text<128> name;
+};
+
+struct StatRequest {
+  static constexpr MsgType kType = MsgType::kStat;
+  Text<128> name;
+};
+
+// Cursor-paged listing: start at cursor 0, continue with next_cursor until it
+// is kEndCursor.
+inline constexpr uint32_t kEndCursor = 0xffffffffu;
+
+struct ListRequest {
+  static constexpr MsgType kType = MsgType::kList;
+  uint32_t cursor;
+  uint32_t max_entries;
+};
+
+struct ClientsRequest {
+  static constexpr MsgType kType = MsgType::kClients;
+  uint32_t cursor;
+  uint32_t max_entries;
+};
+
+struct LeasesRequest {
+  static constexpr MsgType kType = MsgType::kLeases;
+  uint32_t cursor;
+  uint32_t max_entries;
+};
+
+struct StatusRequest {
+  static constexpr MsgType kType = MsgType::kStatus;
+  uint64_t reserved;
+};
+
+struct ShutdownRequest {
+  static constexpr MsgType kType = MsgType::kShutdown;
+  uint64_t reserved;
+};
+
+// ---- replies ---------------------------------------------------------------
+
+struct HelloReply {
+  static constexpr MsgType kType = MsgType::kHello;
+  uint32_t protocol_version;
+  int32_t broker_pid;
+  uint64_t boot_generation;
+  uint64_t client_id;
+  uint32_t capacity;
+  uint32_t reserved;
+  Text<64> registry_name;
+};
+static_assert(sizeof(HelloReply) == 96);
+
+enum Access : uint32_t { kAccessRead = 1, kAccessWrite = 2 };
+
+// Reply to create (with kCreateAttach) and attach. A host or cuda_vmm lease
+// carries the allocation's fd as SCM_RIGHTS ancillary data.
+struct AttachReply {
+  static constexpr MsgType kType = MsgType::kAttach;
+  SlotDescriptor slot;
+  uint32_t access;  // Access bits granted
+  uint32_t has_fd;  // 1 if an fd rides with this message
+};
+static_assert(sizeof(AttachReply) == 456);
+
+// Reply to create (without kCreateAttach) and stat.
+struct SlotReply {
+  static constexpr MsgType kType = MsgType::kStat;
+  SlotDescriptor slot;
+};
+
+struct DetachReply {
+  static constexpr MsgType kType = MsgType::kDetach;
+  uint32_t leases_left;  // this connection's leases on the allocation
+  uint32_t reserved;
+};
+
+struct DestroyReply {
+  static constexpr MsgType kType = MsgType::kDestroy;
+  uint64_t allocation_id;
+  uint32_t lease_count;  // leases still keeping the memory
+  uint32_t reserved;
+};
+
+struct ListReply {
+  static constexpr MsgType kType = MsgType::kList;
+  using Record = SlotDescriptor;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
+struct ClientRecord {
+  uint64_t client_id;
+  uint64_t connected_ns;
+  uint64_t bytes_created;  // live allocations this client created
+  int32_t pid;
+  uint32_t uid;
+  uint32_t gid;
+  uint32_t lease_count;
+  Text<64> name;
+};
+static_assert(sizeof(ClientRecord) == 104);
+
+struct ClientsReply {
+  static constexpr MsgType kType = MsgType::kClients;
+  using Record = ClientRecord;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
+struct LeaseRecord {
+  uint64_t client_id;
+  uint64_t allocation_id;
+  uint64_t allocation_bytes;
+  uint32_t count;  // attaches of this client on this allocation
+  uint32_t reserved;
+  Text<128> slot;  // the slot it was first attached through
+};
+static_assert(sizeof(LeaseRecord) == 160);
+
+struct LeasesReply {
+  static constexpr MsgType kType = MsgType::kLeases;
+  using Record = LeaseRecord;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
+enum BrokerState : uint32_t { kStateRunning = 1, kStateStopping = 2 };
+
+struct StatusReply {
+  static constexpr MsgType kType = MsgType::kStatus;
+  uint64_t boot_generation;
+  uint64_t started_ns;
+  uint64_t bytes_host;
+  uint64_t bytes_device;
+  int32_t broker_pid;
+  uint32_t state;  // BrokerState
+  uint32_t capacity;
+  uint32_t max_slots;
+  uint32_t slots;
+  uint32_t allocations;
+  uint32_t clients;
+  uint32_t leases;
+  Text<64> registry_name;
+  Text<32> broker_version;
+};
+static_assert(sizeof(StatusReply) == 160);
+
+struct ShutdownReply {
+  static constexpr MsgType kType = MsgType::kShutdown;
+  uint64_t reserved;
+};
+
+struct ErrorReply {
+  static constexpr MsgType kType = MsgType::kError;
+  uint16_t code;  // gpubroker::Code
+  uint16_t reserved0;
+  uint32_t reserved1;
+  Text<248> message;
+};
+static_assert(sizeof(ErrorReply) == 256);
+
+enum NoticeKind : uint32_t { kNoticeStopping = 1 };
+
+struct Notice {
+  static constexpr MsgType kType = MsgType::kNotice;
+  uint32_t kind;  // NoticeKind
+  uint32_t reserved;
+  Text<120> message;
+};
+
+// ---- framing ---------------------------------------------------------------
+
+// A parsed, size-checked message; `payload` points into the caller's buffer.
+struct Frame {
+  MsgType type;
+  bool reply;
+  uint32_t request_id;
+  std::span<const std::byte> payload;
+};
+
+// Checks magic, version and length against the bytes received.
+Result<Frame> ParseFrame(std::span<const std::byte> bytes);
+
+template <typename T>
+concept Payload = std::is_trivially_copyable_v<T> && requires { T::kType; };
+
+template <typename T>
+concept ListPayload = Payload<T> && requires { typename T::Record; };
+
+std::vector<std::byte> EncodeRaw(uint16_t type, uint32_t request_id,
+                                 std::span<const std::byte> head,
+                                 std::span<const std::byte> tail = {});
+
+template <Payload T>
+std::vector<std::byte> EncodeRequest(uint32_t request_id, const T& p) {
+  return EncodeRaw(static_cast<uint16_t>(T::kType), request_id, std::as_bytes(std::span(&p, 1)));
+}
+
+template <Payload T>
+std::vector<std::byte> EncodeReply(uint32_t request_id, const T& p) {
+  uint16_t type = T::kType == MsgType::kError || T::kType == MsgType::kNotice
+                      ? static_cast<uint16_t>(T::kType)
+                      : ReplyType(T::kType);
+  return EncodeRaw(type, request_id, std::as_bytes(std::span(&p, 1)));
+}
+
+template <ListPayload T>
+std::vector<std::byte> EncodeListReply(uint32_t request_id, const T& head,
+                                       std::span<const typename T::Record> records) {
+  return EncodeRaw(ReplyType(T::kType), request_id, std::as_bytes(std::span(&head, 1)),
+                   std::as_bytes(records));
+}
+
+std::vector<std::byte> EncodeError(uint32_t request_id, const Status& status);
+
+// Field checks per payload type; each returns kProtocol or kInvalidArgument.
+Status Validate(const HelloRequest& m);
+Status Validate(const CreateRequest& m);
+Status Validate(const AttachRequest& m);
+Status Validate(const DetachRequest& m);
+Status Validate(const DestroyRequest& m);
+Status Validate(const StatRequest& m);
+Status Validate(const ListRequest& m);
+Status Validate(const ClientsRequest& m);
+Status Validate(const LeasesRequest& m);
+Status Validate(const StatusRequest& m);
+Status Validate(const ShutdownRequest& m);
+Status Validate(const HelloReply& m);
+Status Validate(const AttachReply& m);
+Status Validate(const SlotReply& m);
+Status Validate(const DetachReply& m);
+Status Validate(const DestroyReply& m);
+Status Validate(const ListReply& m);
+Status Validate(const ClientsReply& m);
+Status Validate(const LeasesReply& m);
+Status Validate(const StatusReply& m);
+Status Validate(const ShutdownReply& m);
+Status Validate(const ErrorReply& m);
+Status Validate(const Notice& m);
+Status ValidateRecord(const SlotDescriptor& r);
+Status ValidateRecord(const ClientRecord& r);
+Status ValidateRecord(const LeaseRecord& r);
+
+std::string TypeName(uint16_t type);
+
+// Copies and validates a fixed-size payload; the size must match exactly.
+template <Payload T>
+Result<T> Decode(std::span<const std::byte> payload) {
+  if (payload.size() != sizeof(T)) {
+    return ProtocolError(TypeName(static_cast<uint16_t>(T::kType)) + " payload is " +
+                         std::to_string(payload.size()) + " bytes; expected " +
+                         std::to_string(sizeof(T)));
+  }
+  T value;
+  std::memcpy(&value, payload.data(), sizeof(T));
+  GPB_RETURN_IF_ERROR(Validate(value));
+  return value;
+}
+
+template <ListPayload T>
+struct DecodedList {
+  T head;
+  std::vector<typename T::Record> records;
+};
+
+template <ListPayload T>
+Result<DecodedList<T>> DecodeList(std::span<const std::byte> payload) {
+  using R = typename T::Record;
+  if (payload.size() < sizeof(T)) return ProtocolError("list reply shorter than its head");
+  DecodedList<T> out;
+  std::memcpy(&out.head, payload.data(), sizeof(T));
+  GPB_RETURN_IF_ERROR(Validate(out.head));
+  if (payload.size() != sizeof(T) + size_t{out.head.count} * sizeof(R)) {
+    return ProtocolError("list reply of " + std::to_string(payload.size()) + " bytes does not hold " +
+                         std::to_string(out.head.count) + " records");
+  }
+  out.records.resize(out.head.count);
+  if (out.head.count > 0) {
+    std::memcpy(out.records.data(), payload.data() + sizeof(T), out.head.count * sizeof(R));
+  }
+  for (const R& r : out.records) GPB_RETURN_IF_ERROR(ValidateRecord(r));
+  return out;
+}
+
+// Most records a list reply can carry within kMaxMessageBytes.
+template <ListPayload T>
+constexpr uint32_t MaxRecords() {
+  return static_cast<uint32_t>((kMaxMessageBytes - sizeof(Header) - sizeof(T)) /
+                               sizeof(typename T::Record));
+}
+
+}  // namespace gpubroker::wire
