@@ -51,7 +51,7 @@ class Reader {
     const std::string& s = n.Scalar();
     uint64_t v = 0;
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc() || p != s.data() + s.size() || v > max) {
+    if (ec != std::errc() || p != s.data() + s.size() || v > static_cast<uint64_t>(max)) {
       return At(n.Mark(), key + " must be an integer 0.." + std::to_string(max) + ", not '" + s + "'");
     }
     return static_cast<T>(v);

@@ -97,6 +97,10 @@ bool RegistryReader::BrokerAlive() const {
          ProcessIsAlive(h.broker_pid, h.broker_start_ticks);
 }
 
+bool RegistryReader::Running() const {
+  return header().state.load(std::memory_order_acquire) == wire::kStateRunning;
+}
+
 Result<SlotDescriptor> RegistryReader::Lookup(std::string_view name) const {
   auto* base = static_cast<const std::byte*>(m_->region.get_address());
   auto* buckets = reinterpret_cast<const std::atomic<uint32_t>*>(base + m_->geometry.index_offset);

@@ -38,8 +38,12 @@ class RegistryReader {
 
   const RegistryHeader& header() const;
   uint64_t boot_generation() const { return header().boot_generation; }
-  // False once the broker that wrote the segment has stopped or died.
+  // False once the broker that wrote the segment has stopped or died
+  // (reads /proc: not for hot paths).
   bool BrokerAlive() const;
+  // False once the broker has begun to stop; a broker killed outright still
+  // reads as running.
+  bool Running() const;
 
  private:
   struct Mapping;

@@ -45,8 +45,9 @@ Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
   m.ndim = static_cast<uint8_t>(o.shape.size());
   m.device_ordinal = o.device;
   if (o.device_uuid) std::memcpy(m.device_uuid, o.device_uuid->data(), sizeof m.device_uuid);
-  m.flags = (o.strides.empty() ? 0 : wire::kCreateHasStrides) | (attach ? wire::kCreateAttach : 0) |
-            (o.device_uuid ? wire::kCreateByUuid : 0);
+  m.flags = (o.strides.empty() ? 0u : uint32_t{wire::kCreateHasStrides}) |
+            (attach ? uint32_t{wire::kCreateAttach} : 0u) |
+            (o.device_uuid ? uint32_t{wire::kCreateByUuid} : 0u);
   m.mode = o.mode;
   m.backend = o.backend ? static_cast<uint16_t>(*o.backend) : 0;
   m.dtype_code = o.dtype.code;
@@ -85,7 +86,8 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   Connection& c = *core_->connection;
   // Fast path: this process already maps the slot's allocation.
-  if (auto registry = c.Registry(); registry.ok() && (*registry)->BrokerAlive()) {
+  // A stale table is harmless here: the mapping itself stays valid.
+  if (auto registry = c.Registry(); registry.ok() && (*registry)->Running()) {
     auto slot = (*registry)->Lookup(name);
     if (slot.ok()) {
       if (auto cached = c.Cached(slot->allocation_id)) {
@@ -97,7 +99,7 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   }
   wire::AttachRequest m{};
   m.name.set(name);
-  m.flags = mode == AttachMode::kReadOnly ? wire::kAttachReadOnly : 0;
+  m.flags = mode == AttachMode::kReadOnly ? uint32_t{wire::kAttachReadOnly} : 0u;
   UniqueFd fd;
   GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, c.Call<wire::AttachReply>(m, &fd));
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, c.Map(reply, std::move(fd)));

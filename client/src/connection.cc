@@ -45,9 +45,8 @@ Result<ReplyWithFd> Connection::ExchangeLocked(std::vector<std::byte> request) {
     return *broken_;
   }
   ReplyWithFd reply;
-  reply.bytes.resize(wire::kMaxMessageBytes);
   while (true) {
-    auto r = ReceiveRecord(socket_.get(), reply.bytes, false);
+    auto r = ReceiveRecord(socket_.get(), receive_buffer_, false);
     if (!r.ok() || r->closed || r->would_block) {
       std::string why = !r.ok() ? r.status().message()
                         : r->closed ? "the broker closed the connection"
@@ -56,7 +55,7 @@ Result<ReplyWithFd> Connection::ExchangeLocked(std::vector<std::byte> request) {
       return *broken_;
     }
     if (r->truncated) return ProtocolError("reply exceeds the message size limit");
-    auto frame = wire::ParseFrame(std::span(reply.bytes).first(r->size));
+    auto frame = wire::ParseFrame(std::span(receive_buffer_).first(r->size));
     if (!frame.ok()) return frame.status();
     if (frame->type == wire::MsgType::kNotice) {
       auto notice = wire::Decode<wire::Notice>(frame->payload);
@@ -66,7 +65,7 @@ Result<ReplyWithFd> Connection::ExchangeLocked(std::vector<std::byte> request) {
       continue;  // the reply (or the close) follows
     }
     if (frame->request_id != id) continue;  // a reply to an earlier request we gave up on
-    reply.bytes.resize(r->size);
+    reply.bytes.assign(receive_buffer_.begin(), receive_buffer_.begin() + static_cast<ptrdiff_t>(r->size));
     reply.frame = *wire::ParseFrame(reply.bytes);
     if (!r->fds.empty()) reply.fd = std::move(r->fds.front());
     return reply;

@@ -88,6 +88,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint32_t next_id_ = 0;
   std::optional<Status> broken_;  // set once the broker is gone
   wire::HelloReply hello_{};
+  std::vector<std::byte> receive_buffer_ = std::vector<std::byte>(wire::kMaxMessageBytes);
 
   std::mutex cache_mu_;  // guards cache_ and registry_
   std::map<uint64_t, std::weak_ptr<MappedAllocation>> cache_;

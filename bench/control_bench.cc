@@ -1,0 +1,114 @@
+// Control-path latencies against a real broker, each next to a baseline
+// measured in the same run:
+//   raw SOCK_SEQPACKET ping-pong between two processes (the floor)
+//   no-op request (status), attach + detach, cached attach, registry lookup.
+// Usage: control_bench [--iterations N]
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+using Clock = std::chrono::steady_clock;
+using gpubroker::testing::BrokerProcess;
+
+namespace {
+
+struct Stats {
+  double p50_us, p99_us, mean_us;
+};
+
+Stats Measure(int iterations, const std::function<void()>& op) {
+  for (int i = 0; i < iterations / 10 + 1; ++i) op();  // warm-up
+  std::vector<double> us(static_cast<size_t>(iterations));
+  for (auto& sample : us) {
+    auto t0 = Clock::now();
+    op();
+    sample = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+  }
+  double sum = 0;
+  for (double v : us) sum += v;
+  std::sort(us.begin(), us.end());
+  return {us[us.size() / 2], us[us.size() * 99 / 100], sum / static_cast<double>(us.size())};
+}
+
+// Round trips of a 64-byte record (the size of a small request) to a child
+// process that echoes it.
+Stats RawPingPong(int iterations) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::close(sv[0]);
+    char buf[64];
+    while (::recv(sv[1], buf, sizeof buf, 0) > 0) ::send(sv[1], buf, sizeof buf, 0);
+    ::_exit(0);
+  }
+  ::close(sv[1]);
+  char buf[64] = {};
+  Stats s = Measure(iterations, [&] {
+    ::send(sv[0], buf, sizeof buf, 0);
+    ::recv(sv[0], buf, sizeof buf, 0);
+  });
+  ::close(sv[0]);
+  ::waitpid(child, nullptr, 0);
+  return s;
+}
+
+void Row(const char* what, const Stats& s, const Stats* base) {
+  std::printf("%-36s %9.2f %9.2f %9.2f", what, s.p50_us, s.p99_us, s.mean_us);
+  if (base != nullptr) std::printf("   %6.2fx raw", s.p50_us / base->p50_us);
+  std::printf("\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iterations = 20000;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--iterations") == 0) iterations = std::max(10, std::atoi(argv[i + 1]));
+  }
+  auto broker = BrokerProcess::Start();
+  if (!broker) {
+    std::fprintf(stderr, "control_bench: could not start gpubrokerd\n");
+    return 1;
+  }
+  auto client = broker->Connect("bench");
+  if (!client.ok()) return 1;
+  gpubroker::CreateOptions o;
+  o.name = "bench/slot";
+  o.shape = {1 << 20};
+  if (!client->Create(o).ok()) return 1;
+
+  Stats raw = RawPingPong(iterations);
+  Stats noop = Measure(iterations, [&] { (void)client->Info(); });
+  Stats attach_detach = Measure(iterations, [&] {
+    auto v = client->Attach("bench/slot");
+    if (!v.ok()) std::abort();
+  });  // the view goes at once: attach, mmap, munmap, detach
+  auto held = client->Attach("bench/slot");
+  Stats cached = Measure(iterations, [&] {
+    auto v = client->Attach("bench/slot");
+    if (!v.ok()) std::abort();
+  });
+  Stats lookup = Measure(iterations, [&] {
+    if (!client->Lookup("bench/slot").ok()) std::abort();
+  });
+
+  std::printf("control path, %d iterations, 1 MiB host slot\n", iterations);
+  std::printf("%-36s %9s %9s %9s\n", "scenario (microseconds)", "p50", "p99", "mean");
+  Row("raw SOCK_SEQPACKET ping-pong", raw, nullptr);
+  Row("no-op request (status)", noop, &raw);
+  Row("attach + detach (2 round trips)", attach_detach, &raw);
+  Row("attach of a mapped allocation", cached, nullptr);
+  Row("registry lookup (shared memory)", lookup, nullptr);
+  return broker->Stop(SIGTERM) == 0 ? 0 : 1;
+}

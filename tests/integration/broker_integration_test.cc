@@ -1,0 +1,349 @@
+// End to end against a real gpubrokerd, with clients in separate processes.
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "harness.h"
+#include "seqpacket.h"
+#include "wire.h"
+
+namespace gpubroker::testing {
+namespace {
+
+constexpr uid_t kNobody = 65534;
+constexpr gid_t kNogroup = 65534;
+
+CreateOptions Bytes(const std::string& name, size_t n, uint32_t mode = 0600) {
+  CreateOptions o;
+  o.name = name;
+  o.shape = {static_cast<int64_t>(n)};
+  o.mode = mode;
+  return o;
+}
+
+std::vector<uint8_t> Contents(const View& v) {
+  auto* p = static_cast<const uint8_t*>(v.data());
+  return std::vector<uint8_t>(p, p + v.nbytes());
+}
+
+class BrokerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = BrokerProcess::Start();
+    ASSERT_NE(broker_, nullptr);
+  }
+  void TearDown() override {
+    if (broker_ && broker_->pid() > 0) {
+      int status = broker_->Stop(SIGTERM);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "broker status " << status;
+    }
+  }
+  Client Connect(const std::string& name = "test") {
+    auto c = broker_->Connect(name);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return std::move(c).value();
+  }
+  uint32_t LeasesOf(Client& c, const std::string& slot) {
+    auto s = c.Stat(slot);
+    return s.ok() ? s->lease_count : 9999;
+  }
+  std::unique_ptr<BrokerProcess> broker_;
+};
+
+TEST_F(BrokerTest, ConsumerInAnotherProcessReadsAndWritesTheSameBytes) {
+  const size_t n = (1 << 20) + 13;
+  Client producer = Connect("producer");
+  auto view = producer.CreateAndAttach(Bytes("data", n));
+  ASSERT_TRUE(view.ok()) << view.status().ToString();
+  auto sent = RandomBytes(n);
+  std::memcpy(view->data(), sent.data(), n);
+
+  auto reply = RandomBytes(n);
+  ChildProcess consumer([&](Channel& ch) {
+    auto c = Client::Connect(broker_->Options("consumer"));
+    if (!c.ok()) return 10;
+    auto v = c->Attach("data");
+    if (!v.ok() || v->nbytes() != n || !v->writable()) return 11;
+    ch.Send(v->data(), n);
+    auto incoming = ch.Receive(n);
+    if (incoming.size() != n) return 12;
+    std::memcpy(v->data(), incoming.data(), n);
+    ch.SendLine("written");
+    return 0;
+  });
+  auto seen = consumer.channel().Receive(n);
+  ASSERT_EQ(seen.size(), n);
+  EXPECT_TRUE(seen == sent) << "the consumer read bytes the producer did not write";
+  consumer.channel().Send(reply);
+  ASSERT_EQ(consumer.channel().ReceiveLine(), "written");
+  EXPECT_TRUE(Contents(*view) == reply) << "the producer does not see the consumer's writes";
+  EXPECT_EQ(consumer.Wait(), 0);
+}
+
+TEST_F(BrokerTest, ArenaViewAtAnOffsetCostsOneLeasePerProcess) {
+  Client producer = Connect("producer");
+  auto arena = producer.CreateAndAttach(Bytes("arena", 64 * 1024, 0644));
+  ASSERT_TRUE(arena.ok());
+  CreateOptions t;
+  t.name = "arena/t";
+  t.base = "arena";
+  t.byte_offset = 8192;
+  t.dtype = *ParseDType("float32");
+  t.shape = {16, 32};
+  t.mode = 0644;
+  auto info = producer.Create(t);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->allocation_id, arena->slot().allocation_id);
+  auto data = RandomBytes(16 * 32 * 4);
+  std::memcpy(static_cast<uint8_t*>(arena->data()) + 8192, data.data(), data.size());
+
+  ChildProcess consumer([&](Channel& ch) {
+    auto c = Client::Connect(broker_->Options("consumer"));
+    if (!c.ok()) return 10;
+    auto v = c->Attach("arena/t");
+    if (!v.ok() || v->shape() != std::vector<int64_t>{16, 32} || v->strides() != std::vector<int64_t>{32, 1})
+      return 11;
+    auto whole = c->Attach("arena");  // same allocation: served from this process's mapping
+    if (!whole.ok()) return 12;
+    if (static_cast<uint8_t*>(whole->data()) + 8192 != v->data()) return 13;
+    ch.Send(v->data(), v->nbytes());
+    ch.ReceiveLine();  // hold until the parent has looked at the leases
+    return 0;
+  });
+  auto seen = consumer.channel().Receive(data.size());
+  EXPECT_TRUE(seen == data);
+  auto leases = producer.Leases();
+  ASSERT_TRUE(leases.ok());
+  int consumer_leases = 0;
+  for (const auto& l : *leases) {
+    if (l.client_id != producer.client_id()) consumer_leases += static_cast<int>(l.count);
+  }
+  EXPECT_EQ(consumer_leases, 1) << "the second attach of a mapped allocation went to the broker";
+  consumer.channel().SendLine("go");
+  EXPECT_EQ(consumer.Wait(), 0);
+}
+
+TEST_F(BrokerTest, DestroyWhileAttachedKeepsTheMemoryUntilTheLastDetach) {
+  const size_t n = 300000;
+  auto data = RandomBytes(n);
+  {
+    Client producer = Connect("producer");
+    auto v = producer.CreateAndAttach(Bytes("doomed", n));
+    ASSERT_TRUE(v.ok());
+    std::memcpy(v->data(), data.data(), n);
+  }  // the producer's lease goes with its view
+  ChildProcess consumer([&](Channel& ch) {
+    auto c = Client::Connect(broker_->Options("consumer"));
+    if (!c.ok()) return 10;
+    auto v = c->Attach("doomed");
+    if (!v.ok()) return 11;
+    ch.SendLine("attached");
+    ch.ReceiveLine();  // destroyed now
+    ch.Send(v->data(), n);
+    v->reset();
+    ch.SendLine("detached");
+    ch.ReceiveLine();
+    return 0;
+  });
+  ASSERT_EQ(consumer.channel().ReceiveLine(), "attached");
+  Client admin = Connect("admin");
+  ASSERT_TRUE(admin.Destroy("doomed").ok());
+  EXPECT_EQ(admin.Stat("doomed").status().code(), Code::kNotFound);
+  EXPECT_EQ(CountMemfds(broker_->pid(), "doomed"), 1);
+  consumer.channel().SendLine("read");
+  EXPECT_TRUE(consumer.channel().Receive(n) == data);
+  ASSERT_EQ(consumer.channel().ReceiveLine(), "detached");
+  EXPECT_EQ(CountMemfds(broker_->pid(), "doomed"), 0) << "memory outlived the last lease";
+  consumer.channel().SendLine("bye");
+  EXPECT_EQ(consumer.Wait(), 0);
+}
+
+TEST_F(BrokerTest, KilledClientGivesItsLeasesBack) {
+  Client owner = Connect("owner");
+  ASSERT_TRUE(owner.Create(Bytes("k/a", 4096)).ok());
+  ASSERT_TRUE(owner.Create(Bytes("k/b", 4096)).ok());
+  ChildProcess victim([&](Channel& ch) {
+    auto c = Client::Connect(broker_->Options("victim"));
+    if (!c.ok()) return 10;
+    auto a = c->Attach("k/a");
+    auto b = c->Attach("k/b");
+    if (!a.ok() || !b.ok()) return 11;
+    ch.SendLine("holding");
+    ch.ReceiveLine();  // blocks until killed
+    return 0;
+  });
+  ASSERT_EQ(victim.channel().ReceiveLine(), "holding");
+  EXPECT_EQ(LeasesOf(owner, "k/a"), 1u);
+  EXPECT_EQ(LeasesOf(owner, "k/b"), 1u);
+  victim.Kill(SIGKILL);
+  EXPECT_EQ(victim.Wait(), 128 + SIGKILL);
+  EXPECT_TRUE(WaitFor([&] { return LeasesOf(owner, "k/a") == 0 && LeasesOf(owner, "k/b") == 0; }));
+  auto info = owner.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->leases, 0u);
+  ASSERT_TRUE(owner.Destroy("k/a").ok());
+  ASSERT_TRUE(owner.Destroy("k/b").ok());
+  EXPECT_EQ(CountMemfds(broker_->pid(), "k/"), 0);
+}
+
+TEST_F(BrokerTest, AnotherUidIsRefusedAPrivateSlotAndGetsNoFd) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as nobody";
+  Client owner = Connect("owner");
+  ASSERT_TRUE(owner.Create(Bytes("secret", 4096, 0600)).ok());
+  auto shared = owner.CreateAndAttach(Bytes("public", 4096, 0644));
+  ASSERT_TRUE(shared.ok());
+  auto data = RandomBytes(4096);
+  std::memcpy(shared->data(), data.data(), data.size());
+
+  ChildProcess intruder([&](Channel& ch) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(kNogroup) != 0 || ::setuid(kNobody) != 0) return 20;
+    auto c = Client::Connect(broker_->Options("nobody"));
+    if (!c.ok()) return 21;
+    int fds_before = static_cast<int>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                                    std::filesystem::directory_iterator()));
+    auto secret = c->Attach("secret");
+    int fds_after = static_cast<int>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                                   std::filesystem::directory_iterator()));
+    if (secret.ok()) return 22;
+    if (secret.status().code() != Code::kPermissionDenied) return 23;
+    if (fds_after != fds_before) return 24;  // no fd slipped through
+    if (c->Destroy("public").code() != Code::kPermissionDenied) return 25;
+    auto pub = c->Attach("public");
+    if (!pub.ok() || pub->writable()) return 26;  // mode 0644: read-only for others
+    ch.Send(pub->data(), 4096);
+    return 0;
+  });
+  EXPECT_TRUE(intruder.channel().Receive(4096) == data);
+  EXPECT_EQ(intruder.Wait(), 0);
+  EXPECT_TRUE(owner.Stat("public").ok());
+}
+
+TEST_F(BrokerTest, GarbageOnTheSocketDoesNotStopService) {
+  auto expect_error = [](int fd) {
+    std::vector<std::byte> buf(wire::kMaxMessageBytes);
+    auto r = ReceiveRecord(fd, buf, false);
+    ASSERT_TRUE(r.ok());
+    ASSERT_FALSE(r->closed);
+    auto frame = wire::ParseFrame(std::span(buf).first(r->size));
+    ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+    EXPECT_EQ(frame->type, wire::MsgType::kError);
+  };
+  auto raw = ConnectSeqpacket(broker_->socket());
+  ASSERT_TRUE(raw.ok());
+  int fd = raw->get();
+  auto junk = RandomBytes(300);
+  ASSERT_TRUE(*SendRecord(fd, std::as_bytes(std::span(junk)), -1, false));
+  expect_error(fd);
+  std::vector<std::byte> huge(wire::kMaxMessageBytes + 4096, std::byte{1});
+  ASSERT_TRUE(*SendRecord(fd, huge, -1, false));
+  expect_error(fd);
+  std::vector<std::byte> tiny(5, std::byte{2});
+  ASSERT_TRUE(*SendRecord(fd, tiny, -1, false));
+  expect_error(fd);
+  wire::AttachRequest early{};
+  early.name.set("x");
+  ASSERT_TRUE(*SendRecord(fd, wire::EncodeRequest(1, early), -1, false));  // before hello
+  expect_error(fd);
+  int devnull = ::open("/dev/null", O_RDONLY);
+  ASSERT_TRUE(*SendRecord(fd, wire::EncodeRequest(2, wire::StatusRequest{}), devnull, false));
+  expect_error(fd);
+  ::close(devnull);
+  auto idle = ConnectSeqpacket(broker_->socket());  // connected, silent
+  ASSERT_TRUE(idle.ok());
+
+  Client c = Connect("well-behaved");
+  auto v = c.CreateAndAttach(Bytes("after-garbage", 64));
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(::kill(broker_->pid(), 0), 0);
+}
+
+TEST_F(BrokerTest, LookupAndCachedAttachNeedNoRoundTrip) {
+  Client c = Connect();
+  auto v = c.CreateAndAttach(Bytes("cached", 4096, 0644));
+  ASSERT_TRUE(v.ok());
+  ASSERT_EQ(::kill(broker_->pid(), SIGSTOP), 0);  // a broker that answers nothing
+  auto looked = c.Lookup("cached");
+  auto again = c.Attach("cached");
+  ::kill(broker_->pid(), SIGCONT);
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->allocation_id, v->slot().allocation_id);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->data(), v->data());
+  EXPECT_EQ(c.Lookup("missing").status().code(), Code::kNotFound);
+}
+
+TEST_F(BrokerTest, GracefulStopRemovesSocketAndRegistryAndViewsStayValid) {
+  Client c = Connect();
+  auto v = c.CreateAndAttach(Bytes("survivor", 8192));
+  ASSERT_TRUE(v.ok());
+  auto data = RandomBytes(8192);
+  std::memcpy(v->data(), data.data(), data.size());
+  int status = broker_->Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_FALSE(std::filesystem::exists(broker_->socket()));
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + broker_->registry()));
+  EXPECT_TRUE(Contents(*v) == data);
+  Status s = c.Stat("survivor").status();
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_NE(s.message().find("broker"), std::string::npos);
+}
+
+TEST_F(BrokerTest, KilledBrokerLeavesViewsReadableAndANewBrokerTakesOver) {
+  Client c = Connect();
+  auto v = c.CreateAndAttach(Bytes("orphan", 8192));
+  ASSERT_TRUE(v.ok());
+  auto data = RandomBytes(8192);
+  std::memcpy(v->data(), data.data(), data.size());
+  broker_->Stop(SIGKILL);
+  EXPECT_TRUE(Contents(*v) == data);
+  EXPECT_EQ(c.Stat("orphan").status().code(), Code::kUnavailable);
+  auto next = BrokerProcess::Restart(*broker_);
+  ASSERT_NE(next, nullptr) << "a new broker did not replace the stale socket and registry";
+  auto c2 = next->Connect();
+  ASSERT_TRUE(c2.ok());
+  EXPECT_TRUE(c2->CreateAndAttach(Bytes("fresh", 64)).ok());
+  EXPECT_EQ(c2->Stat("orphan").status().code(), Code::kNotFound);
+  EXPECT_EQ(WEXITSTATUS(next->Stop(SIGTERM)), 0);
+}
+
+TEST_F(BrokerTest, PoolsFromTheConfigExistAtStart) {
+  std::string path = broker_->dir() + "/pools.yaml";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs("pools:\n  - name: pool/a\n    dtype: float16\n    shape: [8, 8]\n    mode: \"0644\"\n", f);
+  std::fclose(f);
+  broker_->Stop(SIGTERM);
+  auto b = BrokerProcess::Start({"--config", path});
+  ASSERT_NE(b, nullptr);
+  auto c = b->Connect();
+  ASSERT_TRUE(c.ok());
+  auto v = c->Attach("pool/a");
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(DTypeName(v->dtype()), "float16");
+  EXPECT_EQ(v->nbytes(), 128u);
+  EXPECT_EQ(b->Stop(SIGTERM), 0);
+}
+
+TEST_F(BrokerTest, BadConfigStopsTheBrokerWithTheReason) {
+  std::string path = broker_->dir() + "/bad.yaml";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs("registry:\n  capacity: -3\n", f);
+  std::fclose(f);
+  std::string cmd = std::string(GPUBROKERD_PATH) + " --config " + path + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[512] = {};
+  size_t got = std::fread(buf, 1, sizeof buf - 1, p);
+  int status = ::pclose(p);
+  std::string out(buf, got);
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  EXPECT_NE(out.find("bad.yaml:2:13"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace gpubroker::testing

@@ -1,0 +1,201 @@
+#include "harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "seqpacket.h"
+
+namespace gpubroker::testing {
+
+std::vector<uint8_t> RandomBytes(size_t n) {
+  static std::mt19937_64 rng(std::random_device{}());
+  std::vector<uint8_t> out(n);
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
+
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return done();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // polling a condition
+  }
+  return true;
+}
+
+int CountMemfds(pid_t pid, const std::string& label) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (target.rfind("/memfd:", 0) == 0 && target.find(label) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+std::unique_ptr<BrokerProcess> BrokerProcess::Start(std::vector<std::string> extra_args) {
+  static std::atomic<int> counter{0};
+  std::unique_ptr<BrokerProcess> b(new BrokerProcess());
+  char tmpl[] = "/tmp/gpbtest-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return nullptr;
+  ::chmod(tmpl, 0755);  // clients of other uids must reach the socket
+  b->dir_ = tmpl;
+  b->socket_ = b->dir_ + "/broker.sock";
+  b->registry_ = "gpbtest-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  if (!b->Launch(std::move(extra_args)).ok()) return nullptr;
+  return b;
+}
+
+std::unique_ptr<BrokerProcess> BrokerProcess::Restart(const BrokerProcess& previous) {
+  std::unique_ptr<BrokerProcess> b(new BrokerProcess());
+  b->dir_ = previous.dir_;
+  b->socket_ = previous.socket_;
+  b->registry_ = previous.registry_;
+  b->owns_dir_ = false;
+  if (!b->Launch({}).ok()) return nullptr;
+  return b;
+}
+
+Status BrokerProcess::Launch(std::vector<std::string> extra_args) {
+  std::vector<std::string> args = {GPUBROKERD_PATH, "--socket", socket_, "--registry", registry_,
+                                   "--log-level", "warn"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  bool up = WaitFor([&] {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      return true;
+    }
+    return ConnectSeqpacket(socket_).ok();
+  });
+  if (!up || pid_ < 0) return Unavailable("gpubrokerd did not start");
+  return Status::Ok();
+}
+
+BrokerProcess::~BrokerProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+  if (owns_dir_) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    ::shm_unlink(("/" + registry_).c_str());
+  }
+}
+
+ConnectOptions BrokerProcess::Options(const std::string& client_name) const {
+  ConnectOptions o;
+  o.socket_path = socket_;
+  o.client_name = client_name;
+  o.reply_timeout_ms = 10000;
+  return o;
+}
+
+Result<Client> BrokerProcess::Connect(const std::string& client_name) const {
+  return Client::Connect(Options(client_name));
+}
+
+int BrokerProcess::Stop(int signo) {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, signo);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+void Channel::Send(const void* data, size_t n) {
+  auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(out_, p, n);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void Channel::SendLine(const std::string& line) { Send((line + "\n").data(), line.size() + 1); }
+
+std::vector<uint8_t> Channel::Receive(size_t n) {
+  std::vector<uint8_t> out(n);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::read(in_, out.data() + got, n - got);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return {};
+    }
+    got += static_cast<size_t>(r);
+  }
+  return out;
+}
+
+std::string Channel::ReceiveLine() {
+  std::string line;
+  char c;
+  while (::read(in_, &c, 1) == 1) {
+    if (c == '\n') return line;
+    line += c;
+  }
+  return line;
+}
+
+ChildProcess::ChildProcess(const std::function<int(Channel&)>& body) {
+  int to_child[2], from_child[2];
+  if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) return;
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::close(to_child[1]);
+    ::close(from_child[0]);
+    Channel ch(to_child[0], from_child[1]);
+    int rc = body(ch);
+    ::_exit(rc);
+  }
+  ::close(to_child[0]);
+  ::close(from_child[1]);
+  channel_ = std::make_unique<Channel>(from_child[0], to_child[1]);
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  if (channel_) {
+    ::close(channel_->in());
+    ::close(channel_->out());
+  }
+}
+
+int ChildProcess::Wait() {
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  reaped_ = true;
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+void ChildProcess::Kill(int signo) { ::kill(pid_, signo); }
+
+}  // namespace gpubroker::testing

@@ -1,0 +1,87 @@
+// Test harness: a real gpubrokerd on a temporary socket and registry, client
+// processes made with fork, and pipes to talk to them.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gpubroker/client.hpp"
+
+namespace gpubroker::testing {
+
+std::vector<uint8_t> RandomBytes(size_t n);
+
+// Polls `done` until it holds or `limit` passes; returns its last value.
+bool WaitFor(const std::function<bool()>& done,
+             std::chrono::milliseconds limit = std::chrono::seconds(10));
+
+// Open memfds of a process whose name contains `label`.
+int CountMemfds(pid_t pid, const std::string& label);
+
+class BrokerProcess {
+ public:
+  // Starts gpubrokerd and waits until its socket answers.
+  static std::unique_ptr<BrokerProcess> Start(std::vector<std::string> extra_args = {});
+  // Same socket and registry as `previous` (which must have stopped).
+  static std::unique_ptr<BrokerProcess> Restart(const BrokerProcess& previous);
+  ~BrokerProcess();
+
+  pid_t pid() const { return pid_; }
+  const std::string& socket() const { return socket_; }
+  const std::string& registry() const { return registry_; }
+  const std::string& dir() const { return dir_; }
+  ConnectOptions Options(const std::string& client_name = "test") const;
+  Result<Client> Connect(const std::string& client_name = "test") const;
+  // Sends `signo` and reaps the broker; returns its wait status.
+  int Stop(int signo = SIGTERM);
+
+ private:
+  BrokerProcess() = default;
+  Status Launch(std::vector<std::string> extra_args);
+  pid_t pid_ = -1;
+  std::string dir_, socket_, registry_;
+  bool owns_dir_ = true;
+};
+
+// A line-and-bytes channel over two pipes.
+class Channel {
+ public:
+  Channel(int in, int out) : in_(in), out_(out) {}
+  void Send(const void* data, size_t n);
+  void Send(const std::vector<uint8_t>& bytes) { Send(bytes.data(), bytes.size()); }
+  void SendLine(const std::string& line);
+  // Reads exactly n bytes; empty on EOF.
+  std::vector<uint8_t> Receive(size_t n);
+  std::string ReceiveLine();
+  int in() const { return in_; }
+  int out() const { return out_; }
+
+ private:
+  int in_, out_;
+};
+
+class ChildProcess {
+ public:
+  // Forks; the child runs `body` and exits with its return value.
+  explicit ChildProcess(const std::function<int(Channel&)>& body);
+  ~ChildProcess();
+  Channel& channel() { return *channel_; }
+  pid_t pid() const { return pid_; }
+  // Waits and returns the exit code (or 128 + signal).
+  int Wait();
+  void Kill(int signo);
+
+ private:
+  pid_t pid_ = -1;
+  std::unique_ptr<Channel> channel_;
+  bool reaped_ = false;
+};
+
+}  // namespace gpubroker::testing

@@ -1,0 +1,85 @@
+#include "config.h"
+
+#include <gtest/gtest.h>
+
+namespace gpubroker {
+namespace {
+
+Status Parse(const std::string& yaml) { return ParseConfig(yaml, "test.yaml").status(); }
+
+TEST(Config, EmbeddedDefaultParses) {
+  auto c = ParseConfig(EmbeddedDefaultConfig(), "<embedded>");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->registry_name, "gpubroker");
+  EXPECT_EQ(c->default_backend, "auto");
+  EXPECT_EQ(c->socket_mode, 0666u);
+}
+
+TEST(Config, ExampleFileParses) {
+  auto c = LoadConfigFile(GPUBROKER_SOURCE_DIR "/config/gpubroker.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_EQ(c->pools.size(), 2u);
+  EXPECT_EQ(c->pools[0].name, "staging/input");
+  EXPECT_EQ(c->pools[0].shape, (std::vector<int64_t>{64, 1024}));
+  EXPECT_EQ(c->pools[1].bytes, 16u << 20);
+  EXPECT_EQ(c->limits.max_bytes_per_client, 64ull << 30);
+  EXPECT_EQ(c->socket_mode, 0660u);
+}
+
+TEST(Config, UnknownKeyNamesLineAndColumn) {
+  Status s = Parse("socket:\n  path: /tmp/x.sock\n  mdoe: \"0600\"\n");
+  EXPECT_EQ(s.code(), Code::kConfig);
+  EXPECT_NE(s.message().find("test.yaml:3:3"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("mdoe"), std::string::npos);
+}
+
+TEST(Config, WrongTypesAndImpossibleValues) {
+  struct Case {
+    const char* yaml;
+    const char* where;
+    const char* what;
+  } cases[] = {
+      {"registry:\n  capacity: lots\n", "test.yaml:2:13", "capacity"},
+      {"registry:\n  capacity: 0\n", "test.yaml:2:13", "at least 1"},
+      {"registry:\n  capacity: 99999999\n", "test.yaml:2:13", "registry.capacity"},
+      {"socket:\n  mode: \"0999\"\n", "test.yaml:2:9", "octal"},
+      {"socket:\n  path: relative.sock\n", "test.yaml:2:9", "absolute"},
+      {"logging:\n  level: loud\n", "test.yaml:2:10", "logging.level"},
+      {"logging:\n  format: xml\n", "test.yaml:2:11", "text or json"},
+      {"limits:\n  max_bytes_per_client: 12XB\n", "test.yaml:2:25", "unit"},
+      {"pools:\n  - name: p\n    dtype: float7\n    shape: [4]\n", "test.yaml:3:12", "dtype"},
+      {"pools:\n  - name: p\n", "test.yaml:2:5", "shape or bytes"},
+      {"pools:\n  - name: \"a/../x\"\n    bytes: 4\n", "test.yaml:2:11", "'..'"},
+      {"pools:\n  - name: p\n    shape: [4]\n  - name: p\n    shape: [4]\n", "test.yaml:4:5", "twice"},
+      {"pools:\n  - name: p\n    dtype: float32\n    shape: [4]\n    bytes: 8\n", "test.yaml:5:12", "smaller"},
+      {"default_backend: gpu\n", "test.yaml:1:18", "default_backend"},
+      {"registry: [1, 2]\n", "test.yaml:1:11", "mapping"},
+      {"socket:\n  path: [unclosed\n", "test.yaml:", ""},
+  };
+  for (const auto& c : cases) {
+    Status s = Parse(c.yaml);
+    EXPECT_EQ(s.code(), Code::kConfig) << c.yaml;
+    EXPECT_NE(s.message().find(c.where), std::string::npos) << c.yaml << " -> " << s.message();
+    EXPECT_NE(s.message().find(c.what), std::string::npos) << c.yaml << " -> " << s.message();
+  }
+}
+
+TEST(Config, CrossFieldRules) {
+  Status s = Parse("registry:\n  capacity: 4\nlimits:\n  max_slots: 8\n");
+  EXPECT_EQ(s.code(), Code::kConfig);
+  EXPECT_NE(s.message().find("max_slots"), std::string::npos);
+}
+
+TEST(Config, SizesAndModes) {
+  EXPECT_EQ(*ParseBytes("4096"), 4096u);
+  EXPECT_EQ(*ParseBytes("2MiB"), 2u << 20);
+  EXPECT_EQ(ParseBytes("99999999999TiB").status().code(), Code::kConfig);
+  EXPECT_EQ(ParseBytes("MiB").status().code(), Code::kConfig);
+  EXPECT_EQ(*ParseMode("0640"), 0640u);
+  EXPECT_EQ(ParseMode("1777").status().code(), Code::kConfig);
+  EXPECT_EQ(*LookupGroup("0"), 0u);
+  EXPECT_EQ(LookupGroup("no-such-group-here").status().code(), Code::kConfig);
+}
+
+}  // namespace
+}  // namespace gpubroker
