@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "gpubroker/status.hpp"
@@ -29,6 +30,13 @@ struct AllocationRequest {
   DeviceSelector device;
 };
 
+// What a client gets to reach an allocation: an fd (host, cuda_vmm) or a
+// legacy CUDA IPC handle (cuda_ipc).
+struct SharedHandle {
+  UniqueFd fd;
+  std::optional<std::array<uint8_t, 64>> ipc_handle;
+};
+
 // One allocation, owned by the broker; freed when destroyed. Handles already
 // handed out keep the memory alive on their own (kernel and driver refcount).
 class BackendMemory {
@@ -36,9 +44,9 @@ class BackendMemory {
   virtual ~BackendMemory() = default;
   virtual uint64_t size() const = 0;  // bytes reserved, >= the request
   virtual Device device() const = 0;
-  // A new fd for a client; read-only if `access` lacks wire::kAccessWrite and
+  // A handle for a client; read-only if `access` lacks wire::kAccessWrite and
   // the backend can enforce it.
-  virtual Result<UniqueFd> Share(uint32_t access) = 0;
+  virtual Result<SharedHandle> Share(uint32_t access) = 0;
 };
 
 class Backend {

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "cuda_backends.h"
 #include "host_backend.h"
 #include "registry.h"
 #include "request_handler.h"
@@ -20,10 +21,9 @@ uint64_t RandomGeneration() {
 
 Status SetUpBackends(const Config& config, BackendSet& backends) {
   backends.Add(std::make_unique<HostBackend>());
-  backends.Disable(BackendKind::kCudaVmm, "this broker was built without CUDA support");
-  backends.Disable(BackendKind::kCudaIpc, "this broker was built without CUDA support");
+  bool cuda = AddCudaBackends(backends, CudaLimits{config.limits.max_bytes_per_device});
   if (config.default_backend == "auto") {
-    backends.SetDefault(BackendKind::kHost);
+    backends.SetDefault(cuda ? BackendKind::kCudaVmm : BackendKind::kHost);
   } else {
     GPB_ASSIGN_OR_RETURN(BackendKind kind, ParseBackend(config.default_backend));
     GPB_RETURN_IF_ERROR(backends.Get(kind).status().Annotate("default_backend"));

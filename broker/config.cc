@@ -103,13 +103,18 @@ class Reader {
 
   Status LimitsNode(const YAML::Node& n, Limits& l) const {
     GPB_RETURN_IF_ERROR(
-        CheckKeys(n, "limits", {"max_slots", "max_bytes_per_client", "max_connections"}));
+        CheckKeys(n, "limits",
+                  {"max_slots", "max_bytes_per_client", "max_bytes_per_device", "max_connections"}));
     if (n["max_slots"]) {
       GPB_ASSIGN_OR_RETURN(l.max_slots, Unsigned<uint32_t>(n["max_slots"], "limits.max_slots", 1u << 20));
     }
     if (n["max_bytes_per_client"]) {
       GPB_ASSIGN_OR_RETURN(l.max_bytes_per_client,
                            Bytes(n["max_bytes_per_client"], "limits.max_bytes_per_client"));
+    }
+    if (n["max_bytes_per_device"]) {
+      GPB_ASSIGN_OR_RETURN(l.max_bytes_per_device,
+                           Bytes(n["max_bytes_per_device"], "limits.max_bytes_per_device"));
     }
     if (n["max_connections"]) {
       GPB_ASSIGN_OR_RETURN(l.max_connections,

@@ -29,6 +29,7 @@ struct PoolConfig {
 struct Limits {
   uint32_t max_slots = 0;              // 0: the registry capacity
   uint64_t max_bytes_per_client = 0;   // 0: unlimited
+  uint64_t max_bytes_per_device = 0;   // per CUDA device; 0: unlimited
   uint32_t max_connections = 1024;
 };
 

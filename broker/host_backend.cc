@@ -18,18 +18,18 @@ class HostMemory final : public BackendMemory {
   uint64_t size() const override { return size_; }
   Device device() const override { return Device{}; }
 
-  Result<UniqueFd> Share(uint32_t access) override {
+  Result<SharedHandle> Share(uint32_t access) override {
     if (access & wire::kAccessWrite) {
       UniqueFd copy(::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0));
       if (!copy.valid()) return PosixError("dup memfd", errno);
-      return copy;
+      return SharedHandle{std::move(copy), std::nullopt};
     }
     // A fresh read-only open file description: the kernel refuses writable
     // mappings through it, whatever the client does.
     std::string path = "/proc/self/fd/" + std::to_string(fd_.get());
     UniqueFd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!ro.valid()) return PosixError("reopen memfd read-only", errno);
-    return ro;
+    return SharedHandle{std::move(ro), std::nullopt};
   }
 
  private:

@@ -14,7 +14,7 @@ namespace {
 struct Flags {
   std::string config_file;
   std::optional<std::string> socket, socket_mode, registry, admin_group, log_level, log_format,
-      default_backend, max_bytes_per_client;
+      default_backend, max_bytes_per_client, max_bytes_per_device;
   std::optional<uint32_t> capacity, max_slots, max_connections;
   bool print_default = false;
 };
@@ -34,6 +34,9 @@ gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
   if (f.max_bytes_per_client) {
     GPB_ASSIGN_OR_RETURN(c.limits.max_bytes_per_client, ParseBytes(*f.max_bytes_per_client));
   }
+  if (f.max_bytes_per_device) {
+    GPB_ASSIGN_OR_RETURN(c.limits.max_bytes_per_device, ParseBytes(*f.max_bytes_per_device));
+  }
   return ValidateConfig(c).Annotate("command line");
 }
 
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
   app.add_option("--default-backend", f.default_backend, "auto, host, cuda_vmm or cuda_ipc");
   app.add_option("--max-slots", f.max_slots, "limit on live slots");
   app.add_option("--max-bytes-per-client", f.max_bytes_per_client, "e.g. 64GiB; 0 = unlimited");
+  app.add_option("--max-bytes-per-device", f.max_bytes_per_device, "per CUDA device, e.g. 40GiB");
   app.add_option("--max-connections", f.max_connections, "limit on client connections");
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
   app.add_option("--log-format", f.log_format, "text or json");

@@ -79,6 +79,14 @@ Result<uint32_t> RequestHandler::CreateSlot(const wire::CreateRequest& m, const 
   d.dtype_bits = dtype.bits;
   d.dtype_lanes = dtype.lanes;
   d.ndim = m.ndim;
+  // A legacy IPC handle is a bearer token any local user can open: it goes
+  // into the shared registry only for slots every local user may read.
+  if (a->backend == BackendKind::kCudaIpc && (m.mode & 04) != 0) {
+    auto handle = a->memory->Share(wire::kAccessRead);
+    if (handle.ok() && handle->ipc_handle) {
+      std::memcpy(d.ipc_handle, handle->ipc_handle->data(), sizeof d.ipc_handle);
+    }
+  }
   auto index = registry_.Insert(d);
   if (!index.ok()) {
     ReleaseIfUnused(a->id);
@@ -135,7 +143,7 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   if (a == nullptr) return Internal("slot's allocation is missing");
   uint32_t access = wire::kAccessRead;
   if (!read_only && Allows(r.client.peer, slot, 2)) access |= wire::kAccessWrite;
-  GPB_ASSIGN_OR_RETURN(UniqueFd fd, a->memory->Share(access));
+  GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
   table_.TakeLease(r.client, *a, slot.name);
   SyncLeaseCount(*a);
   spdlog::info("client {} attached '{}' (allocation {}, {} leases)", r.client.id, slot.name, a->id,
@@ -143,8 +151,11 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   wire::AttachReply reply{};
   reply.slot = registry_.Get(index);
   reply.access = access;
-  reply.has_fd = 1;
-  return Reply{wire::EncodeReply(r.id, reply), std::move(fd)};
+  reply.has_fd = handle.fd.valid() ? 1 : 0;
+  if (handle.ipc_handle) {  // over the socket only, after the permission check
+    std::memcpy(reply.slot.ipc_handle, handle.ipc_handle->data(), sizeof reply.slot.ipc_handle);
+  }
+  return Reply{wire::EncodeReply(r.id, reply), std::move(handle.fd)};
 }
 
 Result<Reply> RequestHandler::OnDetach(Request r, const wire::DetachRequest& m) {

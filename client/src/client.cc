@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "connection.h"
+#include "mapping.h"
 #include "validate.h"
 
 namespace gpubroker {
@@ -58,6 +59,18 @@ Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
 
 }  // namespace
 
+View Client::MakeView(std::shared_ptr<MappedAllocation> mapping, const SlotDescriptor& d) {
+  SlotInfo info = ToSlotInfo(d);
+  info.device = mapping->device;
+  return View(std::move(mapping), std::move(info));
+}
+
+static SlotInfo Local(const SlotDescriptor& d) {
+  SlotInfo s = ToSlotInfo(d);
+  LocalizeDevice(s);
+  return s;
+}
+
 Result<Client> Client::Connect(const ConnectOptions& options) {
   GPB_ASSIGN_OR_RETURN(auto connection, Connection::Open(options));
   auto core = std::make_shared<Core>();
@@ -70,7 +83,7 @@ uint64_t Client::client_id() const { return core_->connection->hello().client_id
 Result<SlotInfo> Client::Create(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, false));
   GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
-  return ToSlotInfo(reply.slot);
+  return Local(reply.slot);
 }
 
 Result<View> Client::CreateAndAttach(const CreateOptions& options) {
@@ -79,7 +92,7 @@ Result<View> Client::CreateAndAttach(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->connection->Call<wire::AttachReply>(m, &fd));
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped,
                        core_->connection->Map(reply, std::move(fd)));
-  return View(std::move(mapped), ToSlotInfo(reply.slot));
+  return MakeView(std::move(mapped), reply.slot);
 }
 
 Result<View> Client::Attach(std::string_view name, AttachMode mode) {
@@ -92,7 +105,7 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
     if (slot.ok()) {
       if (auto cached = c.Cached(slot->allocation_id)) {
         if (mode == AttachMode::kReadOnly || cached->writable) {
-          return View(std::move(cached), ToSlotInfo(*slot));
+          return MakeView(std::move(cached), *slot);
         }
       }
     }
@@ -103,7 +116,7 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   UniqueFd fd;
   GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, c.Call<wire::AttachReply>(m, &fd));
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, c.Map(reply, std::move(fd)));
-  return View(std::move(mapped), ToSlotInfo(reply.slot));
+  return MakeView(std::move(mapped), reply.slot);
 }
 
 Status Client::Destroy(std::string_view name) {
@@ -118,13 +131,13 @@ Result<SlotInfo> Client::Stat(std::string_view name) {
   wire::StatRequest m{};
   m.name.set(name);
   GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
-  return ToSlotInfo(reply.slot);
+  return Local(reply.slot);
 }
 
 Result<std::vector<SlotInfo>> Client::List() {
   GPB_ASSIGN_OR_RETURN(auto records, core_->connection->CallList<wire::ListReply>(wire::ListRequest{}));
   std::vector<SlotInfo> out;
-  for (const auto& d : records) out.push_back(ToSlotInfo(d));
+  for (const auto& d : records) out.push_back(Local(d));
   return out;
 }
 
@@ -132,13 +145,13 @@ Result<SlotInfo> Client::Lookup(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
   GPB_ASSIGN_OR_RETURN(SlotDescriptor d, registry->Lookup(name));
-  return ToSlotInfo(d);
+  return Local(d);
 }
 
 Result<std::vector<SlotInfo>> Client::ListRegistry() {
   GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
   std::vector<SlotInfo> out;
-  for (const auto& d : registry->ListLive()) out.push_back(ToSlotInfo(d));
+  for (const auto& d : registry->ListLive()) out.push_back(Local(d));
   return out;
 }
 

@@ -1,6 +1,5 @@
 #include "connection.h"
 
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,7 +10,7 @@
 namespace gpubroker {
 
 MappedAllocation::~MappedAllocation() {
-  if (base != nullptr) ::munmap(base, length);
+  mapping.reset();  // unmap before the lease goes
   if (auto c = connection.lock()) c->Detach(allocation_id);
 }
 
@@ -97,23 +96,20 @@ Result<std::shared_ptr<MappedAllocation>> Connection::Map(const wire::AttachRepl
     Detach(slot.allocation_id);  // one lease per allocation per connection
     return existing;
   }
-  if (!fd.valid()) return ProtocolError("attach reply carried no file descriptor");
-  if (slot.backend != static_cast<uint16_t>(BackendKind::kHost)) {
-    Detach(slot.allocation_id);
-    return Unsupported("this client library maps host slots only; '" + std::string(slot.name) +
-                       "' is " + std::string(BackendName(static_cast<BackendKind>(slot.backend))));
+  bool writable = (reply.access & wire::kAccessWrite) != 0;
+  auto mapped = slot.backend == static_cast<uint16_t>(BackendKind::kHost)
+                    ? MapHost(slot, std::move(fd), writable)
+                    : MapCuda(slot, std::move(fd), writable);
+  if (!mapped.ok()) {
+    Detach(slot.allocation_id);  // give the lease back: nothing maps it
+    return mapped.status().Annotate("mapping slot '" + std::string(slot.name) + "'");
   }
   auto m = std::make_shared<MappedAllocation>();
   m->allocation_id = slot.allocation_id;
-  m->length = slot.allocation_bytes;
-  m->writable = (reply.access & wire::kAccessWrite) != 0;
-  int prot = PROT_READ | (m->writable ? PROT_WRITE : 0);
-  void* p = ::mmap(nullptr, m->length, prot, MAP_SHARED, fd.get(), 0);
-  if (p == MAP_FAILED) {
-    Detach(slot.allocation_id);
-    return PosixError("mmap slot '" + std::string(slot.name) + "'", errno);
-  }
-  m->base = p;
+  m->writable = writable;
+  m->base = (*mapped)->base();
+  m->device = (*mapped)->device();
+  m->mapping = std::move(mapped).value();
   m->connection = weak_from_this();
   std::lock_guard lock(cache_mu_);
   cache_[slot.allocation_id] = m;

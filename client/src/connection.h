@@ -10,6 +10,7 @@
 #include <string>
 
 #include "gpubroker/client.hpp"
+#include "mapping.h"
 #include "posix.h"
 #include "registry_reader.h"
 #include "wire.h"
@@ -22,8 +23,9 @@ struct MappedAllocation {
   std::weak_ptr<class Connection> connection;
   uint64_t allocation_id = 0;
   void* base = nullptr;
-  size_t length = 0;
   bool writable = false;
+  Device device;  // in this process's numbering
+  std::unique_ptr<ClientMapping> mapping;
   ~MappedAllocation();
 };
 

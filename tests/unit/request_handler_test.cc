@@ -16,7 +16,9 @@ class FakeBackend final : public Backend {
     ~Memory() override { --owner->live; }
     uint64_t size() const override { return bytes; }
     Device device() const override { return Device{}; }
-    Result<UniqueFd> Share(uint32_t) override { return UniqueFd(::open("/dev/null", O_RDONLY)); }
+    Result<SharedHandle> Share(uint32_t) override {
+      return SharedHandle{UniqueFd(::open("/dev/null", O_RDONLY)), std::nullopt};
+    }
     FakeBackend* owner;
     uint64_t bytes;
   };
@@ -193,7 +195,7 @@ TEST_F(HandlerTest, ModeBitsDecideAttachAndDestroy) {
 }
 
 TEST_F(HandlerTest, AdminGroupMayDoEverything) {
-  Rebuild(Limits{0, 0, 8}, gid_t{4242});
+  Rebuild(Limits{.max_connections = 8}, gid_t{4242});
   uint64_t owner = Connect(1000, 1000);
   uint64_t admin = Connect(3000, 3000, {4242});
   uint64_t nobody = Connect(3001, 3001);
@@ -239,7 +241,7 @@ TEST_F(HandlerTest, OutOfMemoryIsAClearErrorAndServiceGoesOn) {
 }
 
 TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
-  Rebuild(Limits{2, 100, 3});
+  Rebuild(Limits{.max_slots = 2, .max_bytes_per_client = 100, .max_connections = 3});
   uint64_t a = Connect(0, 0);
   Status bytes = Call<wire::SlotReply>(a, CreateMsg("x", 26)).status();  // 104 bytes
   EXPECT_EQ(bytes.code(), Code::kResourceExhausted);

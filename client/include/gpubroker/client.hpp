@@ -25,6 +25,7 @@
 namespace gpubroker {
 
 struct MappedAllocation;  // internal: one mapping of an allocation in this process
+struct SlotDescriptor;    // internal: the registry's fixed layout of a slot
 
 inline constexpr const char* kDefaultSocketPath = "/run/gpubroker/gpubroker.sock";
 
@@ -59,7 +60,8 @@ class View {
   View() = default;
 
   bool valid() const { return mapping_ != nullptr; }
-  // First element. Host memory for host slots.
+  // First element: a host pointer for host slots, a device pointer (usable
+  // on device().ordinal, in this process's numbering) for CUDA slots.
   void* data() const;
   const SlotInfo& slot() const { return slot_; }
   const std::string& name() const { return slot_.name; }
@@ -149,6 +151,7 @@ class Client {
  private:
   struct Core;
   explicit Client(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  static View MakeView(std::shared_ptr<MappedAllocation> mapping, const SlotDescriptor& d);
   std::shared_ptr<Core> core_;
 };
 

@@ -1,0 +1,180 @@
+#include "cuda_driver.h"
+
+#include <dlfcn.h>
+
+#include <charconv>
+#include <cstring>
+#include <mutex>
+
+namespace gpubroker {
+namespace {
+
+using GetProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
+
+}  // namespace
+
+Result<const CudaDriver*> CudaDriver::Get() {
+  static CudaDriver* driver = nullptr;
+  static Status status;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto* d = new CudaDriver();
+    status = d->Load();
+    if (status.ok()) {
+      driver = d;
+    } else {
+      delete d;
+    }
+  });
+  if (driver == nullptr) return status;
+  return static_cast<const CudaDriver*>(driver);
+}
+
+Status CudaDriver::Load() {
+  void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* why = ::dlerror();
+    return Unsupported(std::string("no CUDA driver on this host (") + (why ? why : "libcuda.so.1") + ")");
+  }
+  auto get = reinterpret_cast<GetProcAddress>(::dlsym(lib, "cuGetProcAddress_v2"));
+  auto init = reinterpret_cast<decltype(&::cuInit)>(::dlsym(lib, "cuInit"));
+  if (get == nullptr || init == nullptr) {
+    return Unsupported("the CUDA driver on this host is too old (no cuGetProcAddress_v2)");
+  }
+  CUresult r = init(0);
+  if (r != CUDA_SUCCESS) {
+    return Unsupported("no usable CUDA device on this host (cuInit returned " + std::to_string(r) + ")");
+  }
+  Status missing = Status::Ok();
+  auto resolve = [&](const char* name, auto& fn) {
+    void* p = nullptr;
+    CUdriverProcAddressQueryResult found{};
+    if (get(name, &p, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||
+        p == nullptr) {
+      if (missing.ok()) missing = Unsupported(std::string("the CUDA driver lacks ") + name);
+      return;
+    }
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
+  };
+#define GPB_RESOLVE(name) resolve(#name, name);
+  GPB_RESOLVE(cuDeviceGet)
+  GPB_RESOLVE(cuDeviceGetCount)
+  GPB_RESOLVE(cuDeviceGetUuid)
+  GPB_RESOLVE(cuDevicePrimaryCtxRetain)
+  GPB_RESOLVE(cuDevicePrimaryCtxRelease)
+  GPB_RESOLVE(cuCtxGetCurrent)
+  GPB_RESOLVE(cuCtxSetCurrent)
+  GPB_RESOLVE(cuCtxGetDevice)
+  GPB_RESOLVE(cuCtxSynchronize)
+  GPB_RESOLVE(cuGetErrorName)
+  GPB_RESOLVE(cuGetErrorString)
+  GPB_RESOLVE(cuMemGetAllocationGranularity)
+  GPB_RESOLVE(cuMemCreate)
+  GPB_RESOLVE(cuMemRelease)
+  GPB_RESOLVE(cuMemExportToShareableHandle)
+  GPB_RESOLVE(cuMemImportFromShareableHandle)
+  GPB_RESOLVE(cuMemAddressReserve)
+  GPB_RESOLVE(cuMemAddressFree)
+  GPB_RESOLVE(cuMemMap)
+  GPB_RESOLVE(cuMemUnmap)
+  GPB_RESOLVE(cuMemSetAccess)
+  GPB_RESOLVE(cuMemsetD8)
+  GPB_RESOLVE(cuMemAlloc)
+  GPB_RESOLVE(cuMemFree)
+  GPB_RESOLVE(cuMemGetInfo)
+  GPB_RESOLVE(cuIpcGetMemHandle)
+  GPB_RESOLVE(cuIpcOpenMemHandle)
+  GPB_RESOLVE(cuIpcCloseMemHandle)
+#undef GPB_RESOLVE
+  GPB_RETURN_IF_ERROR(missing);
+  GPB_RETURN_IF_ERROR(Check(cuDeviceGetCount(&device_count_), "cuDeviceGetCount"));
+  if (device_count_ == 0) return Unsupported("no CUDA device visible to this process");
+  return Status::Ok();
+}
+
+Status CudaDriver::Check(CUresult result, std::string_view what) const {
+  if (result == CUDA_SUCCESS) return Status::Ok();
+  const char* name = nullptr;
+  const char* text = nullptr;
+  if (cuGetErrorName != nullptr) cuGetErrorName(result, &name);
+  if (cuGetErrorString != nullptr) cuGetErrorString(result, &text);
+  std::string message = std::string(what) + ": " + (name ? name : std::to_string(result)) +
+                        (text ? std::string(" (") + text + ")" : "");
+  switch (result) {
+    case CUDA_ERROR_OUT_OF_MEMORY: return ResourceExhausted(message);
+    case CUDA_ERROR_INVALID_VALUE:
+    case CUDA_ERROR_INVALID_DEVICE: return InvalidArgument(message);
+    case CUDA_ERROR_NOT_SUPPORTED: return Unsupported(message);
+    case CUDA_ERROR_NO_DEVICE: return Unsupported(message);
+    default: return Internal(message);
+  }
+}
+
+Result<DeviceUuid> CudaDriver::UuidOf(int ordinal) const {
+  if (ordinal < 0 || ordinal >= device_count_) {
+    return InvalidArgument("CUDA device " + std::to_string(ordinal) + " does not exist (" +
+                           std::to_string(device_count_) + " visible)");
+  }
+  CUdevice dev;
+  GPB_RETURN_IF_ERROR(Check(cuDeviceGet(&dev, ordinal), "cuDeviceGet"));
+  CUuuid uuid;
+  GPB_RETURN_IF_ERROR(Check(cuDeviceGetUuid(&uuid, dev), "cuDeviceGetUuid"));
+  DeviceUuid out;
+  std::memcpy(out.data(), uuid.bytes, out.size());
+  return out;
+}
+
+Result<int> CudaDriver::OrdinalOf(const DeviceUuid& uuid) const {
+  for (int i = 0; i < device_count_; ++i) {
+    GPB_ASSIGN_OR_RETURN(DeviceUuid u, UuidOf(i));
+    if (u == uuid) return i;
+  }
+  return NotFound("CUDA device " + FormatUuid(uuid) + " is not visible to this process");
+}
+
+Result<int> CudaDriver::ParseDevice(std::string_view text) const {
+  if (text.rfind("GPU-", 0) == 0) {
+    for (int i = 0; i < device_count_; ++i) {
+      GPB_ASSIGN_OR_RETURN(DeviceUuid u, UuidOf(i));
+      if (FormatUuid(u) == text) return i;
+    }
+    return NotFound("no visible CUDA device has UUID " + std::string(text));
+  }
+  if (text.rfind("cuda:", 0) == 0) text.remove_prefix(5);
+  int ordinal = -1;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), ordinal);
+  if (ec != std::errc() || p != text.data() + text.size()) {
+    return InvalidArgument("'" + std::string(text) + "' is not a device ordinal or GPU-<uuid>");
+  }
+  GPB_RETURN_IF_ERROR(UuidOf(ordinal).status());
+  return ordinal;
+}
+
+Result<ScopedDeviceContext> ScopedDeviceContext::Enter(const CudaDriver& driver, int ordinal) {
+  ScopedDeviceContext s;
+  s.driver_ = &driver;
+  GPB_RETURN_IF_ERROR(driver.Check(driver.cuDeviceGet(&s.device_, ordinal), "cuDeviceGet"));
+  GPB_RETURN_IF_ERROR(driver.Check(driver.cuCtxGetCurrent(&s.previous_), "cuCtxGetCurrent"));
+  CUcontext ctx = nullptr;
+  GPB_RETURN_IF_ERROR(
+      driver.Check(driver.cuDevicePrimaryCtxRetain(&ctx, s.device_), "cuDevicePrimaryCtxRetain"));
+  if (CUresult r = driver.cuCtxSetCurrent(ctx); r != CUDA_SUCCESS) {
+    driver.cuDevicePrimaryCtxRelease(s.device_);
+    return driver.Check(r, "cuCtxSetCurrent");
+  }
+  s.active_ = true;
+  return s;
+}
+
+ScopedDeviceContext::ScopedDeviceContext(ScopedDeviceContext&& other) noexcept
+    : driver_(other.driver_), device_(other.device_), previous_(other.previous_), active_(other.active_) {
+  other.active_ = false;
+}
+
+ScopedDeviceContext::~ScopedDeviceContext() {
+  if (!active_) return;
+  driver_->cuCtxSetCurrent(previous_);
+  driver_->cuDevicePrimaryCtxRelease(device_);
+}
+
+}  // namespace gpubroker
