@@ -57,31 +57,43 @@ Result<std::unique_ptr<ClientMapping>> MapVmm(const CudaDriver& d, const SlotDes
       "cuMemGetAllocationGranularity"));
   size_t size = (slot.allocation_bytes + granularity - 1) / granularity * granularity;
 
-  CUmemGenericAllocationHandle handle = 0;
-  GPB_RETURN_IF_ERROR(d.Check(
-      d.cuMemImportFromShareableHandle(&handle, reinterpret_cast<void*>(static_cast<intptr_t>(fd.get())),
-                                       CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
-      "cuMemImportFromShareableHandle"));
-  CUdeviceptr ptr = 0;
-  Status s = d.Check(d.cuMemAddressReserve(&ptr, size, granularity, 0, 0), "cuMemAddressReserve");
-  if (s.ok()) {
-    s = d.Check(d.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap");
-    if (!s.ok()) d.cuMemAddressFree(ptr, size);
+  auto map = [&]() -> Result<std::unique_ptr<VmmMapping>> {
+    CUmemGenericAllocationHandle handle = 0;
+    GPB_RETURN_IF_ERROR(d.Check(
+        d.cuMemImportFromShareableHandle(&handle, reinterpret_cast<void*>(static_cast<intptr_t>(fd.get())),
+                                         CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+        "cuMemImportFromShareableHandle"));
+    CUdeviceptr ptr = 0;
+    Status s = d.Check(d.cuMemAddressReserve(&ptr, size, granularity, 0, 0), "cuMemAddressReserve");
+    if (s.ok()) {
+      s = d.Check(d.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap");
+      if (!s.ok()) d.cuMemAddressFree(ptr, size);
+    }
+    d.cuMemRelease(handle);  // the mapping holds the memory now
+    GPB_RETURN_IF_ERROR(s);
+    std::vector<CUmemAccessDesc> descs;
+    for (int ordinal : access_from) {
+      CUmemAccessDesc a{};
+      a.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      a.location.id = ordinal;
+      a.flags = writable ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_READ;
+      descs.push_back(a);
+    }
+    auto mapping = std::make_unique<VmmMapping>(d, ptr, size);
+    GPB_RETURN_IF_ERROR(
+        d.Check(d.cuMemSetAccess(ptr, size, descs.data(), descs.size()), "cuMemSetAccess"));
+    return mapping;
+  };
+  auto mapping = map();
+  if (!mapping.ok() && !current) {
+    // Should the driver want a current context for these calls, use the slot's
+    // own device, only for their duration.
+    GPB_ASSIGN_OR_RETURN(ScopedDeviceContext scope, ScopedDeviceContext::Enter(d, *own));
+    mapping = map();
   }
-  d.cuMemRelease(handle);  // the mapping holds the memory now
-  GPB_RETURN_IF_ERROR(s);
-  std::vector<CUmemAccessDesc> descs;
-  for (int ordinal : access_from) {
-    CUmemAccessDesc a{};
-    a.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    a.location.id = ordinal;
-    a.flags = writable ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_READ;
-    descs.push_back(a);
-  }
-  auto mapping = std::make_unique<VmmMapping>(d, ptr, size);
-  GPB_RETURN_IF_ERROR(d.Check(d.cuMemSetAccess(ptr, size, descs.data(), descs.size()), "cuMemSetAccess"));
-  mapping->SetDevice(Device{Device::kCuda, own.ok() ? *own : -1, uuid});
-  return std::unique_ptr<ClientMapping>(std::move(mapping));
+  GPB_RETURN_IF_ERROR(mapping.status());
+  (*mapping)->SetDevice(Device{Device::kCuda, own.ok() ? *own : -1, uuid});
+  return std::unique_ptr<ClientMapping>(std::move(mapping).value());
 }
 
 // Keeps the context the handle was opened in, to close it there.

@@ -177,6 +177,23 @@ ChildProcess::ChildProcess(const std::function<int(Channel&)>& body) {
   channel_ = std::make_unique<Channel>(from_child[0], to_child[1]);
 }
 
+std::unique_ptr<ChildProcess> ChildProcess::Exec(
+    const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env) {
+  return std::make_unique<ChildProcess>([&](Channel& ch) {
+    ::dup2(ch.in(), 0);
+    ::dup2(ch.out(), 1);
+    for (const auto& [name, value] : env) {
+      if (value.empty()) ::unsetenv(name.c_str());
+      else ::setenv(name.c_str(), value.c_str(), 1);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    return 127;
+  });
+}
+
 ChildProcess::~ChildProcess() {
   if (pid_ > 0 && !reaped_) {
     ::kill(pid_, SIGKILL);

@@ -71,6 +71,11 @@ class ChildProcess {
  public:
   // Forks; the child runs `body` and exits with its return value.
   explicit ChildProcess(const std::function<int(Channel&)>& body);
+  // Forks and executes `argv` with the channel as its stdin and stdout, after
+  // setting (or, for an empty value, unsetting) the variables in `env`.
+  static std::unique_ptr<ChildProcess> Exec(
+      const std::vector<std::string>& argv,
+      const std::vector<std::pair<std::string, std::string>>& env = {});
   ~ChildProcess();
   Channel& channel() { return *channel_; }
   pid_t pid() const { return pid_; }

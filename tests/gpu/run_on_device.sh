@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs on the device machine, from the repository root, with .device/ carried
+# (see stage.sh): the GPU-labelled tests, then the GPU and control-path
+# benchmarks. Logs go to $OUT when the device tool sets it.
+set -uo pipefail
+root=$PWD
+out=${OUT:-$root/.device/out}
+mkdir -p "$out"
+# The staged ctest files name the build directory by the path it had here.
+staged=$(sed -n 's/^# Build directory: //p' .device/build-gpu/CTestTestfile.cmake)
+mkdir -p "$(dirname "$staged")"
+[ -e "$staged" ] || ln -s "$root/.device/build-gpu" "$staged"
+export LD_LIBRARY_PATH=$root/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv | tee "$out/gpus.txt"
+rc=0
+(cd "$staged" && ctest -L gpu --output-on-failure -V) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
+grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
+if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
+  "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
+  "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
+fi
+exit $rc

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the GPU configuration here (Release, with CUDA) and stages what the
+# device machine needs in .device/: the build tree without object files, and
+# the shared libraries its image lacks. Then run, through the device tool:
+#   command: bash tests/gpu/run_on_device.sh     carry: [".device"]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+.ci/deps
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGPUBROKER_WITH_CUDA=ON >/dev/null
+cmake --build build-gpu
+rm -rf .device
+mkdir -p .device/lib
+(cd build-gpu && find . -type d -name CMakeFiles -prune -o -type f ! -name '*.o' ! -name '*.a' \
+   ! -name '*.ninja' ! -name '.ninja_*' -print) | while read -r f; do
+  mkdir -p ".device/build-gpu/$(dirname "$f")"
+  cp -a "build-gpu/$f" ".device/build-gpu/$f"
+done
+cp -a build-gpu/client/libgpubroker.so* .device/build-gpu/client/
+# Shared libraries from Debian that the device image (Ubuntu) does not carry.
+ldd build-gpu/broker/gpubrokerd build-gpu/client/libgpubroker.so build-gpu/tests/gpu_backend_test \
+  | awk '/yaml-cpp|spdlog|fmt/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
+strip --strip-unneeded .device/build-gpu/broker/gpubrokerd .device/build-gpu/tests/* \
+  .device/build-gpu/bench/* .device/build-gpu/client/gpubrokerctl 2>/dev/null || true
+echo "staged $(du -sh .device | cut -f1) in .device/ (source $(git rev-parse --short HEAD))"
