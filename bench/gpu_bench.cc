@@ -137,8 +137,9 @@ std::string RunChild(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
   const int repeats = 20;
-  if (argc >= 5 && std::strcmp(argv[1], "--ours") == 0) return ChildOurs(argv[2], argv[3], repeats);
-  if (argc >= 5 && std::strcmp(argv[1], "--raw") == 0) return ChildRaw(argv[2], argv[3], repeats);
+  if (argc == 4 && std::strcmp(argv[1], "--ours") == 0) return ChildOurs(argv[2], argv[3], repeats);
+  if (argc == 4 && std::strcmp(argv[1], "--raw") == 0) return ChildRaw(argv[2], argv[3], repeats);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   auto driver = CudaDriver::Get();
   if (!driver.ok()) {
     std::printf("gpu_bench: skipped: %s\n", driver.status().message().c_str());

@@ -140,11 +140,12 @@ class Reader {
     if (n["device"]) {
       GPB_ASSIGN_OR_RETURN(std::string d, String(n["device"], "pool device"));
       if (d.rfind("GPU-", 0) == 0) {
-        return At(n["device"].Mark(), "device UUIDs are accepted once the CUDA backends are built");
+        auto uuid = ParseUuid(d);
+        if (!uuid.ok()) return At(n["device"].Mark(), uuid.status().message());
+        p.device_uuid = *uuid;
+      } else {
+        GPB_ASSIGN_OR_RETURN(p.device_ordinal, Unsigned<int32_t>(n["device"], "pool device", 1 << 16));
       }
-      auto v = Unsigned<int32_t>(n["device"], "pool device", 1 << 16);
-      if (!v.ok()) return v.status();
-      p.device_ordinal = *v;
     }
     std::string dtype = "uint8";
     if (n["dtype"]) { GPB_ASSIGN_OR_RETURN(dtype, String(n["dtype"], "pool dtype")); }

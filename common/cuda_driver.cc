@@ -7,12 +7,6 @@
 #include <mutex>
 
 namespace gpubroker {
-namespace {
-
-using GetProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
-
-}  // namespace
-
 Result<const CudaDriver*> CudaDriver::Get() {
   static CudaDriver* driver = nullptr;
   static Status status;
@@ -36,27 +30,30 @@ Status CudaDriver::Load() {
     const char* why = ::dlerror();
     return Unsupported(std::string("no CUDA driver on this host (") + (why ? why : "libcuda.so.1") + ")");
   }
-  auto get = reinterpret_cast<GetProcAddress>(::dlsym(lib, "cuGetProcAddress_v2"));
   auto init = reinterpret_cast<decltype(&::cuInit)>(::dlsym(lib, "cuInit"));
-  if (get == nullptr || init == nullptr) {
-    return Unsupported("the CUDA driver on this host is too old (no cuGetProcAddress_v2)");
-  }
+  if (init == nullptr) return Unsupported("libcuda.so.1 on this host has no cuInit");
   CUresult r = init(0);
   if (r != CUDA_SUCCESS) {
     return Unsupported("no usable CUDA device on this host (cuInit returned " + std::to_string(r) + ")");
   }
+  // Each entry point is resolved by the exact symbol cuda.h binds its name to
+  // (cuMemAlloc -> cuMemAlloc_v2, cuCtxSynchronize -> cuCtxSynchronize), so
+  // the ABI matches the declaration we call it through. cuGetProcAddress
+  // would hand back the newest variant for a CUDA version instead, which can
+  // differ: for 13.0 it returns cuCtxSynchronize_v2(CUcontext) for
+  // "cuCtxSynchronize".
   Status missing = Status::Ok();
-  auto resolve = [&](const char* name, auto& fn) {
-    void* p = nullptr;
-    CUdriverProcAddressQueryResult found{};
-    if (get(name, &p, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||
-        p == nullptr) {
-      if (missing.ok()) missing = Unsupported(std::string("the CUDA driver lacks ") + name);
+  auto resolve = [&](const char* symbol, auto& fn) {
+    void* p = ::dlsym(lib, symbol);
+    if (p == nullptr) {
+      if (missing.ok()) missing = Unsupported(std::string("the CUDA driver lacks ") + symbol);
       return;
     }
     fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
   };
-#define GPB_RESOLVE(name) resolve(#name, name);
+#define GPB_SYMBOL_NAME(expanded) #expanded
+#define GPB_SYMBOL(name) GPB_SYMBOL_NAME(name)
+#define GPB_RESOLVE(name) resolve(GPB_SYMBOL(name), name);
   GPB_RESOLVE(cuDeviceGet)
   GPB_RESOLVE(cuDeviceGetCount)
   GPB_RESOLVE(cuDeviceGetUuid)
@@ -86,6 +83,8 @@ Status CudaDriver::Load() {
   GPB_RESOLVE(cuIpcOpenMemHandle)
   GPB_RESOLVE(cuIpcCloseMemHandle)
 #undef GPB_RESOLVE
+#undef GPB_SYMBOL
+#undef GPB_SYMBOL_NAME
   GPB_RETURN_IF_ERROR(missing);
   GPB_RETURN_IF_ERROR(Check(cuDeviceGetCount(&device_count_), "cuDeviceGetCount"));
   if (device_count_ == 0) return Unsupported("no CUDA device visible to this process");

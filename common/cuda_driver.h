@@ -1,8 +1,8 @@
 // The CUDA driver API, loaded at run time.
 //
-// libcuda.so.1 is opened with dlopen and every entry point resolved with
-// cuGetProcAddress, as PyTorch and CuPy do, so the same binaries start on a
-// host with no driver (and serve host memory there). Nothing here creates a
+// libcuda.so.1 is opened with dlopen and every entry point resolved at run
+// time, as PyTorch and CuPy do, so the same binaries start on a host with no
+// driver (and serve host memory there). Nothing here creates a
 // CUDA context; callers retain a device's primary context when they need one.
 #pragma once
 

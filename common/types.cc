@@ -66,4 +66,29 @@ std::string FormatUuid(const DeviceUuid& u) {
   return buf;
 }
 
+Result<DeviceUuid> ParseUuid(std::string_view text) {
+  auto bad = [&] {
+    return InvalidArgument("'" + std::string(text) +
+                           "' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+  };
+  if (text.rfind("GPU-", 0) != 0) return bad();
+  text.remove_prefix(4);
+  DeviceUuid out{};
+  size_t nibbles = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '-') {
+      if (i != 8 && i != 13 && i != 18 && i != 23) return bad();
+      continue;
+    }
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (v < 0 || nibbles >= 32) return bad();
+    out[nibbles / 2] = static_cast<uint8_t>(out[nibbles / 2] | (v << (nibbles % 2 ? 0 : 4)));
+    ++nibbles;
+  }
+  if (nibbles != 32 || text.size() != 36) return bad();
+  return out;
+}
+
 }  // namespace gpubroker

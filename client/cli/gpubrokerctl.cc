@@ -191,11 +191,13 @@ Result<CreateOptions> ToCreateOptions(const CreateFlags& f) {
     o.shape = {static_cast<int64_t>(o.bytes / o.dtype.itemsize())};
   }
   if (!f.backend.empty()) { GPB_ASSIGN_OR_RETURN(o.backend, ParseBackend(f.backend)); }
-  if (!f.device.empty()) {
+  if (f.device.rfind("GPU-", 0) == 0) {
+    GPB_ASSIGN_OR_RETURN(o.device_uuid, ParseUuid(f.device));
+  } else if (!f.device.empty()) {
     try {
-      o.device = std::stoi(f.device);
+      o.device = std::stoi(f.device.rfind("cuda:", 0) == 0 ? f.device.substr(5) : f.device);
     } catch (const std::exception&) {
-      return InvalidArgument("--device must be a CUDA ordinal");
+      return InvalidArgument("--device must be a CUDA ordinal (0, cuda:1) or a GPU-<uuid>");
     }
   }
   try {
@@ -235,7 +237,7 @@ int main(int argc, char** argv) {
   create->add_option("--shape", cf.shape, "comma-separated sizes, e.g. 1024,1024");
   create->add_option("--bytes", cf.bytes, "allocation size in bytes");
   create->add_option("--backend", cf.backend, "host, cuda_vmm or cuda_ipc (default: the broker's)");
-  create->add_option("--device", cf.device, "CUDA device ordinal");
+  create->add_option("--device", cf.device, "CUDA device: ordinal (broker's numbering) or GPU-<uuid>");
   create->add_option("--mode", cf.mode, "permission bits, octal (default 0600)");
   create->add_option("--base", cf.base, "make a view into this slot's allocation");
   create->add_option("--offset", cf.offset, "byte offset of the view within the base");

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "gpubroker/client.hpp"
 #include "kernels.h"
@@ -72,9 +73,11 @@ int main(int argc, char** argv) {
     int count = std::atoi(argv[4]);
     uint64_t seed = U64(argv[5]);
     int64_t total = 0;
+    std::vector<View> held;  // all views stay alive: the allocation is mapped once
     for (int i = 0; i < count; ++i) {
       auto v = client->Attach(std::string(argv[3]) + "/" + std::to_string(i));
       if (!v.ok()) return Fail(v.status().ToString());
+      held.push_back(*v);
       gpu::SetDevice(v->device().ordinal);
       int64_t bad = gpu::CountMismatches(v->data(), v->nbytes(), seed + static_cast<uint64_t>(i));
       total += bad < 0 ? 1 : bad;

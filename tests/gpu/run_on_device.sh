@@ -17,7 +17,7 @@ rc=0
 (cd "$staged" && ctest -L gpu --output-on-failure -V) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
 grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
-  "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
-  "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
+  timeout 300 "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
+  timeout 120 "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
 fi
 exit $rc

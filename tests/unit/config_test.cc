@@ -64,6 +64,19 @@ TEST(Config, WrongTypesAndImpossibleValues) {
   }
 }
 
+TEST(Config, PoolDeviceIsAnOrdinalOrAUuid) {
+  auto c = ParseConfig(
+      "pools:\n  - name: a\n    device: 1\n    bytes: 64\n"
+      "  - name: b\n    device: GPU-a1d6f876-708f-2787-a05e-d22e6235cc19\n    bytes: 64\n",
+      "test.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->pools[0].device_ordinal, 1);
+  ASSERT_TRUE(c->pools[1].device_uuid.has_value());
+  EXPECT_EQ(FormatUuid(*c->pools[1].device_uuid), "GPU-a1d6f876-708f-2787-a05e-d22e6235cc19");
+  Status s = Parse("pools:\n  - name: a\n    device: GPU-zz\n    bytes: 64\n");
+  EXPECT_NE(s.message().find("test.yaml:3:13"), std::string::npos) << s.message();
+}
+
 TEST(Config, CrossFieldRules) {
   Status s = Parse("registry:\n  capacity: 4\nlimits:\n  max_slots: 8\n");
   EXPECT_EQ(s.code(), Code::kConfig);

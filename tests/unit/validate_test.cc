@@ -86,5 +86,19 @@ TEST(DTypes, ParseAndName) {
   EXPECT_EQ(ValidateDType({3, 64, 1}).code(), Code::kInvalidArgument);
 }
 
+TEST(DeviceUuids, ParseAndFormatRoundTrip) {
+  const std::string text = "GPU-a1d6f876-708f-2787-a05e-d22e6235cc19";
+  auto uuid = ParseUuid(text);
+  ASSERT_TRUE(uuid.ok()) << uuid.status().ToString();
+  EXPECT_EQ((*uuid)[0], 0xa1);
+  EXPECT_EQ((*uuid)[15], 0x19);
+  EXPECT_EQ(FormatUuid(*uuid), text);
+  for (const char* bad : {"a1d6f876-708f-2787-a05e-d22e6235cc19", "GPU-a1d6f876708f2787a05ed22e6235cc19",
+                          "GPU-a1d6f876-708f-2787-a05e-d22e6235cc1", "GPU-a1d6f876-708f-2787-a05e-d22e6235cc1z",
+                          "GPU-a1d6f876-708f-2787-a05e-d22e6235cc1900"}) {
+    EXPECT_EQ(ParseUuid(bad).status().code(), Code::kInvalidArgument) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace gpubroker

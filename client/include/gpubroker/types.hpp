@@ -48,6 +48,7 @@ struct Device {
 
 // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", the form nvidia-smi prints.
 std::string FormatUuid(const DeviceUuid& uuid);
+Result<DeviceUuid> ParseUuid(std::string_view text);
 
 enum class SlotState : uint16_t { kEmpty = 0, kLive = 1 };
 
