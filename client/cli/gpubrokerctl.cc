@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
   create->add_option("--shape", cf.shape, "comma-separated sizes, e.g. 1024,1024");
   create->add_option("--bytes", cf.bytes, "allocation size in bytes");
   create->add_option("--backend", cf.backend, "host, cuda_vmm or cuda_ipc (default: the broker's)");
-  create->add_option("--device", cf.device, "CUDA device: ordinal (broker's numbering) or GPU-<uuid>");
+  create->add_option("--device", cf.device, "CUDA device: ordinal (as this process sees it) or GPU-<uuid>");
   create->add_option("--mode", cf.mode, "permission bits, octal (default 0600)");
   create->add_option("--base", cf.base, "make a view into this slot's allocation");
   create->add_option("--offset", cf.offset, "byte offset of the view within the base");

@@ -5,6 +5,7 @@
 
 #include "gpubroker/client.hpp"
 #include "gpubroker/gpubroker.h"
+#include "mapping.h"
 
 using gpubroker::Status;
 
@@ -191,6 +192,14 @@ int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_err
 }
 
 void gpb_free(void* p) { std::free(p); }
+
+int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err) {
+  if (NullArg(out_uuid, "out_uuid", err)) return GPB_INVALID_ARGUMENT;
+  auto uuid = gpubroker::LocalDeviceUuid(ordinal);
+  if (!uuid.ok()) return Fail(uuid.status(), err);
+  std::memcpy(out_uuid, uuid->data(), uuid->size());
+  return Done(Status::Ok(), err);
+}
 
 void* gpb_view_data(const gpb_view* view) { return view != nullptr ? view->view.data() : nullptr; }
 int32_t gpb_view_writable(const gpb_view* view) { return view != nullptr && view->view.writable(); }

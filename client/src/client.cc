@@ -44,11 +44,15 @@ Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
   std::copy(o.shape.begin(), o.shape.end(), m.shape);
   std::copy(o.strides.begin(), o.strides.end(), m.strides);
   m.ndim = static_cast<uint8_t>(o.shape.size());
+  // The broker numbers devices its own way: name ours by UUID where we can.
+  std::optional<DeviceUuid> uuid = o.device_uuid;
+  if (!uuid && o.device >= 0) {
+    if (auto local = LocalDeviceUuid(o.device); local.ok()) uuid = *local;
+  }
   m.device_ordinal = o.device;
-  if (o.device_uuid) std::memcpy(m.device_uuid, o.device_uuid->data(), sizeof m.device_uuid);
+  if (uuid) std::memcpy(m.device_uuid, uuid->data(), sizeof m.device_uuid);
   m.flags = (o.strides.empty() ? 0u : uint32_t{wire::kCreateHasStrides}) |
-            (attach ? uint32_t{wire::kCreateAttach} : 0u) |
-            (o.device_uuid ? uint32_t{wire::kCreateByUuid} : 0u);
+            (attach ? uint32_t{wire::kCreateAttach} : 0u) | (uuid ? uint32_t{wire::kCreateByUuid} : 0u);
   m.mode = o.mode;
   m.backend = o.backend ? static_cast<uint16_t>(*o.backend) : 0;
   m.dtype_code = o.dtype.code;

@@ -30,6 +30,10 @@ Result<std::unique_ptr<ClientMapping>> MapHost(const SlotDescriptor& slot, Uniqu
 // kUnsupported when built without CUDA or run without a driver.
 Result<std::unique_ptr<ClientMapping>> MapCuda(const SlotDescriptor& slot, UniqueFd fd, bool writable);
 
+// The UUID of this process's CUDA device `ordinal`; kUnsupported without a
+// driver.
+Result<DeviceUuid> LocalDeviceUuid(int ordinal);
+
 // Rewrites a CUDA slot's ordinal from the broker's numbering to this
 // process's (by UUID); -1 if the device is not visible here.
 void LocalizeDevice(SlotInfo& slot);

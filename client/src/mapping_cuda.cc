@@ -154,6 +154,11 @@ Result<std::unique_ptr<ClientMapping>> MapCuda(const SlotDescriptor& slot, Uniqu
   return MapIpc(*d, slot);
 }
 
+Result<DeviceUuid> LocalDeviceUuid(int ordinal) {
+  GPB_ASSIGN_OR_RETURN(const CudaDriver* d, CudaDriver::Get());
+  return d->UuidOf(ordinal);
+}
+
 void LocalizeDevice(SlotInfo& slot) {
   if (slot.device.type != Device::kCuda) return;
   auto d = CudaDriver::Get();

@@ -8,6 +8,10 @@ Result<std::unique_ptr<ClientMapping>> MapCuda(const SlotDescriptor& slot, Uniqu
                      "' holds GPU memory but this client library was built without CUDA support");
 }
 
+Result<DeviceUuid> LocalDeviceUuid(int) {
+  return Unsupported("this client library was built without CUDA support");
+}
+
 void LocalizeDevice(SlotInfo& slot) {
   if (slot.device.type == Device::kCuda) slot.device.ordinal = -1;
 }

@@ -6,10 +6,15 @@ set -uo pipefail
 root=$PWD
 out=${OUT:-$root/.device/out}
 mkdir -p "$out"
-# The staged ctest files name the build directory by the path it had here.
+# The staged ctest files name the source and build directories by the paths
+# they had where they were built: make those paths lead here.
 staged=$(sed -n 's/^# Build directory: //p' .device/build-gpu/CTestTestfile.cmake)
-mkdir -p "$(dirname "$staged")"
-[ -e "$staged" ] || ln -s "$root/.device/build-gpu" "$staged"
+src=$(sed -n 's/^# Source directory: //p' .device/build-gpu/CTestTestfile.cmake)
+if [ "$src" != "$root" ] && [ ! -e "$src" ]; then
+  mkdir -p "$(dirname "$src")"
+  ln -s "$root" "$src"
+fi
+[ -e "$root/build-gpu" ] || ln -s "$root/.device/build-gpu" "$root/build-gpu"
 export LD_LIBRARY_PATH=$root/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv | tee "$out/gpus.txt"
@@ -19,5 +24,7 @@ grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
   timeout 300 "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
   timeout 120 "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
+  GPUBROKERD=$staged/broker/gpubrokerd GPUBROKER_LIBRARY=$staged/client/libgpubroker.so \
+    timeout 300 python3 bench/python_attach_bench.py 50 2>&1 | tee "$out/python_bench.txt"
 fi
 exit $rc

@@ -47,7 +47,8 @@ struct CreateOptions {
   std::string base;               // non-empty: a view into base's allocation...
   uint64_t byte_offset = 0;       // ...at this offset (element-aligned)
   std::optional<BackendKind> backend;  // unset: the broker's default
-  int32_t device = -1;                 // CUDA ordinal in the broker's numbering; -1: default
+  int32_t device = -1;  // CUDA ordinal in this process's numbering (sent as its UUID;
+                        // the broker's numbering where this process has no driver); -1: default
   std::optional<DeviceUuid> device_uuid;  // overrides `device`
   uint32_t mode = 0600;           // like chmod: r = attach, w = write, destroy, add views
 };

@@ -89,7 +89,7 @@ typedef struct gpb_create_args {
   const char* base;       /* NULL or "": new allocation; else a view into base's */
   uint64_t byte_offset;
   int32_t backend;        /* gpb_backend */
-  int32_t device;         /* CUDA ordinal in the broker's numbering, -1: default */
+  int32_t device;         /* CUDA ordinal in this process's numbering, -1: default */
   const uint8_t* device_uuid; /* 16 bytes or NULL; overrides device */
   uint32_t mode;          /* e.g. 0600 */
 } gpb_create_args;
@@ -120,6 +120,9 @@ int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb
 /* *out is an array of *count entries; free it with gpb_free. */
 int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err);
 void gpb_free(void* p);
+
+/* The UUID of this process's CUDA device `ordinal` (16 bytes). */
+int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err);
 
 /* The view's data pointer (first element) and whether it may be written. */
 void* gpb_view_data(const gpb_view* view);

@@ -1,0 +1,61 @@
+"""A second process for the Python tests. Usage: peer.py SOCKET COMMAND ...
+
+  echo NAME             attach, write the slot's bytes to stdout, read as many
+                        bytes from stdin into the slot, print "written"
+  check-torch NAME SEED1 SEED2 HOW
+                        attach a CUDA slot through HOW (as_tensor, from_dlpack,
+                        cupy), compare with torch.randn(seed1) made here, write
+                        torch.randn(seed2), print "ok N" or "bad N"
+  snippet NAME          the README snippet's consumer: attach and print the sum
+  hold NAME             attach, print "holding", wait for EOF
+"""
+import sys
+
+import gpubroker
+
+
+def out(line):
+    sys.stdout.buffer.write((line + "\n").encode())
+    sys.stdout.buffer.flush()
+
+
+def main():
+    sock, cmd, name = sys.argv[1], sys.argv[2], sys.argv[3]
+    c = gpubroker.connect(sock, name="peer")
+    view = c.attach(name)
+    if cmd == "echo":
+        import numpy
+        a = numpy.asarray(view)
+        sys.stdout.buffer.write(a.tobytes())
+        sys.stdout.buffer.flush()
+        incoming = sys.stdin.buffer.read(a.nbytes)
+        a[...] = numpy.frombuffer(incoming, dtype=a.dtype).reshape(a.shape)
+        out("written")
+    elif cmd == "check-torch":
+        import torch
+        seed1, seed2, how = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+        shape, dtype = view.shape, getattr(torch, view.dtype)
+        expected = torch.randn(shape, generator=torch.Generator().manual_seed(seed1)).to(dtype)
+        if how == "as_tensor":
+            t = torch.as_tensor(view, device=f"cuda:{view.device_id}")
+        elif how == "from_dlpack":
+            t = torch.from_dlpack(view)
+        else:
+            import cupy
+            t = torch.as_tensor(cupy.asarray(view), device=f"cuda:{view.device_id}")
+        assert t.data_ptr() == view.data_ptr, "not zero-copy"
+        bad = int((t.cpu() != expected).sum())
+        t.copy_(torch.randn(shape, generator=torch.Generator().manual_seed(seed2)).to(dtype).to(t.device))
+        torch.cuda.synchronize()
+        out(("ok " if bad == 0 else "bad ") + str(bad))
+    elif cmd == "snippet":
+        import torch
+        t = torch.as_tensor(c.attach(name), device="cuda")
+        out(f"{t.dtype} {tuple(t.shape)} {t.device} {float(t.float().sum())}")
+    elif cmd == "hold":
+        out("holding")
+        sys.stdin.buffer.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the Python tests (host | gpu) with the first interpreter that has NumPy:
+# $GPUBROKER_PYTHON, then Debian's /usr/bin/python3, then python3 on PATH.
+set -euo pipefail
+which=${1:-host}
+here=$(cd "$(dirname "$0")" && pwd)
+for py in ${GPUBROKER_PYTHON:-} /usr/bin/python3 python3; do
+  if command -v "$py" >/dev/null && "$py" -c "import numpy" 2>/dev/null; then
+    [ "$which" = gpu ] && ! "$py" -c "import torch" 2>/dev/null && continue
+    export PYTHONPATH=$here/..:$here${PYTHONPATH:+:$PYTHONPATH}
+    exec "$py" -m unittest -v "test_$which"
+  fi
+done
+echo "no Python interpreter with numpy found (install python3-numpy)" >&2
+exit 1

@@ -1,0 +1,123 @@
+"""The Python client on CUDA slots: needs a GPU, PyTorch and CuPy (the device
+machine); skips with the reason elsewhere."""
+import gc
+import os
+import unittest
+
+import gpubroker
+from broker import Broker, finish
+
+try:
+    import torch
+    HAVE_CUDA = torch.cuda.is_available()
+    WHY = "" if HAVE_CUDA else "torch sees no CUDA device"
+except ImportError:
+    torch, HAVE_CUDA, WHY = None, False, "torch is not installed"
+try:
+    import cupy
+except ImportError:
+    cupy = None
+
+
+def seed():
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def randn(shape, s, dtype):
+    """Values known from the seed alone, so each side checks independently."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(s)).to(dtype)
+
+
+@unittest.skipUnless(HAVE_CUDA, WHY)
+class CudaTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.broker.stop() == 0
+
+    def setUp(self):
+        self.c = gpubroker.connect(self.broker.socket, name="cuda-test")
+
+    def tearDown(self):
+        self.c.close()
+
+    def round_trip(self, backend, how, dtype=torch.float32 if torch else None):
+        name = f"cuda/{backend}/{how}/{str(dtype)[6:]}"
+        shape = (1024, 1000)
+        view = self.c.create(name, shape, dtype, "cuda:0", backend=backend)
+        t = torch.as_tensor(view, device="cuda:0") if dtype != torch.bfloat16 else torch.from_dlpack(view)
+        self.assertEqual(t.data_ptr(), view.data_ptr)
+        s1, s2 = seed(), seed()
+        t.copy_(randn(shape, s1, dtype).cuda())
+        torch.cuda.synchronize()
+        peer = self.broker.peer("check-torch", name, str(s1), str(s2), how)
+        line = peer.stdout.readline().decode().strip()
+        self.assertEqual(finish(peer), 0, line)
+        self.assertEqual(line, "ok 0")
+        self.assertTrue(torch.equal(t.cpu(), randn(shape, s2, dtype)), "the consumer's values are not here")
+
+    def test_two_processes_through_as_tensor(self):
+        for backend in ("cuda_vmm", "cuda_ipc"):
+            with self.subTest(backend=backend):
+                self.round_trip(backend, "as_tensor")
+
+    def test_two_processes_through_from_dlpack(self):
+        for backend in ("cuda_vmm", "cuda_ipc"):
+            with self.subTest(backend=backend):
+                self.round_trip(backend, "from_dlpack")
+                self.round_trip(backend, "from_dlpack", torch.bfloat16)
+
+    @unittest.skipUnless(cupy is not None, "cupy is not installed")
+    def test_two_processes_through_cupy(self):
+        for backend in ("cuda_vmm", "cuda_ipc"):
+            with self.subTest(backend=backend):
+                self.round_trip(backend, "cupy")
+        view = self.c.create("cuda/cupy-ptr", (64,), "float32", "cuda:0")
+        self.assertEqual(cupy.asarray(view).data.ptr, view.data_ptr)
+
+    def test_readme_snippet_in_two_processes(self):
+        with gpubroker.connect(self.broker.socket) as c:
+            c.create("weights/layer0", shape=(4096, 4096), dtype="bfloat16", device="cuda:0")
+            t = torch.as_tensor(c.attach("weights/layer0"), device="cuda")   # zero copy
+            t.fill_(1)
+            torch.cuda.synchronize()
+        peer = self.broker.peer("snippet", "weights/layer0")
+        line = peer.stdout.readline().decode().strip()
+        self.assertEqual(finish(peer), 0)
+        self.assertEqual(line, "torch.bfloat16 (4096, 4096) cuda:0 16777216.0")
+
+    def test_lease_lives_while_a_cuda_tensor_does(self):
+        self.c.create("cuda/lease", (256,), "float32", "cuda:0", attach=False)
+        t = torch.as_tensor(self.c.attach("cuda/lease"), device="cuda:0")
+        gc.collect()
+        self.assertEqual(self.c.stat("cuda/lease").lease_count, 1)
+        t.fill_(2.0)
+        del t
+        gc.collect()
+        self.assertEqual(self.c.stat("cuda/lease").lease_count, 0)
+
+    def test_publish_state_dict_on_the_gpu(self):
+        sd = {f"l{i}.w": torch.randn(i + 5, 33, device="cuda:0") for i in range(20)}
+        sd["bf"] = torch.randn(7, device="cuda:0").to(torch.bfloat16)
+        self.c.publish_state_dict("cuda/model", sd)
+        other = gpubroker.connect(self.broker.socket, name="reader")
+        for k, v in sd.items():
+            got = torch.from_dlpack(other.attach(f"cuda/model/{k}"))
+            self.assertTrue(torch.equal(got, v), k)
+        other.close()
+
+    def test_dlpack_stream_argument(self):
+        view = self.c.create("cuda/stream", (8,), "float32", "cuda:0")
+        with self.assertRaises(ValueError):
+            view.__dlpack__(stream=0)
+        s = torch.cuda.Stream()
+        t = torch.from_dlpack(view.__dlpack__(stream=s.cuda_stream))
+        self.assertEqual(t.data_ptr(), view.data_ptr)
+        self.assertEqual(view.__dlpack_device__(), (2, 0))
+
+
+if __name__ == "__main__":
+    unittest.main()

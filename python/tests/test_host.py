@@ -1,0 +1,185 @@
+"""The Python client on host slots: runs everywhere, CI included."""
+import gc
+import os
+import unittest
+
+import numpy
+
+import gpubroker
+from broker import Broker, finish
+
+try:
+    import torch
+except ImportError:  # the tests that need it say so
+    torch = None
+
+
+def fresh_rng():
+    return numpy.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+
+
+class HostTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker("--max-bytes-per-client", "64MiB")
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.broker.stop() == 0
+
+    def setUp(self):
+        self.c = gpubroker.connect(self.broker.socket, name="host-test")
+
+    def tearDown(self):
+        self.c.close()
+
+    def leases(self, name):
+        return self.c.stat(name).lease_count
+
+    def test_consumer_process_sees_exactly_the_producers_values(self):
+        rng = fresh_rng()
+        values = rng.standard_normal((257, 33))
+        view = self.c.create("py/data", values.shape, "float64")
+        a = numpy.asarray(view)
+        a[...] = values
+        peer = self.broker.peer("echo", "py/data")
+        seen = numpy.frombuffer(peer.stdout.read(values.nbytes), dtype=numpy.float64).reshape(values.shape)
+        numpy.testing.assert_array_equal(seen, values)  # every element
+        reply = rng.standard_normal(values.shape)
+        peer.stdin.write(reply.tobytes())
+        peer.stdin.flush()
+        self.assertEqual(peer.stdout.readline(), b"written\n")
+        self.assertEqual(finish(peer), 0)
+        numpy.testing.assert_array_equal(a, reply)  # the consumer wrote into our memory
+
+    def test_array_interfaces_are_zero_copy(self):
+        view = self.c.create("py/zc", (4, 6), "int32")
+        a = numpy.asarray(view)
+        self.assertEqual(a.__array_interface__["data"][0], view.data_ptr)
+        self.assertEqual(a.dtype, numpy.int32)
+        self.assertEqual(a.shape, (4, 6))
+        b = numpy.from_dlpack(view) if hasattr(numpy, "from_dlpack") else numpy.asarray(view)
+        a[...] = numpy.arange(24, dtype=numpy.int32).reshape(4, 6)
+        numpy.testing.assert_array_equal(b, a)  # written through one, read through the other
+        self.assertEqual(view.__dlpack_device__(), (1, 0))
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_torch_from_dlpack_shares_memory_with_numpy(self):
+        view = self.c.create("py/torch", (3, 5), "float32")
+        t = torch.from_dlpack(view)
+        self.assertEqual(t.data_ptr(), view.data_ptr)
+        self.assertEqual(t.dtype, torch.float32)
+        a = numpy.asarray(view)
+        a[...] = fresh_rng().standard_normal((3, 5))
+        self.assertTrue(torch.equal(t, torch.from_numpy(a.copy())))
+        t.fill_(7.0)
+        self.assertTrue((a == 7.0).all())
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_bfloat16_travels_through_dlpack(self):
+        view = self.c.create("py/bf16", (8,), "bfloat16")
+        with self.assertRaises(AttributeError):
+            view.__array_interface__  # no type string for bfloat16
+        t = torch.from_dlpack(view)
+        self.assertEqual(t.dtype, torch.bfloat16)
+        t.copy_(torch.arange(8, dtype=torch.bfloat16))
+        again = torch.from_dlpack(self.c.attach("py/bf16"))
+        self.assertTrue(torch.equal(again, torch.arange(8, dtype=torch.bfloat16)))
+
+    def test_strided_view_into_an_arena(self):
+        self.c.create("py/arena", (4096,), "uint8", attach=False)
+        view = self.c.create("py/arena/t", (4, 4), "float32", base="py/arena", offset=256,
+                             strides=(8, 1))
+        a = numpy.asarray(view)
+        self.assertEqual(a.strides, (32, 4))
+        whole = numpy.asarray(self.c.attach("py/arena"))
+        a[...] = numpy.arange(16, dtype=numpy.float32).reshape(4, 4)
+        rows = whole[256:256 + 4 * 32].view(numpy.float32).reshape(4, 8)[:, :4]
+        numpy.testing.assert_array_equal(rows, a)
+
+    def test_lease_lives_until_the_last_array_is_collected(self):
+        self.c.create("py/lease", (16,), "float32", attach=False)
+        view = self.c.attach("py/lease")
+        a = numpy.asarray(view)
+        d = numpy.from_dlpack(view) if hasattr(numpy, "from_dlpack") else None
+        del view
+        gc.collect()
+        self.assertEqual(self.leases("py/lease"), 1)
+        del a
+        gc.collect()
+        self.assertEqual(self.leases("py/lease"), 1 if d is not None else 0)
+        del d
+        gc.collect()
+        self.assertEqual(self.leases("py/lease"), 0)
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_lease_lives_while_a_torch_tensor_does(self):
+        self.c.create("py/lease-t", (16,), "float32", attach=False)
+        t = torch.from_dlpack(self.c.attach("py/lease-t"))
+        gc.collect()
+        self.assertEqual(self.leases("py/lease-t"), 1)
+        t.fill_(1.0)
+        del t
+        gc.collect()
+        self.assertEqual(self.leases("py/lease-t"), 0)
+
+    def test_unconsumed_capsule_returns_its_lease(self):
+        self.c.create("py/capsule", (4,), "float32", attach=False)
+        capsule = self.c.attach("py/capsule").__dlpack__()
+        gc.collect()
+        self.assertEqual(self.leases("py/capsule"), 1)
+        del capsule
+        gc.collect()
+        self.assertEqual(self.leases("py/capsule"), 0)
+
+    def test_errors_carry_the_brokers_code(self):
+        with self.assertRaises(gpubroker.NotFound) as e:
+            self.c.attach("py/missing")
+        self.assertEqual(e.exception.code_name, "not_found")
+        self.assertIn("py/missing", str(e.exception))
+        self.c.create("py/dup", (1,), attach=False)
+        with self.assertRaises(gpubroker.AlreadyExists):
+            self.c.create("py/dup", (1,))
+        with self.assertRaises(gpubroker.InvalidArgument):
+            self.c.create("py/../x", (1,))
+        with self.assertRaises(ValueError):
+            self.c.create("py/x", (1,), "float7")
+        with self.assertRaises(gpubroker.ResourceExhausted) as e:
+            self.c.create("py/huge", (128 << 20,), "uint8")  # over --max-bytes-per-client
+        self.assertIn("byte limit", str(e.exception))
+        with self.assertRaises(gpubroker.Unavailable):
+            gpubroker.connect(self.broker.socket + ".missing")
+        view = self.c.create("py/cpu-stream", (1,))
+        with self.assertRaises(ValueError):
+            view.__dlpack__(stream=5)
+        with self.assertRaises(BufferError):
+            view.__dlpack__(copy=True)
+
+    def test_publish_and_state_dict_arena(self):
+        rng = fresh_rng()
+        weights = {f"layers.{i}.weight": rng.standard_normal((i + 3, 7)).astype(numpy.float32)
+                   for i in range(5)}
+        weights["embed"] = rng.integers(0, 1000, size=(11,), dtype=numpy.int64)
+        views = self.c.publish_state_dict("py/model", weights)
+        self.assertEqual(set(views), set(weights))
+        consumer = gpubroker.connect(self.broker.socket, name="consumer")
+        for key, value in weights.items():
+            got = numpy.asarray(consumer.attach(f"py/model/{key}"))
+            numpy.testing.assert_array_equal(got, value)
+        infos = {consumer.stat(f"py/model/{k}").allocation_id for k in weights}
+        self.assertEqual(len(infos), 1, "one allocation for the whole mapping")
+        single = self.c.publish("py/single", weights["embed"])
+        numpy.testing.assert_array_equal(numpy.asarray(single), weights["embed"])
+        consumer.close()
+
+    def test_list_stat_and_lookup(self):
+        self.c.create("py/listed", (2, 2), "float16", attach=False, mode=0o640)
+        names = {s.name for s in self.c.list()}
+        self.assertIn("py/listed", names)
+        info = self.c.lookup("py/listed")
+        self.assertEqual((info.dtype, info.shape, info.mode, info.device), ("float16", (2, 2), 0o640, "cpu"))
+        self.assertEqual(self.c.stat("py/listed"), info)
+
+
+if __name__ == "__main__":
+    unittest.main()
