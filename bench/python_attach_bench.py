@@ -71,12 +71,12 @@ def us(v):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     if len(sys.argv) > 2 and sys.argv[1] == "--consumer":
         times, cached = consumer_gpubroker(sys.argv[2], sys.argv[3:])
         print(" ".join(f"{t:.9f}" for t in times))
         print(" ".join(f"{t:.9f}" for t in cached))
         return
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     import torch
     import torch.multiprocessing as mp
     from broker import Broker
@@ -93,7 +93,7 @@ def main():
             names.append(name)
         torch.cuda.synchronize()
         out = subprocess.run([sys.executable, __file__, "--consumer", broker.socket, *names],
-                             capture_output=True, text=True, check=True).stdout.split("\n")
+                             stdout=subprocess.PIPE, text=True, check=True).stdout.split("\n")
         ours = [float(x) for x in out[0].split()]
         cached = [float(x) for x in out[1].split()]
 
