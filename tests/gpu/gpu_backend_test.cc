@@ -11,6 +11,7 @@
 #include "cuda_driver.h"
 #include "harness.h"
 #include "kernels.h"
+#include "registry_reader.h"
 
 namespace gpubroker::testing {
 namespace {
@@ -190,8 +191,52 @@ TEST_P(GpuTest, ProcessesWithDifferentVisibleDevicesAgreeByUuid) {
   }
 }
 
+TEST_P(GpuTest, DeviceByteLimitIsItsOwnError) {
+  broker_->Stop(SIGTERM);
+  broker_ = BrokerProcess::Start({"--max-bytes-per-device", "64MiB"});
+  ASSERT_NE(broker_, nullptr);
+  auto c = broker_->Connect();
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->Create(Words("fits", 32u << 20, 0)).ok());
+  Status s = c->Create(Words("over", 48u << 20, 0)).status();
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_NE(s.message().find("device byte limit"), std::string::npos) << s.message();
+  ASSERT_TRUE(c->Destroy("fits").ok());
+  EXPECT_TRUE(c->Create(Words("over", 48u << 20, 0)).ok()) << "freed bytes were not returned";
+  client_.reset();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, GpuTest, ::testing::Values("cuda_vmm", "cuda_ipc"),
                          [](const auto& info) { return info.param; });
+
+// Legacy IPC handles are bearer tokens: in the shared registry only for
+// slots every local user may read.
+TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
+  if (!CudaDriver::Get().ok()) GTEST_SKIP() << "no GPU here";
+  auto broker = BrokerProcess::Start();
+  ASSERT_NE(broker, nullptr);
+  auto c = broker->Connect();
+  ASSERT_TRUE(c.ok());
+  auto registry = RegistryReader::Open(broker->registry());
+  ASSERT_TRUE(registry.ok());
+  auto handle_of = [&](const std::string& name) {
+    auto d = registry->Lookup(name);
+    EXPECT_TRUE(d.ok());
+    return std::vector<uint8_t>(d->ipc_handle, d->ipc_handle + sizeof d->ipc_handle);
+  };
+  const std::vector<uint8_t> zero(64, 0);
+  for (uint32_t mode : {0600u, 0640u, 0660u, 0644u, 0604u}) {
+    CreateOptions o;
+    o.name = "ipc/" + std::to_string(mode);
+    o.backend = BackendKind::kCudaIpc;
+    o.shape = {1 << 20};
+    o.mode = mode;
+    ASSERT_TRUE(c->Create(o).ok());
+    bool world = (mode & 04) != 0;
+    EXPECT_EQ(handle_of(o.name) != zero, world) << "mode " << std::oct << mode;
+  }
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
 
 TEST(GpuDriver, WithoutADriverGpuRequestsFailCleanly) {
   if (CudaDriver::Get().ok()) GTEST_SKIP() << "a CUDA driver is present";
