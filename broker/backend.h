@@ -54,6 +54,12 @@ class Backend {
   virtual ~Backend() = default;
   virtual BackendKind kind() const = 0;
   virtual Result<std::unique_ptr<BackendMemory>> Allocate(const AllocationRequest& request) = 0;
+  // Takes over an allocation an earlier broker exported as `fd` (a warm
+  // restart); `bytes` and `device` come from that broker's registry.
+  virtual Result<std::unique_ptr<BackendMemory>> Adopt(UniqueFd fd, uint64_t bytes, const Device& device) {
+    (void)fd, (void)bytes, (void)device;
+    return Unsupported("backend " + std::string(BackendName(kind())) + " cannot adopt allocations");
+  }
 };
 
 // The backends this broker runs with, and the one used when a request names none.

@@ -2,16 +2,23 @@
 
 #include <sys/random.h>
 
+#include <charconv>
+
 #include <spdlog/spdlog.h>
 
 #include "cuda_backends.h"
 #include "host_backend.h"
+#include "logging.h"
 #include "registry.h"
+#include "registry_reader.h"
 #include "request_handler.h"
 #include "server.h"
+#include "service_manager.h"
 
 namespace gpubroker {
 namespace {
+
+constexpr std::string_view kFdPrefix = "gpb-alloc-";
 
 uint64_t RandomGeneration() {
   uint64_t v = 0;
@@ -33,42 +40,174 @@ Status SetUpBackends(const Config& config, BackendSet& backends) {
   return Status::Ok();
 }
 
+// One running broker: its parts, the service-manager protocol, reloads.
+class Broker final : public AllocationObserver {
+ public:
+  Broker(Config config, ConfigSource source)
+      : config_(std::move(config)), source_(std::move(source)), manager_(ServiceManager::FromEnvironment()) {
+    warm_ = config_.warm_restart && manager_.active();
+  }
+
+  Status Run() {
+    GPB_RETURN_IF_ERROR(SetUpBackends(config_, backends_));
+    std::map<uint64_t, UniqueFd> stored = StoredAllocations();
+    std::vector<SlotDescriptor> previous = PreviousSlots(!stored.empty());
+
+    RegistryOptions ro;
+    ro.name = config_.registry_name;
+    ro.capacity = config_.registry_capacity;
+    ro.mode = config_.registry_mode;
+    if (!config_.registry_group.empty()) {
+      GPB_ASSIGN_OR_RETURN(ro.group, LookupGroup(config_.registry_group));
+    }
+    ro.boot_generation = RandomGeneration();
+    GPB_ASSIGN_OR_RETURN(registry_, Registry::Create(ro));
+
+    HandlerOptions ho;
+    ho.limits = config_.limits;
+    ho.started_ns = NowNs();
+    ho.observer = warm_ ? this : nullptr;
+    ho.reload = [this] { return Reload(); };
+    if (!config_.admin_group.empty()) {
+      GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
+    }
+    handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);
+    if (!previous.empty() || !stored.empty()) {
+      size_t n = handler_->Adopt(previous, std::move(stored));
+      spdlog::info("warm restart: adopted {} of {} slots", n, previous.size());
+    }
+    GPB_RETURN_IF_ERROR(handler_->SyncPools(config_.pools));
+
+    boost::asio::io_context io;
+    Server::Hooks hooks;
+    hooks.reload = [this] { (void)Reload(); };
+    hooks.tick = [this] { Tick(); };
+    if (auto w = manager_.watchdog_interval()) {
+      hooks.tick_interval = std::min<std::chrono::milliseconds>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(*w), hooks.tick_interval);
+    }
+    hooks.stopping = [this] { manager_.Stopping(); };
+    GPB_ASSIGN_OR_RETURN(std::unique_ptr<Server> server,
+                         Server::Create(io, config_, *handler_, *registry_, std::move(hooks)));
+    server->Start();
+    spdlog::info("gpubrokerd ready: socket {}, registry /dev/shm/{} ({} slots), {} pools{}",
+                 config_.socket_path, config_.registry_name, config_.registry_capacity,
+                 config_.pools.size(), warm_ ? ", warm restart on" : "");
+    manager_.Ready();
+    Tick();
+    io.run();
+    if (warm_) registry_->KeepOnExit();  // the next broker takes the slots over
+    spdlog::info("gpubrokerd stopped; {} allocations {}", handler_->leases().allocations().size(),
+                 warm_ ? "stay in the service manager's fd store" : "freed");
+    server.reset();
+    handler_.reset();
+    registry_.reset();
+    return Status::Ok();
+  }
+
+  void Added(const Allocation& a) override {
+    auto h = a.memory->Share(wire::kAccessRead | wire::kAccessWrite);
+    if (!h.ok() || !h->fd.valid()) return;  // cuda_ipc: nothing to keep
+    manager_.StoreFd(std::string(kFdPrefix) + std::to_string(a.id), h->fd.get());
+  }
+
+  void Removed(uint64_t allocation_id) override {
+    manager_.RemoveFd(std::string(kFdPrefix) + std::to_string(allocation_id));
+  }
+
+ private:
+  // Allocation fds a previous broker left in the fd store, by allocation id.
+  std::map<uint64_t, UniqueFd> StoredAllocations() {
+    std::map<uint64_t, UniqueFd> out;
+    for (auto& [name, fd] : manager_.TakePassedFds()) {
+      uint64_t id = 0;
+      if (name.rfind(kFdPrefix, 0) == 0) {
+        std::string_view digits = std::string_view(name).substr(kFdPrefix.size());
+        auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+        if (ec == std::errc() && p == digits.data() + digits.size()) {
+          out[id] = std::move(fd);
+          continue;
+        }
+      }
+      spdlog::warn("ignoring an fd named '{}' passed by the service manager", name);
+    }
+    return out;
+  }
+
+  // The slots of the broker that ran before, from the segment it left.
+  std::vector<SlotDescriptor> PreviousSlots(bool have_fds) {
+    if (!have_fds) return {};
+    auto old = RegistryReader::Open(config_.registry_name);
+    if (!old.ok()) {
+      spdlog::warn("warm restart: stored allocations but no previous registry ({})", old.status().message());
+      return {};
+    }
+    if (old->BrokerAlive()) return {};  // Registry::Create will refuse it
+    return old->ListLive();
+  }
+
+  Status Reload() {
+    manager_.Reloading();
+    auto fresh = LoadConfig(source_);
+    Status s = fresh.status();
+    if (s.ok()) s = SetupLogging(fresh->log_level, fresh->log_format);
+    if (!s.ok()) {
+      spdlog::error("reload rejected, the running configuration stays: {}", s.message());
+      manager_.Ready();
+      return s;
+    }
+    if (fresh->socket_path != config_.socket_path || fresh->registry_name != config_.registry_name ||
+        fresh->registry_capacity != config_.registry_capacity || fresh->socket_mode != config_.socket_mode) {
+      spdlog::warn("reload: socket and registry settings take effect at the next start");
+    }
+    handler_->SetLimits(fresh->limits);
+    Status pools = handler_->SyncPools(fresh->pools);
+    config_.limits = fresh->limits;
+    config_.pools = fresh->pools;
+    config_.log_level = fresh->log_level;
+    config_.log_format = fresh->log_format;
+    spdlog::info("configuration reloaded");
+    manager_.Ready();
+    return pools;
+  }
+
+  void Tick() {
+    const auto& t = handler_->leases();
+    std::string status = std::to_string(registry_->live()) + " slots, " +
+                         std::to_string(t.clients().size()) + " clients, " +
+                         std::to_string(t.total_leases()) + " leases, " +
+                         std::to_string(t.BytesOn(Device::kCpu) + t.BytesOn(Device::kCuda)) + " bytes" +
+                         (handler_->draining() ? ", draining" : "");
+    if (status != last_status_) {
+      manager_.Status(status);
+      last_status_ = status;
+    }
+    if (manager_.watchdog_interval()) manager_.Watchdog();
+  }
+
+  Config config_;
+  ConfigSource source_;
+  ServiceManager manager_;
+  bool warm_ = false;
+  BackendSet backends_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<RequestHandler> handler_;
+  std::string last_status_;
+};
+
 }  // namespace
 
-Status RunBroker(const Config& config) {
-  BackendSet backends;
-  GPB_RETURN_IF_ERROR(SetUpBackends(config, backends));
+Result<Config> LoadConfig(const ConfigSource& source) {
+  auto config = source.path.empty() ? ParseConfig(EmbeddedDefaultConfig(), "<embedded default>")
+                                    : LoadConfigFile(source.path);
+  if (!config.ok()) return config.status();
+  if (source.overrides) GPB_RETURN_IF_ERROR(source.overrides(*config));
+  return config;
+}
 
-  RegistryOptions ro;
-  ro.name = config.registry_name;
-  ro.capacity = config.registry_capacity;
-  ro.mode = config.registry_mode;
-  if (!config.registry_group.empty()) {
-    GPB_ASSIGN_OR_RETURN(ro.group, LookupGroup(config.registry_group));
-  }
-  ro.boot_generation = RandomGeneration();
-  GPB_ASSIGN_OR_RETURN(std::unique_ptr<Registry> registry, Registry::Create(ro));
-
-  HandlerOptions ho;
-  ho.limits = config.limits;
-  ho.started_ns = NowNs();
-  if (!config.admin_group.empty()) {
-    GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config.admin_group));
-  }
-  RequestHandler handler(*registry, backends, ho);
-  for (const PoolConfig& pool : config.pools) GPB_RETURN_IF_ERROR(handler.CreatePool(pool));
-
-  boost::asio::io_context io;
-  GPB_ASSIGN_OR_RETURN(std::unique_ptr<Server> server,
-                       Server::Create(io, config, handler, *registry));
-  server->Start();
-  spdlog::info("gpubrokerd ready: socket {}, registry /dev/shm/{} ({} slots), {} pools",
-               config.socket_path, config.registry_name, config.registry_capacity,
-               config.pools.size());
-  io.run();
-  spdlog::info("gpubrokerd stopped; freeing {} allocations",
-               handler.leases().allocations().size());
-  return Status::Ok();
+Status RunBroker(const Config& config, const ConfigSource& source) {
+  Broker broker(config, source);
+  return broker.Run();
 }
 
 }  // namespace gpubroker

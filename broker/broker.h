@@ -1,13 +1,25 @@
 // Brings a broker up from a Config, runs it until it stops, and tears it down.
 #pragma once
 
+#include <functional>
+#include <string>
+
 #include "config.h"
 #include "gpubroker/status.hpp"
 
 namespace gpubroker {
 
+// Where the configuration came from, so a reload can read it again.
+struct ConfigSource {
+  std::string path;  // empty: the embedded default
+  std::function<Status(Config&)> overrides;  // command-line flags, re-applied on reload
+};
+
+// Loads the configuration from `source` (file or embedded default, then flags).
+Result<Config> LoadConfig(const ConfigSource& source);
+
 // Returns when the broker stopped (signal or shutdown request); errors at
 // start-up name what is wrong (socket in use, registry of another version...).
-Status RunBroker(const Config& config);
+Status RunBroker(const Config& config, const ConfigSource& source);
 
 }  // namespace gpubroker

@@ -202,7 +202,14 @@ class Reader {
     if (root.IsNull()) return c;
     GPB_RETURN_IF_ERROR(CheckKeys(root, "the top level",
                                   {"socket", "registry", "admin_group", "default_backend",
-                                   "limits", "pools", "logging"}));
+                                   "limits", "pools", "logging", "warm_restart"}));
+    if (root["warm_restart"]) {
+      const YAML::Node& n = root["warm_restart"];
+      if (!n.IsScalar() || (n.Scalar() != "true" && n.Scalar() != "false")) {
+        return At(n.Mark(), "warm_restart must be true or false");
+      }
+      c.warm_restart = n.Scalar() == "true";
+    }
     if (root["socket"]) GPB_RETURN_IF_ERROR(Socket(root["socket"], c));
     if (root["registry"]) GPB_RETURN_IF_ERROR(Registry(root["registry"], c));
     if (root["admin_group"]) { GPB_ASSIGN_OR_RETURN(c.admin_group, String(root["admin_group"], "admin_group")); }

@@ -15,6 +15,7 @@
 namespace gpubroker {
 
 struct PoolConfig {
+  friend bool operator==(const PoolConfig&, const PoolConfig&) = default;
   std::string name;
   std::optional<BackendKind> backend;  // unset: the broker's default
   int32_t device_ordinal = -1;
@@ -47,6 +48,8 @@ struct Config {
   std::vector<PoolConfig> pools;
   std::string log_level = "info";  // trace debug info warn error critical off
   std::string log_format = "text";  // text | json
+  // Under a service manager with an fd store: keep buffers across restarts.
+  bool warm_restart = true;
 };
 
 // The configuration compiled into the broker (config/default.yaml).

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -181,6 +182,27 @@ class CudaVmmBackend final : public Backend {
       return devices_->OutOfMemory(s, ordinal, size);
     }
     ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+    return std::unique_ptr<BackendMemory>(new VmmMemory(devices_, ordinal, handle, std::move(fd), size));
+  }
+
+  Result<std::unique_ptr<BackendMemory>> Adopt(UniqueFd fd, uint64_t bytes, const Device& device) override {
+    const CudaDriver& d = devices_->driver();
+    GPB_ASSIGN_OR_RETURN(int ordinal, d.OrdinalOf(device.uuid));
+    CUmemAllocationProp prop = VmmProperties(ordinal);
+    size_t granularity = 0;
+    GPB_RETURN_IF_ERROR(d.Check(
+        d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+        "cuMemGetAllocationGranularity"));
+    uint64_t size = (std::max<uint64_t>(bytes, 1) + granularity - 1) / granularity * granularity;
+    CUmemGenericAllocationHandle handle = 0;
+    GPB_RETURN_IF_ERROR(d.Check(
+        d.cuMemImportFromShareableHandle(&handle, reinterpret_cast<void*>(static_cast<intptr_t>(fd.get())),
+                                         CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+        "cuMemImportFromShareableHandle"));
+    if (Status s = devices_->Reserve(ordinal, size); !s.ok()) {
+      d.cuMemRelease(handle);
+      return s;
+    }
     return std::unique_ptr<BackendMemory>(new VmmMemory(devices_, ordinal, handle, std::move(fd), size));
   }
 

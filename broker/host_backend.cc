@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -66,6 +67,16 @@ Result<std::unique_ptr<BackendMemory>> HostBackend::Allocate(const AllocationReq
     return PosixError("seal memfd", errno);
   }
   return std::unique_ptr<BackendMemory>(new HostMemory(std::move(fd), bytes));
+}
+
+Result<std::unique_ptr<BackendMemory>> HostBackend::Adopt(UniqueFd fd, uint64_t bytes, const Device&) {
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return PosixError("fstat adopted memfd", errno);
+  if (static_cast<uint64_t>(st.st_size) < bytes) {
+    return InvalidArgument("adopted memfd holds " + std::to_string(st.st_size) + " bytes, the registry says " +
+                           std::to_string(bytes));
+  }
+  return std::unique_ptr<BackendMemory>(new HostMemory(std::move(fd), static_cast<uint64_t>(st.st_size)));
 }
 
 }  // namespace gpubroker

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -63,6 +64,8 @@ class LeaseTable {
   Allocation* FindAllocation(uint64_t id);
   const std::map<uint64_t, Allocation>& allocations() const { return allocations_; }
   uint64_t NextAllocationId() { return ++last_allocation_id_; }
+  // After adopting allocations of an earlier broker: new ids come after theirs.
+  void ReserveAllocationIds(uint64_t last) { last_allocation_id_ = std::max(last_allocation_id_, last); }
 
   void TakeLease(ClientEntry& client, Allocation& a, const std::string& slot);
   // Returns the client's remaining count, or -1 if it held no lease on it.

@@ -66,22 +66,17 @@ int main(int argc, char** argv) {
     std::cout << gpubroker::EmbeddedDefaultConfig();
     return 0;
   }
-  auto config = f.config_file.empty()
-                    ? gpubroker::ParseConfig(gpubroker::EmbeddedDefaultConfig(), "<embedded default>")
-                    : gpubroker::LoadConfigFile(f.config_file);
+  gpubroker::ConfigSource source{f.config_file, [f](gpubroker::Config& c) { return ApplyFlags(f, c); }};
+  auto config = gpubroker::LoadConfig(source);
   if (!config.ok()) {
     std::cerr << "gpubrokerd: " << config.status().message() << "\n";
-    return 2;
-  }
-  if (auto s = ApplyFlags(f, *config); !s.ok()) {
-    std::cerr << "gpubrokerd: " << s.message() << "\n";
     return 2;
   }
   if (auto s = gpubroker::SetupLogging(config->log_level, config->log_format); !s.ok()) {
     std::cerr << "gpubrokerd: " << s.message() << "\n";
     return 2;
   }
-  gpubroker::Status s = gpubroker::RunBroker(*config);
+  gpubroker::Status s = gpubroker::RunBroker(*config, source);
   if (!s.ok()) {
     spdlog::critical("{}", s.ToString());
     return 1;

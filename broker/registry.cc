@@ -104,7 +104,7 @@ Status Registry::Map(const RegistryOptions& options) {
 Registry::~Registry() {
   if (header_ != nullptr) {
     header_->state.store(wire::kStateStopping, std::memory_order_release);
-    bip::shared_memory_object::remove(name_.c_str());
+    if (!keep_) bip::shared_memory_object::remove(name_.c_str());
   }
 }
 

@@ -37,8 +37,11 @@ class Registry {
   // refused with a message that says what to do.
   static Result<std::unique_ptr<Registry>> Create(const RegistryOptions& options);
 
-  // Unmaps and removes the segment.
+  // Unmaps the segment and removes it, unless KeepOnExit() was called.
   ~Registry();
+  // Leaves the segment in place when the broker stops, marked stopping, for
+  // the next broker to take over (a warm restart).
+  void KeepOnExit() { keep_ = true; }
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
@@ -80,6 +83,7 @@ class Registry {
   std::vector<uint32_t> free_;         // free table entries, used LIFO
   std::unordered_map<std::string, uint32_t> by_name_;
   uint32_t tombstones_ = 0;
+  bool keep_ = false;
 };
 
 }  // namespace gpubroker

@@ -90,6 +90,8 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
     case MsgType::kStatus: return Call<wire::StatusRequest>(this, &RequestHandler::OnStatus, r, f);
     case MsgType::kShutdown:
       return Call<wire::ShutdownRequest>(this, &RequestHandler::OnShutdown, r, f);
+    case MsgType::kDrain: return Call<wire::DrainRequest>(this, &RequestHandler::OnDrain, r, f);
+    case MsgType::kReload: return Call<wire::ReloadRequest>(this, &RequestHandler::OnReload, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -194,7 +196,7 @@ Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
   s.bytes_host = table_.BytesOn(Device::kCpu);
   s.bytes_device = table_.BytesOn(Device::kCuda);
   s.broker_pid = ::getpid();
-  s.state = stopping_ ? wire::kStateStopping : wire::kStateRunning;
+  s.state = stopping_ ? wire::kStateStopping : draining_ ? wire::kStateDraining : wire::kStateRunning;
   s.capacity = registry_.capacity();
   s.max_slots = options_.limits.max_slots;
   s.slots = registry_.live();
@@ -211,6 +213,33 @@ Result<Reply> RequestHandler::OnShutdown(Request r, const wire::ShutdownRequest&
   spdlog::info("client {} ('{}') asked the broker to shut down", r.client.id, r.client.name);
   shutdown_requested_ = true;
   return Reply{wire::EncodeReply(r.id, wire::ShutdownReply{})};
+}
+
+Result<Reply> RequestHandler::OnDrain(Request r, const wire::DrainRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "draining the broker"));
+  draining_ = m.on != 0;
+  spdlog::info("client {} ('{}') {} draining", r.client.id, r.client.name, draining_ ? "started" : "ended");
+  return Reply{wire::EncodeReply(r.id, wire::DrainReply{})};
+}
+
+Result<Reply> RequestHandler::OnReload(Request r, const wire::ReloadRequest&) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "reloading the configuration"));
+  if (!options_.reload) return Unsupported("this broker cannot reload");
+  GPB_RETURN_IF_ERROR(options_.reload());
+  return Reply{wire::EncodeReply(r.id, wire::ReloadReply{})};
+}
+
+Status RequestHandler::AcceptingNewWork() const {
+  if (stopping_) return Unavailable("the broker is stopping");
+  if (draining_) return Unavailable("the broker is draining: no new creates or attaches");
+  return Status::Ok();
+}
+
+void RequestHandler::SetLimits(const Limits& limits) {
+  options_.limits = limits;
+  if (options_.limits.max_slots == 0 || options_.limits.max_slots > registry_.capacity()) {
+    options_.limits.max_slots = registry_.capacity();
+  }
 }
 
 bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {

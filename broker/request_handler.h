@@ -7,6 +7,8 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -27,10 +29,22 @@ struct Reply {
   bool close_connection = false;
 };
 
+// Told when allocations come and go; the broker keeps their fds in the
+// service manager's fd store so they outlive a restart.
+class AllocationObserver {
+ public:
+  virtual ~AllocationObserver() = default;
+  virtual void Added(const Allocation& a) = 0;
+  virtual void Removed(uint64_t allocation_id) = 0;
+};
+
 struct HandlerOptions {
   Limits limits;
   std::optional<gid_t> admin_group;
   uint64_t started_ns = 0;
+  AllocationObserver* observer = nullptr;
+  // Re-reads and applies the configuration (the reload request, SIGHUP).
+  std::function<Status()> reload;
 };
 
 class RequestHandler {
@@ -46,9 +60,22 @@ class RequestHandler {
 
   // Creates a configured pool as a broker-owned slot.
   Status CreatePool(const PoolConfig& pool);
+  // Makes the broker's pools those of `pools`: creates new ones, destroys
+  // removed ones and recreates changed ones (destroy semantics: memory goes
+  // with the last lease). Reports the first failure; applies the rest.
+  Status SyncPools(const std::vector<PoolConfig>& pools);
+  void SetLimits(const Limits& limits);
+
+  // Re-creates the slots of a broker that ran before this one, over the
+  // allocation fds it left in the service manager's fd store (a warm
+  // restart). Slots whose memory cannot be taken over are dropped, each with
+  // a log line. Returns how many slots were adopted.
+  size_t Adopt(const std::vector<SlotDescriptor>& previous, std::map<uint64_t, UniqueFd> fds);
 
   // New creates and attaches are refused while draining or stopping.
   void SetStopping() { stopping_ = true; }
+  void SetDraining(bool on) { draining_ = on; }
+  bool draining() const { return draining_; }
   bool shutdown_requested() const { return shutdown_requested_; }
   const LeaseTable& leases() const { return table_; }
 
@@ -70,6 +97,9 @@ class RequestHandler {
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
+  Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);
+  Result<Reply> OnReload(Request r, const wire::ReloadRequest& m);
+  Status AcceptingNewWork() const;
 
   // Who: the creator of a slot (a client, or the broker for pools).
   struct Owner {
@@ -96,7 +126,9 @@ class RequestHandler {
   LeaseTable table_;
   uint64_t last_client_id_ = 0;
   bool stopping_ = false;
+  bool draining_ = false;
   bool shutdown_requested_ = false;
+  std::map<std::string, PoolConfig> pools_;  // by name, as last applied
 };
 
 uint64_t NowNs();

@@ -12,7 +12,7 @@
 namespace gpubroker {
 
 Result<Reply> RequestHandler::OnCreate(Request r, const wire::CreateRequest& m) {
-  if (stopping_) return Unavailable("the broker is stopping; no new slots");
+  GPB_RETURN_IF_ERROR(AcceptingNewWork());
   Owner owner{r.client.id, r.client.peer.uid, r.client.peer.gid};
   GPB_ASSIGN_OR_RETURN(uint32_t index, CreateSlot(m, owner, &r.client));
   if (m.flags & wire::kCreateAttach) return AttachSlot(r, index, false);
@@ -122,11 +122,13 @@ Result<Allocation*> RequestHandler::NewAllocation(const wire::CreateRequest& m, 
   a.bytes = bytes;
   a.creator = owner.client_id;
   if (client != nullptr) client->bytes_created += bytes;
-  return &table_.AddAllocation(std::move(a));
+  Allocation& added = table_.AddAllocation(std::move(a));
+  if (options_.observer != nullptr) options_.observer->Added(added);
+  return &added;
 }
 
 Result<Reply> RequestHandler::OnAttach(Request r, const wire::AttachRequest& m) {
-  if (stopping_) return Unavailable("the broker is stopping; no new attaches");
+  GPB_RETURN_IF_ERROR(AcceptingNewWork());
   GPB_ASSIGN_OR_RETURN(uint32_t index, FindSlot(m.name.view()));
   return AttachSlot(r, index, (m.flags & wire::kAttachReadOnly) != 0);
 }
@@ -226,7 +228,9 @@ Status RequestHandler::CreatePool(const PoolConfig& pool) {
     if (!gid.ok()) return gid.status().Annotate("pool '" + pool.name + "'");
     owner.gid = *gid;
   }
-  return CreateSlot(m, owner, nullptr).status().Annotate("pool '" + pool.name + "'");
+  GPB_RETURN_IF_ERROR(CreateSlot(m, owner, nullptr).status().Annotate("pool '" + pool.name + "'"));
+  pools_[pool.name] = pool;
+  return Status::Ok();
 }
 
 void RequestHandler::SyncLeaseCount(const Allocation& a) {
@@ -240,6 +244,7 @@ void RequestHandler::SyncLeaseCount(const Allocation& a) {
 
 void RequestHandler::ReleaseIfUnused(uint64_t allocation_id) {
   if (table_.FreeIfUnused(allocation_id)) {
+    if (options_.observer != nullptr) options_.observer->Removed(allocation_id);
     spdlog::info("allocation {} freed: no slot and no lease holds it", allocation_id);
   }
 }

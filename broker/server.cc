@@ -73,7 +73,8 @@ Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& r
       handler_(handler),
       registry_(registry),
       acceptor_(io),
-      signals_(io, SIGTERM, SIGINT),
+      signals_(io, SIGTERM, SIGINT, SIGHUP),
+      timer_(io),
       receive_buffer_(wire::kMaxMessageBytes) {}
 
 Server::~Server() {
@@ -81,9 +82,11 @@ Server::~Server() {
 }
 
 Result<std::unique_ptr<Server>> Server::Create(boost::asio::io_context& io, const Config& config,
-                                               RequestHandler& handler, Registry& registry) {
+                                               RequestHandler& handler, Registry& registry,
+                                               Hooks hooks) {
   GPB_ASSIGN_OR_RETURN(UniqueFd fd, BindSocket(config));
   std::unique_ptr<Server> server(new Server(io, handler, registry));
+  server->hooks_ = std::move(hooks);
   boost::system::error_code ec;
   server->acceptor_.assign(UnixSeqPacket(), fd.release(), ec);
   if (ec) return Status(Code::kIo, "cannot adopt listening socket: " + ec.message());
@@ -92,10 +95,32 @@ Result<std::unique_ptr<Server>> Server::Create(boost::asio::io_context& io, cons
 }
 
 void Server::Start() {
-  signals_.async_wait([this](boost::system::error_code ec, int signo) {
-    if (!ec) Stop(std::string("signal ") + ::strsignal(signo));
-  });
+  WaitSignal();
   Accept();
+  if (hooks_.tick) Tick();
+}
+
+void Server::WaitSignal() {
+  signals_.async_wait([this](boost::system::error_code ec, int signo) {
+    if (ec) return;
+    if (signo == SIGHUP) {
+      spdlog::info("SIGHUP: reloading the configuration");
+      if (hooks_.reload) hooks_.reload();
+      WaitSignal();
+      return;
+    }
+    Stop(std::string("signal ") + ::strsignal(signo));
+  });
+}
+
+// The watchdog and status heartbeat: runs on the event loop, so a stuck loop
+// stops the pings and the service manager restarts the broker.
+void Server::Tick() {
+  hooks_.tick();
+  timer_.expires_after(hooks_.tick_interval);
+  timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec && !stopped_) Tick();
+  });
 }
 
 void Server::Accept() {
@@ -136,6 +161,8 @@ void Server::Stop(const std::string& reason) {
   if (stopped_) return;
   stopped_ = true;
   spdlog::info("stopping ({})", reason);
+  if (hooks_.stopping) hooks_.stopping();
+  timer_.cancel();
   handler_.SetStopping();
   registry_.SetState(wire::kStateStopping);
   boost::system::error_code ec;

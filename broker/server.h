@@ -1,6 +1,8 @@
 // The listening socket, the signal set and the live sessions.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,10 +17,18 @@ namespace gpubroker {
 
 class Server {
  public:
+  struct Hooks {
+    std::function<void()> reload;  // SIGHUP
+    std::function<void()> tick;    // every tick_interval
+    std::chrono::milliseconds tick_interval{2000};
+    std::function<void()> stopping;
+  };
+
   // Binds the control socket (creating its directory; replacing a stale socket
   // file, refusing one a live broker answers on) and sets its mode and group.
   static Result<std::unique_ptr<Server>> Create(boost::asio::io_context& io, const Config& config,
-                                                RequestHandler& handler, Registry& registry);
+                                                RequestHandler& handler, Registry& registry,
+                                                Hooks hooks);
   ~Server();
 
   // Accepts connections and handles SIGTERM / SIGINT until Stop().
@@ -30,12 +40,16 @@ class Server {
   Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry);
   void Accept();
   void OnAccepted(SeqPacketSocket socket);
+  void WaitSignal();
+  void Tick();
 
   boost::asio::io_context& io_;
   RequestHandler& handler_;
   Registry& registry_;
   SeqPacketAcceptor acceptor_;
   boost::asio::signal_set signals_;
+  boost::asio::steady_timer timer_;
+  Hooks hooks_;
   std::string socket_path_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
   std::vector<std::byte> receive_buffer_;

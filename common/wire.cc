@@ -132,6 +132,14 @@ Status Validate(const LeasesRequest& m) { return CheckPage(m.max_entries, MaxRec
 Status Validate(const StatusRequest& m) { return CheckReserved(m.reserved, "status.reserved"); }
 Status Validate(const ShutdownRequest& m) { return CheckReserved(m.reserved, "shutdown.reserved"); }
 
+Status Validate(const DrainRequest& m) {
+  if (m.on > 1) return InvalidArgument("drain.on must be 0 or 1");
+  return CheckReserved(m.reserved, "drain.reserved");
+}
+Status Validate(const ReloadRequest& m) { return CheckReserved(m.reserved, "reload.reserved"); }
+Status Validate(const DrainReply&) { return Status::Ok(); }
+Status Validate(const ReloadReply&) { return Status::Ok(); }
+
 Status Validate(const HelloReply& m) { return CheckText(m.registry_name, "hello.registry_name"); }
 
 Status Validate(const AttachReply& m) {
@@ -182,6 +190,8 @@ std::string TypeName(uint16_t type) {
     case MsgType::kLeases: return "leases";
     case MsgType::kStatus: return "status";
     case MsgType::kShutdown: return "shutdown";
+    case MsgType::kDrain: return "drain";
+    case MsgType::kReload: return "reload";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

@@ -38,6 +38,8 @@ enum class MsgType : uint16_t {
   kLeases = 9,
   kStatus = 10,
   kShutdown = 11,
+  kDrain = 12,
+  kReload = 13,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -161,6 +163,17 @@ struct ShutdownRequest {
   uint64_t reserved;
 };
 
+struct DrainRequest {
+  static constexpr MsgType kType = MsgType::kDrain;
+  uint32_t on;  // 1: refuse new creates and attaches; 0: accept them again
+  uint32_t reserved;
+};
+
+struct ReloadRequest {
+  static constexpr MsgType kType = MsgType::kReload;
+  uint64_t reserved;
+};
+
 // ---- replies ---------------------------------------------------------------
 
 struct HelloReply {
@@ -249,7 +262,7 @@ struct LeasesReply {
   uint32_t next_cursor;
 };
 
-enum BrokerState : uint32_t { kStateRunning = 1, kStateStopping = 2 };
+enum BrokerState : uint32_t { kStateRunning = 1, kStateStopping = 2, kStateDraining = 3 };
 
 struct StatusReply {
   static constexpr MsgType kType = MsgType::kStatus;
@@ -272,6 +285,16 @@ static_assert(sizeof(StatusReply) == 160);
 
 struct ShutdownReply {
   static constexpr MsgType kType = MsgType::kShutdown;
+  uint64_t reserved;
+};
+
+struct DrainReply {
+  static constexpr MsgType kType = MsgType::kDrain;
+  uint64_t reserved;
+};
+
+struct ReloadReply {
+  static constexpr MsgType kType = MsgType::kReload;
   uint64_t reserved;
 };
 
@@ -350,6 +373,10 @@ Status Validate(const ClientsRequest& m);
 Status Validate(const LeasesRequest& m);
 Status Validate(const StatusRequest& m);
 Status Validate(const ShutdownRequest& m);
+Status Validate(const DrainRequest& m);
+Status Validate(const ReloadRequest& m);
+Status Validate(const DrainReply& m);
+Status Validate(const ReloadReply& m);
 Status Validate(const HelloReply& m);
 Status Validate(const AttachReply& m);
 Status Validate(const SlotReply& m);

@@ -94,7 +94,7 @@ int StatusCmd(Client& c, bool json) {
   if (!b.ok()) return Report(b.status());
   if (json) {
     std::cout << "{\"pid\":" << b->pid << ",\"version\":" << JsonString(b->version)
-              << ",\"state\":" << JsonString(b->stopping ? "stopping" : "running")
+              << ",\"state\":" << JsonString(b->state)
               << ",\"registry\":" << JsonString(b->registry_name) << ",\"capacity\":" << b->capacity
               << ",\"max_slots\":" << b->max_slots << ",\"slots\":" << b->slots
               << ",\"allocations\":" << b->allocations << ",\"clients\":" << b->clients
@@ -103,7 +103,7 @@ int StatusCmd(Client& c, bool json) {
     return kExitOk;
   }
   std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": "
-            << (b->stopping ? "stopping" : "running") << "\n"
+            << b->state << "\n"
             << "registry:     /dev/shm/" << b->registry_name << " (" << b->slots << " of "
             << b->max_slots << " slots used, capacity " << b->capacity << ")\n"
             << "allocations:  " << b->allocations << " (" << HumanBytes(b->bytes_host) << " host, "
@@ -247,6 +247,10 @@ int main(int argc, char** argv) {
   auto* clients = app.add_subcommand("clients", "connected clients and what they hold (admin)");
   clients->add_flag("--json", json, "machine-readable output");
   auto* shutdown = app.add_subcommand("shutdown", "stop the broker (admin)");
+  bool drain_off = false;
+  auto* drain = app.add_subcommand("drain", "refuse new creates and attaches; leases keep working (admin)");
+  drain->add_flag("--off", drain_off, "accept new creates and attaches again");
+  auto* reload = app.add_subcommand("reload", "re-read the broker's configuration (admin)");
 
   try {
     app.parse(argc, argv);
@@ -258,6 +262,7 @@ int main(int argc, char** argv) {
   ConnectOptions options;
   options.socket_path = socket;
   options.client_name = "gpubrokerctl";
+  options.reconnect_timeout_ms = 0;
   auto client = Client::Connect(options);
   if (!client.ok()) return Report(client.status());
   Client& c = *client;
@@ -272,6 +277,14 @@ int main(int argc, char** argv) {
   if (clients->parsed()) return Clients(c, json);
   if (shutdown->parsed()) {
     Status s = c.Shutdown();
+    return s.ok() ? kExitOk : Report(s);
+  }
+  if (drain->parsed()) {
+    Status s = c.Drain(!drain_off);
+    return s.ok() ? kExitOk : Report(s);
+  }
+  if (reload->parsed()) {
+    Status s = c.Reload();
     return s.ok() ? kExitOk : Report(s);
   }
   if (create->parsed()) {

@@ -166,6 +166,7 @@ Result<BrokerInfo> Client::Info() {
   b.version = std::string(s.broker_version.view());
   b.registry_name = std::string(s.registry_name.view());
   b.stopping = s.state == wire::kStateStopping;
+  b.state = s.state == wire::kStateStopping ? "stopping" : s.state == wire::kStateDraining ? "draining" : "running";
   b.boot_generation = s.boot_generation;
   b.started_ns = s.started_ns;
   b.capacity = s.capacity;
@@ -198,6 +199,14 @@ Result<std::vector<LeaseInfo>> Client::Leases() {
     out.push_back({r.client_id, r.allocation_id, r.allocation_bytes, r.count, std::string(r.slot.view())});
   }
   return out;
+}
+
+Status Client::Drain(bool on) {
+  return core_->connection->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
+}
+
+Status Client::Reload() {
+  return core_->connection->Call<wire::ReloadReply>(wire::ReloadRequest{}).status();
 }
 
 Status Client::Shutdown() {

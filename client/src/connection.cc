@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 
 #include "seqpacket.h"
 
@@ -11,33 +13,116 @@ namespace gpubroker {
 
 MappedAllocation::~MappedAllocation() {
   mapping.reset();  // unmap before the lease goes
+  if (!leased) return;
   if (auto c = connection.lock()) c->Detach(allocation_id);
 }
 
-Result<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
-  std::shared_ptr<Connection> c(new Connection());
-  GPB_ASSIGN_OR_RETURN(c->socket_, ConnectSeqpacket(options.socket_path));
+namespace {
+
+Result<UniqueFd> Dial(const ConnectOptions& options) {
+  GPB_ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(options.socket_path));
   timeval tv{options.reply_timeout_ms / 1000, (options.reply_timeout_ms % 1000) * 1000};
   if (options.reply_timeout_ms > 0) {
-    ::setsockopt(c->socket_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(c->socket_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   }
-  wire::HelloRequest hello{};
-  hello.protocol_version = wire::kProtocolVersion;
-  hello.pid = ::getpid();
-  std::string name = options.client_name;
-  if (name.empty()) name = program_invocation_short_name;
-  hello.client_name.set(name);
-  GPB_ASSIGN_OR_RETURN(c->hello_, c->Call<wire::HelloReply>(hello));
+  return fd;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
+  std::shared_ptr<Connection> c(new Connection());
+  c->options_ = options;
+  if (c->options_.client_name.empty()) c->options_.client_name = program_invocation_short_name;
+  GPB_ASSIGN_OR_RETURN(c->socket_, Dial(options));
+  std::lock_guard lock(c->mu_);
+  GPB_RETURN_IF_ERROR(c->HelloLocked());
   return c;
 }
 
+Status Connection::HelloLocked() {
+  wire::HelloRequest hello{};
+  hello.protocol_version = wire::kProtocolVersion;
+  hello.pid = ::getpid();
+  hello.client_name.set(options_.client_name);
+  GPB_ASSIGN_OR_RETURN(ReplyWithFd reply, SendAndReceiveLocked(wire::EncodeRequest(0, hello)));
+  GPB_RETURN_IF_ERROR(ExpectType(reply.frame, static_cast<uint16_t>(wire::MsgType::kHello)));
+  GPB_ASSIGN_OR_RETURN(hello_, wire::Decode<wire::HelloReply>(reply.frame.payload));
+  return Status::Ok();
+}
+
+// The broker went away (a restart, a crash): dial again until it answers or
+// the reconnect timeout passes, then re-take this client's leases.
+Status Connection::ReconnectLocked() {
+  if (options_.reconnect_timeout_ms <= 0) return *broken_;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.reconnect_timeout_ms);
+  while (true) {
+    auto fd = Dial(options_);
+    if (fd.ok()) {
+      socket_ = std::move(fd).value();
+      broken_.reset();
+      if (HelloLocked().ok()) break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      broken_ = Unavailable("broker unavailable: no broker answered at " + options_.socket_path +
+                            " within " + std::to_string(options_.reconnect_timeout_ms) + " ms");
+      return *broken_;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // waiting for a restart
+  }
+  {
+    std::lock_guard lock(cache_mu_);
+    registry_.reset();  // a new broker has a new segment
+  }
+  RetakeLeasesLocked();
+  return Status::Ok();
+}
+
+void Connection::RetakeLeasesLocked() {
+  std::vector<std::shared_ptr<MappedAllocation>> mapped;
+  {
+    std::lock_guard lock(cache_mu_);
+    for (auto& [id, weak] : cache_) {
+      if (auto m = weak.lock()) mapped.push_back(std::move(m));
+    }
+  }
+  for (auto& m : mapped) {
+    wire::AttachRequest attach{};
+    attach.name.set(m->slot);
+    attach.flags = m->writable ? 0 : wire::kAttachReadOnly;
+    auto reply = SendAndReceiveLocked(wire::EncodeRequest(0, attach));
+    bool ok = reply.ok() && ExpectType(reply->frame, static_cast<uint16_t>(wire::MsgType::kAttach)).ok();
+    auto decoded = ok ? wire::Decode<wire::AttachReply>(reply->frame.payload)
+                      : Result<wire::AttachReply>(ProtocolError(""));
+    if (decoded.ok() && decoded->slot.allocation_id == m->allocation_id) continue;  // leased again
+    m->leased = false;  // still mapped and valid, but no longer known by name
+    if (decoded.ok()) {  // the name now leads elsewhere: give that lease back
+      (void)SendAndReceiveLocked(wire::EncodeRequest(0, wire::DetachRequest{decoded->slot.allocation_id}));
+    }
+  }
+}
+
 Result<ReplyWithFd> Connection::ExchangeLocked(std::vector<std::byte> request) {
+  if (broken_) GPB_RETURN_IF_ERROR(ReconnectLocked());
+  bool delivered = false;
+  auto reply = SendAndReceiveLocked(request, &delivered);
+  // The broker went away since the last call (a restart): the request never
+  // reached it, so sending it again after reconnecting is safe.
+  if (!reply.ok() && broken_ && !delivered && options_.reconnect_timeout_ms > 0) {
+    GPB_RETURN_IF_ERROR(ReconnectLocked());
+    reply = SendAndReceiveLocked(std::move(request));
+  }
+  return reply;
+}
+
+Result<ReplyWithFd> Connection::SendAndReceiveLocked(std::vector<std::byte> request, bool* delivered) {
   if (broken_) return *broken_;
   uint32_t id = ++next_id_;
   if (id == 0) id = ++next_id_;  // 0 marks unsolicited messages
   std::memcpy(request.data() + offsetof(wire::Header, request_id), &id, sizeof id);
   auto sent = SendRecord(socket_.get(), request, -1, false);
+  if (delivered != nullptr) *delivered = sent.ok() && *sent;
   if (!sent.ok() || !*sent) {
     broken_ = Unavailable("broker unavailable: cannot send request (" +
                           (sent.ok() ? std::string("timed out") : sent.status().message()) + ")");
@@ -106,6 +191,7 @@ Result<std::shared_ptr<MappedAllocation>> Connection::Map(const wire::AttachRepl
   }
   auto m = std::make_shared<MappedAllocation>();
   m->allocation_id = slot.allocation_id;
+  m->slot = slot.name;
   m->writable = writable;
   m->base = (*mapped)->base();
   m->device = (*mapped)->device();
@@ -122,7 +208,9 @@ void Connection::Detach(uint64_t allocation_id) {
     auto it = cache_.find(allocation_id);
     if (it != cache_.end() && it->second.expired()) cache_.erase(it);
   }
-  (void)Call<wire::DetachReply>(wire::DetachRequest{allocation_id});
+  // No reconnect here: if the broker went away, the lease went with it.
+  std::lock_guard lock(mu_);
+  (void)SendAndReceiveLocked(wire::EncodeRequest(0, wire::DetachRequest{allocation_id}));
 }
 
 Result<const RegistryReader*> Connection::Registry() {

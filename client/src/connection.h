@@ -22,6 +22,8 @@ namespace gpubroker {
 struct MappedAllocation {
   std::weak_ptr<class Connection> connection;
   uint64_t allocation_id = 0;
+  std::string slot;     // the name it was attached through, to re-take the lease by
+  bool leased = true;   // false if a restarted broker no longer knows the slot
   void* base = nullptr;
   bool writable = false;
   Device device;  // in this process's numbering
@@ -82,10 +84,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   Connection() = default;
+  // Sends and waits for the reply; reconnects first if the broker went away.
   Result<ReplyWithFd> ExchangeLocked(std::vector<std::byte> request);
+  // `delivered`: whether the request reached the socket before any failure.
+  Result<ReplyWithFd> SendAndReceiveLocked(std::vector<std::byte> request, bool* delivered = nullptr);
+  Status HelloLocked();
+  Status ReconnectLocked();
+  void RetakeLeasesLocked();
   Status ExpectType(const wire::Frame& frame, uint16_t type) const;
 
-  std::mutex mu_;  // guards the socket, next_id_, broken_
+  std::mutex mu_;  // guards the socket, next_id_, broken_, hello_
+  ConnectOptions options_;
   UniqueFd socket_;
   uint32_t next_id_ = 0;
   std::optional<Status> broken_;  // set once the broker is gone

@@ -47,6 +47,12 @@ int CountMemfds(pid_t pid, const std::string& label) {
 }
 
 std::unique_ptr<BrokerProcess> BrokerProcess::Start(std::vector<std::string> extra_args) {
+  LaunchOptions o;
+  o.args = std::move(extra_args);
+  return Start(o);
+}
+
+std::unique_ptr<BrokerProcess> BrokerProcess::Start(const LaunchOptions& options) {
   static std::atomic<int> counter{0};
   std::unique_ptr<BrokerProcess> b(new BrokerProcess());
   char tmpl[] = "/tmp/gpbtest-XXXXXX";
@@ -55,32 +61,53 @@ std::unique_ptr<BrokerProcess> BrokerProcess::Start(std::vector<std::string> ext
   b->dir_ = tmpl;
   b->socket_ = b->dir_ + "/broker.sock";
   b->registry_ = "gpbtest-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
-  if (!b->Launch(std::move(extra_args)).ok()) return nullptr;
+  if (!b->Launch(options).ok()) return nullptr;
   return b;
 }
 
 std::unique_ptr<BrokerProcess> BrokerProcess::Restart(const BrokerProcess& previous) {
+  return Restart(previous, LaunchOptions{});
+}
+
+std::unique_ptr<BrokerProcess> BrokerProcess::Restart(const BrokerProcess& previous,
+                                                      const LaunchOptions& options) {
   std::unique_ptr<BrokerProcess> b(new BrokerProcess());
   b->dir_ = previous.dir_;
   b->socket_ = previous.socket_;
   b->registry_ = previous.registry_;
   b->owns_dir_ = false;
-  if (!b->Launch({}).ok()) return nullptr;
+  if (!b->Launch(options).ok()) return nullptr;
   return b;
 }
 
-Status BrokerProcess::Launch(std::vector<std::string> extra_args) {
+Status BrokerProcess::Launch(const LaunchOptions& options) {
   std::vector<std::string> args = {GPUBROKERD_PATH, "--socket", socket_, "--registry", registry_,
                                    "--log-level", "warn"};
-  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  args.insert(args.end(), options.args.begin(), options.args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
+    // Hand fds over as a service manager does: at 3, 4, ... (moved out of the way first).
+    std::vector<int> high;
+    for (const auto& [name, fd] : options.fds) high.push_back(::fcntl(fd, F_DUPFD, 100));
+    std::string names;
+    for (size_t i = 0; i < high.size(); ++i) {
+      ::dup2(high[i], 3 + static_cast<int>(i));
+      names += (i ? ":" : "") + options.fds[i].first;
+    }
+    for (int fd : high) ::close(fd);
+    if (!high.empty()) {
+      ::setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
+      ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    }
+    for (const auto& [name, value] : options.env) ::setenv(name.c_str(), value.c_str(), 1);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
+  if (!options.wait_for_socket) return Status::Ok();
   bool up = WaitFor([&] {
     if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
       pid_ = -1;
@@ -106,6 +133,7 @@ ConnectOptions BrokerProcess::Options(const std::string& client_name) const {
   o.socket_path = socket_;
   o.client_name = client_name;
   o.reply_timeout_ms = 10000;
+  o.reconnect_timeout_ms = 0;  // tests of restarts ask for reconnection themselves
   return o;
 }
 

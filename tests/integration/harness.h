@@ -25,10 +25,23 @@ bool WaitFor(const std::function<bool()>& done,
 // Open memfds of a process whose name contains `label`.
 int CountMemfds(pid_t pid, const std::string& label);
 
+// How to start a broker beyond the defaults: extra flags, environment, and
+// fds handed over as a service manager does (at 3, 4, ... with LISTEN_FDS,
+// LISTEN_FDNAMES and LISTEN_PID).
+struct LaunchOptions {
+  std::vector<std::string> args;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::pair<std::string, int>> fds;
+  bool wait_for_socket = true;
+};
+
 class BrokerProcess {
  public:
   // Starts gpubrokerd and waits until its socket answers.
   static std::unique_ptr<BrokerProcess> Start(std::vector<std::string> extra_args = {});
+  static std::unique_ptr<BrokerProcess> Start(const LaunchOptions& options);
+  // Same socket and registry as `previous`, which must have stopped.
+  static std::unique_ptr<BrokerProcess> Restart(const BrokerProcess& previous, const LaunchOptions& options);
   // Same socket and registry as `previous` (which must have stopped).
   static std::unique_ptr<BrokerProcess> Restart(const BrokerProcess& previous);
   ~BrokerProcess();
@@ -44,7 +57,7 @@ class BrokerProcess {
 
  private:
   BrokerProcess() = default;
-  Status Launch(std::vector<std::string> extra_args);
+  Status Launch(const LaunchOptions& options);
   pid_t pid_ = -1;
   std::string dir_, socket_, registry_;
   bool owns_dir_ = true;

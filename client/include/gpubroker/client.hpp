@@ -36,6 +36,10 @@ struct ConnectOptions {
   std::string socket_path = DefaultSocketPath();
   std::string client_name;       // shown by `gpubrokerctl clients`; default: the program name
   int reply_timeout_ms = 30000;  // a broker silent this long is kUnavailable
+  // After the connection breaks (the broker restarted), the next call keeps
+  // trying to reconnect for this long, then re-takes the leases of every
+  // allocation this client still maps. 0: fail at once with kUnavailable.
+  int reconnect_timeout_ms = 10000;
 };
 
 struct CreateOptions {
@@ -89,6 +93,7 @@ struct BrokerInfo {
   std::string version;
   std::string registry_name;
   bool stopping = false;
+  std::string state;  // "running", "draining" or "stopping"
   uint64_t boot_generation = 0;
   uint64_t started_ns = 0;
   uint32_t capacity = 0;
@@ -146,6 +151,12 @@ class Client {
   Result<std::vector<ClientInfo>> Clients();
   Result<std::vector<LeaseInfo>> Leases();
   Status Shutdown();
+  // Admin only. While draining, creates and attaches are refused; existing
+  // leases keep working.
+  Status Drain(bool on = true);
+  // Admin only. Re-reads the broker's configuration; an invalid one is
+  // rejected with the reason and the running one stays.
+  Status Reload();
 
   uint64_t client_id() const;
 

@@ -1,0 +1,178 @@
+// The broker as a service: the notify protocol, reload, drain, and a warm
+// restart through the fd store, against a harness that plays systemd.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "harness.h"
+#include "service_harness.h"
+
+namespace gpubroker::testing {
+namespace {
+
+CreateOptions Bytes(const std::string& name, size_t n) {
+  CreateOptions o;
+  o.name = name;
+  o.shape = {static_cast<int64_t>(n)};
+  o.mode = 0644;
+  return o;
+}
+
+std::vector<uint8_t> Contents(const View& v) {
+  auto* p = static_cast<const uint8_t*>(v.data());
+  return {p, p + v.nbytes()};
+}
+
+Client Connect(const BrokerProcess& b, int reconnect_ms = 0) {
+  ConnectOptions o = b.Options("service-test");
+  o.reconnect_timeout_ms = reconnect_ms;
+  auto c = Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return std::move(c).value();
+}
+
+void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+TEST(Service, NotifiesReadyStatusWatchdogReloadAndStopping) {
+  ServiceHarness manager;
+  auto options = manager.Options({}, 200000);  // WATCHDOG_USEC: ping every 100 ms
+  options.wait_for_socket = false;
+  auto broker = BrokerProcess::Start(options);
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  auto c = broker->Connect();  // ready means the socket answers
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_TRUE(c->Create(Bytes("svc/a", 64)).ok());
+  EXPECT_TRUE(manager.Expect("STATUS=1 slots, 1 clients"));
+  EXPECT_TRUE(manager.Expect("WATCHDOG=1"));
+  EXPECT_TRUE(manager.Expect("WATCHDOG=1"));
+  ::kill(broker->pid(), SIGHUP);
+  EXPECT_TRUE(manager.Expect("RELOADING=1"));
+  EXPECT_TRUE(manager.Expect("READY=1"));
+  EXPECT_TRUE(c->Stat("svc/a").ok());  // still serving after the reload
+  ::kill(broker->pid(), SIGTERM);
+  EXPECT_TRUE(manager.Expect("STOPPING=1"));
+  EXPECT_EQ(broker->Stop(0), 0);
+}
+
+TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client holder = Connect(*broker, 10000);
+  auto data = RandomBytes(1 << 20);
+  auto a = holder.CreateAndAttach(Bytes("warm/a", data.size()));
+  ASSERT_TRUE(a.ok());
+  std::memcpy(a->data(), data.data(), data.size());
+  ASSERT_TRUE(holder.Create(Bytes("warm/arena", 64 * 1024)).ok());
+  CreateOptions v = Bytes("warm/arena/v", 4096);
+  v.base = "warm/arena";
+  v.byte_offset = 8192;
+  auto view = holder.CreateAndAttach(v);
+  ASSERT_TRUE(view.ok());
+  auto arena_data = RandomBytes(4096);
+  std::memcpy(view->data(), arena_data.data(), arena_data.size());
+  ASSERT_TRUE(holder.Create(Bytes("warm/gone", 4096)).ok());
+  ASSERT_TRUE(holder.Destroy("warm/gone").ok());
+  auto before = holder.Stat("warm/a");
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(manager.Expect("FDSTOREREMOVE=1"));  // warm/gone's memory left the store
+  EXPECT_EQ(manager.store().size(), 2u) << "one stored fd per live allocation";
+
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  EXPECT_TRUE(Contents(*a) == data) << "a view must stay valid while the broker is down";
+
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client newcomer = Connect(*next);
+  auto again = newcomer.Attach("warm/a");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(Contents(*again) == data) << "a new client sees other bytes after the restart";
+  auto again_v = newcomer.Attach("warm/arena/v");
+  ASSERT_TRUE(again_v.ok());
+  EXPECT_TRUE(Contents(*again_v) == arena_data);
+  EXPECT_EQ(newcomer.Stat("warm/gone").status().code(), Code::kNotFound);
+  auto after = newcomer.Stat("warm/a");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->version, before->version);
+  EXPECT_EQ(after->created_ns, before->created_ns);
+  EXPECT_EQ(after->allocation_id, before->allocation_id);
+  EXPECT_EQ(after->mode, before->mode);
+
+  // The holder's next call reconnects and re-takes its leases by itself.
+  auto seen = holder.Stat("warm/a");
+  ASSERT_TRUE(seen.ok()) << seen.status().ToString();
+  EXPECT_EQ(seen->lease_count, 2u) << "holder's lease + newcomer's";
+  EXPECT_EQ(holder.Stat("warm/arena")->lease_count, 2u);
+  EXPECT_TRUE(Contents(*a) == data);
+  a->reset();
+  again->reset();
+  EXPECT_EQ(newcomer.Stat("warm/a")->lease_count, 0u);
+  auto info = newcomer.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->leases, 2u);  // the arena: one view each
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+TEST(Service, ReloadAppliesAValidConfigAndRejectsAnInvalidOne) {
+  ServiceHarness manager;
+  auto probe = BrokerProcess::Start();  // for a scratch directory
+  ASSERT_NE(probe, nullptr);
+  std::string path = probe->dir() + "/gpubroker.yaml";
+  WriteFile(path, "pools:\n  - name: pool/one\n    bytes: 4096\n    mode: \"0644\"\n");
+  probe->Stop(SIGTERM);
+  auto broker = BrokerProcess::Start(manager.Options({"--config", path}));
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client c = Connect(*broker);
+  ASSERT_TRUE(c.Stat("pool/one").ok());
+
+  WriteFile(path, "pools:\n  - name: pool/two\n    dtype: float32\n    shape: [16]\n    mode: \"0644\"\n"
+                  "limits:\n  max_slots: 3\n");
+  ASSERT_EQ(::kill(broker->pid(), SIGHUP), 0);
+  ASSERT_TRUE(manager.Expect("RELOADING=1"));
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  EXPECT_EQ(c.Stat("pool/one").status().code(), Code::kNotFound);
+  EXPECT_TRUE(c.Stat("pool/two").ok());
+  EXPECT_EQ(c.Info()->max_slots, 3u);
+
+  WriteFile(path, "pools:\n  - name: pool/three\n    bytes: 64\n    mdoe: \"0644\"\n");
+  Status s = c.Reload();
+  EXPECT_EQ(s.code(), Code::kConfig);
+  EXPECT_NE(s.message().find("gpubroker.yaml:4:5: unknown key 'mdoe'"), std::string::npos) << s.message();
+  EXPECT_TRUE(c.Stat("pool/two").ok()) << "the running configuration must stay";
+  EXPECT_EQ(c.Stat("pool/three").status().code(), Code::kNotFound);
+  EXPECT_EQ(c.Info()->max_slots, 3u);
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
+TEST(Service, DrainRefusesNewWorkWhileLeasesKeepWorking) {
+  auto broker = BrokerProcess::Start();
+  ASSERT_NE(broker, nullptr);
+  Client c = Connect(*broker);
+  auto v = c.CreateAndAttach(Bytes("drain/x", 4096));
+  ASSERT_TRUE(v.ok());
+  auto data = RandomBytes(4096);
+  std::memcpy(v->data(), data.data(), data.size());
+  ASSERT_TRUE(c.Drain(true).ok());
+  EXPECT_EQ(c.Info()->state, "draining");
+  Status create = c.Create(Bytes("drain/y", 64)).status();
+  EXPECT_EQ(create.code(), Code::kUnavailable);
+  EXPECT_NE(create.message().find("draining"), std::string::npos);
+  Client other = Connect(*broker);
+  EXPECT_EQ(other.Attach("drain/x").status().code(), Code::kUnavailable);
+  EXPECT_TRUE(Contents(*v) == data);
+  EXPECT_EQ(c.Stat("drain/x")->lease_count, 1u);
+  v->reset();  // detach still works
+  EXPECT_EQ(c.Stat("drain/x")->lease_count, 0u);
+  ASSERT_TRUE(c.Drain(false).ok());
+  EXPECT_TRUE(c.Create(Bytes("drain/y", 64)).ok());
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace gpubroker::testing
