@@ -12,6 +12,7 @@
 #include "harness.h"
 #include "kernels.h"
 #include "registry_reader.h"
+#include "service_harness.h"
 
 namespace gpubroker::testing {
 namespace {
@@ -236,6 +237,57 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
     EXPECT_EQ(handle_of(o.name) != zero, world) << "mode " << std::oct << mode;
   }
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
+// A broker restart through the service manager's fd store: cuda_vmm memory
+// lives on (a bare exported fd keeps it), a holder's mapping stays valid, a
+// new consumer reads every element; legacy cuda_ipc slots cannot survive.
+TEST(GpuService, WarmRestartKeepsVmmBuffers) {
+  if (!CudaDriver::Get().ok()) GTEST_SKIP() << "no GPU here";
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  ConnectOptions options = broker->Options("holder");
+  options.reconnect_timeout_ms = 10000;
+  auto holder = Client::Connect(options);
+  ASSERT_TRUE(holder.ok());
+  const size_t bytes = 256u << 20;
+  CreateOptions o;
+  o.name = "warm/gpu";
+  o.backend = BackendKind::kCudaVmm;
+  o.dtype = *ParseDType("uint64");
+  o.shape = {static_cast<int64_t>(bytes / 8)};
+  o.device = 0;
+  o.mode = 0666;
+  auto v = holder->CreateAndAttach(o);
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  uint64_t seed = FreshSeed();
+  ASSERT_TRUE(gpu::SetDevice(v->device().ordinal));
+  ASSERT_TRUE(gpu::FillPattern(v->data(), bytes, seed));
+  CreateOptions legacy = o;
+  legacy.name = "warm/legacy";
+  legacy.backend = BackendKind::kCudaIpc;
+  legacy.shape = {1024};
+  ASSERT_TRUE(holder->Create(legacy).ok());
+
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0) << "mapping lost while the broker was down";
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+
+  auto consumer = ChildProcess::Exec({GPU_PEER_PATH, next->socket(), "check", "warm/gpu", std::to_string(seed)});
+  std::string line = consumer->channel().ReceiveLine();
+  EXPECT_EQ(line.rfind("mismatches 0 ", 0), 0u) << line;
+  EXPECT_EQ(consumer->Wait(), 0);
+  EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0);
+  auto stat = holder->Stat("warm/gpu");  // reconnects, re-takes the lease
+  ASSERT_TRUE(stat.ok()) << stat.status().ToString();
+  EXPECT_EQ(stat->lease_count, 1u);
+  EXPECT_EQ(holder->Stat("warm/legacy").status().code(), Code::kNotFound);
+  v->reset();
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
 }
 
 TEST(GpuDriver, WithoutADriverGpuRequestsFailCleanly) {
