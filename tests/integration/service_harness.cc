@@ -37,7 +37,9 @@ LaunchOptions ServiceHarness::Options(std::vector<std::string> args, uint64_t wa
   return o;
 }
 
-LaunchOptions ServiceHarness::RestartOptions(std::vector<std::string> args) const {
+LaunchOptions ServiceHarness::RestartOptions(std::vector<std::string> args) {
+  while (ReceiveOne(std::chrono::milliseconds(0))) {
+  }
   LaunchOptions o = Options(std::move(args));
   for (const auto& [name, fd] : store_) o.fds.emplace_back(name, fd.get());
   return o;

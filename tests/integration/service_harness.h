@@ -21,8 +21,9 @@ class ServiceHarness {
 
   // Launch options that point the broker at this manager.
   LaunchOptions Options(std::vector<std::string> args = {}, uint64_t watchdog_usec = 0) const;
-  // Same, with the fd store handed over (a restart).
-  LaunchOptions RestartOptions(std::vector<std::string> args = {}) const;
+  // Same, with the fd store handed over (a restart). Reads every pending
+  // notification first, as the manager would have.
+  LaunchOptions RestartOptions(std::vector<std::string> args = {});
 
   // Receives notifications until one contains `needle`; false on timeout.
   // The fd store is updated from every message on the way.
