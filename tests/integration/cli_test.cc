@@ -98,6 +98,18 @@ TEST_F(CliTest, ExitStatusesScriptsCanRelyOn) {
   EXPECT_NE(down.out.find("no broker at"), std::string::npos) << down.out;
 }
 
+TEST_F(CliTest, DrainAndReload) {
+  EXPECT_EQ(Ctl("drain").status, 0);
+  EXPECT_NE(Ctl("status").out.find(": draining"), std::string::npos);
+  CtlRun refused = Ctl("create x --bytes 16");
+  EXPECT_EQ(refused.status, 3);
+  EXPECT_NE(refused.out.find("draining"), std::string::npos) << refused.out;
+  EXPECT_EQ(Ctl("drain --off").status, 0);
+  EXPECT_EQ(Ctl("create x --bytes 16").status, 0);
+  EXPECT_EQ(Ctl("reload").status, 0);
+  EXPECT_EQ(Ctl("show x").status, 0);  // a reload keeps what clients made
+}
+
 TEST_F(CliTest, ShutdownStopsTheBroker) {
   EXPECT_EQ(Ctl("shutdown").status, 0);
   int status = broker_->Stop(0);  // reap: it has exited on its own
