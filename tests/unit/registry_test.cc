@@ -114,7 +114,10 @@ TEST(Registry, ChurnKeepsTheIndexExact) {
 TEST(Registry, ReadersNeverSeeTornSlots) {
   std::string name = UniqueName();
   auto reg = Make(name);
-  auto index = reg->Insert(Slot("hot", 1));
+  SlotDescriptor first = Slot("hot", 1);
+  first.version = 1;
+  first.lease_count = 1;
+  auto index = reg->Insert(first);
   ASSERT_TRUE(index.ok());
   std::atomic<bool> done{false};
   std::atomic<int64_t> reads{0};

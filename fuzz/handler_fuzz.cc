@@ -1,0 +1,119 @@
+// libFuzzer target: the broker's request handler fed decoded-or-not messages
+// from several clients that connect and disconnect at will. Nothing may crash,
+// every reply must parse, and the lease bookkeeping must stay consistent:
+// every lease belongs to a live client, and once everyone is gone none remain.
+//
+// Input: records of [op u8][client u8][length u16][length bytes]. op & 3:
+// 0 connect, 1 disconnect, 2 raw bytes, 3 a valid header of type bytes[0]
+// around the rest (so payload decoders are reached often).
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include "registry.h"
+#include "request_handler.h"
+
+using namespace gpubroker;
+
+namespace {
+
+void Require(bool ok) {
+  if (!ok) std::abort();
+}
+
+// Host-like memory without the kernel: the fuzzer must not allocate gigabytes.
+class SmallBackend final : public Backend {
+ public:
+  struct Memory final : BackendMemory {
+    explicit Memory(uint64_t b) : bytes(b) {}
+    uint64_t size() const override { return bytes; }
+    Device device() const override { return Device{}; }
+    Result<SharedHandle> Share(uint32_t) override { return SharedHandle{}; }
+    uint64_t bytes;
+  };
+  BackendKind kind() const override { return BackendKind::kHost; }
+  Result<std::unique_ptr<BackendMemory>> Allocate(const AllocationRequest& r) override {
+    if (r.bytes > (1u << 20)) return ResourceExhausted("fuzz backend holds at most 1 MiB");
+    return std::unique_ptr<BackendMemory>(new Memory(r.bytes));
+  }
+};
+
+void CheckLeases(const RequestHandler& h) {
+  uint64_t by_clients = 0;
+  for (const auto& [id, c] : h.leases().clients()) {
+    for (const auto& [aid, lease] : c.leases) {
+      Require(lease.count > 0);
+      Require(h.leases().allocations().count(aid) == 1);
+      by_clients += lease.count;
+    }
+  }
+  Require(by_clients == h.leases().total_leases());
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static int counter = 0;
+  RegistryOptions ro;
+  ro.name = "gpbfuzz-" + std::to_string(::getpid()) + "-" + std::to_string(counter++ % 4);
+  ro.capacity = 32;
+  auto registry = Registry::Create(ro);
+  Require(registry.ok());
+  BackendSet backends;
+  backends.Add(std::make_unique<SmallBackend>());
+  HandlerOptions ho;
+  ho.limits.max_connections = 8;
+  ho.limits.max_bytes_per_client = 4u << 20;
+  ho.admin_group = 4242;
+  RequestHandler handler(**registry, backends, ho);
+  std::map<uint8_t, uint64_t> clients;
+  size_t pos = 0;
+  while (pos + 4 <= size) {
+    uint8_t op = data[pos], who = data[pos + 1] % 6;
+    uint16_t len;
+    std::memcpy(&len, data + pos + 2, 2);
+    pos += 4;
+    len = static_cast<uint16_t>(std::min<size_t>(len, size - pos));
+    const uint8_t* body = data + pos;
+    pos += len;
+    switch (op & 3) {
+      case 0:
+        if (clients.count(who) == 0) {
+          // Identities: root, two users in one group, an admin-group member, nobody.
+          static const PeerCredentials peers[] = {{1, 0, 0, {}}, {2, 1000, 1000, {}}, {3, 1001, 1000, {}},
+                                                  {4, 2000, 2000, {4242}}, {5, 65534, 65534, {}},
+                                                  {6, 1000, 1000, {}}};
+          auto id = handler.OnConnect(peers[who]);
+          if (id.ok()) clients[who] = *id;
+        }
+        break;
+      case 1:
+        if (auto it = clients.find(who); it != clients.end()) {
+          handler.OnDisconnect(it->second);
+          clients.erase(it);
+        }
+        break;
+      default: {
+        auto it = clients.find(who);
+        if (it == clients.end()) break;
+        std::vector<std::byte> message;
+        if ((op & 3) == 3 && len > 0) {
+          message = wire::EncodeRaw(body[0] % 16, 1, std::as_bytes(std::span(body + 1, len - 1u)));
+        } else {
+          message.assign(reinterpret_cast<const std::byte*>(body), reinterpret_cast<const std::byte*>(body) + len);
+        }
+        Reply reply = handler.Handle(it->second, message);
+        Require(wire::ParseFrame(reply.bytes).ok());
+        break;
+      }
+    }
+    CheckLeases(handler);
+  }
+  for (auto& [who, id] : clients) handler.OnDisconnect(id);
+  Require(handler.leases().total_leases() == 0);
+  Require(handler.leases().clients().empty());
+  return 0;
+}
