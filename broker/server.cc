@@ -139,21 +139,30 @@ void Server::Accept() {
 void Server::OnAccepted(SeqPacketSocket socket) {
   PeerCredentials peer = ReadPeer(socket.native_handle());
   auto id = handler_.OnConnect(peer);
-  if (!id.ok()) {
+  if (!id.ok() && refused_ >= kMaxRefusedSessions) {
     spdlog::warn("refused connection from pid {}: {}", peer.pid, id.status().message());
-    auto error = wire::EncodeError(0, id.status());
-    (void)SendRecord(socket.native_handle(), error, -1, true);
     return;  // closes the socket
   }
+  // Refused connections get a session of their own that answers the first
+  // message with the reason; their ids are outside the handler's range.
+  uint64_t session_id = id.ok() ? *id : (uint64_t{1} << 63) | ++refused_serial_;
+  if (!id.ok()) {
+    spdlog::warn("refusing connection from pid {}: {}", peer.pid, id.status().message());
+    ++refused_;
+  }
   auto session = std::make_shared<Session>(
-      std::move(socket), *id, handler_, receive_buffer_,
-      Session::Hooks{[this](uint64_t client_id) { sessions_.erase(client_id); },
+      std::move(socket), session_id, handler_, receive_buffer_,
+      Session::Hooks{[this](uint64_t client_id) {
+                       if (client_id >> 63) --refused_;
+                       sessions_.erase(client_id);
+                     },
                      [this] {
                        if (handler_.shutdown_requested()) {
                          boost::asio::post(io_, [this] { Stop("shutdown request"); });
                        }
                      }});
-  sessions_.emplace(*id, session);
+  if (!id.ok()) session->Refuse(id.status());
+  sessions_.emplace(session_id, session);
   session->Start();
 }
 

@@ -54,6 +54,9 @@ class Server {
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
   std::vector<std::byte> receive_buffer_;
   bool stopped_ = false;
+  static constexpr int kMaxRefusedSessions = 64;  // beyond: closed at once
+  int refused_ = 0;
+  uint64_t refused_serial_ = 0;
 };
 
 }  // namespace gpubroker

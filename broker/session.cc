@@ -4,6 +4,8 @@
 
 #include "seqpacket.h"
 
+#include <cstring>
+
 namespace gpubroker {
 
 namespace {
@@ -53,6 +55,15 @@ void Session::OnReadable() {
                                                        std::to_string(wire::kMaxMessageBytes) +
                                                        "-byte limit"))});
       continue;
+    }
+    if (refusal_) {
+      uint32_t request_id = 0;
+      if (r->size >= sizeof(wire::Header)) {
+        std::memcpy(&request_id, buffer_.data() + offsetof(wire::Header, request_id), sizeof request_id);
+      }
+      (void)SendRecord(socket_.native_handle(), wire::EncodeError(request_id, *refusal_), -1, true);
+      Shutdown();
+      return;
     }
     if (!r->fds.empty()) {  // closed as `r` goes
       Enqueue(Reply{wire::EncodeError(0, ProtocolError("clients may not send file descriptors"))});

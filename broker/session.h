@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "asio.h"
@@ -27,6 +28,10 @@ class Session : public std::enable_shared_from_this<Session> {
           std::span<std::byte> receive_buffer, Hooks hooks);
 
   void Start();
+  // Answers the connection's first message with `refusal` and closes: a
+  // refusal sent at accept could be lost, since closing a socket that holds
+  // unread data resets the peer.
+  void Refuse(Status refusal) { refusal_ = std::move(refusal); }
   // Sends a notice if the socket takes it at once, then closes.
   void Close(std::span<const std::byte> farewell = {});
   uint64_t client_id() const { return client_id_; }
@@ -45,6 +50,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Hooks hooks_;
   std::deque<Reply> outgoing_;
   bool closed_ = false;
+  std::optional<Status> refusal_;
   bool waiting_write_ = false;
 };
 

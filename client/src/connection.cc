@@ -126,6 +126,15 @@ Result<ReplyWithFd> Connection::SendAndReceiveLocked(std::vector<std::byte> requ
   if (!sent.ok() || !*sent) {
     broken_ = Unavailable("broker unavailable: cannot send request (" +
                           (sent.ok() ? std::string("timed out") : sent.status().message()) + ")");
+    // The broker may have said why before it closed (e.g. too many connections).
+    auto r = ReceiveRecord(socket_.get(), receive_buffer_, true);
+    if (r.ok() && r->size > 0) {
+      auto frame = wire::ParseFrame(std::span(receive_buffer_).first(r->size));
+      if (frame.ok() && frame->type == wire::MsgType::kError) {
+        auto e = wire::Decode<wire::ErrorReply>(frame->payload);
+        if (e.ok()) broken_ = Status(static_cast<Code>(e->code), std::string(e->message.view()));
+      }
+    }
     return *broken_;
   }
   ReplyWithFd reply;
@@ -147,6 +156,13 @@ Result<ReplyWithFd> Connection::SendAndReceiveLocked(std::vector<std::byte> requ
         broken_ = Unavailable("broker unavailable: " + std::string(notice->message.view()));
       }
       continue;  // the reply (or the close) follows
+    }
+    if (frame->type == wire::MsgType::kError && frame->request_id == 0) {
+      // About the connection itself (e.g. refused at accept): the broker closes it next.
+      auto e = wire::Decode<wire::ErrorReply>(frame->payload);
+      broken_ = e.ok() ? Status(static_cast<Code>(e->code), std::string(e->message.view()))
+                       : Unavailable("broker unavailable: the broker refused the connection");
+      return *broken_;
     }
     if (frame->request_id != id) continue;  // a reply to an earlier request we gave up on
     reply.bytes.assign(receive_buffer_.begin(), receive_buffer_.begin() + static_cast<ptrdiff_t>(r->size));

@@ -11,7 +11,10 @@
 #include "cuda_driver.h"
 #include "harness.h"
 #include "kernels.h"
+#include "connection.h"
 #include "registry_reader.h"
+#include <algorithm>
+#include <fstream>
 #include "service_harness.h"
 
 namespace gpubroker::testing {
@@ -192,6 +195,31 @@ TEST_P(GpuTest, ProcessesWithDifferentVisibleDevicesAgreeByUuid) {
   }
 }
 
+TEST_P(GpuTest, KilledBrokerLeavesGpuViewsReadableAndANewBrokerServes) {
+  const size_t bytes = 32u << 20;
+  auto v = client_->CreateAndAttach(Words("crash", bytes, 0));
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  uint64_t seed = FreshSeed();
+  ASSERT_TRUE(gpu::SetDevice(v->device().ordinal));
+  ASSERT_TRUE(gpu::FillPattern(v->data(), bytes, seed));
+  broker_->Stop(SIGKILL);
+  EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0) << "a view died with the broker";
+  Status s = client_->Stat("crash").status();
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_NE(s.message().find("broker unavailable"), std::string::npos) << s.message();
+  auto next = BrokerProcess::Restart(*broker_);
+  ASSERT_NE(next, nullptr) << "a new broker did not replace the stale registry";
+  auto c = next->Connect();
+  ASSERT_TRUE(c.ok());
+  auto fresh = c->CreateAndAttach(Words("after-crash", 1u << 20, 0));
+  EXPECT_TRUE(fresh.ok()) << fresh.status().ToString();
+  EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0);
+  v->reset();
+  client_.reset();
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
+  broker_.reset();
+}
+
 TEST_P(GpuTest, DeviceByteLimitIsItsOwnError) {
   broker_->Stop(SIGTERM);
   broker_ = BrokerProcess::Start({"--max-bytes-per-device", "64MiB"});
@@ -236,6 +264,22 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
     bool world = (mode & 04) != 0;
     EXPECT_EQ(handle_of(o.name) != zero, world) << "mode " << std::oct << mode;
   }
+  // And byte for byte: the real handle of a private slot appears nowhere in the segment.
+  ConnectOptions co = broker->Options("scanner");
+  auto conn = Connection::Open(co);
+  ASSERT_TRUE(conn.ok());
+  wire::AttachRequest attach{};
+  attach.name.set("ipc/384");  // mode 0600
+  UniqueFd none;
+  auto reply = (*conn)->Call<wire::AttachReply>(attach, &none);
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  std::vector<uint8_t> secret(reply->slot.ipc_handle, reply->slot.ipc_handle + 64);
+  ASSERT_NE(secret, zero) << "the owner's attach reply carries the handle";
+  std::ifstream seg("/dev/shm/" + broker->registry(), std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(seg)), std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), 4096u);
+  EXPECT_EQ(std::search(bytes.begin(), bytes.end(), secret.begin(), secret.end()), bytes.end())
+      << "a private slot's IPC handle is readable in shared memory";
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 }
 

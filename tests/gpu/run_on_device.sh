@@ -21,6 +21,13 @@ nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv 
 rc=0
 (cd "$staged" && ctest -L gpu --output-on-failure -V) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
 grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
+# The reliability suite's GPU variants: chaos soak, permission matrix (and the
+# broker-crash and IPC-exposure cases in gpu_backend_test above).
+for backend in cuda_vmm cuda_ipc; do
+  (cd "$staged" && GPUBROKER_TEST_BACKEND=$backend GPUBROKER_CHAOS_SECONDS=20 \
+     ctest -R "chaos_test|permission_test" --output-on-failure -V) 2>&1 | tee "$out/ctest-reliability-$backend.log" || rc=1
+  grep -q "100% tests passed" "$out/ctest-reliability-$backend.log" || rc=1
+done
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
   timeout 300 "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
   timeout 120 "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"

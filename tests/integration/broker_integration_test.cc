@@ -313,6 +313,36 @@ TEST_F(BrokerTest, KilledBrokerLeavesViewsReadableAndANewBrokerTakesOver) {
   EXPECT_EQ(WEXITSTATUS(next->Stop(SIGTERM)), 0);
 }
 
+TEST(BrokerLimits, EachLimitHasItsOwnErrorAndServiceGoesOn) {
+  auto broker = BrokerProcess::Start(
+      {"--max-slots", "2", "--max-bytes-per-client", "8192", "--max-connections", "3"});
+  ASSERT_NE(broker, nullptr);
+  auto c = broker->Connect();
+  ASSERT_TRUE(c.ok());
+  Status bytes = c->Create(Bytes("big", 16384)).status();
+  EXPECT_EQ(bytes.code(), Code::kResourceExhausted);
+  EXPECT_NE(bytes.message().find("client byte limit"), std::string::npos) << bytes.message();
+  ASSERT_TRUE(c->Create(Bytes("a", 64)).ok());
+  ASSERT_TRUE(c->Create(Bytes("b", 64)).ok());
+  Status slots = c->Create(Bytes("c", 64)).status();
+  EXPECT_EQ(slots.code(), Code::kResourceExhausted);
+  EXPECT_NE(slots.message().find("slot limit"), std::string::npos) << slots.message();
+  Status name = c->Create(Bytes(std::string(128, 'n'), 64)).status();
+  EXPECT_EQ(name.code(), Code::kInvalidArgument);
+  EXPECT_NE(name.message().find("127"), std::string::npos) << name.message();
+  auto second = broker->Connect();
+  auto third = broker->Connect();
+  ASSERT_TRUE(second.ok() && third.ok());
+  auto fourth = broker->Connect();
+  ASSERT_FALSE(fourth.ok());
+  EXPECT_EQ(fourth.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(fourth.status().message().find("too many connections"), std::string::npos)
+      << fourth.status().ToString();
+  auto v = c->Attach("a");  // everyone else is still served
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
 TEST_F(BrokerTest, PoolsFromTheConfigExistAtStart) {
   std::string path = broker_->dir() + "/pools.yaml";
   FILE* f = std::fopen(path.c_str(), "w");

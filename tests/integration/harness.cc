@@ -27,6 +27,12 @@ std::vector<uint8_t> RandomBytes(size_t n) {
   return out;
 }
 
+BackendKind TestBackend() {
+  const char* v = std::getenv("GPUBROKER_TEST_BACKEND");
+  auto kind = ParseBackend(v != nullptr ? v : "host");
+  return kind.ok() ? *kind : BackendKind::kHost;
+}
+
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   while (!done()) {

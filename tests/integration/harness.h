@@ -18,6 +18,10 @@ namespace gpubroker::testing {
 
 std::vector<uint8_t> RandomBytes(size_t n);
 
+// The backend tests that take one should use: $GPUBROKER_TEST_BACKEND
+// (host, cuda_vmm, cuda_ipc), host by default. The GPU runner sets it.
+BackendKind TestBackend();
+
 // Polls `done` until it holds or `limit` passes; returns its last value.
 bool WaitFor(const std::function<bool()>& done,
              std::chrono::milliseconds limit = std::chrono::seconds(10));
