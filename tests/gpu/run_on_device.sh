@@ -33,5 +33,8 @@ if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
   timeout 120 "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
   GPUBROKERD=$staged/broker/gpubrokerd GPUBROKER_LIBRARY=$staged/client/libgpubroker.so \
     timeout 300 python3 bench/python_attach_bench.py 50 2>&1 | tee "$out/python_bench.txt"
+  GPUBROKERD=$staged/broker/gpubrokerd GPUBROKER_LIBRARY=$staged/client/libgpubroker.so \
+    timeout 300 python3 bench/weight_sync_bench.py 2>&1 | tee "$out/weight_sync.txt"
+  timeout 120 "$staged/bench/scale_bench" 2>&1 | tee "$out/scale_bench.txt"
 fi
 exit $rc
