@@ -103,8 +103,8 @@ int main(int argc, char** argv) {
       pid_t pid = ::fork();
       if (pid == 0) {
         auto me = broker->Connect("w" + std::to_string(w));
+        shared->ready.fetch_add(1);  // failed or not: the parent must not wait forever
         if (!me.ok()) ::_exit(1);
-        shared->ready.fetch_add(1);
         while (shared->go.load() == 0) {
         }
         auto end = Clock::now() + std::chrono::duration<double>(seconds);

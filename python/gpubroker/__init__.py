@@ -80,19 +80,26 @@ class View:
         self._handle = handle
         info = gpb_slot_info()
         lib.gpb_view_info(handle, ctypes.byref(info))
+        self._info = info
+        self._slot = None  # the full SlotInfo, built on first use: attach stays cheap
         self._dl = (info.dtype.code, info.dtype.bits, info.dtype.lanes)
-        self.slot = SlotInfo._from(info)
+        self.shape = tuple(info.shape[: info.ndim])
+        self.strides = tuple(info.strides[: info.ndim])  # in elements
         self.data_ptr = lib.gpb_view_data(handle) or 0
         self.writable = bool(lib.gpb_view_writable(handle))
         self.is_cuda = info.device_type == 2
         self.device_id = info.device_ordinal if self.is_cuda else 0
 
-    name = property(lambda self: self.slot.name)
-    shape = property(lambda self: self.slot.shape)
-    strides = property(lambda self: self.slot.strides, doc="in elements")
-    dtype = property(lambda self: self.slot.dtype)
-    nbytes = property(lambda self: self.slot.nbytes)
-    version = property(lambda self: self.slot.version)
+    @property
+    def slot(self):
+        if self._slot is None:
+            self._slot = SlotInfo._from(self._info)
+        return self._slot
+
+    name = property(lambda self: self._info.name.decode())
+    dtype = property(lambda self: from_dl(*self._dl))
+    nbytes = property(lambda self: self._info.nbytes)
+    version = property(lambda self: self._info.version)
     device = property(lambda self: self.slot.device)
 
     def release(self):
