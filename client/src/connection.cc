@@ -90,7 +90,7 @@ void Connection::RetakeLeasesLocked() {
   for (auto& m : mapped) {
     wire::AttachRequest attach{};
     attach.name.set(m->slot);
-    attach.flags = m->writable ? 0 : wire::kAttachReadOnly;
+    attach.flags = m->writable ? 0u : uint32_t{wire::kAttachReadOnly};
     auto reply = SendAndReceiveLocked(wire::EncodeRequest(0, attach));
     bool ok = reply.ok() && ExpectType(reply->frame, static_cast<uint16_t>(wire::MsgType::kAttach)).ok();
     auto decoded = ok ? wire::Decode<wire::AttachReply>(reply->frame.payload)
