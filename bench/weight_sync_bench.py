@@ -1,13 +1,21 @@
-"""The weight-sync case: 1,000 CUDA tensors of assorted sizes (~2 GiB, like a
+"""The weight-sync case: 1,000 tensors of assorted sizes (~3 GiB, like a
 model's layers). gpubroker: published once as one arena
-(publish_state_dict); a consumer process obtains all 1,000 torch.Tensors.
-Baseline, same run: the same 1,000 tensors shared one by one through a
-torch.multiprocessing queue. Both timings start in a consumer whose CUDA
-context is up and end when all 1,000 tensors are in hand and one element of
-each has been read back.
+(publish_state_dict); a consumer process obtains all 1,000 torch.Tensors,
+either with attach_state_dict(prefix, to="torch") (one library call, a
+DLPack capsule per tensor) or one attach + torch.from_dlpack per tensor.
+Baseline, same run: the same 1,000 tensors sent one by one through a
+torch.multiprocessing queue.
 
-Usage: python3 bench/weight_sync_bench.py   (needs $GPUBROKERD, $GPUBROKER_LIBRARY, a GPU)
+Each path runs in its own fresh consumer process whose CUDA context is up.
+"obtain" ends when all 1,000 tensors are in hand; "+ read" also reads one
+element of each back to the host. Afterwards, untimed, every consumer sums
+every tensor and the sums are compared with the producer's.
+
+Usage: python3 bench/weight_sync_bench.py [--device cpu]
+       (needs $GPUBROKERD and $GPUBROKER_LIBRARY; --device cpu runs the same
+        scenario on host memory, a smoke run for machines without a GPU)
 """
+import argparse
 import os
 import subprocess
 import sys
@@ -18,87 +26,132 @@ sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "py
 N = 1000
 
 
-def sizes():
+def sizes(n):
     import random
     rng = random.Random(1234)
-    # Assorted layer sizes, ~2 MiB on average: 2 GiB in all.
-    return [(rng.choice([256, 512, 1024, 2048]), rng.choice([128, 256, 512, 1024, 2048])) for _ in range(N)]
+    # Assorted layer sizes, ~3 MiB on average.
+    return [(rng.choice([256, 512, 1024, 2048]), rng.choice([128, 256, 512, 1024, 2048])) for _ in range(n)]
 
 
 def touch(tensors):
     import torch
-    firsts = torch.stack([t.reshape(-1)[0].float() for t in tensors])
-    return float(firsts.sum().item())
+    return float(torch.stack([t.reshape(-1)[0] for t in tensors]).sum().item())
 
 
-def consumer_gpubroker(sock):
+def sums(tensors):
+    import torch
+    return [float(x) for x in torch.stack([t.double().sum() for t in tensors]).tolist()]
+
+
+def context_up(device):
+    import torch
+    if device == "cuda":
+        torch.empty(1, device="cuda")
+        torch.cuda.synchronize()
+
+
+def consumer_gpubroker(sock, n, how, device):
     import torch
     import gpubroker
-    torch.empty(1, device="cuda")
+    context_up(device)
     c = gpubroker.connect(sock)
     t0 = time.perf_counter()
-    tensors = [torch.from_dlpack(c.attach(f"model/l{i}")) for i in range(N)]
-    total = touch(tensors)
+    if how == "state_dict":
+        tensors = list(c.attach_state_dict("model", to="torch").values())
+    else:
+        tensors = [torch.from_dlpack(c.attach(f"model/l{i}")) for i in range(n)]
     t1 = time.perf_counter()
-    print(f"{t1 - t0:.6f} {total:.6f}")
+    touch(tensors)
+    t2 = time.perf_counter()
+    print(t1 - t0, t2 - t0, *sums(tensors))
 
 
-def producer_queue(q, done):
+def producer_queue(q, done, n, device):
     import torch
-    sd = [torch.randn(s, device="cuda", generator=None) for s in sizes()]
-    torch.cuda.synchronize()
-    for t in sd:
+    gen = torch.Generator().manual_seed(7)
+    tensors = [torch.randn(s, generator=gen).to(device) for s in sizes(n)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    for t in tensors:
         q.put(t)
-    done.get()
+    done.get()  # the consumer is done: keep the tensors alive until then
 
 
-def consumer_queue(q, done, out):
-    import torch
-    torch.empty(1, device="cuda")
+def consumer_queue(q, done, out, n, device):
+    context_up(device)
     t0 = time.perf_counter()
-    tensors = [q.get() for _ in range(N)]
-    total = touch(tensors)
+    tensors = [q.get() for _ in range(n)]
     t1 = time.perf_counter()
-    out.put((t1 - t0, total))
+    touch(tensors)
+    t2 = time.perf_counter()
+    out.put((t1 - t0, t2 - t0, sums(tensors)))
+    del tensors
     done.put(1)
 
 
+def close(a, b):
+    return all(abs(x - y) <= 1e-6 * max(1.0, abs(x)) for x, y in zip(a, b)) and len(a) == len(b)
+
+
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--consumer":
-        consumer_gpubroker(sys.argv[2])
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--tensors", type=int, default=N)
+    p.add_argument("--consumer", nargs=2, metavar=("SOCKET", "HOW"))
+    a = p.parse_args()
+    if a.consumer:
+        consumer_gpubroker(a.consumer[0], a.tensors, a.consumer[1], a.device)
         return
     import torch
     import torch.multiprocessing as mp
     from broker import Broker
     import gpubroker
 
-    broker = Broker()
+    broker = Broker("--max-bytes-per-client", "64GiB") if a.device == "cpu" else Broker()
     try:
         c = gpubroker.connect(broker.socket)
-        sd = {f"l{i}": torch.randn(s, device="cuda") for i, s in enumerate(sizes())}
+        gen = torch.Generator().manual_seed(7)
+        sd = {f"l{i}": torch.randn(s, generator=gen).to(a.device) for i, s in enumerate(sizes(a.tensors))}
+        want = sums(list(sd.values()))
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         t0 = time.perf_counter()
         c.publish_state_dict("model", sd, mode=0o666)
         publish_s = time.perf_counter() - t0
-        out = subprocess.run([sys.executable, __file__, "--consumer", broker.socket],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout.split()
-        ours = float(out[0])
+        del sd
+        ours = {}
+        for how in ("state_dict", "per_tensor"):
+            out = subprocess.run([sys.executable, __file__, "--device", a.device, "--tensors", str(a.tensors),
+                                  "--consumer", broker.socket, how],
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+            ours[how] = (float(out[0]), float(out[1]))
+            if not close([float(x) for x in out[2:]], want):
+                raise SystemExit(f"weight sync ({how}): the consumer's tensors differ from the producer's")
 
         ctx = mp.get_context("spawn")
         q, done, res = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        p = ctx.Process(target=producer_queue, args=(q, done))
-        k = ctx.Process(target=consumer_queue, args=(q, done, res))
-        p.start()
-        k.start()
-        theirs, _ = res.get(timeout=600)
-        k.join()
-        p.join()
+        prod = ctx.Process(target=producer_queue, args=(q, done, a.tensors, a.device))
+        cons = ctx.Process(target=consumer_queue, args=(q, done, res, a.tensors, a.device))
+        prod.start()
+        cons.start()
+        q_obtain, q_read, q_sums = res.get(timeout=600)
+        cons.join()
+        prod.join()
+        if not close(q_sums, want):
+            raise SystemExit("weight sync (queue): the consumer's tensors differ from the producer's")
     finally:
         broker.stop()
-    print(f"weight sync: {N} CUDA tensors, {nbytes / 2**30:.2f} GiB ({torch.cuda.get_device_name(0)})")
-    print(f"  {'torch.multiprocessing queue, one by one':44} {theirs * 1e3:9.1f} ms")
-    print(f"  {'gpubroker arena, attach all':44} {ours * 1e3:9.1f} ms   {theirs / ours:5.1f}x faster")
+    name = torch.cuda.get_device_name(0) if a.device == "cuda" else "host memory"
+    print(f"weight sync: {a.tensors} {a.device} tensors, {nbytes / 2**30:.2f} GiB ({name}), ms; "
+          "sums of every tensor checked")
+    print(f"  {'':44} {'obtain':>9} {'+ read':>9}   speed-up (obtain)")
+    print(f"  {'torch.multiprocessing queue, one by one':44} {q_obtain * 1e3:9.1f} {q_read * 1e3:9.1f}   baseline")
+    for how, label in (("state_dict", "gpubroker attach_state_dict(to='torch')"),
+                       ("per_tensor", "gpubroker attach + from_dlpack, per tensor")):
+        o, r = ours[how]
+        print(f"  {label:44} {o * 1e3:9.1f} {r * 1e3:9.1f}   {q_obtain / o:6.1f}x")
     print(f"  (publishing the arena, one copy of every tensor: {publish_s * 1e3:.1f} ms)")
+    print(f"summary\tweight sync {a.tensors} tensors (obtain)\t{ours['state_dict'][0] * 1e3:.2f}\t"
+          f"{q_obtain * 1e3:.2f}\tms\t50x faster")
 
 
 if __name__ == "__main__":

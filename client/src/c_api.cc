@@ -1,7 +1,11 @@
 // The C ABI over the C++ client.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string_view>
+#include <type_traits>
+#include <vector>
 
 #include "gpubroker/client.hpp"
 #include "gpubroker/gpubroker.h"
@@ -59,6 +63,80 @@ void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
   out->mode = s.mode;
   out->lease_count = s.lease_count;
 }
+
+// The DLPack ABI (dlpack.h, v1.0): stable C structs, restated here.
+struct DLDevice {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+struct DLPackVersion {
+  uint32_t major;
+  uint32_t minor;
+};
+struct DLManagedTensorVersioned {
+  DLPackVersion version;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensorVersioned*);
+  uint64_t flags;
+  DLTensor dl_tensor;
+};
+constexpr int32_t kDLCPU = 1;
+constexpr int32_t kDLCUDA = 2;
+constexpr uint64_t kDLFlagReadOnly = 1;
+static_assert(sizeof(DLTensor) == 48 && sizeof(DLManagedTensor) == 64 && sizeof(DLManagedTensorVersioned) == 80);
+
+// One allocation per exported tensor: the managed struct, its shape and
+// strides, and the view reference it keeps.
+template <typename Managed>
+struct Exported {
+  Managed managed{};
+  int64_t shape[GPB_MAX_DIMS] = {};
+  int64_t strides[GPB_MAX_DIMS] = {};
+  gpubroker::View view;
+
+  static void Delete(Managed* m) { delete static_cast<Exported*>(m->manager_ctx); }
+
+  static Managed* Make(const gpubroker::View& v) {
+    auto* e = new (std::nothrow) Exported{{}, {}, {}, v};
+    if (e == nullptr) return nullptr;
+    const gpubroker::SlotInfo& s = v.slot();
+    std::copy(s.shape.begin(), s.shape.end(), e->shape);
+    std::copy(s.strides.begin(), s.strides.end(), e->strides);
+    DLTensor& t = e->managed.dl_tensor;
+    t.data = v.data();
+    t.device = s.device.type == gpubroker::Device::kCuda ? DLDevice{kDLCUDA, s.device.ordinal} : DLDevice{kDLCPU, 0};
+    t.ndim = static_cast<int32_t>(s.shape.size());
+    t.dtype = {s.dtype.code, s.dtype.bits, s.dtype.lanes};
+    t.shape = e->shape;
+    t.strides = e->strides;
+    e->managed.manager_ctx = e;
+    e->managed.deleter = &Delete;
+    if constexpr (std::is_same_v<Managed, DLManagedTensorVersioned>) {
+      e->managed.version = {1, 0};
+      e->managed.flags = v.writable() ? 0 : kDLFlagReadOnly;
+    }
+    return &e->managed;
+  }
+};
 
 bool NullArg(const void* p, const char* what, gpb_error* err) {
   if (p != nullptr) return false;
@@ -152,6 +230,24 @@ int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_
   return Done(Status::Ok(), err);
 }
 
+int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
+                        gpb_view** out, gpb_error* err) {
+  if (NullArg(client, "client", err) || (count > 0 && (NullArg(names, "names", err) || NullArg(out, "out", err)))) {
+    return GPB_INVALID_ARGUMENT;
+  }
+  std::vector<std::string_view> list;
+  list.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (names[i] == nullptr) return Fail(gpubroker::InvalidArgument("names[" + std::to_string(i) + "] is NULL"), err);
+    list.emplace_back(names[i]);
+  }
+  auto views = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
+                                                         : gpubroker::AttachMode::kReadWrite);
+  if (!views.ok()) return Fail(views.status(), err);
+  for (size_t i = 0; i < count; ++i) out[i] = new gpb_view{std::move((*views)[i])};
+  return Done(Status::Ok(), err);
+}
+
 int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err) {
   if (NullArg(client, "client", err) || NullArg(name, "name", err)) return GPB_INVALID_ARGUMENT;
   return Done(client->client.Destroy(name), err);
@@ -213,5 +309,30 @@ gpb_view* gpb_view_retain(const gpb_view* view) {
 }
 
 void gpb_view_release(gpb_view* view) { delete view; }
+
+int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err) {
+  if (NullArg(view, "view", err) || NullArg(out, "out", err)) return GPB_INVALID_ARGUMENT;
+  if (view->view.slot().device.type == gpubroker::Device::kCuda && view->view.slot().device.ordinal < 0) {
+    return Fail(gpubroker::NotFound("slot '" + view->view.slot().name +
+                                    "' is on a CUDA device this process does not see"),
+                err);
+  }
+  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(view->view))
+                            : static_cast<void*>(Exported<DLManagedTensor>::Make(view->view));
+  if (managed == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
+  *out = managed;
+  return Done(Status::Ok(), err);
+}
+
+void gpb_dlpack_delete(void* managed, int32_t versioned) {
+  if (managed == nullptr) return;
+  if (versioned) {
+    auto* m = static_cast<DLManagedTensorVersioned*>(managed);
+    m->deleter(m);
+  } else {
+    auto* m = static_cast<DLManagedTensor*>(managed);
+    m->deleter(m);
+  }
+}
 
 }  // extern "C"

@@ -123,6 +123,17 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   return MakeView(std::move(mapped), reply.slot);
 }
 
+Result<std::vector<View>> Client::AttachMany(std::span<const std::string_view> names, AttachMode mode) {
+  std::vector<View> views;
+  views.reserve(names.size());
+  for (std::string_view name : names) {
+    auto v = Attach(name, mode);
+    if (!v.ok()) return v.status();  // the views so far go with `views`
+    views.push_back(std::move(v).value());
+  }
+  return views;
+}
+
 Status Client::Destroy(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   wire::DestroyRequest m{};

@@ -168,9 +168,7 @@ class View:
         elif stream not in (None, -1):
             raise ValueError("stream must be None for a CPU tensor")
         versioned = max_version is not None and tuple(max_version)[0] >= 1
-        dev_type, dev_id = self.__dlpack_device__()
-        return _dlpack.make_capsule(self, self.data_ptr, dev_type, dev_id, self._dl, self.shape,
-                                    self.strides, versioned, not self.writable)
+        return _dlpack.capsule(self._handle, versioned)
 
 
 def _contiguous_strides(shape):
@@ -263,6 +261,54 @@ class Client:
         view = ctypes.c_void_p()
         check(lib.gpb_attach, self._h(), name.encode(), 1 if readonly else 0, ctypes.byref(view))
         return View(view.value)
+
+    def attach_many(self, names, readonly=False):
+        """Views of every slot in `names`, all or none: on an error no view is
+        kept and the error names the slot. One call into the library."""
+        return [View(h) for h in self._attach_handles(names, readonly)]
+
+    def attach_state_dict(self, prefix, keys=None, *, readonly=False, to="view"):
+        """The tensors `publish_state_dict(prefix, ...)` published, as {key: ...}.
+
+        keys: which to take (default: every slot named `prefix/...`, in the
+        order they were published). to: "view" for Views, "torch" for
+        torch.Tensors, made straight from DLPack without a View each (the
+        fast path for many tensors). The arena is mapped once; all tensors
+        share its lease."""
+        if keys is None:
+            keys = self._keys_under(prefix)
+        keys = list(keys)
+        handles = self._attach_handles([f"{prefix}/{k}" for k in keys], readonly)
+        if to == "view":
+            return {k: View(h) for k, h in zip(keys, handles)}
+        if to != "torch":
+            for h in handles:
+                lib.gpb_view_release(h)
+            raise InvalidArgument(f"to={to!r}: expected 'view' or 'torch'")
+        from torch.utils.dlpack import from_dlpack
+        try:
+            return {k: from_dlpack(_dlpack.capsule(h)) for k, h in zip(keys, handles)}
+        finally:
+            for h in handles:
+                lib.gpb_view_release(h)  # each tensor holds its own reference
+
+    def _attach_handles(self, names, readonly):
+        encoded = [n.encode() for n in names]
+        out = (ctypes.c_void_p * max(len(encoded), 1))()
+        check(lib.gpb_attach_many, self._h(), (ctypes.c_char_p * max(len(encoded), 1))(*encoded),
+              len(encoded), 1 if readonly else 0, out)
+        return [out[i] for i in range(len(encoded))]
+
+    def _keys_under(self, prefix):
+        arr = ctypes.POINTER(gpb_slot_info)()
+        count = ctypes.c_size_t()
+        check(lib.gpb_list, self._h(), ctypes.byref(arr), ctypes.byref(count))
+        try:
+            start = prefix.encode() + b"/"
+            found = [(arr[i].created_ns, arr[i].name) for i in range(count.value)]
+        finally:
+            lib.gpb_free(arr)
+        return [name[len(start):].decode() for _, name in sorted(found) if name.startswith(start)]
 
     def destroy(self, name):
         """Removes the name now; the memory goes with the last lease."""

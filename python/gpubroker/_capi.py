@@ -160,6 +160,10 @@ def _load():
         "gpb_view_info": (None, [p, ctypes.POINTER(gpb_slot_info)]),
         "gpb_view_retain": (p, [p]),
         "gpb_view_release": (None, [p]),
+        "gpb_attach_many": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.c_int32,
+                                             ctypes.POINTER(p), err]),
+        "gpb_view_dlpack": (ctypes.c_int32, [p, ctypes.c_int32, ctypes.POINTER(p), err]),
+        "gpb_dlpack_delete": (None, [p, ctypes.c_int32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

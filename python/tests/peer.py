@@ -8,6 +8,8 @@
                         torch.randn(seed2), print "ok N" or "bad N"
   snippet NAME          the README snippet's consumer: attach and print the sum
   hold NAME             attach, print "holding", wait for EOF
+  state-dict PREFIX TO  attach_state_dict(PREFIX, to=TO): print the keys, write
+                        every tensor's bytes in that order, wait for EOF
 """
 import sys
 
@@ -22,6 +24,15 @@ def out(line):
 def main():
     sock, cmd, name = sys.argv[1], sys.argv[2], sys.argv[3]
     c = gpubroker.connect(sock, name="peer")
+    if cmd == "state-dict":
+        import numpy
+        tensors = c.attach_state_dict(name, to=sys.argv[4])
+        out(" ".join(tensors))
+        for t in tensors.values():
+            sys.stdout.buffer.write(numpy.asarray(t).tobytes() if sys.argv[4] == "view" else t.numpy().tobytes())
+        sys.stdout.buffer.flush()
+        sys.stdin.buffer.read()
+        return
     view = c.attach(name)
     if cmd == "echo":
         import numpy

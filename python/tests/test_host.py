@@ -172,6 +172,69 @@ class HostTest(unittest.TestCase):
         numpy.testing.assert_array_equal(numpy.asarray(single), weights["embed"])
         consumer.close()
 
+    def publish_random_model(self, prefix):
+        rng = fresh_rng()
+        weights = {f"layers.{i}.weight": rng.standard_normal((i + 2, 5)).astype(numpy.float32)
+                   for i in (3, 0, 2, 1)}  # published out of name order
+        weights["embed"] = rng.integers(0, 1000, size=(13,), dtype=numpy.int64)
+        return weights, self.c.publish_state_dict(prefix, weights)
+
+    def check_state_dict_in_peer(self, prefix, to):
+        weights, held = self.publish_random_model(prefix)
+        before = self.leases(prefix)
+        peer = self.broker.peer("state-dict", prefix, to)
+        keys = peer.stdout.readline().decode().split()
+        self.assertEqual(keys, list(weights), "keys in publishing order")
+        for key in keys:
+            want = weights[key]
+            got = numpy.frombuffer(peer.stdout.read(want.nbytes), dtype=want.dtype).reshape(want.shape)
+            numpy.testing.assert_array_equal(got, want)  # every element
+        self.assertEqual(self.leases(prefix), before + 1, "all tensors of the arena share one lease")
+        self.assertEqual(finish(peer), 0)
+
+    def test_attach_state_dict_as_views_in_another_process(self):
+        self.check_state_dict_in_peer("py/sd-views", "view")
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_attach_state_dict_as_torch_tensors_in_another_process(self):
+        self.check_state_dict_in_peer("py/sd-torch", "torch")
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_state_dict_tensors_hold_the_lease_until_collected(self):
+        weights, held = self.publish_random_model("py/sd-lease")
+        consumer = gpubroker.connect(self.broker.socket, name="consumer")
+        base = self.leases("py/sd-lease")
+        tensors = consumer.attach_state_dict("py/sd-lease", ["embed", "layers.2.weight"], to="torch")
+        self.assertEqual(list(tensors), ["embed", "layers.2.weight"])
+        numpy.testing.assert_array_equal(tensors["layers.2.weight"].numpy(), weights["layers.2.weight"])
+        self.assertEqual(self.leases("py/sd-lease"), base + 1)
+        first = tensors.pop("embed")
+        gc.collect()
+        self.assertEqual(self.leases("py/sd-lease"), base + 1, "one tensor still holds the arena")
+        del tensors, first
+        gc.collect()
+        self.assertEqual(self.leases("py/sd-lease"), base)
+        consumer.close()
+
+    def test_attach_many_is_all_or_none(self):
+        weights, held = self.publish_random_model("py/sd-many")
+        consumer = gpubroker.connect(self.broker.socket, name="consumer")
+        base = self.leases("py/sd-many")
+        with self.assertRaises(gpubroker.NotFound) as e:
+            consumer.attach_many(["py/sd-many/embed", "py/sd-many/nope"])
+        self.assertIn("py/sd-many/nope", str(e.exception))
+        gc.collect()
+        self.assertEqual(self.leases("py/sd-many"), base, "a failed batch kept a lease")
+        views = consumer.attach_many(["py/sd-many/embed", "py/sd-many/layers.0.weight"], readonly=True)
+        numpy.testing.assert_array_equal(numpy.asarray(views[0]), weights["embed"])
+        self.assertFalse(views[1].writable)
+        with self.assertRaises(gpubroker.InvalidArgument):
+            consumer.attach_state_dict("py/sd-many", to="jax")
+        del views
+        gc.collect()
+        self.assertEqual(self.leases("py/sd-many"), base, "a rejected call kept a lease")
+        consumer.close()
+
     def test_list_stat_and_lookup(self):
         self.c.create("py/listed", (2, 2), "float16", attach=False, mode=0o640)
         names = {s.name for s in self.c.list()}

@@ -136,6 +136,10 @@ class Client {
   // Attaches a slot by name. If this process already maps the slot's
   // allocation, no message is sent.
   Result<View> Attach(std::string_view name, AttachMode mode = AttachMode::kReadWrite);
+  // Attaches every name, all or none: on an error no view is kept and the
+  // status names the slot. Slots of one arena cost one mapping in all.
+  Result<std::vector<View>> AttachMany(std::span<const std::string_view> names,
+                                       AttachMode mode = AttachMode::kReadWrite);
   // Removes the name at once; the memory goes when the last lease goes.
   Status Destroy(std::string_view name);
 

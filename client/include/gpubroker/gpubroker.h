@@ -113,6 +113,10 @@ int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** o
                    gpb_slot_info* out_info, gpb_error* err);
 int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_view** out,
                    gpb_error* err);
+/* Attaches `count` slots into out[0..count), all or none: on an error no view
+ * is left and err names the slot. Slots of one arena cost one mapping in all. */
+int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
+                        gpb_view** out, gpb_error* err);
 int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err);
 int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err);
 /* From shared memory, no round trip. */
@@ -132,6 +136,14 @@ void gpb_view_info(const gpb_view* view, gpb_slot_info* out);
 gpb_view* gpb_view_retain(const gpb_view* view);
 /* Drops one reference; the lease goes with the last. */
 void gpb_view_release(gpb_view* view);
+
+/* A DLPack tensor over the view, holding its own reference to it:
+ * *out is a DLManagedTensor, or with `versioned` a DLManagedTensorVersioned
+ * (DLPack 1.0, read-only flag set for a read-only view). Its deleter drops the
+ * reference. Hand it to a consumer, or free it with gpb_dlpack_delete. */
+int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err);
+/* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
+void gpb_dlpack_delete(void* managed, int32_t versioned);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,188 @@
+// The C ABI against a real broker: batch attach and DLPack export, the calls
+// the Python package's fast paths stand on.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpubroker/gpubroker.h"
+#include "harness.h"
+
+namespace gpubroker::testing {
+namespace {
+
+// The leading fields of DLPack's structs, as a consumer reads them.
+struct DLTensorView {
+  void* data;
+  int32_t device_type, device_id;
+  int32_t ndim;
+  uint8_t code, bits;
+  uint16_t lanes;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct ManagedView {
+  DLTensorView t;
+  void* ctx;
+  void (*deleter)(ManagedView*);
+};
+struct ManagedVersionedView {
+  uint32_t major, minor;
+  void* ctx;
+  void (*deleter)(ManagedVersionedView*);
+  uint64_t flags;
+  DLTensorView t;
+};
+
+class CApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = BrokerProcess::Start();
+    ASSERT_NE(broker_, nullptr);
+    auto c = broker_->Connect("producer");
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    producer_.emplace(std::move(c).value());
+    // An arena of three tensors of different shapes, filled with fresh random bytes.
+    CreateOptions arena;
+    arena.name = "m";
+    arena.shape = {kArenaBytes};
+    arena.mode = 0644;
+    auto whole = producer_->CreateAndAttach(arena);
+    ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+    data_ = RandomBytes(kArenaBytes);
+    std::memcpy(whole->data(), data_.data(), data_.size());
+    const std::vector<std::vector<int64_t>> shapes = {{8, 4}, {100}, {3, 5, 7}};
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      CreateOptions t;
+      t.name = "m/t" + std::to_string(i);
+      t.base = "m";
+      t.byte_offset = i * 1024;
+      t.dtype = *ParseDType("float32");
+      t.shape = shapes[i];
+      t.mode = 0644;
+      ASSERT_TRUE(producer_->Create(t).ok());
+    }
+  }
+  void TearDown() override {
+    producer_.reset();
+    if (broker_) {
+      EXPECT_EQ(broker_->Stop(SIGTERM), 0);
+    }
+  }
+  gpb_client* ConnectC(const char* name) {
+    gpb_client* c = nullptr;
+    gpb_error err{};
+    EXPECT_EQ(gpb_connect(broker_->socket().c_str(), name, &c, &err), GPB_OK) << err.message;
+    return c;
+  }
+  // Leases held on the arena by clients other than the producer.
+  uint32_t ConsumerLeases() {
+    auto leases = producer_->Leases();
+    EXPECT_TRUE(leases.ok());
+    uint32_t n = 0;
+    for (const auto& l : *leases) {
+      if (l.client_id != producer_->client_id()) n += l.count;
+    }
+    return n;
+  }
+
+  static constexpr int64_t kArenaBytes = 4096;
+  std::unique_ptr<BrokerProcess> broker_;
+  std::optional<Client> producer_;
+  std::vector<uint8_t> data_;
+};
+
+TEST_F(CApiTest, AttachManyInAnotherProcessSeesEveryByteOnOneLease) {
+  ChildProcess consumer([&](Channel& ch) {
+    gpb_client* c = nullptr;
+    if (gpb_connect(broker_->socket().c_str(), "consumer", &c, nullptr) != GPB_OK) return 10;
+    const char* names[] = {"m/t0", "m/t1", "m/t2"};
+    gpb_view* views[3] = {};
+    gpb_error err{};
+    if (gpb_attach_many(c, names, 3, 1, views, &err) != GPB_OK) return 11;
+    for (gpb_view* v : views) {
+      gpb_slot_info info{};
+      gpb_view_info(v, &info);
+      ch.Send(gpb_view_data(v), info.nbytes);
+    }
+    ch.ReceiveLine();  // hold the views while the parent counts leases
+    for (gpb_view* v : views) gpb_view_release(v);
+    gpb_client_release(c);
+    return 0;
+  });
+  const size_t sizes[] = {8 * 4 * 4, 100 * 4, 3 * 5 * 7 * 4};
+  for (size_t i = 0; i < 3; ++i) {
+    auto seen = consumer.channel().Receive(sizes[i]);
+    std::vector<uint8_t> want(data_.begin() + static_cast<ptrdiff_t>(i * 1024),
+                              data_.begin() + static_cast<ptrdiff_t>(i * 1024 + sizes[i]));
+    EXPECT_TRUE(seen == want) << "tensor " << i;
+  }
+  EXPECT_EQ(ConsumerLeases(), 1u) << "three slots of one arena should share one lease";
+  consumer.channel().SendLine("go");
+  EXPECT_EQ(consumer.Wait(), 0);
+}
+
+TEST_F(CApiTest, AttachManyIsAllOrNoneAndNamesTheMissingSlot) {
+  gpb_client* c = ConnectC("consumer");
+  const char* names[] = {"m/t0", "m/missing", "m/t2"};
+  gpb_view* views[3] = {};
+  gpb_error err{};
+  EXPECT_EQ(gpb_attach_many(c, names, 3, 0, views, &err), GPB_NOT_FOUND);
+  EXPECT_NE(std::string(err.message).find("m/missing"), std::string::npos) << err.message;
+  EXPECT_EQ(views[0], nullptr);
+  EXPECT_EQ(ConsumerLeases(), 0u) << "the view of m/t0 outlived a failed batch";
+  const char* null_name[] = {"m/t0", nullptr};
+  EXPECT_EQ(gpb_attach_many(c, null_name, 2, 0, views, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("names[1]"), std::string::npos) << err.message;
+  EXPECT_EQ(gpb_attach_many(c, nullptr, 0, 0, nullptr, &err), GPB_OK);  // nothing asked, nothing done
+  gpb_client_release(c);
+}
+
+TEST_F(CApiTest, DlpackTensorDescribesTheViewAndHoldsTheLeaseUntilDeleted) {
+  gpb_client* c = ConnectC("consumer");
+  gpb_view* view = nullptr;
+  gpb_error err{};
+  ASSERT_EQ(gpb_attach(c, "m/t2", 0, &view, &err), GPB_OK) << err.message;
+  void* legacy = nullptr;
+  ASSERT_EQ(gpb_view_dlpack(view, 0, &legacy, &err), GPB_OK) << err.message;
+  auto* m = static_cast<ManagedView*>(legacy);
+  EXPECT_EQ(m->t.data, gpb_view_data(view));
+  EXPECT_EQ(std::memcmp(m->t.data, data_.data() + 2048, 3 * 5 * 7 * 4), 0);
+  EXPECT_EQ(m->t.device_type, 1);  // kDLCPU
+  EXPECT_EQ(m->t.ndim, 3);
+  EXPECT_EQ(std::vector<int64_t>(m->t.shape, m->t.shape + 3), (std::vector<int64_t>{3, 5, 7}));
+  EXPECT_EQ(std::vector<int64_t>(m->t.strides, m->t.strides + 3), (std::vector<int64_t>{35, 7, 1}));
+  EXPECT_EQ(m->t.code, 2);  // kDLFloat
+  EXPECT_EQ(m->t.bits, 32);
+  EXPECT_EQ(m->t.lanes, 1);
+  EXPECT_EQ(m->t.byte_offset, 0u);
+
+  gpb_view_release(view);  // the tensor keeps its own reference
+  EXPECT_EQ(ConsumerLeases(), 1u);
+  EXPECT_EQ(std::memcmp(m->t.data, data_.data() + 2048, 3 * 5 * 7 * 4), 0);
+  m->deleter(m);  // as a consumer does when its array goes
+  EXPECT_EQ(ConsumerLeases(), 0u);
+
+  gpb_view* readonly = nullptr;
+  ASSERT_EQ(gpb_attach(c, "m/t1", 1, &readonly, &err), GPB_OK) << err.message;
+  void* versioned = nullptr;
+  ASSERT_EQ(gpb_view_dlpack(readonly, 1, &versioned, &err), GPB_OK) << err.message;
+  auto* mv = static_cast<ManagedVersionedView*>(versioned);
+  EXPECT_EQ(mv->major, 1u);
+  EXPECT_EQ(mv->flags & 1, 1u) << "a read-only view must export a read-only tensor";
+  EXPECT_EQ(mv->t.data, gpb_view_data(readonly));
+  EXPECT_EQ(mv->t.shape[0], 100);
+  gpb_view_release(readonly);
+  gpb_dlpack_delete(versioned, 1);  // no consumer took it
+  EXPECT_EQ(ConsumerLeases(), 0u);
+
+  EXPECT_EQ(gpb_view_dlpack(nullptr, 0, &legacy, &err), GPB_INVALID_ARGUMENT);
+  gpb_client_release(c);
+}
+
+}  // namespace
+}  // namespace gpubroker::testing
