@@ -5,6 +5,8 @@
 //   cached attach; kernel read bandwidth of an attached vs a local buffer.
 // Each "first" figure is measured in a fresh process whose driver and
 // context are already initialised, so it is the attach, not CUDA start-up.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,6 +33,12 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+long MinorFaults() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
 // Driver and context up before anything is timed.
 void WarmUp(int ordinal) {
   (void)CudaDriver::Get();
@@ -47,9 +55,11 @@ int ChildOurs(const std::string& socket, const std::string& name, int repeats) {
   auto info = c->Stat(name);
   if (!info.ok()) return 1;
   WarmUp(std::max(0, info->device.ordinal));
+  long f0 = MinorFaults();
   auto t0 = Clock::now();
   auto first = c->Attach(name);
   auto t1 = Clock::now();
+  long faults = MinorFaults() - f0;
   if (!first.ok()) {
     std::printf("error %s\n", first.status().ToString().c_str());
     return 1;
@@ -68,7 +78,49 @@ int ChildOurs(const std::string& socket, const std::string& name, int repeats) {
     auto v = c->Attach(name);
     cached.push_back(Us(a, Clock::now()));
   }
-  std::printf("%.1f %.1f %.2f\n", Us(t0, t1), Median(again), Median(cached));
+  std::printf("%.1f %.1f %.2f %ld\n", Us(t0, t1), Median(again), Median(cached), faults);
+  return 0;
+}
+
+// Where the first attach's time goes: the steps of Client::Attach, one by
+// one, in a fresh process prepared like ChildOurs; then the same steps again
+// (a second allocation's first attach costs what the second line shows).
+int ChildPhases(const std::string& socket, const std::string& name) {
+  ConnectOptions o;
+  o.socket_path = socket;
+  auto conn = Connection::Open(o);
+  if (!conn.ok()) return 1;
+  wire::StatRequest stat{};
+  stat.name.set(name);
+  auto st = (*conn)->Call<wire::SlotReply>(stat);
+  if (!st.ok()) return 1;
+  DeviceUuid uuid;
+  std::memcpy(uuid.data(), st->slot.device_uuid, 16);
+  auto ordinal = (**CudaDriver::Get()).OrdinalOf(uuid);  // as Stat does in ChildOurs
+  WarmUp(ordinal.ok() ? *ordinal : 0);
+  for (int round = 0; round < 2; ++round) {
+    long f0 = MinorFaults();
+    auto t0 = Clock::now();
+    auto registry = (*conn)->Registry();
+    auto t1 = Clock::now();
+    if (!registry.ok()) return 1;
+    auto slot = (*registry)->Lookup(name);
+    if (!slot.ok() || (*conn)->Cached(slot->allocation_id)) return 1;
+    auto t2 = Clock::now();
+    wire::AttachRequest m{};
+    m.name.set(name);
+    UniqueFd fd;
+    auto reply = (*conn)->Call<wire::AttachReply>(m, &fd);
+    auto t3 = Clock::now();
+    if (!reply.ok()) return 1;
+    auto mapped = (*conn)->Map(*reply, std::move(fd));
+    auto t4 = Clock::now();
+    if (!mapped.ok()) return 1;
+    long faults = MinorFaults() - f0;
+    std::printf("%.1f %.1f %.1f %.1f %ld ", Us(t0, t1), Us(t1, t2), Us(t2, t3), Us(t3, t4), faults);
+    mapped->reset();  // unmap and detach before the second round
+  }
+  std::printf("\n");
   return 0;
 }
 
@@ -89,7 +141,10 @@ int ChildRaw(const std::string& socket, const std::string& name, int repeats) {
   int ordinal = *d.OrdinalOf(uuid);
   WarmUp(ordinal);
   std::vector<double> times;
+  long f0 = MinorFaults();
+  long faults = 0;
   for (int i = 0; i <= repeats; ++i) {
+    if (i == 1) faults = MinorFaults() - f0;
     auto a = Clock::now();
     if (reply->slot.backend == static_cast<uint16_t>(BackendKind::kCudaVmm)) {
       CUmemAllocationProp prop{};
@@ -122,12 +177,13 @@ int ChildRaw(const std::string& socket, const std::string& name, int repeats) {
   }
   double first = times.front();
   times.erase(times.begin());
-  std::printf("%.1f %.1f\n", first, Median(times));
+  std::printf("%.1f %.1f %ld\n", first, Median(times), faults);
   return 0;
 }
 
-std::string RunChild(const std::vector<std::string>& args) {
-  auto child = testing::ChildProcess::Exec(args);
+std::string RunChild(const std::vector<std::string>& args,
+                     const std::vector<std::pair<std::string, std::string>>& env = {}) {
+  auto child = testing::ChildProcess::Exec(args, env);
   std::string line = child->channel().ReceiveLine();
   child->Wait();
   return line;
@@ -139,6 +195,7 @@ int main(int argc, char** argv) {
   const int repeats = 20;
   if (argc == 4 && std::strcmp(argv[1], "--ours") == 0) return ChildOurs(argv[2], argv[3], repeats);
   if (argc == 4 && std::strcmp(argv[1], "--raw") == 0) return ChildRaw(argv[2], argv[3], repeats);
+  if (argc == 4 && std::strcmp(argv[1], "--phases") == 0) return ChildPhases(argv[2], argv[3]);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   auto driver = CudaDriver::Get();
   if (!driver.ok()) {
@@ -146,7 +203,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<uint64_t> sizes = {2ull << 20, 64ull << 20, 1ull << 30, 8ull << 30};
-  if (argc >= 2 && std::strcmp(argv[1], "--quick") == 0) sizes = {2ull << 20};
+  const bool quick = argc >= 2 && std::strcmp(argv[1], "--quick") == 0;
+  if (quick) sizes = {2ull << 20};
   auto broker = testing::BrokerProcess::Start();
   if (!broker) return 1;
   auto client = broker->Connect("gpu_bench");
@@ -155,9 +213,13 @@ int main(int argc, char** argv) {
   char exe[4096] = {};
   if (::readlink(self.c_str(), exe, sizeof exe - 1) < 0) return 1;
 
-  std::printf("attach latency, microseconds (first: fresh process; repeat: median of %d)\n", repeats);
-  std::printf("%-9s %8s | %10s %10s | %10s %10s | %8s\n", "backend", "size", "raw first", "ours first",
-              "raw again", "ours again", "cached");
+  // Each "first" is the median over `fresh` fresh processes.
+  const int fresh = quick ? 1 : 5;
+  std::printf("attach latency, microseconds (first: fresh process, median of %d; again: median of %d;\n"
+              "faults: minor page faults during the first attach)\n", fresh, repeats);
+  std::printf("%-9s %8s | %10s %10s %9s | %10s %10s | %8s | %7s %7s\n", "backend", "size", "raw first",
+              "ours first", "bind-now", "raw again", "ours again", "cached", "faults", "raw");
+  std::vector<std::string> phase_rows;
   for (const char* backend : {"cuda_vmm", "cuda_ipc"}) {
     for (uint64_t bytes : sizes) {
       std::string name = std::string("bench/") + backend + "/" + std::to_string(bytes);
@@ -171,16 +233,44 @@ int main(int argc, char** argv) {
         std::printf("%-9s %8s | create failed: %s\n", backend, "", info.status().ToString().c_str());
         continue;
       }
-      std::string ours = RunChild({exe, "--ours", broker->socket(), name});
-      std::string raw = RunChild({exe, "--raw", broker->socket(), name});
-      double of = 0, oa = 0, oc = 0, rf = 0, ra = 0;
-      std::sscanf(ours.c_str(), "%lf %lf %lf", &of, &oa, &oc);
-      std::sscanf(raw.c_str(), "%lf %lf", &rf, &ra);
-      std::printf("%-9s %6lluMiB | %10.1f %10.1f | %10.1f %10.1f | %8.2f\n", backend,
-                  static_cast<unsigned long long>(bytes >> 20), rf, of, ra, oa, oc);
+      std::vector<double> of, oa, oc, rf, ra, bn, faults, raw_faults;
+      std::vector<std::vector<double>> phases(10);
+      for (int k = 0; k < fresh; ++k) {
+        double v[5] = {};
+        std::sscanf(RunChild({exe, "--ours", broker->socket(), name}).c_str(), "%lf %lf %lf %lf", &v[0], &v[1],
+                    &v[2], &v[3]);
+        of.push_back(v[0]), oa.push_back(v[1]), oc.push_back(v[2]), faults.push_back(v[3]);
+        std::sscanf(RunChild({exe, "--raw", broker->socket(), name}).c_str(), "%lf %lf %lf", &v[0], &v[1], &v[2]);
+        rf.push_back(v[0]), ra.push_back(v[1]), raw_faults.push_back(v[2]);
+        std::sscanf(RunChild({exe, "--ours", broker->socket(), name}, {{"LD_BIND_NOW", "1"}}).c_str(), "%lf",
+                    &v[0]);
+        bn.push_back(v[0]);
+        double p[10] = {};
+        std::string line = RunChild({exe, "--phases", broker->socket(), name});
+        std::sscanf(line.c_str(), "%lf %lf %lf %lf %lf %lf %lf %lf %lf %lf", &p[0], &p[1], &p[2], &p[3], &p[4],
+                    &p[5], &p[6], &p[7], &p[8], &p[9]);
+        for (int i = 0; i < 10; ++i) phases[i].push_back(p[i]);
+      }
+      std::printf("%-9s %6lluMiB | %10.1f %10.1f %9.1f | %10.1f %10.1f | %8.2f | %7.0f %7.0f\n", backend,
+                  static_cast<unsigned long long>(bytes >> 20), Median(rf), Median(of), Median(bn), Median(ra),
+                  Median(oa), Median(oc), Median(faults), Median(raw_faults));
+      char row[256];
+      for (int round = 0; round < 2; ++round) {
+        int b = round * 5;
+        std::snprintf(row, sizeof row, "%-9s %6lluMiB %-6s | %9.1f %9.1f %9.1f %9.1f | %7.0f", backend,
+                      static_cast<unsigned long long>(bytes >> 20), round == 0 ? "first" : "second",
+                      Median(phases[b]), Median(phases[b + 1]), Median(phases[b + 2]), Median(phases[b + 3]),
+                      Median(phases[b + 4]));
+        phase_rows.push_back(row);
+      }
       (void)client->Destroy(name);
     }
   }
+  std::printf("\nwhere a first attach goes, microseconds (median of %d fresh processes): the steps of\n"
+              "Client::Attach timed one by one; 'second' repeats them in the same process\n", fresh);
+  std::printf("%-9s %8s %-6s | %9s %9s %9s %9s | %7s\n", "backend", "size", "", "registry", "lookup",
+              "request", "map", "faults");
+  for (const auto& r : phase_rows) std::printf("%s\n", r.c_str());
 
   const uint64_t bw_bytes = 1ull << 30;
   std::printf("\nkernel read bandwidth, 1 GiB, GB/s (best of 10)\n");

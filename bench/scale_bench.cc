@@ -1,6 +1,4 @@
-// Scale and load, each figure next to its baseline from the same run:
-//   registry look-up with 10,000 live slots (raw reader, and the client call
-//     that converts to SlotInfo), vs a std::unordered_map look-up in-process;
+// Scale and load (look-ups at scale are in micro_bench):
 //   attach/detach throughput with 1, 8, 32, 64 client processes on shared
 //     names (ops/s, p50/p99), lease counts checked at the end;
 //   creating and destroying 10,000 slots: rate, broker RSS, registry bytes per slot.
@@ -16,12 +14,10 @@
 #include <cstring>
 #include <fstream>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "harness.h"
 #include "registry_layout.h"
-#include "registry_reader.h"
 
 using namespace gpubroker;
 using Clock = std::chrono::steady_clock;
@@ -67,36 +63,18 @@ int main(int argc, char** argv) {
   double create_us = Ns(Clock::now() - t0) / 1000.0 / kSlots;
   uint64_t rss1 = RssBytes(broker->pid());
 
-  // Look-ups at kSlots live slots.
-  auto reader = RegistryReader::Open(broker->registry());
-  if (!reader.ok()) return 1;
-  std::unordered_map<std::string, int> map;
-  for (int i = 0; i < kSlots; ++i) map["scale/" + std::to_string(i)] = i;
-  std::vector<std::string> names;
-  for (int i = 0; i < 100000; ++i) names.push_back("scale/" + std::to_string((i * 7919) % kSlots));
-  auto time_per = [&](auto fn) {
-    auto a = Clock::now();
-    for (const auto& n : names) fn(n);
-    return Ns(Clock::now() - a) / static_cast<double>(names.size());
-  };
-  volatile int sink = 0;
-  double map_ns = time_per([&](const std::string& n) { sink = sink + map.find(n)->second; });
-  double raw_ns = time_per([&](const std::string& n) { sink = sink + static_cast<int>(reader->Lookup(n)->ndim); });
-  double client_ns = time_per([&](const std::string& n) { sink = sink + static_cast<int>(c->Lookup(n)->shape.size()); });
-
-  std::printf("registry look-up, %d live slots, ns per look-up (mean of %zu)\n", kSlots, names.size());
-  std::printf("  std::unordered_map<string,int> in-process  %8.1f   (baseline)\n", map_ns);
-  std::printf("  RegistryReader::Lookup (shared memory)    %8.1f\n", raw_ns);
-  std::printf("  Client::Lookup (-> SlotInfo)              %8.1f\n", client_ns);
-
-  // Throughput: N processes attach/detach shared names as fast as they can.
+  // Throughput: N processes send requests as fast as they can. The baseline
+  // is the no-op request (status), the broker's ceiling for any request; an
+  // attach + detach is two requests plus mmap/munmap of the buffer.
   auto* shared = static_cast<Shared*>(
       ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  std::printf("\nattach + detach throughput, %s, 64-byte host slots (distinct names per op)\n",
-              quick ? "0.5 s each" : "2 s each");
-  std::printf("  %8s %12s %10s %10s %8s\n", "clients", "ops/s", "p50 us", "p99 us", "leases");
   const double seconds = quick ? 0.5 : 2.0;
-  for (int n : {1, 8, 32, 64}) {
+  struct Phase {
+    double ops_per_s, p50_us, p99_us;
+    uint32_t leases;
+    bool ok;
+  };
+  auto run = [&](int n, bool attach) -> Phase {
     std::memset(static_cast<void*>(shared), 0, sizeof(Shared));
     std::vector<pid_t> pids;
     for (int w = 0; w < n; ++w) {
@@ -111,9 +89,13 @@ int main(int argc, char** argv) {
         int k = 0, i = w;
         while (Clock::now() < end) {
           auto a = Clock::now();
-          auto v = me->Attach("scale/" + std::to_string(i++ % kSlots));
-          if (!v.ok()) ::_exit(2);
-          v->reset();
+          if (attach) {
+            auto v = me->Attach("scale/" + std::to_string(i++ % kSlots));
+            if (!v.ok()) ::_exit(2);
+            v->reset();
+          } else if (!me->Info().ok()) {
+            ::_exit(2);
+          }
           if (k < 2048) shared->lat_us[w][k] = Ns(Clock::now() - a) / 1000.0;
           ++k;
         }
@@ -139,8 +121,22 @@ int main(int argc, char** argv) {
     }
     std::sort(lat.begin(), lat.end());
     auto info = c->Info();
-    std::printf("  %8d %12.0f %10.1f %10.1f %8u%s\n", n, total / seconds, lat[lat.size() / 2],
-                lat[lat.size() * 99 / 100], info.ok() ? info->leases : 9999u, ok ? "" : "  (a worker failed)");
+    if (lat.empty()) return {0, 0, 0, 0, false};
+    return {total / seconds, lat[lat.size() / 2], lat[lat.size() * 99 / 100], info.ok() ? info->leases : 9999u, ok};
+  };
+  std::printf("\nthroughput, %d s per phase, 64-byte host slots (a different name each op);\n"
+              "baseline: the same clients sending no-op requests\n", quick ? 0 : 2);
+  std::printf("  %8s | %12s %9s %9s | %12s %9s %9s %7s\n", "clients", "no-op ops/s", "p50 us", "p99 us",
+              "attach+det/s", "p50 us", "p99 us", "leases");
+  for (int n : {1, 8, 32, 64}) {
+    Phase noop = run(n, false);
+    Phase ad = run(n, true);
+    std::printf("  %8d | %12.0f %9.1f %9.1f | %12.0f %9.1f %9.1f %7u%s\n", n, noop.ops_per_s, noop.p50_us,
+                noop.p99_us, ad.ops_per_s, ad.p50_us, ad.p99_us, ad.leases,
+                noop.ok && ad.ok ? "" : "  (a worker failed)");
+    std::printf("summary\tattach + detach throughput, %d clients (ops/s; p50 %.1f us, p99 %.1f us; leases after: %u)"
+                "\t%.0f\t%.0f\tops/s\t-\n",
+                n, ad.p50_us, ad.p99_us, ad.leases, ad.ops_per_s, noop.ops_per_s);
   }
 
   // Destroy everything.
@@ -157,6 +153,11 @@ int main(int argc, char** argv) {
   std::printf("  registry: %zu bytes per slot (456-byte seqlocked record + %zu index bytes), %.1f MiB for 16384\n",
               (g.total_bytes - sizeof(RegistryHeader)) / 16384, (g.total_bytes - g.index_offset) / 16384,
               g.total_bytes / 1048576.0);
+  std::printf("summary\tcreate, %d slots (us per slot)\t%.1f\t-\tus\t-\n", kSlots, create_us);
+  std::printf("summary\tdestroy, %d slots (us per slot)\t%.1f\t-\tus\t-\n", kSlots, destroy_us);
+  std::printf("summary\tbroker RSS with %d slots (baseline: empty)\t%.1f\t%.1f\tMiB\t-\n", kSlots, rss1 / 1048576.0,
+              rss0 / 1048576.0);
+  std::printf("summary\tregistry bytes per slot\t%zu\t-\tB\t-\n", (g.total_bytes - sizeof(RegistryHeader)) / 16384);
   ::munmap(shared, sizeof(Shared));
   return broker->Stop(SIGTERM) == 0 ? 0 : 1;
 }

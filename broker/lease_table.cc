@@ -22,6 +22,7 @@ std::vector<uint64_t> LeaseTable::RemoveClient(uint64_t id) {
   for (const auto& [allocation_id, lease] : it->second.leases) {
     if (Allocation* a = FindAllocation(allocation_id)) {
       a->leases -= lease.count;
+      total_leases_ -= lease.count;
       touched.push_back(allocation_id);
     }
   }
@@ -31,6 +32,8 @@ std::vector<uint64_t> LeaseTable::RemoveClient(uint64_t id) {
 
 Allocation& LeaseTable::AddAllocation(Allocation a) {
   uint64_t id = a.id;
+  total_leases_ += a.leases;
+  bytes_[a.memory->device().type] += a.memory->size();
   return allocations_.emplace(id, std::move(a)).first->second;
 }
 
@@ -44,6 +47,7 @@ void LeaseTable::TakeLease(ClientEntry& client, Allocation& a, const std::string
   if (lease.count == 0) lease.slot = slot;
   ++lease.count;
   ++a.leases;
+  ++total_leases_;
 }
 
 int64_t LeaseTable::DropLease(ClientEntry& client, uint64_t allocation_id) {
@@ -51,7 +55,10 @@ int64_t LeaseTable::DropLease(ClientEntry& client, uint64_t allocation_id) {
   if (it == client.leases.end()) return -1;
   uint32_t left = --it->second.count;
   if (left == 0) client.leases.erase(it);
-  if (Allocation* a = FindAllocation(allocation_id)) --a->leases;
+  if (Allocation* a = FindAllocation(allocation_id)) {
+    --a->leases;
+    --total_leases_;
+  }
   return left;
 }
 
@@ -61,22 +68,14 @@ bool LeaseTable::FreeIfUnused(uint64_t allocation_id) {
   if (ClientEntry* creator = FindClient(it->second.creator)) {
     creator->bytes_created -= it->second.bytes;
   }
+  bytes_[it->second.memory->device().type] -= it->second.memory->size();
   allocations_.erase(it);  // releases the backend memory
   return true;
 }
 
-uint64_t LeaseTable::total_leases() const {
-  uint64_t n = 0;
-  for (const auto& [id, a] : allocations_) n += a.leases;
-  return n;
-}
-
 uint64_t LeaseTable::BytesOn(Device::Type type) const {
-  uint64_t n = 0;
-  for (const auto& [id, a] : allocations_) {
-    if (a.memory->device().type == type) n += a.memory->size();
-  }
-  return n;
+  auto it = bytes_.find(type);
+  return it == bytes_.end() ? 0 : it->second;
 }
 
 }  // namespace gpubroker

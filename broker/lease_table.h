@@ -74,13 +74,16 @@ class LeaseTable {
   // Frees the allocation if no slot and no lease keeps it; true if freed.
   bool FreeIfUnused(uint64_t allocation_id);
 
-  uint64_t total_leases() const;
+  // Kept as the table changes: a status request costs the same at any size.
+  uint64_t total_leases() const { return total_leases_; }
   uint64_t BytesOn(Device::Type type) const;
 
  private:
   std::map<uint64_t, ClientEntry> clients_;
   std::map<uint64_t, Allocation> allocations_;
   uint64_t last_allocation_id_ = 0;
+  uint64_t total_leases_ = 0;
+  std::map<Device::Type, uint64_t> bytes_;  // memory->size() of live allocations, by device type
 };
 
 }  // namespace gpubroker

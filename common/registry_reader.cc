@@ -102,6 +102,13 @@ bool RegistryReader::Running() const {
 }
 
 Result<SlotDescriptor> RegistryReader::Lookup(std::string_view name) const {
+  // Read straight into the result: one copy of the record, not three.
+  Result<SlotDescriptor> found{SlotDescriptor{}};
+  if (Status s = FindInto(name, *found); !s.ok()) found = std::move(s);
+  return found;
+}
+
+Status RegistryReader::FindInto(std::string_view name, SlotDescriptor& d) const {
   auto* base = static_cast<const std::byte*>(m_->region.get_address());
   auto* buckets = reinterpret_cast<const std::atomic<uint32_t>*>(base + m_->geometry.index_offset);
   const uint32_t mask = m_->geometry.index_buckets - 1;
@@ -116,16 +123,13 @@ Result<SlotDescriptor> RegistryReader::Lookup(std::string_view name) const {
       uint32_t b = buckets[pos].load(std::memory_order_acquire);
       if (b == kBucketEmpty) break;
       if (b == kBucketTombstone || b > capacity) continue;
-      std::optional<SlotDescriptor> d = slot(b - 1).Load();
-      if (!d) {
+      if (!slot(b - 1).LoadInto(d)) {
         torn = true;
         break;
       }
-      if (d->state == static_cast<uint16_t>(SlotState::kLive) &&
-          strnlen(d->name, sizeof d->name) == name.size() &&
-          std::memcmp(d->name, name.data(), name.size()) == 0) {
-        GPB_RETURN_IF_ERROR(ValidateDescriptor(*d));
-        return *d;
+      if (d.state == static_cast<uint16_t>(SlotState::kLive) && strnlen(d.name, sizeof d.name) == name.size() &&
+          std::memcmp(d.name, name.data(), name.size()) == 0) {
+        return ValidateDescriptor(d);
       }
     }
     std::atomic_thread_fence(std::memory_order_acquire);

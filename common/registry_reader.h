@@ -49,6 +49,8 @@ class RegistryReader {
   struct Mapping;
   explicit RegistryReader(std::unique_ptr<Mapping> m);
   const SlotRecord& slot(uint32_t index) const;
+  // Lookup's work, reading the record into `d`.
+  Status FindInto(std::string_view name, SlotDescriptor& d) const;
   std::unique_ptr<Mapping> m_;
 };
 

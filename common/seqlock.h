@@ -36,20 +36,28 @@ class SeqLocked {
     seq_.store(s + 2, std::memory_order_release);
   }
 
-  // A consistent copy, or nullopt if every try overlapped a write.
-  std::optional<T> Load() const {
+  // Copies a consistent value into `out`; false if every try overlapped a
+  // write (`out` then holds a torn copy: do not use it).
+  bool LoadInto(T& out) const {
+    auto* bytes = reinterpret_cast<unsigned char*>(&out);
     for (int attempt = 0; attempt < kMaxReadTries; ++attempt) {
       uint64_t s1 = seq_.load(std::memory_order_acquire);
       if (s1 & 1) continue;
-      uint64_t words[kWords];
       // Acquire: the re-read of the count below cannot move above these loads.
-      for (size_t i = 0; i < kWords; ++i) words[i] = words_[i].load(std::memory_order_acquire);
-      if (seq_.load(std::memory_order_relaxed) != s1) continue;
-      T value;
-      std::memcpy(&value, words, sizeof(T));
-      return value;
+      for (size_t i = 0; i < kWords; ++i) {
+        uint64_t w = words_[i].load(std::memory_order_acquire);
+        std::memcpy(bytes + i * 8, &w, 8);
+      }
+      if (seq_.load(std::memory_order_relaxed) == s1) return true;
     }
-    return std::nullopt;
+    return false;
+  }
+
+  // A consistent copy, or nullopt if every try overlapped a write.
+  std::optional<T> Load() const {
+    T value;
+    if (!LoadInto(value)) return std::nullopt;
+    return value;
   }
 
   uint64_t sequence() const { return seq_.load(std::memory_order_acquire); }

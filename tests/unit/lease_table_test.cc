@@ -1,0 +1,89 @@
+// LeaseTable's running totals against a recount of the table, through a
+// random sequence of the operations the broker performs.
+#include "lease_table.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace gpubroker {
+namespace {
+
+class FakeMemory final : public BackendMemory {
+ public:
+  FakeMemory(uint64_t size, Device::Type type) : size_(size), type_(type) {}
+  uint64_t size() const override { return size_; }
+  Device device() const override { return Device{type_, type_ == Device::kCuda ? 0 : -1, {}}; }
+  Result<SharedHandle> Share(uint32_t) override { return Unsupported("fake"); }
+
+ private:
+  uint64_t size_;
+  Device::Type type_;
+};
+
+void ExpectTotalsMatchARecount(const LeaseTable& t) {
+  uint64_t leases = 0, host = 0, cuda = 0;
+  for (const auto& [id, a] : t.allocations()) {
+    leases += a.leases;
+    (a.memory->device().type == Device::kCuda ? cuda : host) += a.memory->size();
+  }
+  ASSERT_EQ(t.total_leases(), leases);
+  ASSERT_EQ(t.BytesOn(Device::kCpu), host);
+  ASSERT_EQ(t.BytesOn(Device::kCuda), cuda);
+}
+
+TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
+  std::mt19937_64 rng(std::random_device{}());
+  LeaseTable t;
+  std::vector<uint64_t> clients, allocations;
+  uint64_t next_client = 1;
+  for (int step = 0; step < 20000; ++step) {
+    switch (rng() % 6) {
+      case 0:
+        clients.push_back(next_client);
+        t.AddClient(next_client++, {}, 0);
+        break;
+      case 1: {
+        Allocation a;
+        a.id = t.NextAllocationId();
+        a.memory = std::make_unique<FakeMemory>(1 + rng() % 4096, rng() % 2 ? Device::kCuda : Device::kCpu);
+        if (rng() % 2) a.slots.insert(0);
+        allocations.push_back(t.AddAllocation(std::move(a)).id);
+        break;
+      }
+      case 2:
+      case 3:
+        if (!clients.empty() && !allocations.empty()) {
+          ClientEntry* c = t.FindClient(clients[rng() % clients.size()]);
+          Allocation* a = t.FindAllocation(allocations[rng() % allocations.size()]);
+          if (c && a) t.TakeLease(*c, *a, "s");
+        }
+        break;
+      case 4:
+        if (!clients.empty() && !allocations.empty()) {
+          ClientEntry* c = t.FindClient(clients[rng() % clients.size()]);
+          uint64_t id = allocations[rng() % allocations.size()];
+          if (c && t.DropLease(*c, id) >= 0) t.FreeIfUnused(id);
+        }
+        break;
+      case 5:
+        if (!clients.empty()) {
+          size_t i = rng() % clients.size();
+          for (uint64_t id : t.RemoveClient(clients[i])) t.FreeIfUnused(id);
+          clients.erase(clients.begin() + static_cast<ptrdiff_t>(i));
+        }
+        break;
+    }
+    if (!allocations.empty() && rng() % 8 == 0) {  // a slot goes: unnamed and unleased ones are freed
+      uint64_t id = allocations[rng() % allocations.size()];
+      if (Allocation* a = t.FindAllocation(id)) a->slots.clear();
+      t.FreeIfUnused(id);
+    }
+    ExpectTotalsMatchARecount(t);
+    if (HasFatalFailure()) return;
+  }
+  EXPECT_GT(t.total_leases(), 0u);  // the sequence did exercise leases
+}
+
+}  // namespace
+}  // namespace gpubroker
