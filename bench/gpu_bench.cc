@@ -254,6 +254,12 @@ int main(int argc, char** argv) {
       std::printf("%-9s %6lluMiB | %10.1f %10.1f %9.1f | %10.1f %10.1f | %8.2f | %7.0f %7.0f\n", backend,
                   static_cast<unsigned long long>(bytes >> 20), Median(rf), Median(of), Median(bn), Median(ra),
                   Median(oa), Median(oc), Median(faults), Median(raw_faults));
+      auto sizename = std::string(backend) + " " + std::to_string(bytes >> 20) + "MiB";
+      std::printf("summary\tattach, first in a process, %s\t%.1f\t%.1f\tus\tplus<=25\n", sizename.c_str(),
+                  Median(of), Median(rf));
+      std::printf("summary\tattach, again, %s\t%.1f\t%.1f\tus\tplus<=25\n", sizename.c_str(), Median(oa),
+                  Median(ra));
+      std::printf("summary\tattach, cached, %s\t%.2f\t-\tus\tmax<1\n", sizename.c_str(), Median(oc));
       char row[256];
       for (int round = 0; round < 2; ++round) {
         int b = round * 5;
@@ -290,6 +296,9 @@ int main(int argc, char** argv) {
     double bw = gpu::ReadBandwidthGBs(v->data(), bw_bytes, 10);
     std::printf("%-28s %8.0f   %5.1f%% of local\n", (std::string("attached ") + backend).c_str(), bw,
                 100.0 * bw / local_bw);
+    std::printf("summary\tkernel read bandwidth, 1 GiB attached %s (baseline: local cudaMalloc)\t%.0f\t%.0f\tGB/s\t"
+                "pct>=98\n",
+                backend, bw, local_bw);
   }
   return broker->Stop(SIGTERM) == 0 ? 0 : 1;
 }

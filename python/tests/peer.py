@@ -21,6 +21,11 @@ def out(line):
     sys.stdout.buffer.flush()
 
 
+def cupy_bytes(view):
+    import cupy
+    return cupy.asnumpy(cupy.asarray(view)).tobytes()
+
+
 def main():
     sock, cmd, name = sys.argv[1], sys.argv[2], sys.argv[3]
     c = gpubroker.connect(sock, name="peer")
@@ -29,7 +34,12 @@ def main():
         tensors = c.attach_state_dict(name, to=sys.argv[4])
         out(" ".join(tensors))
         for t in tensors.values():
-            sys.stdout.buffer.write(numpy.asarray(t).tobytes() if sys.argv[4] == "view" else t.numpy().tobytes())
+            if sys.argv[4] == "view":
+                data = numpy.asarray(t).tobytes() if t.device == "cpu" else bytes(cupy_bytes(t))
+            else:
+                assert t.data_ptr() != 0
+                data = t.cpu().numpy().tobytes()
+            sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         sys.stdin.buffer.read()
         return

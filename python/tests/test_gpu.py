@@ -109,6 +109,24 @@ class CudaTest(unittest.TestCase):
             self.assertTrue(torch.equal(got, v), k)
         other.close()
 
+    def test_attach_state_dict_to_torch_in_another_process(self):
+        s = seed()
+        sd = {f"layer{i}.weight": randn((i + 3, 129), s + i, torch.float32).to("cuda:0") for i in range(12)}
+        sd["norm"] = randn((64,), s + 99, torch.float16).to("cuda:0")
+        held = self.c.publish_state_dict("cuda/sd", sd)
+        before = self.c.stat("cuda/sd").lease_count
+        peer = self.broker.peer("state-dict", "cuda/sd", "torch")
+        keys = peer.stdout.readline().decode().split()
+        self.assertEqual(keys, list(sd))
+        for k in keys:
+            want = sd[k].cpu()
+            got = torch.frombuffer(bytearray(peer.stdout.read(want.numel() * want.element_size())),
+                                   dtype=want.dtype).reshape(want.shape)
+            self.assertTrue(torch.equal(got, want), k)  # every element
+        self.assertEqual(self.c.stat("cuda/sd").lease_count, before + 1, "one lease for the whole arena")
+        self.assertEqual(finish(peer), 0)
+        del held
+
     def test_dlpack_stream_argument(self):
         view = self.c.create("cuda/stream", (8,), "float32", "cuda:0")
         with self.assertRaises(ValueError):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the device machine, from the repository root, with .device/ carried
-# (see stage.sh): the GPU-labelled tests, then the GPU and control-path
-# benchmarks. Logs go to $OUT when the device tool sets it.
+# (see stage.sh): the GPU-labelled tests, then every benchmark (bench/run.py).
+# Logs go to $OUT when the device tool sets it.
 set -uo pipefail
 root=$PWD
 out=${OUT:-$root/.device/out}
@@ -31,12 +31,7 @@ for backend in cuda_vmm cuda_ipc; do
 done
 fi
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
-  timeout 300 "$staged/bench/gpu_bench" 2>&1 | tee "$out/gpu_bench.txt"
-  timeout 120 "$staged/bench/control_bench" --iterations 20000 2>&1 | tee "$out/control_bench.txt"
-  GPUBROKERD=$staged/broker/gpubrokerd GPUBROKER_LIBRARY=$staged/client/libgpubroker.so \
-    timeout 300 python3 bench/python_attach_bench.py 50 2>&1 | tee "$out/python_bench.txt"
-  GPUBROKERD=$staged/broker/gpubrokerd GPUBROKER_LIBRARY=$staged/client/libgpubroker.so \
-    timeout 300 python3 bench/weight_sync_bench.py 2>&1 | tee "$out/weight_sync.txt"
-  timeout 120 "$staged/bench/scale_bench" 2>&1 | tee "$out/scale_bench.txt"
+  # Every benchmark, then the one table of figures, baselines and aims.
+  python3 bench/run.py --build "$staged" --out "$out/bench" 2>&1 | tee "$out/bench.txt" || rc=1
 fi
 exit $rc
