@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
+#include "connection.h"
 #include "harness.h"
 
 using Clock = std::chrono::steady_clock;
@@ -64,6 +67,45 @@ Stats RawPingPong(int iterations) {
   return s;
 }
 
+// Attach + detach of a host slot, step by step, as Client::Attach and the
+// view's release do them: where the microseconds go.
+void HostAttachSteps(const BrokerProcess& broker, int iterations) {
+  auto conn = gpubroker::Connection::Open(broker.Options("steps"));
+  if (!conn.ok()) std::abort();
+  std::vector<double> steps[5];
+  auto us = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::micro>(b - a).count();
+  };
+  for (int i = 0; i < iterations; ++i) {
+    gpubroker::wire::AttachRequest m{};
+    m.name.set("bench/slot");
+    gpubroker::UniqueFd fd;
+    auto t0 = Clock::now();
+    auto reply = (*conn)->Call<gpubroker::wire::AttachReply>(m, &fd);
+    auto t1 = Clock::now();
+    if (!reply.ok()) std::abort();
+    void* p = ::mmap(nullptr, reply->slot.allocation_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    auto t2 = Clock::now();
+    fd.reset();
+    auto t3 = Clock::now();
+    ::munmap(p, reply->slot.allocation_bytes);
+    auto t4 = Clock::now();
+    (void)(*conn)->Call<gpubroker::wire::DetachReply>(gpubroker::wire::DetachRequest{reply->slot.allocation_id});
+    auto t5 = Clock::now();
+    steps[0].push_back(us(t0, t1));
+    steps[1].push_back(us(t1, t2));
+    steps[2].push_back(us(t2, t3));
+    steps[3].push_back(us(t3, t4));
+    steps[4].push_back(us(t4, t5));
+  }
+  std::printf("\nattach + detach of a host slot, step by step (p50, microseconds)\n");
+  const char* names[] = {"attach request (fd received)", "mmap", "close(fd)", "munmap", "detach request"};
+  for (int i = 0; i < 5; ++i) {
+    std::sort(steps[i].begin(), steps[i].end());
+    std::printf("  %-32s %9.2f\n", names[i], steps[i][steps[i].size() / 2]);
+  }
+}
+
 void Row(const char* what, const Stats& s, const Stats* base) {
   std::printf("%-36s %9.2f %9.2f %9.2f", what, s.p50_us, s.p99_us, s.mean_us);
   if (base != nullptr) std::printf("   %6.2fx raw", s.p50_us / base->p50_us);
@@ -101,6 +143,7 @@ int main(int argc, char** argv) {
   Row("raw SOCK_SEQPACKET ping-pong", raw, nullptr);
   Row("no-op request (status)", noop, &raw);
   Row("attach + detach (2 round trips)", attach_detach, &raw);
+  HostAttachSteps(*broker, std::min(iterations, 5000));
   // One line per figure for bench/run.py: scenario, ours, baseline, unit, aim.
   std::printf("summary\tcontrol round trip, no-op request (p50)\t%.2f\t%.2f\tus\tratio<=1.5\n", noop.p50_us,
               raw.p50_us);

@@ -83,8 +83,8 @@ int ChildOurs(const std::string& socket, const std::string& name, int repeats) {
 }
 
 // Where the first attach's time goes: the steps of Client::Attach, one by
-// one, in a fresh process prepared like ChildOurs; then the same steps again
-// (a second allocation's first attach costs what the second line shows).
+// one, in a fresh process prepared like ChildOurs, with a no-op round trip
+// timed just before the attach request; then the same steps again.
 int ChildPhases(const std::string& socket, const std::string& name) {
   ConnectOptions o;
   o.socket_path = socket;
@@ -106,6 +106,10 @@ int ChildPhases(const std::string& socket, const std::string& name) {
     if (!registry.ok()) return 1;
     auto slot = (*registry)->Lookup(name);
     if (!slot.ok() || (*conn)->Cached(slot->allocation_id)) return 1;
+    auto t2a = Clock::now();
+    // A no-op request first: what any round trip costs at this moment (after
+    // the idle time above, the broker's CPU may have to wake up).
+    if (!(*conn)->Call<wire::StatusReply>(wire::StatusRequest{}).ok()) return 1;
     auto t2 = Clock::now();
     wire::AttachRequest m{};
     m.name.set(name);
@@ -117,7 +121,8 @@ int ChildPhases(const std::string& socket, const std::string& name) {
     auto t4 = Clock::now();
     if (!mapped.ok()) return 1;
     long faults = MinorFaults() - f0;
-    std::printf("%.1f %.1f %.1f %.1f %ld ", Us(t0, t1), Us(t1, t2), Us(t2, t3), Us(t3, t4), faults);
+    std::printf("%.1f %.1f %.1f %.1f %.1f %ld ", Us(t0, t1), Us(t1, t2a), Us(t2a, t2), Us(t2, t3), Us(t3, t4),
+                faults);
     mapped->reset();  // unmap and detach before the second round
   }
   std::printf("\n");
@@ -234,7 +239,7 @@ int main(int argc, char** argv) {
         continue;
       }
       std::vector<double> of, oa, oc, rf, ra, bn, faults, raw_faults;
-      std::vector<std::vector<double>> phases(10);
+      std::vector<std::vector<double>> phases(12);
       for (int k = 0; k < fresh; ++k) {
         double v[5] = {};
         std::sscanf(RunChild({exe, "--ours", broker->socket(), name}).c_str(), "%lf %lf %lf %lf", &v[0], &v[1],
@@ -245,11 +250,11 @@ int main(int argc, char** argv) {
         std::sscanf(RunChild({exe, "--ours", broker->socket(), name}, {{"LD_BIND_NOW", "1"}}).c_str(), "%lf",
                     &v[0]);
         bn.push_back(v[0]);
-        double p[10] = {};
+        double p[12] = {};
         std::string line = RunChild({exe, "--phases", broker->socket(), name});
-        std::sscanf(line.c_str(), "%lf %lf %lf %lf %lf %lf %lf %lf %lf %lf", &p[0], &p[1], &p[2], &p[3], &p[4],
-                    &p[5], &p[6], &p[7], &p[8], &p[9]);
-        for (int i = 0; i < 10; ++i) phases[i].push_back(p[i]);
+        std::sscanf(line.c_str(), "%lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf", &p[0], &p[1], &p[2], &p[3],
+                    &p[4], &p[5], &p[6], &p[7], &p[8], &p[9], &p[10], &p[11]);
+        for (int i = 0; i < 12; ++i) phases[i].push_back(p[i]);
       }
       std::printf("%-9s %6lluMiB | %10.1f %10.1f %9.1f | %10.1f %10.1f | %8.2f | %7.0f %7.0f\n", backend,
                   static_cast<unsigned long long>(bytes >> 20), Median(rf), Median(of), Median(bn), Median(ra),
@@ -262,11 +267,11 @@ int main(int argc, char** argv) {
       std::printf("summary\tattach, cached, %s\t%.2f\t-\tus\tmax<1\n", sizename.c_str(), Median(oc));
       char row[256];
       for (int round = 0; round < 2; ++round) {
-        int b = round * 5;
-        std::snprintf(row, sizeof row, "%-9s %6lluMiB %-6s | %9.1f %9.1f %9.1f %9.1f | %7.0f", backend,
+        int b = round * 6;
+        std::snprintf(row, sizeof row, "%-9s %6lluMiB %-6s | %9.1f %9.1f %9.1f %9.1f %9.1f | %7.0f", backend,
                       static_cast<unsigned long long>(bytes >> 20), round == 0 ? "first" : "second",
                       Median(phases[b]), Median(phases[b + 1]), Median(phases[b + 2]), Median(phases[b + 3]),
-                      Median(phases[b + 4]));
+                      Median(phases[b + 4]), Median(phases[b + 5]));
         phase_rows.push_back(row);
       }
       (void)client->Destroy(name);
@@ -274,8 +279,8 @@ int main(int argc, char** argv) {
   }
   std::printf("\nwhere a first attach goes, microseconds (median of %d fresh processes): the steps of\n"
               "Client::Attach timed one by one; 'second' repeats them in the same process\n", fresh);
-  std::printf("%-9s %8s %-6s | %9s %9s %9s %9s | %7s\n", "backend", "size", "", "registry", "lookup",
-              "request", "map", "faults");
+  std::printf("%-9s %8s %-6s | %9s %9s %9s %9s %9s | %7s\n", "backend", "size", "", "registry", "lookup",
+              "no-op rt", "request", "map", "faults");
   for (const auto& r : phase_rows) std::printf("%s\n", r.c_str());
 
   const uint64_t bw_bytes = 1ull << 30;

@@ -26,6 +26,32 @@ namespace {
 
 double Ns(Clock::duration d) { return std::chrono::duration<double, std::nano>(d).count(); }
 
+struct Shared {
+  std::atomic<int> failed;  // the first worker to fail writes `error`
+  char error[256];
+  std::atomic<int> ready;
+  std::atomic<int> go;
+  double lat_us[64][2048];
+  int count[64];
+};
+
+// VmRSS and its parts, from /proc/<pid>/status: "RssAnon ... RssShmem ...".
+std::string RssParts(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line, out;
+  while (std::getline(in, line)) {
+    if (line.rfind("Rss", 0) == 0 || line.rfind("VmRSS", 0) == 0) {
+      out += (out.empty() ? "" : ", ") + line.substr(0, line.find(':')) + " " +
+             std::to_string(std::stoull(line.substr(line.find(':') + 1)) / 1024) + " MiB";
+    }
+  }
+  return out;
+}
+
+void Fail(Shared* shared, const std::string& what) {
+  if (shared->failed.exchange(1) == 0) std::snprintf(shared->error, sizeof shared->error, "%s", what.c_str());
+}
+
 uint64_t RssBytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/statm");
   uint64_t size = 0, resident = 0;
@@ -33,12 +59,6 @@ uint64_t RssBytes(pid_t pid) {
   return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
-struct Shared {
-  std::atomic<int> ready;
-  std::atomic<int> go;
-  double lat_us[64][2048];
-  int count[64];
-};
 
 }  // namespace
 
@@ -62,6 +82,7 @@ int main(int argc, char** argv) {
   }
   double create_us = Ns(Clock::now() - t0) / 1000.0 / kSlots;
   uint64_t rss1 = RssBytes(broker->pid());
+  std::string rss1_parts = RssParts(broker->pid());
 
   // Throughput: N processes send requests as fast as they can. The baseline
   // is the no-op request (status), the broker's ceiling for any request; an
@@ -82,7 +103,10 @@ int main(int argc, char** argv) {
       if (pid == 0) {
         auto me = broker->Connect("w" + std::to_string(w));
         shared->ready.fetch_add(1);  // failed or not: the parent must not wait forever
-        if (!me.ok()) ::_exit(1);
+        if (!me.ok()) {
+          Fail(shared, "connect: " + me.status().ToString());
+          ::_exit(1);
+        }
         while (shared->go.load() == 0) {
         }
         auto end = Clock::now() + std::chrono::duration<double>(seconds);
@@ -91,9 +115,13 @@ int main(int argc, char** argv) {
           auto a = Clock::now();
           if (attach) {
             auto v = me->Attach("scale/" + std::to_string(i++ % kSlots));
-            if (!v.ok()) ::_exit(2);
+            if (!v.ok()) {
+              Fail(shared, "attach: " + v.status().ToString());
+              ::_exit(2);
+            }
             v->reset();
-          } else if (!me->Info().ok()) {
+          } else if (auto info = me->Info(); !info.ok()) {
+            Fail(shared, "status: " + info.status().ToString());
             ::_exit(2);
           }
           if (k < 2048) shared->lat_us[w][k] = Ns(Clock::now() - a) / 1000.0;
@@ -134,6 +162,7 @@ int main(int argc, char** argv) {
     std::printf("  %8d | %12.0f %9.1f %9.1f | %12.0f %9.1f %9.1f %7u%s\n", n, noop.ops_per_s, noop.p50_us,
                 noop.p99_us, ad.ops_per_s, ad.p50_us, ad.p99_us, ad.leases,
                 noop.ok && ad.ok ? "" : "  (a worker failed)");
+    if (shared->failed.load() != 0) std::printf("  first failure: %s\n", shared->error);
     std::printf("summary\tattach + detach throughput, %d clients (ops/s; p50 %.1f us, p99 %.1f us; leases after: %u)"
                 "\t%.0f\t%.0f\tops/s\t-\n",
                 n, ad.p50_us, ad.p99_us, ad.leases, ad.ops_per_s, noop.ops_per_s);
@@ -150,6 +179,13 @@ int main(int argc, char** argv) {
               destroy_us, 1e6 / destroy_us);
   std::printf("  broker RSS: %.1f MiB empty, %.1f MiB with %d slots, %.1f MiB after destroying them\n",
               rss0 / 1048576.0, rss1 / 1048576.0, kSlots, rss2 / 1048576.0);
+  std::printf("  broker with %d slots: %s\n", kSlots, rss1_parts.c_str());
+  {
+    std::ifstream limits("/proc/" + std::to_string(broker->pid()) + "/limits");
+    for (std::string line; std::getline(limits, line);) {
+      if (line.rfind("Max open files", 0) == 0) std::printf("  broker: %s\n", line.c_str());
+    }
+  }
   std::printf("  registry: %zu bytes per slot (456-byte seqlocked record + %zu index bytes), %.1f MiB for 16384\n",
               (g.total_bytes - sizeof(RegistryHeader)) / 16384, (g.total_bytes - g.index_offset) / 16384,
               g.total_bytes / 1048576.0);

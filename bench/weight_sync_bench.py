@@ -4,7 +4,8 @@ model's layers). gpubroker: published once as one arena
 either with attach_state_dict(prefix, to="torch") (one library call, a
 DLPack capsule per tensor) or one attach + torch.from_dlpack per tensor.
 Baseline, same run: the same 1,000 tensors sent one by one through a
-torch.multiprocessing queue.
+torch.multiprocessing queue; its clock starts once the producer's tensors
+exist, and the producer starts sending then.
 
 Each path runs in its own fresh consumer process whose CUDA context is up.
 "obtain" ends when all 1,000 tensors are in hand; "+ read" also reads one
@@ -66,20 +67,29 @@ def consumer_gpubroker(sock, n, how, device):
     print(t1 - t0, t2 - t0, *sums(tensors))
 
 
-def producer_queue(q, done, n, device):
+def make_tensors(n, device):
     import torch
-    gen = torch.Generator().manual_seed(7)
-    tensors = [torch.randn(s, generator=gen).to(device) for s in sizes(n)]
+    gen = torch.Generator(device).manual_seed(7)
+    return [torch.randn(s, generator=gen, device=device) for s in sizes(n)]
+
+
+def producer_queue(q, ready, go, done, n, device):
+    import torch
+    tensors = make_tensors(n, device)
     if device == "cuda":
         torch.cuda.synchronize()
+    ready.put(1)
+    go.get()  # the consumer's clock is running: send
     for t in tensors:
         q.put(t)
     done.get()  # the consumer is done: keep the tensors alive until then
 
 
-def consumer_queue(q, done, out, n, device):
+def consumer_queue(q, ready, go, done, out, n, device):
     context_up(device)
+    ready.get()  # the producer's tensors exist: only the sharing is timed
     t0 = time.perf_counter()
+    go.put(1)
     tensors = [q.get() for _ in range(n)]
     t1 = time.perf_counter()
     touch(tensors)
@@ -110,8 +120,7 @@ def main():
     broker = Broker("--max-bytes-per-client", "64GiB") if a.device == "cpu" else Broker()
     try:
         c = gpubroker.connect(broker.socket)
-        gen = torch.Generator().manual_seed(7)
-        sd = {f"l{i}": torch.randn(s, generator=gen).to(a.device) for i, s in enumerate(sizes(a.tensors))}
+        sd = {f"l{i}": t for i, t in enumerate(make_tensors(a.tensors, a.device))}
         want = sums(list(sd.values()))
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         t0 = time.perf_counter()
@@ -128,9 +137,9 @@ def main():
                 raise SystemExit(f"weight sync ({how}): the consumer's tensors differ from the producer's")
 
         ctx = mp.get_context("spawn")
-        q, done, res = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        prod = ctx.Process(target=producer_queue, args=(q, done, a.tensors, a.device))
-        cons = ctx.Process(target=consumer_queue, args=(q, done, res, a.tensors, a.device))
+        q, ready, go, done, res = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
+        prod = ctx.Process(target=producer_queue, args=(q, ready, go, done, a.tensors, a.device))
+        cons = ctx.Process(target=consumer_queue, args=(q, ready, go, done, res, a.tensors, a.device))
         prod.start()
         cons.start()
         q_obtain, q_read, q_sums = res.get(timeout=600)

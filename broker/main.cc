@@ -1,4 +1,6 @@
 // gpubrokerd: flags, configuration, logging; the rest is RunBroker().
+#include <sys/resource.h>
+
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -40,6 +42,20 @@ gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
   return ValidateConfig(c).Annotate("command line");
 }
 
+// Every allocation holds a descriptor (a memfd or an exported VMM handle) and
+// every attach passes one more through: lift the soft limit to the hard one,
+// as systemd advises for programs that need many (the broker uses epoll, not
+// select, so large descriptor numbers are safe).
+void RaiseOpenFileLimit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return;
+  if (r.rlim_cur < r.rlim_max) {
+    rlimit raised{r.rlim_max, r.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) r = raised;
+  }
+  spdlog::info("open-file limit {} (one per allocation, one per client, and one per attach in flight)", r.rlim_cur);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,6 +92,7 @@ int main(int argc, char** argv) {
     std::cerr << "gpubrokerd: " << s.message() << "\n";
     return 2;
   }
+  RaiseOpenFileLimit();
   gpubroker::Status s = gpubroker::RunBroker(*config, source);
   if (!s.ok()) {
     spdlog::critical("{}", s.ToString());

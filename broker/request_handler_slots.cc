@@ -148,7 +148,7 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
   table_.TakeLease(r.client, *a, slot.name);
   SyncLeaseCount(*a);
-  spdlog::info("client {} attached '{}' (allocation {}, {} leases)", r.client.id, slot.name, a->id,
+  spdlog::debug("client {} attached '{}' (allocation {}, {} leases)", r.client.id, slot.name, a->id,
                a->leases);
   wire::AttachReply reply{};
   reply.slot = registry_.Get(index);
@@ -167,7 +167,7 @@ Result<Reply> RequestHandler::OnDetach(Request r, const wire::DetachRequest& m) 
   }
   if (Allocation* a = table_.FindAllocation(m.allocation_id)) {
     SyncLeaseCount(*a);
-    spdlog::info("client {} detached allocation {} ({} leases left)", r.client.id, a->id, a->leases);
+    spdlog::debug("client {} detached allocation {} ({} leases left)", r.client.id, a->id, a->leases);
   }
   ReleaseIfUnused(m.allocation_id);
   return Reply{wire::EncodeReply(r.id, wire::DetachReply{static_cast<uint32_t>(left), 0})};

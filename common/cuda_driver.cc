@@ -88,6 +88,10 @@ Status CudaDriver::Load() {
   GPB_RETURN_IF_ERROR(missing);
   GPB_RETURN_IF_ERROR(Check(cuDeviceGetCount(&device_count_), "cuDeviceGetCount"));
   if (device_count_ == 0) return Unsupported("no CUDA device visible to this process");
+  for (int i = 0; i < device_count_; ++i) {
+    GPB_ASSIGN_OR_RETURN(DeviceUuid u, QueryUuid(i));
+    uuids_.push_back(u);
+  }
   return Status::Ok();
 }
 
@@ -114,6 +118,10 @@ Result<DeviceUuid> CudaDriver::UuidOf(int ordinal) const {
     return InvalidArgument("CUDA device " + std::to_string(ordinal) + " does not exist (" +
                            std::to_string(device_count_) + " visible)");
   }
+  return uuids_[static_cast<size_t>(ordinal)];
+}
+
+Result<DeviceUuid> CudaDriver::QueryUuid(int ordinal) const {
   CUdevice dev;
   GPB_RETURN_IF_ERROR(Check(cuDeviceGet(&dev, ordinal), "cuDeviceGet"));
   CUuuid uuid;
@@ -124,18 +132,16 @@ Result<DeviceUuid> CudaDriver::UuidOf(int ordinal) const {
 }
 
 Result<int> CudaDriver::OrdinalOf(const DeviceUuid& uuid) const {
-  for (int i = 0; i < device_count_; ++i) {
-    GPB_ASSIGN_OR_RETURN(DeviceUuid u, UuidOf(i));
-    if (u == uuid) return i;
+  for (size_t i = 0; i < uuids_.size(); ++i) {
+    if (uuids_[i] == uuid) return static_cast<int>(i);
   }
   return NotFound("CUDA device " + FormatUuid(uuid) + " is not visible to this process");
 }
 
 Result<int> CudaDriver::ParseDevice(std::string_view text) const {
   if (text.rfind("GPU-", 0) == 0) {
-    for (int i = 0; i < device_count_; ++i) {
-      GPB_ASSIGN_OR_RETURN(DeviceUuid u, UuidOf(i));
-      if (FormatUuid(u) == text) return i;
+    for (size_t i = 0; i < uuids_.size(); ++i) {
+      if (FormatUuid(uuids_[i]) == text) return static_cast<int>(i);
     }
     return NotFound("no visible CUDA device has UUID " + std::string(text));
   }

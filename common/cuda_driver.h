@@ -12,6 +12,8 @@
 #include <string_view>
 
 #include "gpubroker/status.hpp"
+#include <vector>
+
 #include "gpubroker/types.hpp"
 
 namespace gpubroker {
@@ -28,6 +30,8 @@ class CudaDriver {
 
   int device_count() const { return device_count_; }
   // The ordinal, in this process's numbering, of the device with this UUID.
+  // The UUIDs are read once, when the driver loads: a process's devices do
+  // not change (CUDA_VISIBLE_DEVICES is read at cuInit).
   Result<int> OrdinalOf(const DeviceUuid& uuid) const;
   Result<DeviceUuid> UuidOf(int ordinal) const;
   // "0", "cuda:1" or "GPU-xxxxxxxx-..." → a local ordinal.
@@ -67,7 +71,9 @@ class CudaDriver {
  private:
   CudaDriver() = default;
   Status Load();
+  Result<DeviceUuid> QueryUuid(int ordinal) const;
   int device_count_ = 0;
+  std::vector<DeviceUuid> uuids_;  // by ordinal
 };
 
 // Makes a device's primary context current on this thread for a scope, and

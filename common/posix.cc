@@ -23,7 +23,9 @@ Status PosixError(std::string_view context, int err) {
     case EPIPE: code = Code::kUnavailable; break;
     default: break;
   }
-  return Status(code, std::string(context) + ": " + std::strerror(err));
+  std::string message = std::string(context) + ": " + std::strerror(err);
+  if (err == EMFILE) message += " (the process's open-file limit, RLIMIT_NOFILE, is reached)";
+  return Status(code, std::move(message));
 }
 
 void UniqueFd::reset(int fd) {

@@ -36,8 +36,13 @@ Result<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& optio
   c->options_ = options;
   if (c->options_.client_name.empty()) c->options_.client_name = program_invocation_short_name;
   GPB_ASSIGN_OR_RETURN(c->socket_, Dial(options));
-  std::lock_guard lock(c->mu_);
-  GPB_RETURN_IF_ERROR(c->HelloLocked());
+  {
+    std::lock_guard lock(c->mu_);
+    GPB_RETURN_IF_ERROR(c->HelloLocked());
+  }
+  // Map the registry now rather than in the first attach; should it fail,
+  // the first use tries again and reports why.
+  (void)c->Registry();
   return c;
 }
 
