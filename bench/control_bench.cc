@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
   gpubroker::CreateOptions o;
   o.name = "bench/slot";
   o.shape = {1 << 20};
+  o.backend = gpubroker::BackendKind::kHost;  // not the GPU default where there is one
   if (!client->Create(o).ok()) return 1;
 
   Stats raw = RawPingPong(iterations);

@@ -222,8 +222,8 @@ int main(int argc, char** argv) {
   const int fresh = quick ? 1 : 5;
   std::printf("attach latency, microseconds (first: fresh process, median of %d; again: median of %d;\n"
               "faults: minor page faults during the first attach)\n", fresh, repeats);
-  std::printf("%-9s %8s | %10s %10s %9s | %10s %10s | %8s | %7s %7s\n", "backend", "size", "raw first",
-              "ours first", "bind-now", "raw again", "ours again", "cached", "faults", "raw");
+  std::printf("%-9s %8s | %10s %10s | %10s %10s | %8s | %7s %7s\n", "backend", "size", "raw first",
+              "ours first", "raw again", "ours again", "cached", "faults", "raw");
   std::vector<std::string> phase_rows;
   for (const char* backend : {"cuda_vmm", "cuda_ipc"}) {
     for (uint64_t bytes : sizes) {
@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
         std::printf("%-9s %8s | create failed: %s\n", backend, "", info.status().ToString().c_str());
         continue;
       }
-      std::vector<double> of, oa, oc, rf, ra, bn, faults, raw_faults;
+      std::vector<double> of, oa, oc, rf, ra, faults, raw_faults;
       std::vector<std::vector<double>> phases(12);
       for (int k = 0; k < fresh; ++k) {
         double v[5] = {};
@@ -247,18 +247,15 @@ int main(int argc, char** argv) {
         of.push_back(v[0]), oa.push_back(v[1]), oc.push_back(v[2]), faults.push_back(v[3]);
         std::sscanf(RunChild({exe, "--raw", broker->socket(), name}).c_str(), "%lf %lf %lf", &v[0], &v[1], &v[2]);
         rf.push_back(v[0]), ra.push_back(v[1]), raw_faults.push_back(v[2]);
-        std::sscanf(RunChild({exe, "--ours", broker->socket(), name}, {{"LD_BIND_NOW", "1"}}).c_str(), "%lf",
-                    &v[0]);
-        bn.push_back(v[0]);
         double p[12] = {};
         std::string line = RunChild({exe, "--phases", broker->socket(), name});
         std::sscanf(line.c_str(), "%lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf", &p[0], &p[1], &p[2], &p[3],
                     &p[4], &p[5], &p[6], &p[7], &p[8], &p[9], &p[10], &p[11]);
         for (int i = 0; i < 12; ++i) phases[i].push_back(p[i]);
       }
-      std::printf("%-9s %6lluMiB | %10.1f %10.1f %9.1f | %10.1f %10.1f | %8.2f | %7.0f %7.0f\n", backend,
-                  static_cast<unsigned long long>(bytes >> 20), Median(rf), Median(of), Median(bn), Median(ra),
-                  Median(oa), Median(oc), Median(faults), Median(raw_faults));
+      std::printf("%-9s %6lluMiB | %10.1f %10.1f | %10.1f %10.1f | %8.2f | %7.0f %7.0f\n", backend,
+                  static_cast<unsigned long long>(bytes >> 20), Median(rf), Median(of), Median(ra), Median(oa),
+                  Median(oc), Median(faults), Median(raw_faults));
       auto sizename = std::string(backend) + " " + std::to_string(bytes >> 20) + "MiB";
       std::printf("summary\tattach, first in a process, %s\t%.1f\t%.1f\tus\tplus<=25\n", sizename.c_str(),
                   Median(of), Median(rf));

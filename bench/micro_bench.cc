@@ -53,6 +53,7 @@ struct World {
       CreateOptions o;
       o.name = Name(live);
       o.shape = {64};
+      o.backend = BackendKind::kHost;  // not the GPU default where there is one
       if (!client->Create(o).ok()) return false;
     }
     for (; live > n; --live) {

@@ -94,7 +94,7 @@ def micro_rows(path):
 def verdict(ours, base, aim):
     """(comparison text, verdict) for a row."""
     m = re.fullmatch(r"(ratio|plus|max|pct|speedup)(<=|>=|<|>)([0-9.]+)", aim)
-    if base:
+    if base and ours:
         comparison = {"plus": f"{ours - base:+.1f}", "pct": f"{100 * ours / base:.1f}%",
                       "speedup": f"{base / ours:.1f}x faster"}.get(m.group(1) if m else "", f"{ours / base:.2f}x")
     else:
@@ -102,8 +102,8 @@ def verdict(ours, base, aim):
     if not m:
         return comparison, ""
     kind, op, limit = m.group(1), m.group(2), float(m.group(3))
-    if kind != "max" and not base:
-        return comparison, "no baseline"
+    if kind != "max" and not (base and ours):
+        return comparison, "no figure" if not ours else "no baseline"
     value = {"ratio": lambda: ours / base, "plus": lambda: ours - base, "max": lambda: ours,
              "pct": lambda: 100 * ours / base, "speedup": lambda: base / ours}[kind]()
     ok = {"<=": value <= limit, ">=": value >= limit, "<": value < limit, ">": value > limit}[op]

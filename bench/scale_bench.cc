@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
     CreateOptions o;
     o.name = "scale/" + std::to_string(i);
     o.shape = {64};
+    o.backend = BackendKind::kHost;  // not the GPU default where there is one
     o.mode = 0666;
     if (!c->Create(o).ok()) return 1;
   }

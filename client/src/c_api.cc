@@ -324,6 +324,17 @@ int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb
   return Done(Status::Ok(), err);
 }
 
+int32_t gpb_views_dlpack(gpb_view* const* views, size_t count, int32_t versioned, void** out, gpb_error* err) {
+  if (count > 0 && (NullArg(views, "views", err) || NullArg(out, "out", err))) return GPB_INVALID_ARGUMENT;
+  for (size_t i = 0; i < count; ++i) {
+    if (int32_t rc = gpb_view_dlpack(views[i], versioned, &out[i], err); rc != GPB_OK) {
+      while (i > 0) gpb_dlpack_delete(out[--i], versioned);
+      return rc;
+    }
+  }
+  return Done(Status::Ok(), err);
+}
+
 void gpb_dlpack_delete(void* managed, int32_t versioned) {
   if (managed == nullptr) return;
   if (versioned) {

@@ -272,9 +272,9 @@ class Client:
 
         keys: which to take (default: every slot named `prefix/...`, in the
         order they were published). to: "view" for Views, "torch" for
-        torch.Tensors, made straight from DLPack without a View each (the
-        fast path for many tensors). The arena is mapped once; all tensors
-        share its lease."""
+        torch.Tensors, made without a View each (the fast path for many
+        tensors). The arena is mapped once; all tensors share its lease,
+        which lasts while any of them does."""
         if keys is None:
             keys = self._keys_under(prefix)
         keys = list(keys)
@@ -285,12 +285,12 @@ class Client:
             for h in handles:
                 lib.gpb_view_release(h)
             raise InvalidArgument(f"to={to!r}: expected 'view' or 'torch'")
-        from torch.utils.dlpack import from_dlpack
+        from . import _torch
         try:
-            return {k: from_dlpack(_dlpack.capsule(h)) for k, h in zip(keys, handles)}
+            return dict(zip(keys, _torch.tensors(handles)))
         finally:
             for h in handles:
-                lib.gpb_view_release(h)  # each tensor holds its own reference
+                lib.gpb_view_release(h)  # the tensors hold their own references
 
     def _attach_handles(self, names, readonly):
         encoded = [n.encode() for n in names]

@@ -164,6 +164,8 @@ def _load():
                                              ctypes.POINTER(p), err]),
         "gpb_view_dlpack": (ctypes.c_int32, [p, ctypes.c_int32, ctypes.POINTER(p), err]),
         "gpb_dlpack_delete": (None, [p, ctypes.c_int32]),
+        "gpb_views_dlpack": (ctypes.c_int32, [ctypes.POINTER(p), ctypes.c_size_t, ctypes.c_int32, ctypes.POINTER(p),
+                                              err]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

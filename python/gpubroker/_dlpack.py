@@ -11,30 +11,36 @@ from ._capi import check, lib
 
 kDLCPU, kDLCUDA = 1, 2
 
-_NAME = b"dltensor"
-_NAME_VERSIONED = b"dltensor_versioned"
-_api = ctypes.pythonapi
-_api.PyCapsule_New.restype = ctypes.py_object
-_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-_api.PyCapsule_IsValid.restype = ctypes.c_int
-_api.PyCapsule_IsValid.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-_api.PyCapsule_GetPointer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+NAME = b"dltensor"
+NAME_VERSIONED = b"dltensor_versioned"
+api = ctypes.pythonapi
+api.PyCapsule_New.restype = ctypes.py_object
+api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+api.PyCapsule_IsValid.restype = ctypes.c_int
+api.PyCapsule_IsValid.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 
 _Destructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_IsValid", api))
+
+
+def unconsumed(capsule):
+    """Whether no consumer has taken this legacy capsule (it keeps its name)."""
+    return bool(_is_valid(capsule, NAME))
 
 
 def _make_destructor(name, versioned):
     @_Destructor
     def destroy(capsule):
         # Still named as made: nobody consumed it, so the deleter is ours to call.
-        if _api.PyCapsule_IsValid(capsule, name):
-            lib.gpb_dlpack_delete(_api.PyCapsule_GetPointer(capsule, name), versioned)
+        if api.PyCapsule_IsValid(capsule, name):
+            lib.gpb_dlpack_delete(api.PyCapsule_GetPointer(capsule, name), versioned)
     return ctypes.cast(destroy, ctypes.c_void_p), destroy
 
 
-(_destroy_legacy, _keep_legacy) = _make_destructor(_NAME, 0)
-(_destroy_versioned, _keep_versioned) = _make_destructor(_NAME_VERSIONED, 1)
+(_destroy_legacy, _keep_legacy) = _make_destructor(NAME, 0)
+(_destroy_versioned, _keep_versioned) = _make_destructor(NAME_VERSIONED, 1)
 
 
 def capsule(view_handle, versioned=False):
@@ -42,5 +48,5 @@ def capsule(view_handle, versioned=False):
     managed = ctypes.c_void_p()
     check(lib.gpb_view_dlpack, view_handle, 1 if versioned else 0, ctypes.byref(managed))
     if versioned:
-        return _api.PyCapsule_New(managed, _NAME_VERSIONED, _destroy_versioned)
-    return _api.PyCapsule_New(managed, _NAME, _destroy_legacy)
+        return api.PyCapsule_New(managed, NAME_VERSIONED, _destroy_versioned)
+    return api.PyCapsule_New(managed, NAME, _destroy_legacy)

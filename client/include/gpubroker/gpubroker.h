@@ -142,6 +142,8 @@ void gpb_view_release(gpb_view* view);
  * (DLPack 1.0, read-only flag set for a read-only view). Its deleter drops the
  * reference. Hand it to a consumer, or free it with gpb_dlpack_delete. */
 int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err);
+/* gpb_view_dlpack for `count` views at once, into out[0..count); all or none. */
+int32_t gpb_views_dlpack(gpb_view* const* views, size_t count, int32_t versioned, void** out, gpb_error* err);
 /* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
 void gpb_dlpack_delete(void* managed, int32_t versioned);
 
