@@ -115,9 +115,10 @@ struct Exported {
 
   static void Delete(Managed* m) { delete static_cast<Exported*>(m->manager_ctx); }
 
-  static Managed* Make(const gpubroker::View& v) {
-    auto* e = new (std::nothrow) Exported{{}, {}, {}, v};
+  static Managed* Make(gpubroker::View view) {
+    auto* e = new (std::nothrow) Exported{{}, {}, {}, std::move(view)};
     if (e == nullptr) return nullptr;
+    const gpubroker::View& v = e->view;
     const gpubroker::SlotInfo& s = v.slot();
     std::copy(s.shape.begin(), s.shape.end(), e->shape);
     std::copy(s.strides.begin(), s.strides.end(), e->strides);
@@ -144,7 +145,38 @@ bool NullArg(const void* p, const char* what, gpb_error* err) {
   return true;
 }
 
+// The views for `names`, all or none; on failure the error is in `err`.
+gpubroker::Result<std::vector<gpubroker::View>> AttachAll(gpb_client* client, const char* const* names, size_t count,
+                                                          int32_t read_only, const void* out, gpb_error* err) {
+  if (NullArg(client, "client", err) ||
+      (count > 0 && (NullArg(names, "names", err) || NullArg(out, "out", err)))) {
+    return gpubroker::InvalidArgument(err != nullptr ? err->message : "NULL argument");
+  }
+  std::vector<std::string_view> list;
+  list.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (names[i] == nullptr) {
+      auto s = gpubroker::InvalidArgument("names[" + std::to_string(i) + "] is NULL");
+      Fail(s, err);
+      return s;
+    }
+    list.emplace_back(names[i]);
+  }
+  auto views = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
+                                                         : gpubroker::AttachMode::kReadWrite);
+  if (!views.ok()) Fail(views.status(), err);
+  return views;
+}
+
 }  // namespace
+
+// Binds the value of a Result from a helper that has already filled `err`,
+// or returns its code.
+#define GPB_C_ASSIGN(lhs, expr)                                           \
+  auto GPB_CONCAT(c_result_, __LINE__) = (expr);                          \
+  if (!GPB_CONCAT(c_result_, __LINE__).ok())                              \
+    return static_cast<int32_t>(GPB_CONCAT(c_result_, __LINE__).status().code()); \
+  lhs = std::move(GPB_CONCAT(c_result_, __LINE__)).value()
 
 extern "C" {
 
@@ -232,19 +264,8 @@ int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_
 
 int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
                         gpb_view** out, gpb_error* err) {
-  if (NullArg(client, "client", err) || (count > 0 && (NullArg(names, "names", err) || NullArg(out, "out", err)))) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  std::vector<std::string_view> list;
-  list.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    if (names[i] == nullptr) return Fail(gpubroker::InvalidArgument("names[" + std::to_string(i) + "] is NULL"), err);
-    list.emplace_back(names[i]);
-  }
-  auto views = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
-                                                         : gpubroker::AttachMode::kReadWrite);
-  if (!views.ok()) return Fail(views.status(), err);
-  for (size_t i = 0; i < count; ++i) out[i] = new gpb_view{std::move((*views)[i])};
+  GPB_C_ASSIGN(std::vector<gpubroker::View> views, AttachAll(client, names, count, read_only, out, err));
+  for (size_t i = 0; i < count; ++i) out[i] = new gpb_view{std::move(views[i])};
   return Done(Status::Ok(), err);
 }
 
@@ -273,11 +294,8 @@ int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb
   return InfoCall(client->client.Lookup(name), out, err);
 }
 
-int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  auto slots = client->client.List();
+static int32_t ListCall(gpubroker::Result<std::vector<gpubroker::SlotInfo>> slots, gpb_slot_info** out,
+                        size_t* count, gpb_error* err) {
   if (!slots.ok()) return Fail(slots.status(), err);
   auto* array = static_cast<gpb_slot_info*>(std::calloc(slots->size() + 1, sizeof(gpb_slot_info)));
   if (array == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
@@ -285,6 +303,20 @@ int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_err
   *out = array;
   *count = slots->size();
   return Done(Status::Ok(), err);
+}
+
+int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) {
+  if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
+    return GPB_INVALID_ARGUMENT;
+  }
+  return ListCall(client->client.List(), out, count, err);
+}
+
+int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) {
+  if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
+    return GPB_INVALID_ARGUMENT;
+  }
+  return ListCall(client->client.ListRegistry(), out, count, err);
 }
 
 void gpb_free(void* p) { std::free(p); }
@@ -324,12 +356,15 @@ int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb
   return Done(Status::Ok(), err);
 }
 
-int32_t gpb_views_dlpack(gpb_view* const* views, size_t count, int32_t versioned, void** out, gpb_error* err) {
-  if (count > 0 && (NullArg(views, "views", err) || NullArg(out, "out", err))) return GPB_INVALID_ARGUMENT;
+int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
+                               int32_t versioned, void** out, gpb_error* err) {
+  GPB_C_ASSIGN(std::vector<gpubroker::View> views, AttachAll(client, names, count, read_only, out, err));
   for (size_t i = 0; i < count; ++i) {
-    if (int32_t rc = gpb_view_dlpack(views[i], versioned, &out[i], err); rc != GPB_OK) {
+    out[i] = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(views[i])))
+                       : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(views[i])));
+    if (out[i] == nullptr) {
       while (i > 0) gpb_dlpack_delete(out[--i], versioned);
-      return rc;
+      return Fail(gpubroker::ResourceExhausted("out of memory"), err);
     }
   }
   return Done(Status::Ok(), err);

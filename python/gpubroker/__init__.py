@@ -278,19 +278,13 @@ class Client:
         if keys is None:
             keys = self._keys_under(prefix)
         keys = list(keys)
-        handles = self._attach_handles([f"{prefix}/{k}" for k in keys], readonly)
+        names = [f"{prefix}/{k}" for k in keys]
         if to == "view":
-            return {k: View(h) for k, h in zip(keys, handles)}
+            return {k: View(h) for k, h in zip(keys, self._attach_handles(names, readonly))}
         if to != "torch":
-            for h in handles:
-                lib.gpb_view_release(h)
             raise InvalidArgument(f"to={to!r}: expected 'view' or 'torch'")
         from . import _torch
-        try:
-            return dict(zip(keys, _torch.tensors(handles)))
-        finally:
-            for h in handles:
-                lib.gpb_view_release(h)  # the tensors hold their own references
+        return dict(zip(keys, _torch.attach(self._h(), names, readonly)))
 
     def _attach_handles(self, names, readonly):
         encoded = [n.encode() for n in names]
@@ -302,7 +296,7 @@ class Client:
     def _keys_under(self, prefix):
         arr = ctypes.POINTER(gpb_slot_info)()
         count = ctypes.c_size_t()
-        check(lib.gpb_list, self._h(), ctypes.byref(arr), ctypes.byref(count))
+        check(lib.gpb_list_registry, self._h(), ctypes.byref(arr), ctypes.byref(count))
         try:
             start = prefix.encode() + b"/"
             found = [(arr[i].created_ns, arr[i].name) for i in range(count.value)]

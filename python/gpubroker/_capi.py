@@ -153,6 +153,8 @@ def _load():
         "gpb_lookup": (ctypes.c_int32, [p, ctypes.c_char_p, ctypes.POINTER(gpb_slot_info), err]),
         "gpb_list": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.POINTER(gpb_slot_info)),
                                       ctypes.POINTER(ctypes.c_size_t), err]),
+        "gpb_list_registry": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.POINTER(gpb_slot_info)),
+                                               ctypes.POINTER(ctypes.c_size_t), err]),
         "gpb_free": (None, [p]),
         "gpb_device_uuid": (ctypes.c_int32, [ctypes.c_int32, ctypes.POINTER(ctypes.c_uint8), err]),
         "gpb_view_data": (p, [p]),
@@ -164,8 +166,8 @@ def _load():
                                              ctypes.POINTER(p), err]),
         "gpb_view_dlpack": (ctypes.c_int32, [p, ctypes.c_int32, ctypes.POINTER(p), err]),
         "gpb_dlpack_delete": (None, [p, ctypes.c_int32]),
-        "gpb_views_dlpack": (ctypes.c_int32, [ctypes.POINTER(p), ctypes.c_size_t, ctypes.c_int32, ctypes.POINTER(p),
-                                              err]),
+        "gpb_attach_many_dlpack": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t,
+                                                    ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(p), err]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

@@ -1,7 +1,7 @@
 """torch.Tensors for many views at once (attach_state_dict(..., to="torch")).
 
-One library call exports every view as a DLPack tensor holding its own
-reference; each becomes a torch.Tensor through a capsule that torch consumes
+One library call attaches every slot and exports it as a DLPack tensor
+holding its view; each becomes a torch.Tensor through a capsule that torch consumes
 at once. Per tensor that is one PyCapsule_New and one from_dlpack: of the
 ways tried to make a torch.Tensor from Python (a View and __dlpack__ each,
 as_strided windows onto one tensor over the arena), the cheapest.
@@ -12,12 +12,13 @@ from ._capi import check, lib
 from ._dlpack import NAME, api, unconsumed
 
 
-def tensors(handles):
-    """torch.Tensors for gpb_view handles; each holds its own view reference."""
+def attach(client_handle, names, readonly):
+    """torch.Tensors for the slots `names`, all or none; each holds its lease share."""
     from torch.utils.dlpack import from_dlpack
-    n = len(handles)
+    n = len(names)
     managed = (ctypes.c_void_p * max(n, 1))()
-    check(lib.gpb_views_dlpack, (ctypes.c_void_p * max(n, 1))(*handles), n, 0, managed)
+    check(lib.gpb_attach_many_dlpack, client_handle, (ctypes.c_char_p * max(n, 1))(*[x.encode() for x in names]),
+          n, 1 if readonly else 0, 0, managed)
     out, new = [], api.PyCapsule_New
     i, capsule = 0, None
     try:

@@ -184,28 +184,27 @@ TEST_F(CApiTest, DlpackTensorDescribesTheViewAndHoldsTheLeaseUntilDeleted) {
   gpb_client_release(c);
 }
 
-TEST_F(CApiTest, DlpackForManyViewsIsAllOrNone) {
+TEST_F(CApiTest, AttachManyAsDlpackIsAllOrNone) {
   gpb_client* c = ConnectC("consumer");
   const char* names[] = {"m/t0", "m/t1", "m/t2"};
-  gpb_view* views[3] = {};
-  gpb_error err{};
-  ASSERT_EQ(gpb_attach_many(c, names, 3, 0, views, &err), GPB_OK) << err.message;
   void* managed[3] = {};
-  ASSERT_EQ(gpb_views_dlpack(views, 3, 0, managed, &err), GPB_OK) << err.message;
+  gpb_error err{};
+  ASSERT_EQ(gpb_attach_many_dlpack(c, names, 3, 0, 0, managed, &err), GPB_OK) << err.message;
+  const size_t offsets[] = {0, 1024, 2048};
+  const int64_t first_dims[] = {8, 100, 3};
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(static_cast<ManagedView*>(managed[i])->t.data, gpb_view_data(views[i]));
-    gpb_view_release(views[i]);
+    auto* m = static_cast<ManagedView*>(managed[i]);
+    EXPECT_EQ(m->t.shape[0], first_dims[i]);
+    EXPECT_EQ(std::memcmp(m->t.data, data_.data() + offsets[i], 32), 0) << "tensor " << i;
   }
-  EXPECT_EQ(ConsumerLeases(), 1u) << "the exported tensors hold the arena";
+  EXPECT_EQ(ConsumerLeases(), 1u) << "the tensors share the arena's one lease";
   for (void* m : managed) gpb_dlpack_delete(m, 0);
   EXPECT_EQ(ConsumerLeases(), 0u);
 
-  ASSERT_EQ(gpb_attach_many(c, names, 2, 0, views, &err), GPB_OK) << err.message;
-  gpb_view* with_null[3] = {views[0], views[1], nullptr};
-  EXPECT_EQ(gpb_views_dlpack(with_null, 3, 1, managed, &err), GPB_INVALID_ARGUMENT);
-  gpb_view_release(views[0]);
-  gpb_view_release(views[1]);
-  EXPECT_EQ(ConsumerLeases(), 0u) << "tensors exported before the failure were kept";
+  const char* with_missing[] = {"m/t0", "m/t1", "m/none"};
+  EXPECT_EQ(gpb_attach_many_dlpack(c, with_missing, 3, 0, 1, managed, &err), GPB_NOT_FOUND);
+  EXPECT_NE(std::string(err.message).find("m/none"), std::string::npos) << err.message;
+  EXPECT_EQ(ConsumerLeases(), 0u) << "tensors of a failed batch were kept";
   gpb_client_release(c);
 }
 

@@ -123,6 +123,8 @@ int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_e
 int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err);
 /* *out is an array of *count entries; free it with gpb_free. */
 int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err);
+/* Like gpb_list, read from the shared registry: no round trip. */
+int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err);
 void gpb_free(void* p);
 
 /* The UUID of this process's CUDA device `ordinal` (16 bytes). */
@@ -142,8 +144,10 @@ void gpb_view_release(gpb_view* view);
  * (DLPack 1.0, read-only flag set for a read-only view). Its deleter drops the
  * reference. Hand it to a consumer, or free it with gpb_dlpack_delete. */
 int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err);
-/* gpb_view_dlpack for `count` views at once, into out[0..count); all or none. */
-int32_t gpb_views_dlpack(gpb_view* const* views, size_t count, int32_t versioned, void** out, gpb_error* err);
+/* gpb_attach_many, each view then exported as by gpb_view_dlpack into
+ * out[0..count) (the tensors hold the views): all or none. */
+int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
+                               int32_t versioned, void** out, gpb_error* err);
 /* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
 void gpb_dlpack_delete(void* managed, int32_t versioned);
 
