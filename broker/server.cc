@@ -1,11 +1,13 @@
 #include "server.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include <spdlog/spdlog.h>
@@ -75,6 +77,8 @@ Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& r
       acceptor_(io),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
       timer_(io),
+      accept_retry_(io),
+      spare_(::open("/dev/null", O_RDONLY | O_CLOEXEC)),
       receive_buffer_(wire::kMaxMessageBytes) {}
 
 Server::~Server() {
@@ -90,6 +94,7 @@ Result<std::unique_ptr<Server>> Server::Create(boost::asio::io_context& io, cons
   boost::system::error_code ec;
   server->acceptor_.assign(UnixSeqPacket(), fd.release(), ec);
   if (ec) return Status(Code::kIo, "cannot adopt listening socket: " + ec.message());
+  server->acceptor_.native_non_blocking(true, ec);  // Accept's accept4 must not block
   server->socket_path_ = config.socket_path;
   return server;
 }
@@ -123,17 +128,67 @@ void Server::Tick() {
   });
 }
 
+// Waits for a pending connection, then accepts it by hand: out of
+// descriptors, accept fails before it looks at the queue, so the broker must
+// act only when a connection is really there, and take it off the queue.
 void Server::Accept() {
-  acceptor_.async_accept([this](boost::system::error_code ec,
-                                SeqPacketSocket socket) {
-    if (stopped_) return;
-    if (!ec) {
-      OnAccepted(std::move(socket));
-    } else if (ec != boost::asio::error::operation_aborted) {
-      spdlog::warn("accept failed: {}", ec.message());  // e.g. EMFILE: keep serving the rest
+  acceptor_.async_wait(SeqPacketAcceptor::wait_read, [this](boost::system::error_code ec) {
+    if (stopped_ || ec == boost::asio::error::operation_aborted) return;
+    if (ec) {
+      spdlog::warn("waiting for connections failed: {}", ec.message());
+      RetryAcceptSoon();
+      return;
+    }
+    int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) {
+      boost::system::error_code assign;
+      SeqPacketSocket socket(io_);
+      socket.assign(UnixSeqPacket(), fd, assign);
+      if (assign) {
+        ::close(fd);
+        spdlog::warn("cannot adopt an accepted connection: {}", assign.message());
+      } else {
+        OnAccepted(std::move(socket));
+      }
+    } else if (errno == EMFILE || errno == ENFILE) {
+      if (!ShedConnection()) {
+        RetryAcceptSoon();  // no spare to shed with: wait for descriptors to free up
+        return;
+      }
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+      spdlog::warn("accept failed: {}", std::strerror(errno));  // keep serving the rest
     }
     Accept();
   });
+}
+
+void Server::RetryAcceptSoon() {
+  accept_retry_.expires_after(std::chrono::milliseconds(100));
+  accept_retry_.async_wait([this](boost::system::error_code e) {
+    if (e || stopped_) return;
+    if (!spare_.valid()) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    Accept();
+  });
+}
+
+// Out of descriptors with a connection waiting: give up the spare, take the
+// connection and hang up (the client hears at once instead of waiting in the
+// queue), then take the spare back. False if there was no spare.
+bool Server::ShedConnection() {
+  if (!spare_.valid()) return false;
+  spare_.reset();
+  int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd >= 0) ::close(fd);
+  spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ++shed_;
+  auto now = std::chrono::steady_clock::now();
+  if (now - shed_logged_ >= std::chrono::seconds(10)) {
+    shed_logged_ = now;
+    spdlog::error("out of file descriptors (the open-file limit): refused {} connection(s) so far; raise "
+                  "LimitNOFILE or free allocations",
+                  shed_);
+  }
+  return true;
 }
 
 void Server::OnAccepted(SeqPacketSocket socket) {
@@ -172,6 +227,7 @@ void Server::Stop(const std::string& reason) {
   spdlog::info("stopping ({})", reason);
   if (hooks_.stopping) hooks_.stopping();
   timer_.cancel();
+  accept_retry_.cancel();
   handler_.SetStopping();
   registry_.SetState(wire::kStateStopping);
   boost::system::error_code ec;

@@ -10,6 +10,7 @@
 
 #include "asio.h"
 #include "config.h"
+#include "posix.h"
 #include "request_handler.h"
 #include "session.h"
 
@@ -39,6 +40,8 @@ class Server {
  private:
   Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry);
   void Accept();
+  bool ShedConnection();
+  void RetryAcceptSoon();
   void OnAccepted(SeqPacketSocket socket);
   void WaitSignal();
   void Tick();
@@ -49,6 +52,10 @@ class Server {
   SeqPacketAcceptor acceptor_;
   boost::asio::signal_set signals_;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer accept_retry_;
+  UniqueFd spare_;  // /dev/null, given up to accept and refuse a connection when out of descriptors
+  std::chrono::steady_clock::time_point shed_logged_{};
+  uint64_t shed_ = 0;
   Hooks hooks_;
   std::string socket_path_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;

@@ -3,10 +3,12 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 
@@ -340,6 +342,46 @@ TEST(BrokerLimits, EachLimitHasItsOwnErrorAndServiceGoesOn) {
       << fourth.status().ToString();
   auto v = c->Attach("a");  // everyone else is still served
   ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
+// The broker's descriptors cut down to a few more than it holds: creates and
+// new connections are refused with the reason, and service goes on.
+TEST(BrokerLimits, OutOfFileDescriptorsIsAClearErrorAndServiceGoesOn) {
+  auto broker = BrokerProcess::Start({"--default-backend", "host"});
+  ASSERT_NE(broker, nullptr);
+  auto c = broker->Connect();
+  ASSERT_TRUE(c.ok());
+  size_t open = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(broker->pid()) + "/fd")) {
+    ++open;
+  }
+  const rlimit tight{open + 3, open + 3};
+  ASSERT_EQ(::prlimit(broker->pid(), RLIMIT_NOFILE, &tight, nullptr), 0) << std::strerror(errno);
+
+  Status full;
+  int made = 0;
+  for (; made < 16; ++made) {
+    full = c->Create(Bytes("fd/" + std::to_string(made), 64)).status();
+    if (!full.ok()) break;
+  }
+  ASSERT_FALSE(full.ok()) << "no create failed under an open-file limit of " << tight.rlim_cur;
+  EXPECT_EQ(full.code(), Code::kResourceExhausted) << full.ToString();
+  EXPECT_NE(full.message().find("open-file limit"), std::string::npos) << full.message();
+
+  auto refused = broker->Connect("late");  // must fail at once, not hang in the backlog
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kUnavailable) << refused.status().ToString();
+
+  auto info = c->Info();  // the connected client is still served
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->slots, static_cast<uint32_t>(made));
+  ASSERT_TRUE(c->Destroy("fd/0").ok());
+  ASSERT_TRUE(c->Destroy("fd/1").ok());
+  auto again = broker->Connect("after");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(again->Create(Bytes("fd/again", 64)).ok());
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 }
 
