@@ -348,6 +348,11 @@ TEST(BrokerLimits, EachLimitHasItsOwnErrorAndServiceGoesOn) {
 // The broker's descriptors cut down to a few more than it holds: creates and
 // new connections are refused with the reason, and service goes on.
 TEST(BrokerLimits, OutOfFileDescriptorsIsAClearErrorAndServiceGoesOn) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The sanitizer runtimes open descriptors of their own (UBSan probes memory
+  // through a pipe) and report false errors when there are none to be had.
+  GTEST_SKIP() << "not under sanitizers: their runtime needs free descriptors";
+#endif
   auto broker = BrokerProcess::Start({"--default-backend", "host"});
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();
