@@ -39,6 +39,19 @@ long MinorFaults() {
   return u.ru_minflt;
 }
 
+Result<std::shared_ptr<Connection>> OpenConnection(const std::string& socket) {
+  ConnectOptions o;
+  o.socket_path = socket;
+  return Connection::Open(o);
+}
+
+// The slot's device in this process's numbering.
+Result<int> LocalOrdinal(const SlotDescriptor& slot) {
+  DeviceUuid uuid;
+  std::memcpy(uuid.data(), slot.device_uuid, uuid.size());
+  return (**CudaDriver::Get()).OrdinalOf(uuid);
+}
+
 // Driver and context up before anything is timed.
 void WarmUp(int ordinal) {
   (void)CudaDriver::Get();
@@ -86,17 +99,13 @@ int ChildOurs(const std::string& socket, const std::string& name, int repeats) {
 // one, in a fresh process prepared like ChildOurs, with a no-op round trip
 // timed just before the attach request; then the same steps again.
 int ChildPhases(const std::string& socket, const std::string& name) {
-  ConnectOptions o;
-  o.socket_path = socket;
-  auto conn = Connection::Open(o);
+  auto conn = OpenConnection(socket);
   if (!conn.ok()) return 1;
   wire::StatRequest stat{};
   stat.name.set(name);
   auto st = (*conn)->Call<wire::SlotReply>(stat);
   if (!st.ok()) return 1;
-  DeviceUuid uuid;
-  std::memcpy(uuid.data(), st->slot.device_uuid, 16);
-  auto ordinal = (**CudaDriver::Get()).OrdinalOf(uuid);  // as Stat does in ChildOurs
+  auto ordinal = LocalOrdinal(st->slot);  // as Stat does in ChildOurs
   WarmUp(ordinal.ok() ? *ordinal : 0);
   for (int round = 0; round < 2; ++round) {
     long f0 = MinorFaults();
@@ -131,9 +140,7 @@ int ChildPhases(const std::string& socket, const std::string& name) {
 
 // The raw driver calls on a handle obtained through the broker (untimed).
 int ChildRaw(const std::string& socket, const std::string& name, int repeats) {
-  ConnectOptions o;
-  o.socket_path = socket;
-  auto conn = Connection::Open(o);
+  auto conn = OpenConnection(socket);
   if (!conn.ok()) return 1;
   wire::AttachRequest m{};
   m.name.set(name);
@@ -141,9 +148,9 @@ int ChildRaw(const std::string& socket, const std::string& name, int repeats) {
   auto reply = (*conn)->Call<wire::AttachReply>(m, &fd);
   if (!reply.ok()) return 1;
   const CudaDriver& d = **CudaDriver::Get();
-  DeviceUuid uuid;
-  std::memcpy(uuid.data(), reply->slot.device_uuid, 16);
-  int ordinal = *d.OrdinalOf(uuid);
+  auto local = LocalOrdinal(reply->slot);
+  if (!local.ok()) return 1;
+  int ordinal = *local;
   WarmUp(ordinal);
   std::vector<double> times;
   long f0 = MinorFaults();

@@ -105,24 +105,14 @@ void BM_UnorderedMapFind(benchmark::State& state) {
   }
 }
 
-void BM_RegistryLookup(benchmark::State& state) {
-  LookupLoop(state, [](const std::string& n) {
-    auto d = World::Get().reader->Lookup(n);
-    benchmark::DoNotOptimize(d);
-    return d.ok();
-  });
+bool RegistryRead(const std::string& name) {
+  auto d = World::Get().reader->Lookup(name);
+  benchmark::DoNotOptimize(d);
+  return d.ok();
 }
 
-void BM_RegistryLookupOneName(benchmark::State& state) {
-  LookupLoop(
-      state,
-      [](const std::string& n) {
-        auto d = World::Get().reader->Lookup(n);
-        benchmark::DoNotOptimize(d);
-        return d.ok();
-      },
-      false);
-}
+void BM_RegistryLookup(benchmark::State& state) { LookupLoop(state, RegistryRead); }
+void BM_RegistryLookupOneName(benchmark::State& state) { LookupLoop(state, RegistryRead, false); }
 
 void BM_ClientLookup(benchmark::State& state) {
   LookupLoop(state, [](const std::string& n) {

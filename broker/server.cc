@@ -17,6 +17,9 @@
 namespace gpubroker {
 namespace {
 
+// The descriptor Server keeps in reserve for refusing connections when out of them.
+UniqueFd OpenSpare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
 PeerCredentials ReadPeer(int fd) {
   PeerCredentials peer;
   ucred cred{};
@@ -78,7 +81,7 @@ Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& r
       signals_(io, SIGTERM, SIGINT, SIGHUP),
       timer_(io),
       accept_retry_(io),
-      spare_(::open("/dev/null", O_RDONLY | O_CLOEXEC)),
+      spare_(OpenSpare()),
       receive_buffer_(wire::kMaxMessageBytes) {}
 
 Server::~Server() {
@@ -166,7 +169,7 @@ void Server::RetryAcceptSoon() {
   accept_retry_.expires_after(std::chrono::milliseconds(100));
   accept_retry_.async_wait([this](boost::system::error_code e) {
     if (e || stopped_) return;
-    if (!spare_.valid()) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!spare_.valid()) spare_ = OpenSpare();
     Accept();
   });
 }
@@ -179,7 +182,7 @@ bool Server::ShedConnection() {
   spare_.reset();
   int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
   if (fd >= 0) ::close(fd);
-  spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  spare_ = OpenSpare();
   ++shed_;
   auto now = std::chrono::steady_clock::now();
   if (now - shed_logged_ >= std::chrono::seconds(10)) {

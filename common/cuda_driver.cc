@@ -86,9 +86,10 @@ Status CudaDriver::Load() {
 #undef GPB_SYMBOL
 #undef GPB_SYMBOL_NAME
   GPB_RETURN_IF_ERROR(missing);
-  GPB_RETURN_IF_ERROR(Check(cuDeviceGetCount(&device_count_), "cuDeviceGetCount"));
-  if (device_count_ == 0) return Unsupported("no CUDA device visible to this process");
-  for (int i = 0; i < device_count_; ++i) {
+  int count = 0;
+  GPB_RETURN_IF_ERROR(Check(cuDeviceGetCount(&count), "cuDeviceGetCount"));
+  if (count == 0) return Unsupported("no CUDA device visible to this process");
+  for (int i = 0; i < count; ++i) {
     GPB_ASSIGN_OR_RETURN(DeviceUuid u, QueryUuid(i));
     uuids_.push_back(u);
   }
@@ -114,9 +115,9 @@ Status CudaDriver::Check(CUresult result, std::string_view what) const {
 }
 
 Result<DeviceUuid> CudaDriver::UuidOf(int ordinal) const {
-  if (ordinal < 0 || ordinal >= device_count_) {
+  if (ordinal < 0 || ordinal >= device_count()) {
     return InvalidArgument("CUDA device " + std::to_string(ordinal) + " does not exist (" +
-                           std::to_string(device_count_) + " visible)");
+                           std::to_string(device_count()) + " visible)");
   }
   return uuids_[static_cast<size_t>(ordinal)];
 }

@@ -28,7 +28,7 @@ class CudaDriver {
   // or kInvalidArgument, with the driver's name for the error.
   Status Check(CUresult result, std::string_view what) const;
 
-  int device_count() const { return device_count_; }
+  int device_count() const { return static_cast<int>(uuids_.size()); }
   // The ordinal, in this process's numbering, of the device with this UUID.
   // The UUIDs are read once, when the driver loads: a process's devices do
   // not change (CUDA_VISIBLE_DEVICES is read at cuInit).
@@ -72,7 +72,6 @@ class CudaDriver {
   CudaDriver() = default;
   Status Load();
   Result<DeviceUuid> QueryUuid(int ordinal) const;
-  int device_count_ = 0;
   std::vector<DeviceUuid> uuids_;  // by ordinal
 };
 

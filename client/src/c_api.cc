@@ -145,38 +145,41 @@ bool NullArg(const void* p, const char* what, gpb_error* err) {
   return true;
 }
 
-// The views for `names`, all or none; on failure the error is in `err`.
-gpubroker::Result<std::vector<gpubroker::View>> AttachAll(gpb_client* client, const char* const* names, size_t count,
-                                                          int32_t read_only, const void* out, gpb_error* err) {
+// A DLPack tensor over the view (see gpb_view_dlpack), or the reason there is none.
+gpubroker::Result<void*> Export(gpubroker::View view, int32_t versioned) {
+  const gpubroker::SlotInfo& s = view.slot();
+  if (s.device.type == gpubroker::Device::kCuda && s.device.ordinal < 0) {
+    return gpubroker::NotFound("slot '" + s.name + "' is on a CUDA device this process does not see");
+  }
+  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(view)))
+                            : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(view)));
+  if (managed == nullptr) return gpubroker::ResourceExhausted("out of memory");
+  return managed;
+}
+
+// The views for `names` into *views, all or none; GPB_OK or the code, with `err` filled.
+int32_t AttachAll(gpb_client* client, const char* const* names, size_t count, int32_t read_only, const void* out,
+                  std::vector<gpubroker::View>* views, gpb_error* err) {
   if (NullArg(client, "client", err) ||
       (count > 0 && (NullArg(names, "names", err) || NullArg(out, "out", err)))) {
-    return gpubroker::InvalidArgument(err != nullptr ? err->message : "NULL argument");
+    return GPB_INVALID_ARGUMENT;
   }
   std::vector<std::string_view> list;
   list.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     if (names[i] == nullptr) {
-      auto s = gpubroker::InvalidArgument("names[" + std::to_string(i) + "] is NULL");
-      Fail(s, err);
-      return s;
+      return Fail(gpubroker::InvalidArgument("names[" + std::to_string(i) + "] is NULL"), err);
     }
     list.emplace_back(names[i]);
   }
-  auto views = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
-                                                         : gpubroker::AttachMode::kReadWrite);
-  if (!views.ok()) Fail(views.status(), err);
-  return views;
+  auto attached = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
+                                                            : gpubroker::AttachMode::kReadWrite);
+  if (!attached.ok()) return Fail(attached.status(), err);
+  *views = std::move(attached).value();
+  return GPB_OK;
 }
 
 }  // namespace
-
-// Binds the value of a Result from a helper that has already filled `err`,
-// or returns its code.
-#define GPB_C_ASSIGN(lhs, expr)                                           \
-  auto GPB_CONCAT(c_result_, __LINE__) = (expr);                          \
-  if (!GPB_CONCAT(c_result_, __LINE__).ok())                              \
-    return static_cast<int32_t>(GPB_CONCAT(c_result_, __LINE__).status().code()); \
-  lhs = std::move(GPB_CONCAT(c_result_, __LINE__)).value()
 
 extern "C" {
 
@@ -264,7 +267,8 @@ int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_
 
 int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
                         gpb_view** out, gpb_error* err) {
-  GPB_C_ASSIGN(std::vector<gpubroker::View> views, AttachAll(client, names, count, read_only, out, err));
+  std::vector<gpubroker::View> views;
+  if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
   for (size_t i = 0; i < count; ++i) out[i] = new gpb_view{std::move(views[i])};
   return Done(Status::Ok(), err);
 }
@@ -344,28 +348,23 @@ void gpb_view_release(gpb_view* view) { delete view; }
 
 int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err) {
   if (NullArg(view, "view", err) || NullArg(out, "out", err)) return GPB_INVALID_ARGUMENT;
-  if (view->view.slot().device.type == gpubroker::Device::kCuda && view->view.slot().device.ordinal < 0) {
-    return Fail(gpubroker::NotFound("slot '" + view->view.slot().name +
-                                    "' is on a CUDA device this process does not see"),
-                err);
-  }
-  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(view->view))
-                            : static_cast<void*>(Exported<DLManagedTensor>::Make(view->view));
-  if (managed == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
-  *out = managed;
+  auto managed = Export(view->view, versioned);
+  if (!managed.ok()) return Fail(managed.status(), err);
+  *out = *managed;
   return Done(Status::Ok(), err);
 }
 
 int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
                                int32_t versioned, void** out, gpb_error* err) {
-  GPB_C_ASSIGN(std::vector<gpubroker::View> views, AttachAll(client, names, count, read_only, out, err));
+  std::vector<gpubroker::View> views;
+  if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
   for (size_t i = 0; i < count; ++i) {
-    out[i] = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(views[i])))
-                       : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(views[i])));
-    if (out[i] == nullptr) {
+    auto managed = Export(std::move(views[i]), versioned);
+    if (!managed.ok()) {
       while (i > 0) gpb_dlpack_delete(out[--i], versioned);
-      return Fail(gpubroker::ResourceExhausted("out of memory"), err);
+      return Fail(managed.status(), err);
     }
+    out[i] = *managed;
   }
   return Done(Status::Ok(), err);
 }
