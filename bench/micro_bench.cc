@@ -45,7 +45,7 @@ struct World {
       auto c = broker->Connect("micro_bench");
       if (!c.ok()) return false;
       client.emplace(std::move(c).value());
-      auto r = RegistryReader::Open(broker->registry());
+      auto r = broker->OpenRegistry();
       if (!r.ok()) return false;
       reader.emplace(std::move(r).value());
     }

@@ -136,7 +136,7 @@ def main():
     from broker import Broker
     import gpubroker
 
-    broker = Broker("--max-bytes-per-client", "64GiB") if a.device == "cpu" else Broker()
+    broker = Broker("--max-host-bytes", "16GiB") if a.device == "cpu" else Broker()
     try:
         c = gpubroker.connect(broker.socket)
         sd = {f"l{i}": t for i, t in enumerate(make_tensors(a.tensors, a.device))}

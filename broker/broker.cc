@@ -19,6 +19,7 @@ namespace gpubroker {
 namespace {
 
 constexpr std::string_view kFdPrefix = "gpb-alloc-";
+constexpr std::string_view kRegistryFdName = "gpb-registry";
 
 uint64_t RandomGeneration() {
   uint64_t v = 0;
@@ -50,18 +51,19 @@ class Broker final : public AllocationObserver {
 
   Status Run() {
     GPB_RETURN_IF_ERROR(SetUpBackends(config_, backends_));
-    std::map<uint64_t, UniqueFd> stored = StoredAllocations();
-    std::vector<SlotDescriptor> previous = PreviousSlots(!stored.empty());
+    UniqueFd previous_registry;
+    std::map<uint64_t, UniqueFd> stored = StoredAllocations(previous_registry);
+    std::vector<SlotDescriptor> previous = PreviousSlots(std::move(previous_registry), !stored.empty());
 
     RegistryOptions ro;
     ro.name = config_.registry_name;
     ro.capacity = config_.registry_capacity;
-    ro.mode = config_.registry_mode;
-    if (!config_.registry_group.empty()) {
-      GPB_ASSIGN_OR_RETURN(ro.group, LookupGroup(config_.registry_group));
-    }
     ro.boot_generation = RandomGeneration();
     GPB_ASSIGN_OR_RETURN(registry_, Registry::Create(ro));
+    if (warm_) {
+      manager_.RemoveFd(std::string(kRegistryFdName));
+      if (auto fd = registry_->Share(); fd.ok()) manager_.StoreFd(std::string(kRegistryFdName), fd->get());
+    }
 
     HandlerOptions ho;
     ho.limits = config_.limits;
@@ -90,13 +92,12 @@ class Broker final : public AllocationObserver {
     GPB_ASSIGN_OR_RETURN(std::unique_ptr<Server> server,
                          Server::Create(io, config_, *handler_, *registry_, std::move(hooks)));
     server->Start();
-    spdlog::info("gpubrokerd ready: socket {}, registry /dev/shm/{} ({} slots), {} pools{}",
+    spdlog::info("gpubrokerd ready: socket {}, registry '{}' ({} slots), {} pools{}",
                  config_.socket_path, config_.registry_name, config_.registry_capacity,
                  config_.pools.size(), warm_ ? ", warm restart on" : "");
     manager_.Ready();
     Tick();
     io.run();
-    if (warm_) registry_->KeepOnExit();  // the next broker takes the slots over
     spdlog::info("gpubrokerd stopped; {} allocations {}", handler_->leases().allocations().size(),
                  warm_ ? "stay in the service manager's fd store" : "freed");
     server.reset();
@@ -116,10 +117,15 @@ class Broker final : public AllocationObserver {
   }
 
  private:
-  // Allocation fds a previous broker left in the fd store, by allocation id.
-  std::map<uint64_t, UniqueFd> StoredAllocations() {
+  // Allocation fds a previous broker left in the fd store, by allocation id,
+  // and its registry.
+  std::map<uint64_t, UniqueFd> StoredAllocations(UniqueFd& registry) {
     std::map<uint64_t, UniqueFd> out;
     for (auto& [name, fd] : manager_.TakePassedFds()) {
+      if (name == kRegistryFdName) {
+        registry = std::move(fd);
+        continue;
+      }
       uint64_t id = 0;
       if (name.rfind(kFdPrefix, 0) == 0) {
         std::string_view digits = std::string_view(name).substr(kFdPrefix.size());
@@ -134,41 +140,54 @@ class Broker final : public AllocationObserver {
     return out;
   }
 
-  // The slots of the broker that ran before, from the segment it left.
-  std::vector<SlotDescriptor> PreviousSlots(bool have_fds) {
+  // The slots of the broker that ran before, from the registry it left in
+  // the fd store; every descriptor is validated as it is read.
+  std::vector<SlotDescriptor> PreviousSlots(UniqueFd registry, bool have_fds) {
     if (!have_fds) return {};
-    auto old = RegistryReader::Open(config_.registry_name);
-    if (!old.ok()) {
-      spdlog::warn("warm restart: stored allocations but no previous registry ({})", old.status().message());
+    if (!registry.valid()) {
+      spdlog::warn("warm restart: stored allocations but no previous registry in the fd store");
       return {};
     }
-    if (old->BrokerAlive()) return {};  // Registry::Create will refuse it
+    auto old = RegistryReader::FromFd(std::move(registry));
+    if (!old.ok()) {
+      spdlog::warn("warm restart: cannot read the previous registry ({})", old.status().message());
+      return {};
+    }
     return old->ListLive();
   }
 
+  // All or nothing as far as can be checked: the new configuration, its
+  // limits and every pool are validated before any of it is applied. Only a
+  // pool whose memory cannot be had when it is created can still fail after
+  // that, and the log says so.
   Status Reload() {
     manager_.Reloading();
-    auto fresh = LoadConfig(source_);
-    Status s = fresh.status();
-    if (s.ok()) s = SetupLogging(fresh->log_level, fresh->log_format);
-    if (!s.ok()) {
-      spdlog::error("reload rejected, the running configuration stays: {}", s.message());
-      manager_.Ready();
-      return s;
-    }
-    if (fresh->socket_path != config_.socket_path || fresh->registry_name != config_.registry_name ||
-        fresh->registry_capacity != config_.registry_capacity || fresh->socket_mode != config_.socket_mode) {
+    Status s = ApplyReload();
+    if (!s.ok()) spdlog::error("reload rejected, the running configuration stays: {}", s.message());
+    manager_.Ready();
+    return s;
+  }
+
+  Status ApplyReload() {
+    GPB_ASSIGN_OR_RETURN(Config fresh, LoadConfig(source_));
+    Limits limits = ResolveLimits(fresh.limits);
+    GPB_RETURN_IF_ERROR(handler_->CheckPools(fresh.pools, limits));
+    GPB_RETURN_IF_ERROR(SetupLogging(fresh.log_level, fresh.log_format));
+    if (fresh.socket_path != config_.socket_path || fresh.registry_name != config_.registry_name ||
+        fresh.registry_capacity != config_.registry_capacity || fresh.socket_mode != config_.socket_mode) {
       spdlog::warn("reload: socket and registry settings take effect at the next start");
     }
-    handler_->SetLimits(fresh->limits);
-    Status pools = handler_->SyncPools(fresh->pools);
-    config_.limits = fresh->limits;
-    config_.pools = fresh->pools;
-    config_.log_level = fresh->log_level;
-    config_.log_format = fresh->log_format;
+    handler_->SetLimits(limits);
+    config_.limits = fresh.limits;
+    config_.log_level = fresh.log_level;
+    config_.log_format = fresh.log_format;
+    Status pools = handler_->SyncPools(fresh.pools);
+    config_.pools = fresh.pools;
+    if (!pools.ok()) {
+      return pools.Annotate("configuration applied except a pool that could not be created");
+    }
     spdlog::info("configuration reloaded");
-    manager_.Ready();
-    return pools;
+    return Status::Ok();
   }
 
   void Tick() {

@@ -48,13 +48,9 @@ class Reader {
   template <typename T>
   Result<T> Unsigned(const YAML::Node& n, const std::string& key, T max) const {
     if (!n.IsScalar()) return At(n.Mark(), key + " must be a non-negative integer");
-    const std::string& s = n.Scalar();
-    uint64_t v = 0;
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc() || p != s.data() + s.size() || v > static_cast<uint64_t>(max)) {
-      return At(n.Mark(), key + " must be an integer 0.." + std::to_string(max) + ", not '" + s + "'");
-    }
-    return static_cast<T>(v);
+    auto v = ParseUnsigned(n.Scalar(), static_cast<uint64_t>(max), key);
+    if (!v.ok()) return At(n.Mark(), v.status().message());
+    return static_cast<T>(*v);
   }
 
   Result<uint64_t> Bytes(const YAML::Node& n, const std::string& key) const {
@@ -83,7 +79,14 @@ class Reader {
   }
 
   Status Registry(const YAML::Node& n, Config& c) const {
-    GPB_RETURN_IF_ERROR(CheckKeys(n, "registry", {"name", "capacity", "mode", "group"}));
+    for (const char* gone : {"mode", "group"}) {
+      if (n.IsMap() && n[gone]) {
+        return At(n[gone].Mark(), std::string("registry.") + gone +
+                                      " is gone: clients receive the registry over the socket, so "
+                                      "socket.mode and socket.group decide who may read it");
+      }
+    }
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "registry", {"name", "capacity"}));
     if (n["name"]) {
       GPB_ASSIGN_OR_RETURN(c.registry_name, String(n["name"], "registry.name"));
       if (c.registry_name.empty() || c.registry_name.size() > 63 ||
@@ -96,31 +99,41 @@ class Reader {
                            Unsigned<uint32_t>(n["capacity"], "registry.capacity", 1u << 20));
       if (c.registry_capacity == 0) return At(n["capacity"].Mark(), "registry.capacity must be at least 1");
     }
-    if (n["mode"]) { GPB_ASSIGN_OR_RETURN(c.registry_mode, Mode(n["mode"], "registry.mode")); }
-    if (n["group"]) { GPB_ASSIGN_OR_RETURN(c.registry_group, String(n["group"], "registry.group")); }
     return Status::Ok();
   }
 
   Status LimitsNode(const YAML::Node& n, Limits& l) const {
-    GPB_RETURN_IF_ERROR(
-        CheckKeys(n, "limits",
-                  {"max_slots", "max_bytes_per_client", "max_bytes_per_device", "max_connections"}));
-    if (n["max_slots"]) {
-      GPB_ASSIGN_OR_RETURN(l.max_slots, Unsigned<uint32_t>(n["max_slots"], "limits.max_slots", 1u << 20));
+    if (n.IsMap() && n["max_bytes_per_client"]) {
+      return At(n["max_bytes_per_client"].Mark(),
+                "limits.max_bytes_per_client is gone: use limits.max_bytes_per_uid, which follows the "
+                "owner across connections");
     }
-    if (n["max_bytes_per_client"]) {
-      GPB_ASSIGN_OR_RETURN(l.max_bytes_per_client,
-                           Bytes(n["max_bytes_per_client"], "limits.max_bytes_per_client"));
-    }
-    if (n["max_bytes_per_device"]) {
-      GPB_ASSIGN_OR_RETURN(l.max_bytes_per_device,
-                           Bytes(n["max_bytes_per_device"], "limits.max_bytes_per_device"));
-    }
-    if (n["max_connections"]) {
-      GPB_ASSIGN_OR_RETURN(l.max_connections,
-                           Unsigned<uint32_t>(n["max_connections"], "limits.max_connections", 65536));
-      if (l.max_connections == 0) return At(n["max_connections"].Mark(), "limits.max_connections must be at least 1");
-    }
+    GPB_RETURN_IF_ERROR(CheckKeys(
+        n, "limits",
+        {"max_slots", "max_host_bytes", "max_bytes_per_device", "max_bytes_per_uid", "max_slots_per_uid",
+         "max_connections", "max_connections_per_uid", "reserved_admin_connections", "hello_timeout_ms",
+         "max_fds_in_flight"}));
+    auto count = [&](const char* key, uint32_t& field, uint32_t max) -> Status {
+      if (n[key]) {
+        GPB_ASSIGN_OR_RETURN(field, Unsigned<uint32_t>(n[key], std::string("limits.") + key, max));
+      }
+      return Status::Ok();
+    };
+    auto bytes = [&](const char* key, uint64_t& field) -> Status {
+      if (n[key]) { GPB_ASSIGN_OR_RETURN(field, Bytes(n[key], std::string("limits.") + key)); }
+      return Status::Ok();
+    };
+    GPB_RETURN_IF_ERROR(count("max_slots", l.max_slots, 1u << 20));
+    GPB_RETURN_IF_ERROR(bytes("max_host_bytes", l.max_host_bytes));
+    GPB_RETURN_IF_ERROR(bytes("max_bytes_per_device", l.max_bytes_per_device));
+    GPB_RETURN_IF_ERROR(bytes("max_bytes_per_uid", l.max_bytes_per_uid));
+    GPB_RETURN_IF_ERROR(count("max_slots_per_uid", l.max_slots_per_uid, 1u << 20));
+    GPB_RETURN_IF_ERROR(count("max_connections", l.max_connections, 65536));
+    GPB_RETURN_IF_ERROR(count("max_connections_per_uid", l.max_connections_per_uid, 65536));
+    GPB_RETURN_IF_ERROR(count("reserved_admin_connections", l.reserved_admin_connections, 65536));
+    GPB_RETURN_IF_ERROR(count("hello_timeout_ms", l.hello_timeout_ms, 3600000));
+    GPB_RETURN_IF_ERROR(count("max_fds_in_flight", l.max_fds_in_flight, 65536));
+    if (Status s = ValidateLimits(l); !s.ok()) return At(n.Mark(), s.message());
     return Status::Ok();
   }
 
@@ -139,13 +152,16 @@ class Reader {
     }
     if (n["device"]) {
       GPB_ASSIGN_OR_RETURN(std::string d, String(n["device"], "pool device"));
-      if (d.rfind("GPU-", 0) == 0) {
-        auto uuid = ParseUuid(d);
-        if (!uuid.ok()) return At(n["device"].Mark(), uuid.status().message());
-        p.device_uuid = *uuid;
-      } else {
-        GPB_ASSIGN_OR_RETURN(p.device_ordinal, Unsigned<int32_t>(n["device"], "pool device", 1 << 16));
+      auto spec = ParseDevice(d);
+      if (!spec.ok()) return At(n["device"].Mark(), "pool device: " + spec.status().message());
+      if (spec->cpu) {
+        if (p.backend && *p.backend != BackendKind::kHost) {
+          return At(n["device"].Mark(), "pool device cpu needs backend host");
+        }
+        p.backend = BackendKind::kHost;
       }
+      p.device_ordinal = spec->ordinal;
+      p.device_uuid = spec->uuid;
     }
     std::string dtype = "uint8";
     if (n["dtype"]) { GPB_ASSIGN_OR_RETURN(dtype, String(n["dtype"], "pool dtype")); }
@@ -263,41 +279,41 @@ Result<Config> LoadConfigFile(const std::string& path) {
   return ParseConfig(text.str(), path);
 }
 
+Status ValidateLimits(const Limits& l) {
+  if (l.max_connections == 0) return ConfigError("limits.max_connections must be at least 1");
+  if (l.reserved_admin_connections >= l.max_connections) {
+    return ConfigError("limits.reserved_admin_connections (" + std::to_string(l.reserved_admin_connections) +
+                       ") must be below limits.max_connections (" + std::to_string(l.max_connections) + ")");
+  }
+  if (l.hello_timeout_ms == 0) return ConfigError("limits.hello_timeout_ms must be at least 1");
+  if (l.max_fds_in_flight == 0) return ConfigError("limits.max_fds_in_flight must be at least 1");
+  return Status::Ok();
+}
+
 Status ValidateConfig(const Config& c) {
+  if (c.socket_path.empty() || c.socket_path.front() != '/') {
+    return ConfigError("socket.path must be an absolute path, not '" + Printable(c.socket_path) + "'");
+  }
+  if (c.socket_path.size() > 107) {
+    return ConfigError("socket.path is " + std::to_string(c.socket_path.size()) +
+                       " bytes long; a Unix socket path holds at most 107");
+  }
+  if (c.registry_name.empty() || c.registry_name.size() > 63 ||
+      c.registry_name.find('/') != std::string::npos) {
+    return ConfigError("registry.name must be 1..63 characters without '/', not '" +
+                       Printable(c.registry_name) + "'");
+  }
+  if (c.registry_capacity == 0 || c.registry_capacity > (1u << 20)) {
+    return ConfigError("registry.capacity must be 1..1048576");
+  }
+  if (c.socket_mode > 0777) return ConfigError("socket.mode must be at most 0777");
+  GPB_RETURN_IF_ERROR(ValidateLimits(c.limits));
   if (c.limits.max_slots > c.registry_capacity) {
     return ConfigError("limits.max_slots (" + std::to_string(c.limits.max_slots) +
                        ") exceeds registry.capacity (" + std::to_string(c.registry_capacity) + ")");
   }
   if (c.pools.size() > c.registry_capacity) return ConfigError("more pools than registry.capacity");
   return Status::Ok();
-}
-
-Result<uint32_t> ParseMode(std::string_view text) {
-  uint32_t v = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v, 8);
-  if (text.empty() || ec != std::errc() || p != text.data() + text.size() || v > 0777) {
-    return ConfigError("'" + std::string(text) + "' is not an octal mode 0000..0777");
-  }
-  return v;
-}
-
-Result<uint64_t> ParseBytes(std::string_view text) {
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || p == text.data()) {
-    return ConfigError("'" + std::string(text) + "' is not a size (e.g. 4096, 64MiB, 2GiB)");
-  }
-  std::string_view unit(p, text.data() + text.size() - p);
-  uint64_t scale = 1;
-  if (unit == "" || unit == "B") scale = 1;
-  else if (unit == "KiB") scale = 1ull << 10;
-  else if (unit == "MiB") scale = 1ull << 20;
-  else if (unit == "GiB") scale = 1ull << 30;
-  else if (unit == "TiB") scale = 1ull << 40;
-  else return ConfigError("unknown size unit '" + std::string(unit) + "' (use B, KiB, MiB, GiB or TiB)");
-  uint64_t bytes = 0;
-  if (__builtin_mul_overflow(v, scale, &bytes)) return ConfigError("size '" + std::string(text) + "' overflows");
-  return bytes;
 }
 
 Result<gid_t> LookupGroup(const std::string& name) {

@@ -11,6 +11,7 @@
 
 #include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
+#include "parse.h"
 
 namespace gpubroker {
 
@@ -27,11 +28,20 @@ struct PoolConfig {
   std::string group;  // owner group of the slot; empty: the broker's
 };
 
+// Every cap is checked before memory is committed or a connection is kept.
+// docs/SECURITY.md says which threat each one answers.
 struct Limits {
+  friend bool operator==(const Limits&, const Limits&) = default;
   uint32_t max_slots = 0;              // 0: the registry capacity
-  uint64_t max_bytes_per_client = 0;   // 0: unlimited
+  uint64_t max_host_bytes = 0;         // 0: half of the machine's or the cgroup's memory
   uint64_t max_bytes_per_device = 0;   // per CUDA device; 0: unlimited
+  uint64_t max_bytes_per_uid = 0;      // bytes a uid's slots may hold; 0: unlimited
+  uint32_t max_slots_per_uid = 1024;   // 0: unlimited
   uint32_t max_connections = 1024;
+  uint32_t max_connections_per_uid = 64;   // 0: unlimited
+  uint32_t reserved_admin_connections = 8;  // of max_connections, kept for root and admins
+  uint32_t hello_timeout_ms = 5000;    // a connection that says nothing is closed
+  uint32_t max_fds_in_flight = 64;     // per connection, sent and not yet read
 };
 
 struct Config {
@@ -40,8 +50,6 @@ struct Config {
   std::string socket_group;
   std::string registry_name = "gpubroker";
   uint32_t registry_capacity = 4096;
-  uint32_t registry_mode = 0644;
-  std::string registry_group;
   std::string admin_group;
   std::string default_backend = "auto";  // auto | host | cuda_vmm | cuda_ipc
   Limits limits;
@@ -59,13 +67,11 @@ std::string_view EmbeddedDefaultConfig();
 Result<Config> ParseConfig(std::string_view yaml, const std::string& origin);
 Result<Config> LoadConfigFile(const std::string& path);
 
-// Checks cross-field rules (after flags are applied).
+// Checks every field and the rules across fields. The YAML reader runs it,
+// and LoadConfig runs it again after command-line flags are applied, so a
+// flag can never set what the file could not.
 Status ValidateConfig(const Config& config);
-
-// "0660" → 0660; an octal permission of at most 0777.
-Result<uint32_t> ParseMode(std::string_view text);
-// "4096", "64KiB", "2MiB", "1GiB", "1TiB".
-Result<uint64_t> ParseBytes(std::string_view text);
+Status ValidateLimits(const Limits& limits);
 // Group name (or numeric gid) → gid.
 Result<gid_t> LookupGroup(const std::string& name);
 

@@ -62,6 +62,10 @@ Result<std::unique_ptr<BackendMemory>> HostBackend::Allocate(const AllocationReq
     }
     return PosixError("fallocate memfd", err);
   }
+  // The inode's mode is what a reopen through /proc/<pid>/fd/N is checked
+  // against: 0600 and the broker's uid, so a client holding a read-only fd
+  // cannot reopen it for writing (memfds are born 0777).
+  if (::fchmod(fd.get(), 0600) != 0) return PosixError("fchmod memfd", errno);
   // No client may resize the buffer under the others (a shrink would SIGBUS them).
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return PosixError("seal memfd", errno);
@@ -72,10 +76,11 @@ Result<std::unique_ptr<BackendMemory>> HostBackend::Allocate(const AllocationReq
 Result<std::unique_ptr<BackendMemory>> HostBackend::Adopt(UniqueFd fd, uint64_t bytes, const Device&) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return PosixError("fstat adopted memfd", errno);
-  if (static_cast<uint64_t>(st.st_size) < bytes) {
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < bytes) {
     return InvalidArgument("adopted memfd holds " + std::to_string(st.st_size) + " bytes, the registry says " +
                            std::to_string(bytes));
   }
+  if ((st.st_mode & 0077) != 0 && ::fchmod(fd.get(), 0600) != 0) return PosixError("fchmod memfd", errno);
   return std::unique_ptr<BackendMemory>(new HostMemory(std::move(fd), static_cast<uint64_t>(st.st_size)));
 }
 

@@ -2,6 +2,20 @@
 
 namespace gpubroker {
 
+bool ModeAllows(const PeerCredentials& peer, const Permissions& perms, PermissionBit bit) {
+  if (peer.uid == perms.uid) return (perms.mode >> 6) & bit;
+  bool in_group = peer.gid == perms.gid ||
+                  std::find(peer.groups.begin(), peer.groups.end(), perms.gid) != peer.groups.end();
+  if (in_group) return (perms.mode >> 3) & bit;
+  return perms.mode & bit;
+}
+
+const UidUsage& LeaseTable::Usage(uid_t uid) const {
+  static const UidUsage kNone;
+  auto it = usage_.find(uid);
+  return it == usage_.end() ? kNone : it->second;
+}
+
 ClientEntry& LeaseTable::AddClient(uint64_t id, PeerCredentials peer, uint64_t now_ns) {
   ClientEntry& c = clients_[id];
   c.id = id;
@@ -34,6 +48,7 @@ Allocation& LeaseTable::AddAllocation(Allocation a) {
   uint64_t id = a.id;
   total_leases_ += a.leases;
   bytes_[a.memory->device().type] += a.memory->size();
+  usage_[a.perms.uid].bytes += a.memory->size();
   return allocations_.emplace(id, std::move(a)).first->second;
 }
 
@@ -69,6 +84,7 @@ bool LeaseTable::FreeIfUnused(uint64_t allocation_id) {
     creator->bytes_created -= it->second.bytes;
   }
   bytes_[it->second.memory->device().type] -= it->second.memory->size();
+  usage_[it->second.perms.uid].bytes -= it->second.memory->size();
   allocations_.erase(it);  // releases the backend memory
   return true;
 }

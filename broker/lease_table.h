@@ -27,6 +27,29 @@ struct PeerCredentials {
   std::vector<gid_t> groups;  // supplementary groups
 };
 
+// Read and write, as in a file's mode bits (the owner / group / other triplet
+// is picked by ModeAllows()).
+enum PermissionBit : uint32_t { kMayWrite = 2, kMayRead = 4 };
+
+// An owner and mode bits, read as a file's are: a slot has them, and so does
+// the allocation it views (those of the slot that created it).
+struct Permissions {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  uint32_t mode = 0;
+};
+
+// Whether `peer` has `bit` under `perms`, by the owner / group / other rule.
+// Says nothing of admin rights: the caller decides those.
+bool ModeAllows(const PeerCredentials& peer, const Permissions& perms, PermissionBit bit);
+
+// What one uid's slots hold, whichever connection made them.
+struct UidUsage {
+  uint64_t bytes = 0;
+  uint32_t slots = 0;
+  uint32_t connections = 0;
+};
+
 struct Lease {
   uint32_t count = 0;
   std::string slot;  // the name it was first attached through
@@ -48,6 +71,7 @@ struct Allocation {
   std::unique_ptr<BackendMemory> memory;
   uint64_t bytes = 0;      // as requested; memory->size() may be larger
   uint64_t creator = 0;    // client id; 0 for the broker's own pools
+  Permissions perms;       // the creating slot's; views can only narrow them
   std::set<uint32_t> slots;  // registry entries viewing it
   uint32_t leases = 0;       // sum of lease counts over clients
 };
@@ -78,12 +102,19 @@ class LeaseTable {
   uint64_t total_leases() const { return total_leases_; }
   uint64_t BytesOn(Device::Type type) const;
 
+  // Per-uid accounting: bytes follow an allocation's owner until it is freed;
+  // slots and connections are counted by their callers.
+  const UidUsage& Usage(uid_t uid) const;
+  void CountSlot(uid_t uid, int delta) { usage_[uid].slots += delta; }
+  void CountConnection(uid_t uid, int delta) { usage_[uid].connections += delta; }
+
  private:
   std::map<uint64_t, ClientEntry> clients_;
   std::map<uint64_t, Allocation> allocations_;
   uint64_t last_allocation_id_ = 0;
   uint64_t total_leases_ = 0;
   std::map<Device::Type, uint64_t> bytes_;  // memory->size() of live allocations, by device type
+  std::map<uid_t, UidUsage> usage_;
 };
 
 }  // namespace gpubroker

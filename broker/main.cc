@@ -16,8 +16,9 @@ namespace {
 struct Flags {
   std::string config_file;
   std::optional<std::string> socket, socket_mode, registry, admin_group, log_level, log_format,
-      default_backend, max_bytes_per_client, max_bytes_per_device;
-  std::optional<uint32_t> capacity, max_slots, max_connections;
+      default_backend, max_host_bytes, max_bytes_per_uid, max_bytes_per_device, capacity, max_slots,
+      max_slots_per_uid, max_connections, max_connections_per_uid, reserved_admin_connections, hello_timeout_ms,
+      max_fds_in_flight;
   bool print_default = false;
 };
 
@@ -26,19 +27,37 @@ gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
   if (f.socket) c.socket_path = *f.socket;
   if (f.socket_mode) { GPB_ASSIGN_OR_RETURN(c.socket_mode, ParseMode(*f.socket_mode)); }
   if (f.registry) c.registry_name = *f.registry;
-  if (f.capacity) c.registry_capacity = *f.capacity;
+  auto count = [](const std::optional<std::string>& flag, const char* name, uint32_t& field) -> Status {
+    if (!flag) return Status::Ok();
+    auto v = ParseUnsigned(*flag, 1u << 30, std::string("--") + name);
+    if (!v.ok()) return v.status();
+    field = static_cast<uint32_t>(*v);
+    return Status::Ok();
+  };
+  auto bytes = [](const std::optional<std::string>& flag, const char* name, uint64_t& field) -> Status {
+    if (!flag) return Status::Ok();
+    auto v = ParseBytes(*flag);
+    if (!v.ok()) return v.status().Annotate(std::string("--") + name);
+    field = *v;
+    return Status::Ok();
+  };
+  GPB_RETURN_IF_ERROR(count(f.capacity, "capacity", c.registry_capacity));
   if (f.admin_group) c.admin_group = *f.admin_group;
   if (f.log_level) c.log_level = *f.log_level;
   if (f.log_format) c.log_format = *f.log_format;
   if (f.default_backend) c.default_backend = *f.default_backend;
-  if (f.max_slots) c.limits.max_slots = *f.max_slots;
-  if (f.max_connections) c.limits.max_connections = *f.max_connections;
-  if (f.max_bytes_per_client) {
-    GPB_ASSIGN_OR_RETURN(c.limits.max_bytes_per_client, ParseBytes(*f.max_bytes_per_client));
-  }
-  if (f.max_bytes_per_device) {
-    GPB_ASSIGN_OR_RETURN(c.limits.max_bytes_per_device, ParseBytes(*f.max_bytes_per_device));
-  }
+  GPB_RETURN_IF_ERROR(count(f.max_slots, "max-slots", c.limits.max_slots));
+  GPB_RETURN_IF_ERROR(count(f.max_slots_per_uid, "max-slots-per-uid", c.limits.max_slots_per_uid));
+  GPB_RETURN_IF_ERROR(count(f.max_connections, "max-connections", c.limits.max_connections));
+  GPB_RETURN_IF_ERROR(
+      count(f.max_connections_per_uid, "max-connections-per-uid", c.limits.max_connections_per_uid));
+  GPB_RETURN_IF_ERROR(count(f.reserved_admin_connections, "reserved-admin-connections",
+                            c.limits.reserved_admin_connections));
+  GPB_RETURN_IF_ERROR(count(f.hello_timeout_ms, "hello-timeout-ms", c.limits.hello_timeout_ms));
+  GPB_RETURN_IF_ERROR(count(f.max_fds_in_flight, "max-fds-in-flight", c.limits.max_fds_in_flight));
+  GPB_RETURN_IF_ERROR(bytes(f.max_host_bytes, "max-host-bytes", c.limits.max_host_bytes));
+  GPB_RETURN_IF_ERROR(bytes(f.max_bytes_per_uid, "max-bytes-per-uid", c.limits.max_bytes_per_uid));
+  GPB_RETURN_IF_ERROR(bytes(f.max_bytes_per_device, "max-bytes-per-device", c.limits.max_bytes_per_device));
   return ValidateConfig(c).Annotate("command line");
 }
 
@@ -65,14 +84,21 @@ int main(int argc, char** argv) {
   app.add_option("-c,--config", f.config_file, "YAML config file (default: the embedded one)");
   app.add_option("--socket", f.socket, "control socket path");
   app.add_option("--socket-mode", f.socket_mode, "control socket mode, octal");
-  app.add_option("--registry", f.registry, "registry segment name (/dev/shm/NAME)");
+  app.add_option("--registry", f.registry, "registry name (labels its memfd)");
   app.add_option("--capacity", f.capacity, "registry capacity in slots");
   app.add_option("--admin-group", f.admin_group, "group whose members administer the broker");
   app.add_option("--default-backend", f.default_backend, "auto, host, cuda_vmm or cuda_ipc");
   app.add_option("--max-slots", f.max_slots, "limit on live slots");
-  app.add_option("--max-bytes-per-client", f.max_bytes_per_client, "e.g. 64GiB; 0 = unlimited");
+  app.add_option("--max-slots-per-uid", f.max_slots_per_uid, "slots one uid may own; 0 = unlimited");
+  app.add_option("--max-host-bytes", f.max_host_bytes, "host memory cap, e.g. 64GiB; 0 = half of RAM or cgroup");
+  app.add_option("--max-bytes-per-uid", f.max_bytes_per_uid, "bytes one uid's slots may hold; 0 = unlimited");
   app.add_option("--max-bytes-per-device", f.max_bytes_per_device, "per CUDA device, e.g. 40GiB");
   app.add_option("--max-connections", f.max_connections, "limit on client connections");
+  app.add_option("--max-connections-per-uid", f.max_connections_per_uid, "connections one uid may hold");
+  app.add_option("--reserved-admin-connections", f.reserved_admin_connections,
+                 "connections kept for root, the broker's user and the admin group");
+  app.add_option("--hello-timeout-ms", f.hello_timeout_ms, "close connections silent this long");
+  app.add_option("--max-fds-in-flight", f.max_fds_in_flight, "per connection: descriptors sent and not read");
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
   app.add_option("--log-format", f.log_format, "text or json");
   app.add_flag("--print-default-config", f.print_default, "print the embedded config and exit");

@@ -3,60 +3,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
+#include <fcntl.h>
+#include <sys/mman.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include "posix.h"
 #include "registry_reader.h"
 #include "wire.h"
 
-namespace bip = boost::interprocess;
-
 namespace gpubroker {
-
-struct Registry::Segment {
-  bip::mapped_region region;
-};
-
-namespace {
-
-// Decides whether an existing segment may be replaced.
-Status CheckExisting(const std::string& name) {
-  try {
-    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_only);
-    bip::offset_t size = 0;
-    if (!shm.get_size(size) || size < static_cast<bip::offset_t>(sizeof(RegistryHeader))) {
-      return Status::Ok();  // a torn segment from a broker that died while creating it
-    }
-    bip::mapped_region region(shm, bip::read_only, 0, sizeof(RegistryHeader));
-    auto* h = static_cast<const RegistryHeader*>(region.get_address());
-    if (h->magic.load(std::memory_order_acquire) != kRegistryMagic) return Status::Ok();
-    if (h->layout_version != kRegistryLayoutVersion) {
-      return Unsupported("registry segment /dev/shm/" + name + " has layout version " +
-                         std::to_string(h->layout_version) + " but this broker writes version " +
-                         std::to_string(kRegistryLayoutVersion) +
-                         "; stop the broker that uses it, or remove the file if none does, "
-                         "or choose another registry name");
-    }
-    if (ProcessIsAlive(h->broker_pid, h->broker_start_ticks) && h->broker_pid != ::getpid()) {
-      return AlreadyExists("registry segment /dev/shm/" + name + " belongs to a running broker (pid " +
-                           std::to_string(h->broker_pid) + ")");
-    }
-  } catch (const bip::interprocess_exception& e) {
-    if (e.get_error_code() == bip::not_found_error) return Status::Ok();
-    return Status(Code::kIo, "cannot inspect registry segment " + name + ": " + e.what());
-  }
-  return Status::Ok();
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions& options) {
   if (options.capacity == 0 || options.capacity > kMaxRegistryCapacity) {
     return InvalidArgument("registry capacity must be 1.." + std::to_string(kMaxRegistryCapacity));
   }
-  GPB_RETURN_IF_ERROR(CheckExisting(options.name));
   std::unique_ptr<Registry> r(new Registry());
   GPB_RETURN_IF_ERROR(r->Map(options));
   return r;
@@ -65,25 +27,29 @@ Result<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions& option
 Status Registry::Map(const RegistryOptions& options) {
   geometry_ = ComputeGeometry(options.capacity);
   name_ = options.name;
-  segment_ = std::make_unique<Segment>();
-  try {
-    bip::shared_memory_object::remove(name_.c_str());  // stale: checked above
-    bip::permissions perms(static_cast<int>(options.mode));
-    bip::shared_memory_object shm(bip::create_only, name_.c_str(), bip::read_write, perms);
-    int fd = shm.get_mapping_handle().handle;
-    // The umask must not narrow what the config asked for.
-    if (::fchmod(fd, options.mode) != 0) return PosixError("fchmod registry segment", errno);
-    if (options.group && ::fchown(fd, static_cast<uid_t>(-1), *options.group) != 0) {
-      return PosixError("fchown registry segment", errno);
-    }
-    shm.truncate(static_cast<bip::offset_t>(geometry_.total_bytes));
-    segment_->region = bip::mapped_region(shm, bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    return Status(Code::kIo, "cannot create registry segment /dev/shm/" + name_ + ": " + e.what());
+  std::string label = "gpubroker-registry:" + name_;
+  UniqueFd fd(::memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) return PosixError("memfd_create for the registry", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(geometry_.total_bytes)) != 0) {
+    return PosixError("size the registry to " + std::to_string(geometry_.total_bytes) + " bytes", errno);
   }
-  void* base = segment_->region.get_address();
-  std::memset(base, 0, geometry_.total_bytes);
-  header_ = static_cast<RegistryHeader*>(base);
+  base_ = ::mmap(nullptr, geometry_.total_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (base_ == MAP_FAILED) {
+    base_ = nullptr;
+    return PosixError("map the registry", errno);
+  }
+  // This mapping stays the only writable one: the seal refuses every later
+  // writable mapping and write(), whoever holds a descriptor; the mode makes a
+  // reopen through /proc read-only for anyone but the broker's user.
+  if (::fchmod(fd.get(), 0444) != 0) return PosixError("fchmod the registry", errno);
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) != 0) {
+    return PosixError("seal the registry (needs Linux 5.1 or later)", errno);
+  }
+  std::string path = "/proc/self/fd/" + std::to_string(fd.get());
+  read_only_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!read_only_.valid()) return PosixError("reopen the registry read-only", errno);
+
+  header_ = static_cast<RegistryHeader*>(base_);
   header_->layout_version = kRegistryLayoutVersion;
   header_->header_bytes = sizeof(RegistryHeader);
   header_->slot_bytes = sizeof(SlotRecord);
@@ -96,26 +62,35 @@ Status Registry::Map(const RegistryOptions& options) {
   header_->magic.store(kRegistryMagic, std::memory_order_release);
 
   slots_.assign(geometry_.capacity, SlotDescriptor{});
+  buckets_.assign(geometry_.index_buckets, kBucketEmpty);
   free_.reserve(geometry_.capacity);
   for (uint32_t i = geometry_.capacity; i-- > 0;) free_.push_back(i);
   return Status::Ok();
 }
 
 Registry::~Registry() {
-  if (header_ != nullptr) {
-    header_->state.store(wire::kStateStopping, std::memory_order_release);
-    if (!keep_) bip::shared_memory_object::remove(name_.c_str());
-  }
+  if (header_ != nullptr) header_->state.store(wire::kStateStopping, std::memory_order_release);
+  if (base_ != nullptr) ::munmap(base_, geometry_.total_bytes);
+}
+
+Result<UniqueFd> Registry::Share() const {
+  UniqueFd copy(::fcntl(read_only_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!copy.valid()) return PosixError("dup the registry descriptor", errno);
+  return copy;
 }
 
 SlotRecord& Registry::record(uint32_t index) {
-  auto* base = static_cast<std::byte*>(segment_->region.get_address());
-  return reinterpret_cast<SlotRecord*>(base + geometry_.slots_offset)[index];
+  return reinterpret_cast<SlotRecord*>(static_cast<std::byte*>(base_) + geometry_.slots_offset)[index];
 }
 
 std::atomic<uint32_t>* Registry::buckets() {
-  auto* base = static_cast<std::byte*>(segment_->region.get_address());
-  return reinterpret_cast<std::atomic<uint32_t>*>(base + geometry_.index_offset);
+  return reinterpret_cast<std::atomic<uint32_t>*>(static_cast<std::byte*>(base_) + geometry_.index_offset);
+}
+
+// Writes one index bucket to the private copy and to the segment.
+void Registry::SetBucket(uint32_t pos, uint32_t value) {
+  buckets_[pos] = value;
+  buckets()[pos].store(value, std::memory_order_release);
 }
 
 void Registry::Publish(uint32_t index) {
@@ -185,10 +160,10 @@ void Registry::IndexInsert(std::string_view name, uint32_t index) {
   const uint32_t mask = geometry_.index_buckets - 1;
   uint32_t pos = static_cast<uint32_t>(NameHash(name)) & mask;
   while (true) {
-    uint32_t b = buckets()[pos].load(std::memory_order_relaxed);
+    uint32_t b = buckets_[pos];
     if (b == kBucketEmpty || b == kBucketTombstone) {
       if (b == kBucketTombstone) --tombstones_;
-      buckets()[pos].store(index + 1, std::memory_order_release);
+      SetBucket(pos, index + 1);
       return;
     }
     pos = (pos + 1) & mask;  // terminates: buckets >= 2 * capacity
@@ -199,10 +174,10 @@ void Registry::IndexErase(std::string_view name, uint32_t index) {
   const uint32_t mask = geometry_.index_buckets - 1;
   uint32_t pos = static_cast<uint32_t>(NameHash(name)) & mask;
   for (uint32_t probe = 0; probe <= mask; ++probe, pos = (pos + 1) & mask) {
-    uint32_t b = buckets()[pos].load(std::memory_order_relaxed);
+    uint32_t b = buckets_[pos];
     if (b == kBucketEmpty) return;
     if (b == index + 1) {
-      buckets()[pos].store(kBucketTombstone, std::memory_order_release);
+      SetBucket(pos, kBucketTombstone);
       ++tombstones_;
       return;
     }
@@ -214,6 +189,7 @@ void Registry::RebuildIndex() {
   seq.fetch_add(1, std::memory_order_relaxed);  // odd: readers retry
   std::atomic_thread_fence(std::memory_order_release);
   for (uint32_t i = 0; i < geometry_.index_buckets; ++i) {
+    buckets_[i] = kBucketEmpty;
     buckets()[i].store(kBucketEmpty, std::memory_order_relaxed);
   }
   tombstones_ = 0;

@@ -1,9 +1,13 @@
-// The broker's side of the shared registry segment: the only writer.
+// The broker's side of the shared registry: the only writer.
 //
-// Keeps a private copy of every descriptor and a name map, and mirrors each
-// change into the segment through the slot's seqlock, so readers in other
-// processes see whole descriptors only. Not thread-safe: the broker's event
-// loop is its one user.
+// The segment is a memfd, sealed so that no new writable mapping of it can be
+// made (F_SEAL_FUTURE_WRITE) and handed to each client over the socket at
+// hello: there is no name in /dev/shm to squat, and a client in a container
+// without the host's /dev/shm reads it all the same. The broker keeps a
+// private copy of every descriptor and of the name index and only ever writes
+// the segment, never reads it back: shared memory is output. Each change goes
+// through the slot's seqlock, so readers see whole descriptors only. Not
+// thread-safe: the broker's event loop is its one user.
 #pragma once
 
 #include <sys/types.h>
@@ -18,30 +22,26 @@
 #include <vector>
 
 #include "gpubroker/status.hpp"
+#include "posix.h"
 #include "registry_layout.h"
 
 namespace gpubroker {
 
 struct RegistryOptions {
-  std::string name;  // segment name, /dev/shm/<name>
+  std::string name;  // labels the memfd (/proc/<pid>/fd shows memfd:gpubroker-registry:<name>)
   uint32_t capacity = 4096;
-  uint32_t mode = 0644;
-  std::optional<gid_t> group;
   uint64_t boot_generation = 0;
 };
 
 class Registry {
  public:
-  // Creates the segment. An existing segment of a broker that is gone is
-  // replaced; one whose broker is alive, or of another layout version, is
-  // refused with a message that says what to do.
+  // Creates and seals the segment.
   static Result<std::unique_ptr<Registry>> Create(const RegistryOptions& options);
 
-  // Unmaps the segment and removes it, unless KeepOnExit() was called.
+  // Marks the segment stopping for readers that still map it, and unmaps it.
   ~Registry();
-  // Leaves the segment in place when the broker stops, marked stopping, for
-  // the next broker to take over (a warm restart).
-  void KeepOnExit() { keep_ = true; }
+  // A new read-only descriptor of the segment, for a client or the fd store.
+  Result<UniqueFd> Share() const;
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
@@ -69,21 +69,22 @@ class Registry {
   Status Map(const RegistryOptions& options);
   SlotRecord& record(uint32_t index);
   std::atomic<uint32_t>* buckets();
+  void SetBucket(uint32_t pos, uint32_t value);
   void IndexInsert(std::string_view name, uint32_t index);
   void IndexErase(std::string_view name, uint32_t index);
   void RebuildIndex();
   void Publish(uint32_t index);
 
-  struct Segment;
-  std::unique_ptr<Segment> segment_;
+  UniqueFd read_only_;  // the segment opened O_RDONLY: what clients get copies of
+  void* base_ = nullptr;
   std::string name_;
   RegistryHeader* header_ = nullptr;
   RegistryGeometry geometry_{};
   std::vector<SlotDescriptor> slots_;  // private copy, the source of truth
+  std::vector<uint32_t> buckets_;      // private copy of the index
   std::vector<uint32_t> free_;         // free table entries, used LIFO
   std::unordered_map<std::string, uint32_t> by_name_;
   uint32_t tombstones_ = 0;
-  bool keep_ = false;
 };
 
 }  // namespace gpubroker

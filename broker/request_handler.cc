@@ -7,6 +7,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "host_memory.h"
+#include "parse.h"
 #include "version.h"
 
 namespace gpubroker {
@@ -17,22 +19,51 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+Limits ResolveLimits(Limits limits) {
+  if (limits.max_host_bytes == 0) {
+    HostMemoryInfo m = ReadHostMemory();
+    limits.max_host_bytes = m.DefaultCap();
+    spdlog::info("host memory cap {} bytes: half of {}", limits.max_host_bytes,
+                 m.cgroup && *m.cgroup < m.physical ? "the cgroup limit in " + m.cgroup_path
+                                                    : std::string("the machine's memory"));
+  }
+  return limits;
+}
+
 RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options)
     : registry_(registry), backends_(backends), options_(std::move(options)) {
-  if (options_.limits.max_slots == 0 || options_.limits.max_slots > registry_.capacity()) {
-    options_.limits.max_slots = registry_.capacity();
-  }
+  SetLimits(options_.limits);
 }
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
-  if (table_.clients().size() >= options_.limits.max_connections) {
-    return ResourceExhausted("too many connections (limit " +
-                             std::to_string(options_.limits.max_connections) + ")");
+  const Limits& l = options_.limits;
+  const size_t open = table_.clients().size();
+  const bool admin = IsAdmin(peer);
+  if (open >= l.max_connections) {
+    return ResourceExhausted("too many connections (limits.max_connections " +
+                             std::to_string(l.max_connections) + ")");
+  }
+  if (!admin && open + l.reserved_admin_connections >= l.max_connections) {
+    return ResourceExhausted("too many connections: " + std::to_string(open) + " open, and the last " +
+                             std::to_string(l.reserved_admin_connections) + " of limits.max_connections (" +
+                             std::to_string(l.max_connections) + ") are kept for administrators");
+  }
+  const uint32_t mine = table_.Usage(peer.uid).connections;
+  if (!admin && l.max_connections_per_uid != 0 && mine >= l.max_connections_per_uid) {
+    return ResourceExhausted("uid " + std::to_string(peer.uid) + " has " + std::to_string(mine) +
+                             " connections open, its limit (limits.max_connections_per_uid " +
+                             std::to_string(l.max_connections_per_uid) + ")");
   }
   uint64_t id = ++last_client_id_;
   table_.AddClient(id, peer, NowNs());
+  table_.CountConnection(peer.uid, +1);
   spdlog::info("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
   return id;
+}
+
+bool RequestHandler::Greeted(uint64_t client_id) {
+  const ClientEntry* c = table_.FindClient(client_id);
+  return c != nullptr && c->greeted;
 }
 
 Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> message) {
@@ -106,7 +137,7 @@ Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
   }
   r.client.greeted = true;
   r.client.name = std::string(m.client_name.view());
-  spdlog::info("client {} is '{}' (pid {})", r.client.id, r.client.name, r.client.peer.pid);
+  spdlog::info("client {} is '{}' (pid {})", r.client.id, Printable(r.client.name), r.client.peer.pid);
   wire::HelloReply reply{};
   reply.protocol_version = wire::kProtocolVersion;
   reply.broker_pid = ::getpid();
@@ -114,7 +145,9 @@ Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
   reply.client_id = r.client.id;
   reply.capacity = registry_.capacity();
   reply.registry_name.set(registry_.name());
-  return Reply{wire::EncodeReply(r.id, reply)};
+  // The registry travels with the reply: clients never look it up by name.
+  GPB_ASSIGN_OR_RETURN(UniqueFd registry, registry_.Share());
+  return Reply{wire::EncodeReply(r.id, reply), std::move(registry)};
 }
 
 Result<Reply> RequestHandler::OnList(Request r, const wire::ListRequest& m) {
@@ -210,7 +243,7 @@ Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
 
 Result<Reply> RequestHandler::OnShutdown(Request r, const wire::ShutdownRequest&) {
   GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "shutting the broker down"));
-  spdlog::info("client {} ('{}') asked the broker to shut down", r.client.id, r.client.name);
+  spdlog::info("client {} ('{}') asked the broker to shut down", r.client.id, Printable(r.client.name));
   shutdown_requested_ = true;
   return Reply{wire::EncodeReply(r.id, wire::ShutdownReply{})};
 }
@@ -218,7 +251,8 @@ Result<Reply> RequestHandler::OnShutdown(Request r, const wire::ShutdownRequest&
 Result<Reply> RequestHandler::OnDrain(Request r, const wire::DrainRequest& m) {
   GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "draining the broker"));
   draining_ = m.on != 0;
-  spdlog::info("client {} ('{}') {} draining", r.client.id, r.client.name, draining_ ? "started" : "ended");
+  spdlog::info("client {} ('{}') {} draining", r.client.id, Printable(r.client.name),
+               draining_ ? "started" : "ended");
   return Reply{wire::EncodeReply(r.id, wire::DrainReply{})};
 }
 
@@ -236,7 +270,7 @@ Status RequestHandler::AcceptingNewWork() const {
 }
 
 void RequestHandler::SetLimits(const Limits& limits) {
-  options_.limits = limits;
+  options_.limits = ResolveLimits(limits);
   if (options_.limits.max_slots == 0 || options_.limits.max_slots > registry_.capacity()) {
     options_.limits.max_slots = registry_.capacity();
   }
@@ -249,15 +283,9 @@ bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {
   return peer.gid == g || std::find(peer.groups.begin(), peer.groups.end(), g) != peer.groups.end();
 }
 
-bool RequestHandler::Allows(const PeerCredentials& peer, const SlotDescriptor& slot,
-                            uint32_t bit) const {
+bool RequestHandler::May(const PeerCredentials& peer, const SlotDescriptor& slot, PermissionBit bit) const {
   if (IsAdmin(peer)) return true;
-  uint32_t mode = slot.mode;
-  if (peer.uid == slot.owner_uid) return (mode >> 6) & bit;
-  bool in_group = peer.gid == slot.owner_gid ||
-                  std::find(peer.groups.begin(), peer.groups.end(), slot.owner_gid) != peer.groups.end();
-  if (in_group) return (mode >> 3) & bit;
-  return mode & bit;
+  return ModeAllows(peer, SlotPermissions(slot), bit) && ModeAllows(peer, AllocationPermissions(slot), bit);
 }
 
 Status RequestHandler::RequireAdmin(const ClientEntry& client, std::string_view what) const {

@@ -38,6 +38,21 @@ class AllocationObserver {
   virtual void Removed(uint64_t allocation_id) = 0;
 };
 
+// A slot to create, decoded once at the edge from a create request or a
+// configured pool; the core logic takes only this.
+struct SlotSpec {
+  std::string name;
+  std::string base;          // empty: a new allocation; else a view into base's
+  uint64_t byte_offset = 0;  // views only
+  uint64_t nbytes = 0;       // new allocations: size; 0 = the shape's extent
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // empty: row-major
+  std::optional<BackendKind> backend;  // unset: the broker's default
+  DeviceSelector device;
+  uint32_t mode = 0600;
+};
+
 struct HandlerOptions {
   Limits limits;
   std::optional<gid_t> admin_group;
@@ -51,8 +66,11 @@ class RequestHandler {
  public:
   RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options);
 
-  // A new connection; kResourceExhausted past limits.max_connections.
+  // A new connection; kResourceExhausted past limits.max_connections (less
+  // the connections reserved for administrators) or the per-uid cap.
   Result<uint64_t> OnConnect(const PeerCredentials& peer);
+  // Whether the connection has said hello (the session closes silent ones).
+  bool Greeted(uint64_t client_id);
   // One received message; always returns a reply to send.
   Reply Handle(uint64_t client_id, std::span<const std::byte> message);
   // The connection closed (cleanly or not): its leases go back.
@@ -60,11 +78,15 @@ class RequestHandler {
 
   // Creates a configured pool as a broker-owned slot.
   Status CreatePool(const PoolConfig& pool);
+  // Checks what CreatePool would refuse without creating anything: names,
+  // groups, backends and devices, and that the pools fit `limits`.
+  Status CheckPools(const std::vector<PoolConfig>& pools, const Limits& limits) const;
   // Makes the broker's pools those of `pools`: creates new ones, destroys
   // removed ones and recreates changed ones (destroy semantics: memory goes
   // with the last lease). Reports the first failure; applies the rest.
   Status SyncPools(const std::vector<PoolConfig>& pools);
   void SetLimits(const Limits& limits);
+  const Limits& limits() const { return options_.limits; }
 
   // Re-creates the slots of a broker that ran before this one, over the
   // allocation fds it left in the service manager's fd store (a warm
@@ -106,14 +128,19 @@ class RequestHandler {
     uint64_t client_id;
     uid_t uid;
     gid_t gid;
+    bool quota_exempt;  // the broker's pools, root and administrators
   };
-  Result<uint32_t> CreateSlot(const wire::CreateRequest& m, const Owner& owner, ClientEntry* client);
-  Result<Allocation*> NewAllocation(const wire::CreateRequest& m, uint64_t bytes, const Owner& owner,
+  Result<uint32_t> CreateSlot(const SlotSpec& spec, const Owner& owner, ClientEntry* client);
+  Result<Allocation*> NewAllocation(const SlotSpec& spec, uint64_t bytes, const Owner& owner,
                                     ClientEntry* client);
+  Status CheckCaps(BackendKind kind, uint64_t bytes, const Owner& owner) const;
+  Result<SlotSpec> PoolSpec(const PoolConfig& pool, Owner& owner) const;
+  // The one way a slot goes: the name at once, the memory with the last lease.
+  void DestroySlot(uint32_t index);
   Result<Reply> AttachSlot(Request r, uint32_t index, bool read_only);
   bool IsAdmin(const PeerCredentials& peer) const;
-  // mode bit 4 (read) or 2 (write), chosen by the owner / group / other triplet.
-  bool Allows(const PeerCredentials& peer, const SlotDescriptor& slot, uint32_t bit) const;
+  // `bit` on the slot and on the allocation it views (or admin rights).
+  bool May(const PeerCredentials& peer, const SlotDescriptor& slot, PermissionBit bit) const;
   Status RequireAdmin(const ClientEntry& client, std::string_view what) const;
   Result<uint32_t> FindSlot(std::string_view name) const;
   // Mirrors an allocation's lease count into every slot that views it.
@@ -131,6 +158,14 @@ class RequestHandler {
   std::map<std::string, PoolConfig> pools_;  // by name, as last applied
 };
 
+// The permissions a descriptor records for itself and for its allocation.
+Permissions SlotPermissions(const SlotDescriptor& d);
+Permissions AllocationPermissions(const SlotDescriptor& d);
+
 uint64_t NowNs();
+
+// `limits` with what the configuration leaves to the machine filled in: a
+// max_host_bytes of 0 becomes half of the machine's or the cgroup's memory.
+Limits ResolveLimits(Limits limits);
 
 }  // namespace gpubroker

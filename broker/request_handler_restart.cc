@@ -25,10 +25,7 @@ Status RequestHandler::SyncPools(const std::vector<PoolConfig>& pools) {
       continue;
     }
     if (auto index = registry_.Find(it->first)) {
-      uint64_t allocation_id = registry_.Get(*index).allocation_id;
-      registry_.Remove(*index);
-      if (Allocation* a = table_.FindAllocation(allocation_id)) a->slots.erase(*index);
-      ReleaseIfUnused(allocation_id);
+      DestroySlot(*index);
       spdlog::info("pool '{}' {}", it->first, w == wanted.end() ? "removed" : "changed: recreating");
     }
     it = pools_.erase(it);
@@ -75,6 +72,7 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       fresh.backend = kind;
       fresh.memory = std::move(memory).value();
       fresh.bytes = old.allocation_bytes;
+      fresh.perms = AllocationPermissions(old);
       a = &table_.AddAllocation(std::move(fresh));
       last_id = std::max(last_id, a->id);
     }
@@ -87,6 +85,7 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       continue;
     }
     a->slots.insert(*index);
+    table_.CountSlot(d.owner_uid, +1);
     ++adopted;
     spdlog::info("adopted slot '{}' (allocation {}, version {})", name, a->id, d.version);
   }

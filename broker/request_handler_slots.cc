@@ -6,82 +6,126 @@
 
 #include <spdlog/spdlog.h>
 
+#include "parse.h"
 #include "request_handler.h"
 #include "validate.h"
 
 namespace gpubroker {
+namespace {
+
+std::string ModeText(uint32_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", mode & 07777);
+  return buf;
+}
+
+// Decodes a create request into the domain type; wire validation has already
+// checked every field's range.
+SlotSpec SpecFromWire(const wire::CreateRequest& m) {
+  SlotSpec s;
+  s.name = std::string(m.name.view());
+  s.base = std::string(m.base.view());
+  s.byte_offset = m.byte_offset;
+  s.nbytes = m.nbytes;
+  s.dtype = DType{m.dtype_code, m.dtype_bits, m.dtype_lanes};
+  s.shape.assign(m.shape, m.shape + m.ndim);
+  if (m.flags & wire::kCreateHasStrides) s.strides.assign(m.strides, m.strides + m.ndim);
+  if (m.backend != 0) s.backend = static_cast<BackendKind>(m.backend);
+  s.device.ordinal = m.device_ordinal;
+  s.device.by_uuid = (m.flags & wire::kCreateByUuid) != 0;
+  std::memcpy(s.device.uuid.data(), m.device_uuid, sizeof m.device_uuid);
+  s.mode = m.mode;
+  return s;
+}
+
+}  // namespace
+
+Permissions SlotPermissions(const SlotDescriptor& d) { return {d.owner_uid, d.owner_gid, d.mode}; }
+Permissions AllocationPermissions(const SlotDescriptor& d) {
+  return {d.allocation_owner_uid, d.allocation_owner_gid, d.allocation_mode};
+}
 
 Result<Reply> RequestHandler::OnCreate(Request r, const wire::CreateRequest& m) {
   GPB_RETURN_IF_ERROR(AcceptingNewWork());
-  Owner owner{r.client.id, r.client.peer.uid, r.client.peer.gid};
-  GPB_ASSIGN_OR_RETURN(uint32_t index, CreateSlot(m, owner, &r.client));
+  Owner owner{r.client.id, r.client.peer.uid, r.client.peer.gid, IsAdmin(r.client.peer)};
+  GPB_ASSIGN_OR_RETURN(uint32_t index, CreateSlot(SpecFromWire(m), owner, &r.client));
   if (m.flags & wire::kCreateAttach) return AttachSlot(r, index, false);
   return Reply{wire::EncodeReply(r.id, wire::SlotReply{registry_.Get(index)})};
 }
 
-Result<uint32_t> RequestHandler::CreateSlot(const wire::CreateRequest& m, const Owner& owner,
-                                            ClientEntry* client) {
-  std::string name(m.name.view());
-  if (registry_.Find(name)) return AlreadyExists("a slot named '" + name + "' exists");
+Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& owner, ClientEntry* client) {
+  GPB_RETURN_IF_ERROR(ValidateName(spec.name));
+  if (registry_.Find(spec.name)) return AlreadyExists("a slot named '" + spec.name + "' exists");
   if (registry_.live() >= options_.limits.max_slots) {
     return ResourceExhausted("slot limit reached (" + std::to_string(options_.limits.max_slots) +
-                             " slots)");
+                             " slots, limits.max_slots)");
   }
-  DType dtype{m.dtype_code, m.dtype_bits, m.dtype_lanes};
-  std::span<const int64_t> shape(m.shape, m.ndim);
-  std::vector<int64_t> strides;
-  if (m.flags & wire::kCreateHasStrides) {
-    strides.assign(m.strides, m.strides + m.ndim);
-  } else {
-    GPB_ASSIGN_OR_RETURN(strides, ContiguousStrides(shape));
+  const Limits& l = options_.limits;
+  if (!owner.quota_exempt && l.max_slots_per_uid != 0 &&
+      table_.Usage(owner.uid).slots >= l.max_slots_per_uid) {
+    return ResourceExhausted("uid " + std::to_string(owner.uid) + " owns " +
+                             std::to_string(table_.Usage(owner.uid).slots) +
+                             " slots, its quota (limits.max_slots_per_uid " +
+                             std::to_string(l.max_slots_per_uid) + ")");
   }
-  GPB_ASSIGN_OR_RETURN(uint64_t extent, ViewExtentBytes(dtype, shape, strides));
+  std::vector<int64_t> strides = spec.strides;
+  if (strides.empty()) { GPB_ASSIGN_OR_RETURN(strides, ContiguousStrides(spec.shape)); }
+  GPB_ASSIGN_OR_RETURN(uint64_t extent, ViewExtentBytes(spec.dtype, spec.shape, strides));
 
   Allocation* a = nullptr;
-  if (m.base.view().empty()) {
-    if (m.byte_offset != 0) return InvalidArgument("byte_offset is only for views into a base slot");
-    if (m.nbytes != 0 && m.nbytes < extent) {
-      return InvalidArgument("nbytes " + std::to_string(m.nbytes) + " is smaller than the shape's " +
+  if (spec.base.empty()) {
+    if (spec.byte_offset != 0) return InvalidArgument("byte_offset is only for views into a base slot");
+    if (spec.nbytes != 0 && spec.nbytes < extent) {
+      return InvalidArgument("nbytes " + std::to_string(spec.nbytes) + " is smaller than the shape's " +
                              std::to_string(extent) + " bytes");
     }
-    GPB_ASSIGN_OR_RETURN(a, NewAllocation(m, m.nbytes != 0 ? m.nbytes : extent, owner, client));
+    GPB_ASSIGN_OR_RETURN(a, NewAllocation(spec, spec.nbytes != 0 ? spec.nbytes : extent, owner, client));
   } else {
-    GPB_ASSIGN_OR_RETURN(uint32_t base_index, FindSlot(m.base.view()));
+    GPB_ASSIGN_OR_RETURN(uint32_t base_index, FindSlot(spec.base));
     const SlotDescriptor& base = registry_.Get(base_index);
-    if (client != nullptr && !Allows(client->peer, base, 2)) {
-      return PermissionDenied("no write permission on base slot '" + std::string(m.base.view()) + "'");
+    if (client != nullptr && !May(client->peer, base, kMayWrite)) {
+      return PermissionDenied("no write permission on base slot '" + spec.base + "'");
     }
-    if (m.nbytes != 0) return InvalidArgument("nbytes is only for new allocations");
+    if (spec.nbytes != 0) return InvalidArgument("nbytes is only for new allocations");
     a = table_.FindAllocation(base.allocation_id);
     if (a == nullptr) return Internal("base slot's allocation is missing");
-    GPB_RETURN_IF_ERROR(CheckViewFits(dtype, shape, strides, m.byte_offset, a->bytes).status());
+    if ((spec.mode & ~a->perms.mode & 0777) != 0) {
+      return PermissionDenied("a view cannot grant more than its allocation: mode " + ModeText(spec.mode) +
+                              " asked, the allocation under '" + spec.base + "' allows " +
+                              ModeText(a->perms.mode));
+    }
+    GPB_RETURN_IF_ERROR(CheckViewFits(spec.dtype, spec.shape, strides, spec.byte_offset, a->bytes).status());
   }
 
   SlotDescriptor d{};
-  std::memcpy(d.name, name.data(), name.size());
+  std::memcpy(d.name, spec.name.data(), spec.name.size());
   d.allocation_id = a->id;
   d.allocation_bytes = a->bytes;
-  d.byte_offset = m.byte_offset;
+  d.byte_offset = spec.byte_offset;
   d.nbytes = extent;
   d.version = 1;
   d.created_ns = d.updated_ns = NowNs();
-  std::copy(shape.begin(), shape.end(), d.shape);
+  std::copy(spec.shape.begin(), spec.shape.end(), d.shape);
   std::copy(strides.begin(), strides.end(), d.strides);
   Device device = a->memory->device();
   std::memcpy(d.device_uuid, device.uuid.data(), sizeof d.device_uuid);
   d.device_ordinal = device.ordinal;
   d.owner_uid = owner.uid;
   d.owner_gid = owner.gid;
-  d.mode = m.mode;
+  d.mode = spec.mode;
+  d.allocation_owner_uid = a->perms.uid;
+  d.allocation_owner_gid = a->perms.gid;
+  d.allocation_mode = a->perms.mode;
   d.lease_count = a->leases;
   d.backend = static_cast<uint16_t>(a->backend);
-  d.dtype_code = dtype.code;
-  d.dtype_bits = dtype.bits;
-  d.dtype_lanes = dtype.lanes;
-  d.ndim = m.ndim;
+  d.dtype_code = spec.dtype.code;
+  d.dtype_bits = spec.dtype.bits;
+  d.dtype_lanes = spec.dtype.lanes;
+  d.ndim = static_cast<uint32_t>(spec.shape.size());
   // A legacy IPC handle is a bearer token any local user can open: it goes
-  // into the shared registry only for slots every local user may read.
-  if (a->backend == BackendKind::kCudaIpc && (m.mode & 04) != 0) {
+  // into the shared registry only where every local user may read the slot
+  // and its allocation.
+  if (a->backend == BackendKind::kCudaIpc && (spec.mode & 04) != 0 && (a->perms.mode & 04) != 0) {
     auto handle = a->memory->Share(wire::kAccessRead);
     if (handle.ok() && handle->ipc_handle) {
       std::memcpy(d.ipc_handle, handle->ipc_handle->data(), sizeof d.ipc_handle);
@@ -93,27 +137,52 @@ Result<uint32_t> RequestHandler::CreateSlot(const wire::CreateRequest& m, const 
     return index.status();
   }
   a->slots.insert(*index);
-  spdlog::info("slot '{}' created by client {}: {} {} bytes at offset {} of allocation {} ({}), mode {:03o}",
-               name, owner.client_id, DTypeName(dtype), extent, m.byte_offset, a->id,
-               BackendName(a->backend), m.mode);
+  table_.CountSlot(owner.uid, +1);
+  spdlog::info("slot '{}' created by client {} (uid {}): {} {} bytes at offset {} of allocation {} ({}), mode {}",
+               spec.name, owner.client_id, owner.uid, DTypeName(spec.dtype), extent, spec.byte_offset, a->id,
+               BackendName(a->backend), ModeText(spec.mode));
   return *index;
 }
 
-Result<Allocation*> RequestHandler::NewAllocation(const wire::CreateRequest& m, uint64_t bytes,
-                                                  const Owner& owner, ClientEntry* client) {
-  uint64_t limit = options_.limits.max_bytes_per_client;
-  if (client != nullptr && limit != 0 && (bytes > limit || client->bytes_created > limit - bytes)) {
-    return ResourceExhausted("client byte limit reached: " + std::to_string(client->bytes_created) +
-                             " held + " + std::to_string(bytes) + " asked > " + std::to_string(limit));
+Status RequestHandler::CheckCaps(BackendKind kind, uint64_t bytes, const Owner& owner) const {
+  const Limits& l = options_.limits;
+  if (kind == BackendKind::kHost) {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    uint64_t held = table_.BytesOn(Device::kCpu);
+    if (bytes > l.max_host_bytes || held > l.max_host_bytes - ((bytes + page - 1) / page * page)) {
+      return ResourceExhausted("host memory cap: " + std::to_string(held) + " bytes held + " +
+                               std::to_string(bytes) + " asked exceeds limits.max_host_bytes (" +
+                               std::to_string(l.max_host_bytes) + ")");
+    }
   }
-  BackendKind kind = m.backend == 0 ? backends_.default_kind() : static_cast<BackendKind>(m.backend);
+  if (!owner.quota_exempt && l.max_bytes_per_uid != 0) {
+    uint64_t held = table_.Usage(owner.uid).bytes;
+    if (bytes > l.max_bytes_per_uid || held > l.max_bytes_per_uid - bytes) {
+      return ResourceExhausted("uid " + std::to_string(owner.uid) + " holds " + std::to_string(held) +
+                               " bytes; " + std::to_string(bytes) + " more exceeds its quota "
+                               "(limits.max_bytes_per_uid " + std::to_string(l.max_bytes_per_uid) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t bytes, const Owner& owner,
+                                                  ClientEntry* client) {
+  BackendKind kind = spec.backend.value_or(backends_.default_kind());
+  if (kind == BackendKind::kHost && (spec.device.ordinal >= 0 || spec.device.by_uuid)) {
+    return InvalidArgument("a CUDA device was asked for, but '" + spec.name +
+                           "' would be host memory (" +
+                           (spec.backend ? std::string("backend host was named")
+                                         : std::string("this broker's default backend is host: ") +
+                                               backends_.Get(BackendKind::kCudaVmm).status().message()) +
+                           ")");
+  }
+  GPB_RETURN_IF_ERROR(CheckCaps(kind, bytes, owner));
   GPB_ASSIGN_OR_RETURN(Backend * backend, backends_.Get(kind));
   AllocationRequest request;
   request.bytes = bytes;
-  request.label = std::string(m.name.view());
-  request.device.ordinal = m.device_ordinal;
-  request.device.by_uuid = (m.flags & wire::kCreateByUuid) != 0;
-  std::memcpy(request.device.uuid.data(), m.device_uuid, sizeof m.device_uuid);
+  request.label = spec.name;
+  request.device = spec.device;
   GPB_ASSIGN_OR_RETURN(std::unique_ptr<BackendMemory> memory, backend->Allocate(request));
   Allocation a;
   a.id = table_.NextAllocationId();
@@ -121,6 +190,7 @@ Result<Allocation*> RequestHandler::NewAllocation(const wire::CreateRequest& m, 
   a.memory = std::move(memory);
   a.bytes = bytes;
   a.creator = owner.client_id;
+  a.perms = Permissions{owner.uid, owner.gid, spec.mode};
   if (client != nullptr) client->bytes_created += bytes;
   Allocation& added = table_.AddAllocation(std::move(a));
   if (options_.observer != nullptr) options_.observer->Added(added);
@@ -135,16 +205,16 @@ Result<Reply> RequestHandler::OnAttach(Request r, const wire::AttachRequest& m) 
 
 Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_only) {
   const SlotDescriptor& slot = registry_.Get(index);
-  if (!Allows(r.client.peer, slot, 4)) {
-    return PermissionDenied("uid " + std::to_string(r.client.peer.uid) + " may not attach slot '" +
-                            slot.name + "' (mode " + std::to_string(slot.mode >> 6 & 7) +
-                            std::to_string(slot.mode >> 3 & 7) + std::to_string(slot.mode & 7) +
-                            ", owner uid " + std::to_string(slot.owner_uid) + ")");
+  if (!May(r.client.peer, slot, kMayRead)) {
+    return PermissionDenied("uid " + std::to_string(r.client.peer.uid) + " may not read slot '" + slot.name +
+                            "' (mode " + ModeText(slot.mode) + ", owner uid " + std::to_string(slot.owner_uid) +
+                            "; its allocation: mode " + ModeText(slot.allocation_mode) + ", owner uid " +
+                            std::to_string(slot.allocation_owner_uid) + ")");
   }
   Allocation* a = table_.FindAllocation(slot.allocation_id);
   if (a == nullptr) return Internal("slot's allocation is missing");
   uint32_t access = wire::kAccessRead;
-  if (!read_only && Allows(r.client.peer, slot, 2)) access |= wire::kAccessWrite;
+  if (!read_only && May(r.client.peer, slot, kMayWrite)) access |= wire::kAccessWrite;
   GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
   table_.TakeLease(r.client, *a, slot.name);
   SyncLeaseCount(*a);
@@ -176,22 +246,25 @@ Result<Reply> RequestHandler::OnDetach(Request r, const wire::DetachRequest& m) 
 Result<Reply> RequestHandler::OnDestroy(Request r, const wire::DestroyRequest& m) {
   GPB_ASSIGN_OR_RETURN(uint32_t index, FindSlot(m.name.view()));
   const SlotDescriptor& slot = registry_.Get(index);
-  if (!Allows(r.client.peer, slot, 2)) {
+  if (!IsAdmin(r.client.peer) && !ModeAllows(r.client.peer, SlotPermissions(slot), kMayWrite)) {
     return PermissionDenied("uid " + std::to_string(r.client.peer.uid) +
                             " may not destroy slot '" + slot.name + "'");
   }
-  uint64_t allocation_id = slot.allocation_id;
-  std::string name = slot.name;
-  registry_.Remove(index);
-  wire::DestroyReply reply{allocation_id, 0, 0};
-  if (Allocation* a = table_.FindAllocation(allocation_id)) {
-    a->slots.erase(index);
-    reply.lease_count = a->leases;
-  }
-  spdlog::info("slot '{}' destroyed by client {} ({} leases keep allocation {})", name, r.client.id,
-               reply.lease_count, allocation_id);
-  ReleaseIfUnused(allocation_id);
+  wire::DestroyReply reply{slot.allocation_id, 0, 0};
+  if (const Allocation* a = table_.FindAllocation(reply.allocation_id)) reply.lease_count = a->leases;
+  spdlog::info("slot '{}' destroyed by client {} ({} leases keep allocation {})", slot.name, r.client.id,
+               reply.lease_count, reply.allocation_id);
+  DestroySlot(index);
   return Reply{wire::EncodeReply(r.id, reply)};
+}
+
+void RequestHandler::DestroySlot(uint32_t index) {
+  const SlotDescriptor& slot = registry_.Get(index);
+  uint64_t allocation_id = slot.allocation_id;
+  table_.CountSlot(slot.owner_uid, -1);
+  registry_.Remove(index);
+  if (Allocation* a = table_.FindAllocation(allocation_id)) a->slots.erase(index);
+  ReleaseIfUnused(allocation_id);
 }
 
 void RequestHandler::OnDisconnect(uint64_t client_id) {
@@ -199,6 +272,7 @@ void RequestHandler::OnDisconnect(uint64_t client_id) {
   if (c == nullptr) return;
   uint64_t reclaimed = 0;
   for (const auto& [aid, lease] : c->leases) reclaimed += lease.count;
+  table_.CountConnection(c->peer.uid, -1);
   for (uint64_t allocation_id : table_.RemoveClient(client_id)) {
     if (Allocation* a = table_.FindAllocation(allocation_id)) SyncLeaseCount(*a);
     ReleaseIfUnused(allocation_id);
@@ -206,30 +280,62 @@ void RequestHandler::OnDisconnect(uint64_t client_id) {
   spdlog::info("client {} disconnected; {} leases reclaimed", client_id, reclaimed);
 }
 
-Status RequestHandler::CreatePool(const PoolConfig& pool) {
-  wire::CreateRequest m{};
-  m.name.set(pool.name);
-  m.nbytes = pool.bytes;
-  std::copy(pool.shape.begin(), pool.shape.end(), m.shape);
-  m.ndim = static_cast<uint8_t>(pool.shape.size());
-  m.device_ordinal = pool.device_ordinal;
+Result<SlotSpec> RequestHandler::PoolSpec(const PoolConfig& pool, Owner& owner) const {
+  SlotSpec s;
+  s.name = pool.name;
+  s.nbytes = pool.bytes;
+  s.dtype = pool.dtype;
+  s.shape = pool.shape;
+  s.backend = pool.backend;
+  s.device.ordinal = pool.device_ordinal;
   if (pool.device_uuid) {
-    m.flags |= wire::kCreateByUuid;
-    std::memcpy(m.device_uuid, pool.device_uuid->data(), sizeof m.device_uuid);
+    s.device.by_uuid = true;
+    s.device.uuid = *pool.device_uuid;
   }
-  m.mode = pool.mode;
-  m.backend = pool.backend ? static_cast<uint16_t>(*pool.backend) : 0;
-  m.dtype_code = pool.dtype.code;
-  m.dtype_bits = pool.dtype.bits;
-  m.dtype_lanes = pool.dtype.lanes;
-  Owner owner{0, ::geteuid(), ::getegid()};
+  s.mode = pool.mode;
+  owner = Owner{0, ::geteuid(), ::getegid(), true};
   if (!pool.group.empty()) {
     auto gid = LookupGroup(pool.group);
     if (!gid.ok()) return gid.status().Annotate("pool '" + pool.name + "'");
     owner.gid = *gid;
   }
-  GPB_RETURN_IF_ERROR(CreateSlot(m, owner, nullptr).status().Annotate("pool '" + pool.name + "'"));
+  return s;
+}
+
+Status RequestHandler::CreatePool(const PoolConfig& pool) {
+  Owner owner{};
+  GPB_ASSIGN_OR_RETURN(SlotSpec spec, PoolSpec(pool, owner));
+  GPB_RETURN_IF_ERROR(CreateSlot(spec, owner, nullptr).status().Annotate("pool '" + pool.name + "'"));
   pools_[pool.name] = pool;
+  return Status::Ok();
+}
+
+Status RequestHandler::CheckPools(const std::vector<PoolConfig>& pools, const Limits& limits) const {
+  uint64_t host_bytes = 0;
+  for (const PoolConfig& pool : pools) {
+    Owner owner{};
+    GPB_ASSIGN_OR_RETURN(SlotSpec spec, PoolSpec(pool, owner));
+    std::string where = "pool '" + pool.name + "'";
+    BackendKind kind = spec.backend.value_or(backends_.default_kind());
+    GPB_RETURN_IF_ERROR(backends_.Get(kind).status().Annotate(where));
+    if (kind == BackendKind::kHost && (spec.device.ordinal >= 0 || spec.device.by_uuid)) {
+      return InvalidArgument(where + " names a CUDA device but would be host memory");
+    }
+    GPB_ASSIGN_OR_RETURN(auto strides, ContiguousStrides(spec.shape));
+    GPB_ASSIGN_OR_RETURN(uint64_t extent, ViewExtentBytes(spec.dtype, spec.shape, strides));
+    uint64_t bytes = spec.nbytes != 0 ? spec.nbytes : extent;
+    auto existing = pools_.find(pool.name);
+    bool unchanged = existing != pools_.end() && existing->second == pool;
+    if (!unchanged && registry_.Find(pool.name) && existing == pools_.end()) {
+      return AlreadyExists(where + ": a client's slot has that name");
+    }
+    if (kind == BackendKind::kHost && !unchanged) host_bytes += bytes;
+  }
+  if (host_bytes > limits.max_host_bytes) {
+    return ResourceExhausted("the pools' host memory (" + std::to_string(host_bytes) +
+                             " bytes) exceeds limits.max_host_bytes (" + std::to_string(limits.max_host_bytes) +
+                             ")");
+  }
   return Status::Ok();
 }
 

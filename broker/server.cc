@@ -46,12 +46,26 @@ Result<UniqueFd> BindSocket(const Config& config) {
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   std::filesystem::create_directories(dir, ec);
   if (ec) return Status(Code::kIo, "cannot create socket directory " + dir.string() + ": " + ec.message());
-  if (std::filesystem::exists(path, ec)) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    // Remove only what is plainly a stale socket of ours: never another
+    // user's file, and never something that is not a socket.
+    if (!S_ISSOCK(st.st_mode)) {
+      return AlreadyExists(path + " exists and is not a socket; the broker will not remove it (move it "
+                                  "away, or set socket.path elsewhere)");
+    }
+    if (st.st_uid != ::geteuid()) {
+      return PermissionDenied("socket " + path + " belongs to uid " + std::to_string(st.st_uid) +
+                              ", not to the broker's uid " + std::to_string(::geteuid()) +
+                              "; the broker will not remove it");
+    }
     if (ConnectSeqpacket(path).ok()) {
       return AlreadyExists("a broker is already listening on " + path);
     }
     spdlog::warn("removing stale socket {}", path);
-    ::unlink(path.c_str());
+    if (::unlink(path.c_str()) != 0) return PosixError("remove stale socket " + path, errno);
+  } else if (errno != ENOENT) {
+    return PosixError("inspect socket path " + path, errno);
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -198,14 +212,21 @@ void Server::OnAccepted(SeqPacketSocket socket) {
   PeerCredentials peer = ReadPeer(socket.native_handle());
   auto id = handler_.OnConnect(peer);
   if (!id.ok() && refused_ >= kMaxRefusedSessions) {
-    spdlog::warn("refused connection from pid {}: {}", peer.pid, id.status().message());
+    spdlog::warn("refused connection from pid {} uid {}: {}", peer.pid, peer.uid, id.status().message());
+    // Say why at once, then empty our side before closing: a close with
+    // unread data would reset the client's socket and lose the reason.
+    int fd = socket.native_handle();
+    (void)SendRecord(fd, wire::EncodeError(0, id.status()), -1, true);
+    std::byte sink[256];
+    while (::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
+    }
     return;  // closes the socket
   }
   // Refused connections get a session of their own that answers the first
   // message with the reason; their ids are outside the handler's range.
   uint64_t session_id = id.ok() ? *id : (uint64_t{1} << 63) | ++refused_serial_;
   if (!id.ok()) {
-    spdlog::warn("refusing connection from pid {}: {}", peer.pid, id.status().message());
+    spdlog::warn("refusing connection from pid {} uid {}: {}", peer.pid, peer.uid, id.status().message());
     ++refused_;
   }
   auto session = std::make_shared<Session>(

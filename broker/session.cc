@@ -1,5 +1,8 @@
 #include "session.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <spdlog/spdlog.h>
 
 #include "seqpacket.h"
@@ -18,12 +21,53 @@ Session::Session(Socket socket, uint64_t client_id, RequestHandler& handler,
       client_id_(client_id),
       handler_(handler),
       buffer_(receive_buffer),
-      hooks_(std::move(hooks)) {}
+      hooks_(std::move(hooks)),
+      hello_timer_(socket_.get_executor()),
+      flow_timer_(socket_.get_executor()) {}
 
 void Session::Start() {
   boost::system::error_code ec;
   socket_.non_blocking(true, ec);
+  if (!refusal_) StartHelloTimer();
   WaitReadable();
+}
+
+void Session::StartHelloTimer() {
+  uint32_t ms = handler_.limits().hello_timeout_ms;
+  hello_timer_.expires_after(std::chrono::milliseconds(ms));
+  hello_timer_.async_wait([self = shared_from_this(), ms](boost::system::error_code ec) {
+    if (ec || self->closed_ || self->handler_.Greeted(self->client_id_)) return;
+    spdlog::info("client {}: no hello within {} ms; closing", self->client_id_, ms);
+    auto farewell = wire::EncodeError(0, Unavailable("no hello within " + std::to_string(ms) +
+                                                         " ms (limits.hello_timeout_ms): connection closed"));
+    self->Close(farewell);
+  });
+}
+
+bool Session::ClientReadEverything() const {
+  int unread = 0;
+  if (::ioctl(const_cast<Socket&>(socket_).native_handle(), SIOCOUTQ, &unread) != 0) return true;
+  return unread == 0;
+}
+
+// The client has max_fds_in_flight descriptors it has not read: hold the
+// rest of its replies, and read nothing more from it, until it catches up.
+// Only a client that does not read its replies ever gets here, so a short
+// poll with back-off costs the well-behaved nothing.
+void Session::WaitForClientToRead() {
+  if (!flow_logged_) {
+    flow_logged_ = true;
+    spdlog::warn("client {}: {} descriptors sent and not read (limits.max_fds_in_flight); holding its "
+                 "replies until it reads",
+                 client_id_, fds_in_flight_);
+  }
+  flow_timer_.expires_after(std::chrono::milliseconds(flow_backoff_ms_));
+  flow_backoff_ms_ = std::min(flow_backoff_ms_ * 2, 64);
+  flow_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec || self->closed_) return;
+    self->Flush();
+    if (self->outgoing_.empty()) self->OnReadable();
+  });
 }
 
 void Session::WaitReadable() {
@@ -50,6 +94,13 @@ void Session::OnReadable() {
       Shutdown();
       return;
     }
+    if (!r->fds.empty() || r->fds_truncated) {  // closed as `r` goes
+      Enqueue(Reply{wire::EncodeError(0, ProtocolError("clients may not send file descriptors (" +
+                                                       std::to_string(r->fds.size()) +
+                                                       (r->fds_truncated ? " or more" : "") +
+                                                       " came with a message)"))});
+      continue;
+    }
     if (r->truncated) {
       Enqueue(Reply{wire::EncodeError(0, ProtocolError("message exceeds the " +
                                                        std::to_string(wire::kMaxMessageBytes) +
@@ -64,10 +115,6 @@ void Session::OnReadable() {
       (void)SendRecord(socket_.native_handle(), wire::EncodeError(request_id, *refusal_), -1, true);
       Shutdown();
       return;
-    }
-    if (!r->fds.empty()) {  // closed as `r` goes
-      Enqueue(Reply{wire::EncodeError(0, ProtocolError("clients may not send file descriptors"))});
-      continue;
     }
     Reply reply = handler_.Handle(client_id_, buffer_.first(r->size));
     bool close_after = reply.close_connection;
@@ -89,6 +136,14 @@ void Session::Enqueue(Reply reply) {
 void Session::Flush() {
   while (!outgoing_.empty() && !closed_) {
     Reply& front = outgoing_.front();
+    if (front.fd.valid() && fds_in_flight_ >= handler_.limits().max_fds_in_flight) {
+      if (!ClientReadEverything()) {
+        WaitForClientToRead();
+        return;
+      }
+      fds_in_flight_ = 0;
+      flow_backoff_ms_ = 1;
+    }
     auto sent = SendRecord(socket_.native_handle(), front.bytes, front.fd.get(), true);
     if (!sent.ok()) {
       spdlog::info("client {}: {}", client_id_, sent.status().message());
@@ -108,6 +163,7 @@ void Session::Flush() {
       }
       return;
     }
+    if (front.fd.valid()) ++fds_in_flight_;
     outgoing_.pop_front();  // closes the fd we shared: the client has its own now
   }
 }
@@ -122,6 +178,8 @@ void Session::Shutdown() {
   if (closed_) return;
   closed_ = true;
   outgoing_.clear();
+  hello_timer_.cancel();
+  flow_timer_.cancel();
   boost::system::error_code ec;
   socket_.close(ec);
   handler_.OnDisconnect(client_id_);

@@ -2,6 +2,13 @@
 // the RequestHandler one at a time; replies that the socket cannot take yet are
 // queued, and the session reads nothing more until the queue drains, so a
 // client that never reads cannot make the broker buffer without bound.
+//
+// Two more guards against a client that holds resources without using them:
+// a connection that has not said hello within limits.hello_timeout_ms is
+// closed; and at most limits.max_fds_in_flight replies carrying a descriptor
+// may sit unread in the client's queue (every descriptor in flight counts
+// against the broker user's kernel limit, so one such client could otherwise
+// make every other client's attach fail).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +49,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void Enqueue(Reply reply);
   void Flush();
   void Shutdown();
+  void StartHelloTimer();
+  // True when every reply sent so far has been read by the client.
+  bool ClientReadEverything() const;
+  void WaitForClientToRead();
 
   Socket socket_;
   uint64_t client_id_;
@@ -52,6 +63,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool closed_ = false;
   std::optional<Status> refusal_;
   bool waiting_write_ = false;
+  boost::asio::steady_timer hello_timer_;
+  boost::asio::steady_timer flow_timer_;
+  uint32_t fds_in_flight_ = 0;  // sent with a reply, maybe not yet read
+  int flow_backoff_ms_ = 1;
+  bool flow_logged_ = false;
 };
 
 }  // namespace gpubroker

@@ -16,6 +16,38 @@
 
 #include "gpubroker/types.hpp"
 
+// Every driver entry point the project uses, resolved by its header name.
+#define GPB_CUDA_FUNCTIONS(X) \
+  X(cuDeviceGet) \
+  X(cuDeviceGetCount) \
+  X(cuDeviceGetUuid) \
+  X(cuDevicePrimaryCtxRetain) \
+  X(cuDevicePrimaryCtxRelease) \
+  X(cuCtxGetCurrent) \
+  X(cuCtxSetCurrent) \
+  X(cuCtxGetDevice) \
+  X(cuCtxSynchronize) \
+  X(cuGetErrorName) \
+  X(cuGetErrorString) \
+  X(cuMemGetAllocationGranularity) \
+  X(cuMemCreate) \
+  X(cuMemRelease) \
+  X(cuMemExportToShareableHandle) \
+  X(cuMemImportFromShareableHandle) \
+  X(cuMemAddressReserve) \
+  X(cuMemAddressFree) \
+  X(cuMemMap) \
+  X(cuMemUnmap) \
+  X(cuMemSetAccess) \
+  X(cuMemsetD8) \
+  X(cuMemAlloc) \
+  X(cuMemFree) \
+  X(cuMemGetInfo) \
+  X(cuMemGetAddressRange) \
+  X(cuIpcGetMemHandle) \
+  X(cuIpcOpenMemHandle) \
+  X(cuIpcCloseMemHandle)
+
 namespace gpubroker {
 
 class CudaDriver {
@@ -38,34 +70,7 @@ class CudaDriver {
   Result<int> ParseDevice(std::string_view text) const;
 
 #define GPB_CUDA_FN(name) decltype(&::name) name = nullptr;
-  GPB_CUDA_FN(cuDeviceGet)
-  GPB_CUDA_FN(cuDeviceGetCount)
-  GPB_CUDA_FN(cuDeviceGetUuid)
-  GPB_CUDA_FN(cuDevicePrimaryCtxRetain)
-  GPB_CUDA_FN(cuDevicePrimaryCtxRelease)
-  GPB_CUDA_FN(cuCtxGetCurrent)
-  GPB_CUDA_FN(cuCtxSetCurrent)
-  GPB_CUDA_FN(cuCtxGetDevice)
-  GPB_CUDA_FN(cuCtxSynchronize)
-  GPB_CUDA_FN(cuGetErrorName)
-  GPB_CUDA_FN(cuGetErrorString)
-  GPB_CUDA_FN(cuMemGetAllocationGranularity)
-  GPB_CUDA_FN(cuMemCreate)
-  GPB_CUDA_FN(cuMemRelease)
-  GPB_CUDA_FN(cuMemExportToShareableHandle)
-  GPB_CUDA_FN(cuMemImportFromShareableHandle)
-  GPB_CUDA_FN(cuMemAddressReserve)
-  GPB_CUDA_FN(cuMemAddressFree)
-  GPB_CUDA_FN(cuMemMap)
-  GPB_CUDA_FN(cuMemUnmap)
-  GPB_CUDA_FN(cuMemSetAccess)
-  GPB_CUDA_FN(cuMemsetD8)
-  GPB_CUDA_FN(cuMemAlloc)
-  GPB_CUDA_FN(cuMemFree)
-  GPB_CUDA_FN(cuMemGetInfo)
-  GPB_CUDA_FN(cuIpcGetMemHandle)
-  GPB_CUDA_FN(cuIpcOpenMemHandle)
-  GPB_CUDA_FN(cuIpcCloseMemHandle)
+  GPB_CUDA_FUNCTIONS(GPB_CUDA_FN)
 #undef GPB_CUDA_FN
 
  private:

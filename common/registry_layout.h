@@ -19,7 +19,7 @@
 namespace gpubroker {
 
 inline constexpr uint64_t kRegistryMagic = 0x3147455242504721ull;  // "!GPBREG1"
-inline constexpr uint32_t kRegistryLayoutVersion = 1;
+inline constexpr uint32_t kRegistryLayoutVersion = 2;
 inline constexpr uint32_t kBucketEmpty = 0;
 inline constexpr uint32_t kBucketTombstone = 0xffffffffu;
 inline constexpr uint32_t kMaxRegistryCapacity = 1u << 20;

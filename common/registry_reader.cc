@@ -3,8 +3,8 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
+#include <sys/mman.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -12,8 +12,6 @@
 #include <sstream>
 
 #include "wire.h"
-
-namespace bip = boost::interprocess;
 
 namespace gpubroker {
 
@@ -40,9 +38,13 @@ bool ProcessIsAlive(int pid, uint64_t start_ticks) {
 }
 
 struct RegistryReader::Mapping {
-  bip::mapped_region region;
+  void* base = nullptr;
+  size_t size = 0;
   const RegistryHeader* header = nullptr;
   RegistryGeometry geometry{};
+  ~Mapping() {
+    if (base != nullptr) ::munmap(base, size);
+  }
 };
 
 RegistryReader::RegistryReader(std::unique_ptr<Mapping> m) : m_(std::move(m)) {}
@@ -50,36 +52,37 @@ RegistryReader::RegistryReader(RegistryReader&&) noexcept = default;
 RegistryReader& RegistryReader::operator=(RegistryReader&&) noexcept = default;
 RegistryReader::~RegistryReader() = default;
 
-Result<RegistryReader> RegistryReader::Open(const std::string& name) {
-  auto m = std::make_unique<Mapping>();
-  try {
-    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_only);
-    bip::offset_t size = 0;
-    if (!shm.get_size(size) || size < static_cast<bip::offset_t>(sizeof(RegistryHeader))) {
-      return Unavailable("registry segment '" + name + "' is not ready");
-    }
-    m->region = bip::mapped_region(shm, bip::read_only);
-  } catch (const bip::interprocess_exception& e) {
-    return Unavailable("cannot open registry segment '" + name + "': " + e.what());
+Result<RegistryReader> RegistryReader::FromFd(UniqueFd fd) {
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return PosixError("fstat the registry", errno);
+  if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(RegistryHeader)) ||
+      static_cast<uint64_t>(st.st_size) > (uint64_t{1} << 40)) {
+    return ProtocolError("the registry descriptor is not a registry (" + std::to_string(st.st_size) + " bytes)");
   }
-  m->header = static_cast<const RegistryHeader*>(m->region.get_address());
+  auto m = std::make_unique<Mapping>();
+  m->size = static_cast<size_t>(st.st_size);
+  m->base = ::mmap(nullptr, m->size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (m->base == MAP_FAILED) {
+    m->base = nullptr;
+    return PosixError("map the registry", errno);
+  }
+  m->header = static_cast<const RegistryHeader*>(m->base);
   const RegistryHeader& h = *m->header;
   if (h.magic.load(std::memory_order_acquire) != kRegistryMagic) {
-    return Unavailable("registry segment '" + name + "' is not ready or not a gpubroker registry");
+    return Unavailable("the registry is not ready or not a gpubroker registry");
   }
   if (h.layout_version != kRegistryLayoutVersion) {
-    return Unsupported("registry segment '" + name + "' has layout version " +
-                       std::to_string(h.layout_version) + "; this library reads version " +
-                       std::to_string(kRegistryLayoutVersion));
+    return Unsupported("the registry has layout version " + std::to_string(h.layout_version) +
+                       "; this library reads version " + std::to_string(kRegistryLayoutVersion));
   }
   if (h.capacity == 0 || h.capacity > kMaxRegistryCapacity) {
-    return ProtocolError("registry segment '" + name + "' has a corrupt capacity");
+    return ProtocolError("the registry has a corrupt capacity");
   }
   m->geometry = ComputeGeometry(h.capacity);
   if (h.header_bytes != sizeof(RegistryHeader) || h.slot_bytes != sizeof(SlotRecord) ||
-      h.index_buckets != m->geometry.index_buckets ||
-      m->region.get_size() < m->geometry.total_bytes) {
-    return ProtocolError("registry segment '" + name + "' has a corrupt geometry");
+      h.index_buckets != m->geometry.index_buckets || m->size < m->geometry.total_bytes) {
+    return ProtocolError("the registry has a corrupt geometry (its header does not fit its " +
+                         std::to_string(m->size) + " bytes)");
   }
   return RegistryReader(std::move(m));
 }
@@ -87,7 +90,7 @@ Result<RegistryReader> RegistryReader::Open(const std::string& name) {
 const RegistryHeader& RegistryReader::header() const { return *m_->header; }
 
 const SlotRecord& RegistryReader::slot(uint32_t index) const {
-  auto* base = static_cast<const std::byte*>(m_->region.get_address());
+  auto* base = static_cast<const std::byte*>(m_->base);
   return reinterpret_cast<const SlotRecord*>(base + m_->geometry.slots_offset)[index];
 }
 
@@ -109,7 +112,7 @@ Result<SlotDescriptor> RegistryReader::Lookup(std::string_view name) const {
 }
 
 Status RegistryReader::FindInto(std::string_view name, SlotDescriptor& d) const {
-  auto* base = static_cast<const std::byte*>(m_->region.get_address());
+  auto* base = static_cast<const std::byte*>(m_->base);
   auto* buckets = reinterpret_cast<const std::atomic<uint32_t>*>(base + m_->geometry.index_offset);
   const uint32_t mask = m_->geometry.index_buckets - 1;
   const uint32_t capacity = m_->geometry.capacity;

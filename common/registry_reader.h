@@ -1,4 +1,7 @@
-// Lock-free, read-only access to the broker's registry segment.
+// Lock-free, read-only access to the broker's registry segment, a sealed memfd
+// the broker hands over at hello. Everything in it is checked against the
+// real size of the mapping before use: a reader never trusts the segment's
+// own claims about where things are.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +11,7 @@
 #include <vector>
 
 #include "gpubroker/status.hpp"
+#include "posix.h"
 #include "registry_layout.h"
 
 namespace gpubroker {
@@ -21,9 +25,9 @@ bool ProcessIsAlive(int pid, uint64_t start_ticks);
 
 class RegistryReader {
  public:
-  // Maps /dev/shm/<name> read-only and checks its magic, layout version and
-  // geometry. kUnavailable if the segment is missing or not ready.
-  static Result<RegistryReader> Open(const std::string& name);
+  // Maps the segment behind `fd` read-only and checks its magic, layout
+  // version and geometry against the descriptor's real size. Takes the fd.
+  static Result<RegistryReader> FromFd(UniqueFd fd);
 
   RegistryReader(RegistryReader&&) noexcept;
   RegistryReader& operator=(RegistryReader&&) noexcept;

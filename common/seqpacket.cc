@@ -47,7 +47,8 @@ Result<Received> ReceiveRecord(int socket, std::span<std::byte> buffer, bool non
   }
   r.size = static_cast<size_t>(n);
   r.closed = n == 0 && r.fds.empty();
-  r.truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  r.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
+  r.fds_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   return r;
 }
 

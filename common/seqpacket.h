@@ -17,6 +17,7 @@ struct Received {
   size_t size = 0;         // bytes of the record copied into the buffer
   bool closed = false;     // the peer closed the connection
   bool truncated = false;  // the record was larger than the buffer
+  bool fds_truncated = false;  // more fds came than the control buffer holds (all closed)
   bool would_block = false;
   std::vector<UniqueFd> fds;  // received fds, close-on-exec
 };

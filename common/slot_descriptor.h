@@ -37,7 +37,12 @@ struct SlotDescriptor {
   uint16_t dtype_lanes;
   uint32_t ndim;
   uint8_t ipc_handle[64];  // legacy CUDA IPC handle, only for world-readable slots
-  uint8_t reserved[16];
+  // Who may reach the allocation this slot views, fixed when it was created:
+  // every check of this slot also checks these, so a view cannot widen them.
+  uint32_t allocation_owner_uid;
+  uint32_t allocation_owner_gid;
+  uint32_t allocation_mode;
+  uint8_t reserved[4];
 };
 static_assert(sizeof(SlotDescriptor) == 448);
 static_assert(std::is_trivially_copyable_v<SlotDescriptor>);

@@ -66,7 +66,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   backends.Add(std::make_unique<SmallBackend>());
   HandlerOptions ho;
   ho.limits.max_connections = 8;
-  ho.limits.max_bytes_per_client = 4u << 20;
+  ho.limits.max_bytes_per_uid = 4u << 20;
+  ho.limits.max_host_bytes = 64u << 20;
   ho.admin_group = 4242;
   RequestHandler handler(**registry, backends, ho);
   std::map<uint8_t, uint64_t> clients;

@@ -7,6 +7,7 @@
 
 #include "gpubroker/client.hpp"
 #include "output.h"
+#include "parse.h"
 #include "validate.h"
 
 namespace gpubroker::ctl {
@@ -104,7 +105,7 @@ int StatusCmd(Client& c, bool json) {
   }
   std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": "
             << b->state << "\n"
-            << "registry:     /dev/shm/" << b->registry_name << " (" << b->slots << " of "
+            << "registry:     " << b->registry_name << " (" << b->slots << " of "
             << b->max_slots << " slots used, capacity " << b->capacity << ")\n"
             << "allocations:  " << b->allocations << " (" << HumanBytes(b->bytes_host) << " host, "
             << HumanBytes(b->bytes_device) << " device)\n"
@@ -154,14 +155,15 @@ Result<std::vector<int64_t>> ParseShape(const std::string& text) {
   std::stringstream in(text);
   std::string part;
   while (std::getline(in, part, ',')) {
-    try {
-      size_t used = 0;
-      long long v = std::stoll(part, &used);
-      if (used != part.size() || v < 0) throw std::invalid_argument(part);
-      shape.push_back(v);
-    } catch (const std::exception&) {
-      return InvalidArgument("shape must be comma-separated sizes, e.g. 1024,1024; got '" + text + "'");
+    auto v = ParseUnsigned(part, INT64_MAX, "a shape entry");
+    if (!v.ok()) {
+      return InvalidArgument("--shape must be comma-separated sizes, e.g. 1024,1024: " + v.status().message());
     }
+    shape.push_back(static_cast<int64_t>(*v));
+  }
+  if (shape.size() > static_cast<size_t>(kMaxDims)) {
+    return InvalidArgument("--shape has " + std::to_string(shape.size()) + " dimensions; the limit is " +
+                           std::to_string(kMaxDims));
   }
   return shape;
 }
@@ -178,33 +180,31 @@ Result<CreateOptions> ToCreateOptions(const CreateFlags& f) {
   GPB_ASSIGN_OR_RETURN(o.dtype, ParseDType(f.dtype));
   if (!f.shape.empty()) { GPB_ASSIGN_OR_RETURN(o.shape, ParseShape(f.shape)); }
   if (!f.bytes.empty()) {
-    try {
-      size_t used = 0;
-      o.bytes = std::stoull(f.bytes, &used);
-      if (used != f.bytes.size()) throw std::invalid_argument(f.bytes);
-    } catch (const std::exception&) {
-      return InvalidArgument("--bytes must be a number of bytes");
-    }
+    auto bytes = ParseBytes(f.bytes);
+    if (!bytes.ok()) return bytes.status().Annotate("--bytes");
+    o.bytes = *bytes;
   }
   if (f.shape.empty()) {
     if (o.bytes == 0) return InvalidArgument("give --shape or --bytes");
+    if (o.bytes / o.dtype.itemsize() > static_cast<uint64_t>(INT64_MAX)) {
+      return InvalidArgument("--bytes " + f.bytes + " is more elements than a shape can hold");
+    }
     o.shape = {static_cast<int64_t>(o.bytes / o.dtype.itemsize())};
   }
   if (!f.backend.empty()) { GPB_ASSIGN_OR_RETURN(o.backend, ParseBackend(f.backend)); }
-  if (f.device.rfind("GPU-", 0) == 0) {
-    GPB_ASSIGN_OR_RETURN(o.device_uuid, ParseUuid(f.device));
-  } else if (!f.device.empty()) {
-    try {
-      o.device = std::stoi(f.device.rfind("cuda:", 0) == 0 ? f.device.substr(5) : f.device);
-    } catch (const std::exception&) {
-      return InvalidArgument("--device must be a CUDA ordinal (0, cuda:1) or a GPU-<uuid>");
+  if (!f.device.empty()) {
+    auto device = ParseDevice(f.device);
+    if (!device.ok()) return device.status().Annotate("--device");
+    if (device->cpu) {
+      if (o.backend && *o.backend != BackendKind::kHost) return InvalidArgument("--device cpu needs --backend host");
+      o.backend = BackendKind::kHost;
     }
+    o.device = device->ordinal;
+    o.device_uuid = device->uuid;
   }
-  try {
-    o.mode = static_cast<uint32_t>(std::stoul(f.mode, nullptr, 8));
-  } catch (const std::exception&) {
-    return InvalidArgument("--mode must be octal, e.g. 0640");
-  }
+  auto mode = ParseMode(f.mode);
+  if (!mode.ok()) return mode.status().Annotate("--mode");
+  o.mode = *mode;
   o.base = f.base;
   o.byte_offset = f.offset;
   return o;
@@ -235,7 +235,7 @@ int main(int argc, char** argv) {
   create->add_option("name", cf.name, "slot name")->required();
   create->add_option("--dtype", cf.dtype, "element type (default uint8)");
   create->add_option("--shape", cf.shape, "comma-separated sizes, e.g. 1024,1024");
-  create->add_option("--bytes", cf.bytes, "allocation size in bytes");
+  create->add_option("--bytes", cf.bytes, "allocation size: bytes, or with a unit (64MiB, 2GiB)");
   create->add_option("--backend", cf.backend, "host, cuda_vmm or cuda_ipc (default: the broker's)");
   create->add_option("--device", cf.device, "CUDA device: ordinal (as this process sees it) or GPU-<uuid>");
   create->add_option("--mode", cf.mode, "permission bits, octal (default 0600)");

@@ -36,6 +36,8 @@ Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
   if (!o.strides.empty() && o.strides.size() != o.shape.size()) {
     return InvalidArgument("strides must have one entry per dimension");
   }
+  if (!o.base.empty()) GPB_RETURN_IF_ERROR(ValidateName(o.base).Annotate("base"));
+  if (o.mode > 0777) return InvalidArgument("mode " + std::to_string(o.mode) + " is not a permission 0..0777");
   wire::CreateRequest m{};
   m.name.set(o.name);
   m.base.set(o.base);
@@ -107,10 +109,12 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   if (auto registry = c.Registry(); registry.ok() && (*registry)->Running()) {
     auto slot = (*registry)->Lookup(name);
     if (slot.ok()) {
-      if (auto cached = c.Cached(slot->allocation_id)) {
-        if (mode == AttachMode::kReadOnly || cached->writable) {
-          return MakeView(std::move(cached), *slot);
-        }
+      // The record is checked against the mapping itself, not against the
+      // sizes the record claims.
+      if (auto cached = c.Cached(slot->allocation_id);
+          cached && (mode == AttachMode::kReadOnly || cached->writable) &&
+          slot->byte_offset <= cached->size && slot->nbytes <= cached->size - slot->byte_offset) {
+        return MakeView(std::move(cached), *slot);
       }
     }
   }

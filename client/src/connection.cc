@@ -40,9 +40,6 @@ Result<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& optio
     std::lock_guard lock(c->mu_);
     GPB_RETURN_IF_ERROR(c->HelloLocked());
   }
-  // Map the registry now rather than in the first attach; should it fail,
-  // the first use tries again and reports why.
-  (void)c->Registry();
   return c;
 }
 
@@ -51,9 +48,27 @@ Status Connection::HelloLocked() {
   hello.protocol_version = wire::kProtocolVersion;
   hello.pid = ::getpid();
   hello.client_name.set(options_.client_name);
+  greeted_ = false;
   GPB_ASSIGN_OR_RETURN(ReplyWithFd reply, SendAndReceiveLocked(wire::EncodeRequest(0, hello)));
   GPB_RETURN_IF_ERROR(ExpectType(reply.frame, static_cast<uint16_t>(wire::MsgType::kHello)));
   GPB_ASSIGN_OR_RETURN(hello_, wire::Decode<wire::HelloReply>(reply.frame.payload));
+  greeted_ = true;
+  // The registry comes with the hello; mapped here, so the first attach
+  // pays nothing for it. Should it fail, lookups say why and attaches go
+  // through the broker.
+  Result<RegistryReader> reader = reply.fd.valid()
+                                      ? RegistryReader::FromFd(std::move(reply.fd))
+                                      : Result<RegistryReader>(ProtocolError("the broker sent no registry"));
+  if (reader.ok() && reader->boot_generation() != hello_.boot_generation) {
+    reader = Unavailable("the registry belongs to another broker start");
+  }
+  std::lock_guard lock(cache_mu_);
+  registry_.reset();
+  if (reader.ok()) {
+    registry_.emplace(std::move(reader).value());
+  } else {
+    registry_error_ = reader.status();
+  }
   return Status::Ok();
 }
 
@@ -75,10 +90,6 @@ Status Connection::ReconnectLocked() {
       return *broken_;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // waiting for a restart
-  }
-  {
-    std::lock_guard lock(cache_mu_);
-    registry_.reset();  // a new broker has a new segment
   }
   RetakeLeasesLocked();
   return Status::Ok();
@@ -147,7 +158,9 @@ Result<ReplyWithFd> Connection::SendAndReceiveLocked(std::vector<std::byte> requ
     auto r = ReceiveRecord(socket_.get(), receive_buffer_, false);
     if (!r.ok() || r->closed || r->would_block) {
       std::string why = !r.ok() ? r.status().message()
-                        : r->closed ? "the broker closed the connection"
+                        : r->closed ? (greeted_ ? "the broker closed the connection"
+                                                : "the broker closed the connection before answering hello "
+                                                  "(it is over a connection limit, or stopping: its log says which)")
                                     : "no reply within the timeout";
       broken_ = Unavailable("broker unavailable: " + why);
       return *broken_;
@@ -198,11 +211,14 @@ std::shared_ptr<MappedAllocation> Connection::Cached(uint64_t allocation_id) {
 
 Result<std::shared_ptr<MappedAllocation>> Connection::Map(const wire::AttachReply& reply, UniqueFd fd) {
   const SlotDescriptor& slot = reply.slot;
-  if (auto existing = Cached(slot.allocation_id)) {
+  bool writable = (reply.access & wire::kAccessWrite) != 0;
+  // Join an existing mapping unless this attach grants write and it does not:
+  // then map again, writable, and let later attaches find the new one (views
+  // of the read-only mapping keep it, and its lease, until they go).
+  if (auto existing = Cached(slot.allocation_id); existing && (existing->writable || !writable)) {
     Detach(slot.allocation_id);  // one lease per allocation per connection
     return existing;
   }
-  bool writable = (reply.access & wire::kAccessWrite) != 0;
   auto mapped = slot.backend == static_cast<uint16_t>(BackendKind::kHost)
                     ? MapHost(slot, std::move(fd), writable)
                     : MapCuda(slot, std::move(fd), writable);
@@ -215,6 +231,7 @@ Result<std::shared_ptr<MappedAllocation>> Connection::Map(const wire::AttachRepl
   m->slot = slot.name;
   m->writable = writable;
   m->base = (*mapped)->base();
+  m->size = (*mapped)->size();
   m->device = (*mapped)->device();
   m->mapping = std::move(mapped).value();
   m->connection = weak_from_this();
@@ -236,13 +253,7 @@ void Connection::Detach(uint64_t allocation_id) {
 
 Result<const RegistryReader*> Connection::Registry() {
   std::lock_guard lock(cache_mu_);
-  if (!registry_) {
-    GPB_ASSIGN_OR_RETURN(RegistryReader r, RegistryReader::Open(std::string(hello_.registry_name.view())));
-    if (r.boot_generation() != hello_.boot_generation) {
-      return Unavailable("the registry segment belongs to another broker start");
-    }
-    registry_.emplace(std::move(r));
-  }
+  if (!registry_) return registry_error_;
   return &*registry_;
 }
 

@@ -25,6 +25,7 @@ struct MappedAllocation {
   std::string slot;     // the name it was attached through, to re-take the lease by
   bool leased = true;   // false if a restarted broker no longer knows the slot
   void* base = nullptr;
+  size_t size = 0;  // bytes mapped at base
   bool writable = false;
   Device device;  // in this process's numbering
   std::unique_ptr<ClientMapping> mapping;
@@ -77,7 +78,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Returns a lease; errors are logged nowhere: the connection may be gone.
   void Detach(uint64_t allocation_id);
 
-  // The broker's registry, mapped on first use.
+  // The registry the broker handed over with its hello.
   Result<const RegistryReader*> Registry();
 
   const wire::HelloReply& hello() const { return hello_; }
@@ -93,17 +94,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void RetakeLeasesLocked();
   Status ExpectType(const wire::Frame& frame, uint16_t type) const;
 
-  std::mutex mu_;  // guards the socket, next_id_, broken_, hello_
+  std::mutex mu_;  // guards the socket, next_id_, broken_, hello_, greeted_
   ConnectOptions options_;
   UniqueFd socket_;
   uint32_t next_id_ = 0;
   std::optional<Status> broken_;  // set once the broker is gone
   wire::HelloReply hello_{};
+  bool greeted_ = false;
   std::vector<std::byte> receive_buffer_ = std::vector<std::byte>(wire::kMaxMessageBytes);
 
-  std::mutex cache_mu_;  // guards cache_ and registry_
+  std::mutex cache_mu_;  // guards cache_, registry_ and registry_error_
   std::map<uint64_t, std::weak_ptr<MappedAllocation>> cache_;
   std::optional<RegistryReader> registry_;
+  Status registry_error_ = Unavailable("not connected");
 };
 
 }  // namespace gpubroker

@@ -16,12 +16,15 @@ class ClientMapping {
  public:
   virtual ~ClientMapping() = default;
   void* base() const { return base_; }
+  // Bytes mapped at base(): every view into the mapping must lie inside.
+  size_t size() const { return size_; }
   // Where the memory is, in this process's numbering.
   const Device& device() const { return device_; }
   void SetDevice(const Device& d) { device_ = d; }
 
  protected:
   void* base_ = nullptr;
+  size_t size_ = 0;
   Device device_;
 };
 

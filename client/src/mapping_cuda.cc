@@ -20,8 +20,9 @@ std::optional<int> CurrentDevice(const CudaDriver& d) {
 
 class VmmMapping final : public ClientMapping {
  public:
-  VmmMapping(const CudaDriver& d, CUdeviceptr ptr, size_t size) : d_(d), ptr_(ptr), size_(size) {
+  VmmMapping(const CudaDriver& d, CUdeviceptr ptr, size_t size) : d_(d), ptr_(ptr) {
     base_ = reinterpret_cast<void*>(ptr);
+    size_ = size;
   }
   ~VmmMapping() override {
     d_.cuMemUnmap(ptr_, size_);
@@ -31,7 +32,6 @@ class VmmMapping final : public ClientMapping {
  private:
   const CudaDriver& d_;
   CUdeviceptr ptr_;
-  size_t size_;
 };
 
 Result<std::unique_ptr<ClientMapping>> MapVmm(const CudaDriver& d, const SlotDescriptor& slot,
@@ -100,9 +100,10 @@ Result<std::unique_ptr<ClientMapping>> MapVmm(const CudaDriver& d, const SlotDes
 class IpcMapping final : public ClientMapping {
  public:
   IpcMapping(const CudaDriver& d, CUcontext ctx, std::optional<ScopedDeviceContext> retained,
-             CUdeviceptr ptr)
+             CUdeviceptr ptr, size_t size)
       : d_(d), ctx_(ctx), retained_(std::move(retained)), ptr_(ptr) {
     base_ = reinterpret_cast<void*>(ptr);
+    size_ = size;
   }
   ~IpcMapping() override {
     CUcontext previous = nullptr;
@@ -139,7 +140,14 @@ Result<std::unique_ptr<ClientMapping>> MapIpc(const CudaDriver& d, const SlotDes
   CUdeviceptr ptr = 0;
   GPB_RETURN_IF_ERROR(d.Check(d.cuIpcOpenMemHandle(&ptr, handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS),
                               "cuIpcOpenMemHandle"));
-  auto mapping = std::make_unique<IpcMapping>(d, ctx, std::move(retained), ptr);
+  // The driver's own record of the allocation's size, not the message's.
+  CUdeviceptr range_base = 0;
+  size_t range = 0;
+  if (d.cuMemGetAddressRange(&range_base, &range, ptr) != CUDA_SUCCESS || range_base != ptr ||
+      range < slot.allocation_bytes) {
+    range = 0;
+  }
+  auto mapping = std::make_unique<IpcMapping>(d, ctx, std::move(retained), ptr, range);
   mapping->SetDevice(Device{Device::kCuda, own.ok() ? *own : -1, uuid});
   return std::unique_ptr<ClientMapping>(std::move(mapping));
 }

@@ -21,7 +21,7 @@ def fresh_rng():
 class HostTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.broker = Broker("--max-bytes-per-client", "64MiB")
+        cls.broker = Broker("--max-host-bytes", "64MiB")
 
     @classmethod
     def tearDownClass(cls):
@@ -145,8 +145,8 @@ class HostTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.c.create("py/x", (1,), "float7")
         with self.assertRaises(gpubroker.ResourceExhausted) as e:
-            self.c.create("py/huge", (128 << 20,), "uint8")  # over --max-bytes-per-client
-        self.assertIn("byte limit", str(e.exception))
+            self.c.create("py/huge", (128 << 20,), "uint8")  # over --max-host-bytes
+        self.assertIn("limits.max_host_bytes", str(e.exception))
         with self.assertRaises(gpubroker.Unavailable):
             gpubroker.connect(self.broker.socket + ".missing")
         view = self.c.create("py/cpu-stream", (1,))

@@ -246,7 +246,7 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();
   ASSERT_TRUE(c.ok());
-  auto registry = RegistryReader::Open(broker->registry());
+  auto registry = broker->OpenRegistry();
   ASSERT_TRUE(registry.ok());
   auto handle_of = [&](const std::string& name) {
     auto d = registry->Lookup(name);

@@ -317,13 +317,13 @@ TEST_F(BrokerTest, KilledBrokerLeavesViewsReadableAndANewBrokerTakesOver) {
 
 TEST(BrokerLimits, EachLimitHasItsOwnErrorAndServiceGoesOn) {
   auto broker = BrokerProcess::Start(
-      {"--max-slots", "2", "--max-bytes-per-client", "8192", "--max-connections", "3"});
+      {"--max-slots", "2", "--max-host-bytes", "8192", "--max-connections", "3", "--reserved-admin-connections", "0"});
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();
   ASSERT_TRUE(c.ok());
   Status bytes = c->Create(Bytes("big", 16384)).status();
   EXPECT_EQ(bytes.code(), Code::kResourceExhausted);
-  EXPECT_NE(bytes.message().find("client byte limit"), std::string::npos) << bytes.message();
+  EXPECT_NE(bytes.message().find("limits.max_host_bytes"), std::string::npos) << bytes.message();
   ASSERT_TRUE(c->Create(Bytes("a", 64)).ok());
   ASSERT_TRUE(c->Create(Bytes("b", 64)).ok());
   Status slots = c->Create(Bytes("c", 64)).status();

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "seqpacket.h"
+#include "wire.h"
 
 namespace gpubroker::testing {
 
@@ -141,6 +142,19 @@ ConnectOptions BrokerProcess::Options(const std::string& client_name) const {
   o.reply_timeout_ms = 10000;
   o.reconnect_timeout_ms = 0;  // tests of restarts ask for reconnection themselves
   return o;
+}
+
+Result<RegistryReader> BrokerProcess::OpenRegistry() const {
+  GPB_ASSIGN_OR_RETURN(UniqueFd socket, ConnectSeqpacket(socket_));
+  wire::HelloRequest hello{};
+  hello.protocol_version = wire::kProtocolVersion;
+  hello.client_name.set("registry-reader");
+  GPB_ASSIGN_OR_RETURN(bool sent, SendRecord(socket.get(), wire::EncodeRequest(1, hello), -1, false));
+  if (!sent) return Unavailable("cannot send hello");
+  std::vector<std::byte> buffer(wire::kMaxMessageBytes);
+  GPB_ASSIGN_OR_RETURN(Received r, ReceiveRecord(socket.get(), buffer, false));
+  if (r.fds.empty()) return ProtocolError("hello reply carried no registry");
+  return RegistryReader::FromFd(std::move(r.fds.front()));
 }
 
 Result<Client> BrokerProcess::Connect(const std::string& client_name) const {

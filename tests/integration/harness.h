@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gpubroker/client.hpp"
+#include "registry_reader.h"
 
 namespace gpubroker::testing {
 
@@ -56,6 +57,8 @@ class BrokerProcess {
   const std::string& dir() const { return dir_; }
   ConnectOptions Options(const std::string& client_name = "test") const;
   Result<Client> Connect(const std::string& client_name = "test") const;
+  // The registry, as a client receives it at hello (a raw hello of its own).
+  Result<RegistryReader> OpenRegistry() const;
   // Sends `signo` and reaps the broker; returns its wait status.
   int Stop(int signo = SIGTERM);
 

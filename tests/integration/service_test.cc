@@ -81,7 +81,9 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
   ASSERT_TRUE(before.ok());
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
   auto restart = manager.RestartOptions();
-  EXPECT_EQ(manager.store().size(), 2u) << "one stored fd per live allocation (warm/gone's was removed)";
+  EXPECT_EQ(manager.store().size(), 3u)
+      << "the registry and one stored fd per live allocation (warm/gone's was removed)";
+  EXPECT_EQ(manager.store().count("gpb-registry"), 1u);
   EXPECT_TRUE(Contents(*a) == data) << "a view must stay valid while the broker is down";
 
   auto next = BrokerProcess::Restart(*broker, restart);

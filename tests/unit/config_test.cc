@@ -22,7 +22,8 @@ TEST(Config, ExampleFileParses) {
   EXPECT_EQ(c->pools[0].name, "staging/input");
   EXPECT_EQ(c->pools[0].shape, (std::vector<int64_t>{64, 1024}));
   EXPECT_EQ(c->pools[1].bytes, 16u << 20);
-  EXPECT_EQ(c->limits.max_bytes_per_client, 64ull << 30);
+  EXPECT_EQ(c->limits.max_bytes_per_device, 70ull << 30);
+  EXPECT_EQ(c->limits.max_connections_per_uid, 64u);
   EXPECT_EQ(c->socket_mode, 0660u);
 }
 
@@ -46,7 +47,13 @@ TEST(Config, WrongTypesAndImpossibleValues) {
       {"socket:\n  path: relative.sock\n", "test.yaml:2:9", "absolute"},
       {"logging:\n  level: loud\n", "test.yaml:2:10", "logging.level"},
       {"logging:\n  format: xml\n", "test.yaml:2:11", "text or json"},
-      {"limits:\n  max_bytes_per_client: 12XB\n", "test.yaml:2:25", "unit"},
+      {"limits:\n  max_bytes_per_uid: 12XB\n", "test.yaml:2:22", "unit"},
+      {"limits:\n  max_bytes_per_client: 1GiB\n", "test.yaml:2:25", "max_bytes_per_uid"},
+      {"limits:\n  max_host_bytes: -1\n", "test.yaml:2:19", "not a size"},
+      {"limits:\n  max_connections: 8\n  reserved_admin_connections: 8\n", "test.yaml:2:3", "below"},
+      {"limits:\n  hello_timeout_ms: 0\n", "test.yaml:2:3", "hello_timeout_ms"},
+      {"registry:\n  mode: \"0644\"\n", "test.yaml:2:9", "over the socket"},
+      {"socket:\n  mode: \"0644junk\"\n", "test.yaml:2:9", "octal"},
       {"pools:\n  - name: p\n    dtype: float7\n    shape: [4]\n", "test.yaml:3:12", "dtype"},
       {"pools:\n  - name: p\n", "test.yaml:2:5", "shape or bytes"},
       {"pools:\n  - name: \"a/../x\"\n    bytes: 4\n", "test.yaml:2:11", "'..'"},
@@ -83,13 +90,23 @@ TEST(Config, CrossFieldRules) {
   EXPECT_NE(s.message().find("max_slots"), std::string::npos);
 }
 
-TEST(Config, SizesAndModes) {
-  EXPECT_EQ(*ParseBytes("4096"), 4096u);
-  EXPECT_EQ(*ParseBytes("2MiB"), 2u << 20);
-  EXPECT_EQ(ParseBytes("99999999999TiB").status().code(), Code::kConfig);
-  EXPECT_EQ(ParseBytes("MiB").status().code(), Code::kConfig);
-  EXPECT_EQ(*ParseMode("0640"), 0640u);
-  EXPECT_EQ(ParseMode("1777").status().code(), Code::kConfig);
+TEST(Config, FlagsAreCheckedLikeTheFile) {
+  // What main() does with --registry, --max-connections and --socket.
+  auto c = ParseConfig(EmbeddedDefaultConfig(), "<embedded>");
+  ASSERT_TRUE(c.ok());
+  Config bad = *c;
+  bad.registry_name = std::string(70, 'r');
+  EXPECT_NE(ValidateConfig(bad).message().find("registry.name"), std::string::npos);
+  bad = *c;
+  bad.limits.max_connections = 0;
+  EXPECT_NE(ValidateConfig(bad).message().find("max_connections"), std::string::npos);
+  bad = *c;
+  bad.socket_path = "relative.sock";
+  EXPECT_NE(ValidateConfig(bad).message().find("absolute"), std::string::npos);
+  EXPECT_TRUE(ValidateConfig(*c).ok());
+}
+
+TEST(Config, Groups) {
   EXPECT_EQ(*LookupGroup("0"), 0u);
   EXPECT_EQ(LookupGroup("no-such-group-here").status().code(), Code::kConfig);
 }

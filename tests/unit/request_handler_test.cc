@@ -43,6 +43,7 @@ class HandlerTest : public ::testing::Test {
     fake_ = backend.get();
     backends_.Add(std::move(backend));
     options_.limits.max_connections = 8;
+    options_.limits.reserved_admin_connections = 2;
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, options_);
   }
 
@@ -195,7 +196,7 @@ TEST_F(HandlerTest, ModeBitsDecideAttachAndDestroy) {
 }
 
 TEST_F(HandlerTest, AdminGroupMayDoEverything) {
-  Rebuild(Limits{.max_connections = 8}, gid_t{4242});
+  Rebuild(Limits{.max_connections = 8, .reserved_admin_connections = 2}, gid_t{4242});
   uint64_t owner = Connect(1000, 1000);
   uint64_t admin = Connect(3000, 3000, {4242});
   uint64_t nobody = Connect(3001, 3001);
@@ -241,11 +242,11 @@ TEST_F(HandlerTest, OutOfMemoryIsAClearErrorAndServiceGoesOn) {
 }
 
 TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
-  Rebuild(Limits{.max_slots = 2, .max_bytes_per_client = 100, .max_connections = 3});
-  uint64_t a = Connect(0, 0);
+  Rebuild(Limits{.max_slots = 2, .max_bytes_per_uid = 100, .max_connections = 3, .reserved_admin_connections = 0});
+  uint64_t a = Connect(1000, 1000);
   Status bytes = Call<wire::SlotReply>(a, CreateMsg("x", 26)).status();  // 104 bytes
   EXPECT_EQ(bytes.code(), Code::kResourceExhausted);
-  EXPECT_NE(bytes.message().find("byte limit"), std::string::npos);
+  EXPECT_NE(bytes.message().find("limits.max_bytes_per_uid"), std::string::npos) << bytes.message();
   ASSERT_TRUE(Call<wire::SlotReply>(a, CreateMsg("x", 10)).ok());
   ASSERT_TRUE(Call<wire::SlotReply>(a, CreateMsg("y", 10)).ok());
   Status slots = Call<wire::SlotReply>(a, CreateMsg("z", 1)).status();
