@@ -6,7 +6,9 @@
 // its slot, and the broker's memory did not grow without bound.
 //
 // GPUBROKER_CHAOS_SECONDS (default 15) and GPUBROKER_CHAOS_CLIENTS (32) size
-// it; GPUBROKER_TEST_BACKEND picks the memory (data is checked on host slots).
+// it; GPUBROKER_TEST_BACKEND picks the memory. Data is checked on every
+// backend: on CUDA slots a kernel writes the pattern and another counts the
+// elements that differ.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -20,6 +22,9 @@
 #include <thread>
 
 #include "harness.h"
+#if GPUBROKER_GPU_KERNELS
+#include "kernels.h"
+#endif
 
 namespace gpubroker::testing {
 namespace {
@@ -55,8 +60,32 @@ bool Matches(const void* p, size_t n, uint64_t key) {
   return true;
 }
 
+// Writes and checks a buffer where it lives: the CPU for host slots, a kernel
+// for CUDA slots (whose sizes are kept a multiple of 8, the kernels' word).
+bool FillOn(bool host, void* p, size_t n, uint64_t key) {
+  if (host) {
+    Fill(p, n, key);
+    return true;
+  }
+#if GPUBROKER_GPU_KERNELS
+  return gpu::FillPattern(p, n, key);
+#else
+  return false;
+#endif
+}
+
+bool MatchesOn(bool host, const void* p, size_t n, uint64_t key) {
+  if (host) return Matches(p, n, key);
+#if GPUBROKER_GPU_KERNELS
+  return gpu::CountMismatches(p, n, key) == 0;
+#else
+  return false;
+#endif
+}
+
 // One worker's life. Exit codes: 0 fine, 3 data mismatch, 4 unexpected error
-// kind, 5 broker unavailable, 6 could not connect.
+// kind, 5 broker unavailable, 6 could not connect, 7 could not write (no
+// kernels in this build for a CUDA backend).
 int Worker(const BrokerProcess& broker, int spawn, Shared* shared, std::chrono::steady_clock::time_point end) {
   auto c = Client::Connect(broker.Options("chaos-" + std::to_string(spawn)));
   if (!c.ok()) return 6;
@@ -77,6 +106,7 @@ int Worker(const BrokerProcess& broker, int spawn, Shared* shared, std::chrono::
       case 0: {  // private round trip: write, drop, re-attach, check, destroy
         std::string name = "c" + std::to_string(spawn) + "/" + std::to_string(generation++);
         size_t n = 1 + rng() % 65536;
+        if (!host) n = (n + 7) / 8 * 8;
         CreateOptions o;
         o.name = name;
         o.shape = {static_cast<int64_t>(n)};
@@ -88,14 +118,12 @@ int Worker(const BrokerProcess& broker, int spawn, Shared* shared, std::chrono::
           break;
         }
         uint64_t key = rng();
-        if (host) Fill(v->data(), n, key);
+        if (!FillOn(host, v->data(), n, key)) return 7;
         v->reset();
         auto again = c->Attach(name);
         if (!again.ok()) return again.status().code() == Code::kUnavailable ? 5 : 4;
-        if (host) {
-          if (!Matches(again->data(), n, key)) return 3;
-          shared->data_checks.fetch_add(1, std::memory_order_relaxed);
-        }
+        if (!MatchesOn(host, again->data(), n, key)) return 3;
+        shared->data_checks.fetch_add(1, std::memory_order_relaxed);
         if (!c->Destroy(name).ok()) return 4;
         break;
       }
@@ -216,6 +244,7 @@ TEST(Chaos, RandomClientsAndKillsLeaveNothingBehind) {
   uint64_t rss_end = RssBytes(broker->pid());
   EXPECT_LT(rss_end, rss_early + (32u << 20)) << "broker RSS grew from " << rss_early << " to " << rss_end;
 
+  EXPECT_GT(shared->data_checks.load(), 0u) << "no buffer was written and read back";
   std::printf("chaos (%s): %d s, %d workers spawned, %d killed, %llu ops, %llu data checks, %llu leases held by "
               "killed clients reclaimed, broker RSS %.1f -> %.1f MiB\n",
               std::string(BackendName(TestBackend())).c_str(), seconds, spawned, killed, static_cast<unsigned long long>(shared->ops.load()),

@@ -1,12 +1,14 @@
 #include "harness.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -88,11 +90,27 @@ std::unique_ptr<BrokerProcess> BrokerProcess::Restart(const BrokerProcess& previ
 }
 
 Status BrokerProcess::Launch(const LaunchOptions& options) {
-  std::vector<std::string> args = {GPUBROKERD_PATH, "--socket", socket_, "--registry", registry_,
-                                   "--log-level", "warn"};
+  if (!options.socket.empty()) socket_ = options.socket;
+  std::vector<std::string> args = {GPUBROKERD_PATH, "--socket", socket_};
+  // The harness's defaults, unless the test gives its own.
+  auto given = [&](const std::string& flag) {
+    return std::find(options.args.begin(), options.args.end(), flag) != options.args.end();
+  };
+  if (!given("--registry")) args.insert(args.end(), {"--registry", registry_});
+  if (!given("--log-level")) args.insert(args.end(), {"--log-level", "warn"});
   args.insert(args.end(), options.args.begin(), options.args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
+    if (!options.cgroup.empty()) {
+      FILE* procs = std::fopen((options.cgroup + "/cgroup.procs").c_str(), "w");
+      if (procs == nullptr || std::fprintf(procs, "0\n") < 0 || std::fclose(procs) != 0) ::_exit(126);
+    }
+    if (!options.log_file.empty()) {
+      int log = ::open(options.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (log < 0) ::_exit(126);
+      ::dup2(log, 1);
+      ::dup2(log, 2);
+    }
     // Hand fds over as a service manager does: at 3, 4, ... (moved out of the way first).
     std::vector<int> high;
     for (const auto& [name, fd] : options.fds) high.push_back(::fcntl(fd, F_DUPFD, 100));
@@ -133,6 +151,10 @@ BrokerProcess::~BrokerProcess() {
     std::filesystem::remove_all(dir_, ec);
     ::shm_unlink(("/" + registry_).c_str());
   }
+}
+
+bool BecomeUser(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) {
+  return ::setgroups(groups.size(), groups.data()) == 0 && ::setgid(gid) == 0 && ::setuid(uid) == 0;
 }
 
 ConnectOptions BrokerProcess::Options(const std::string& client_name) const {

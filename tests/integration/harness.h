@@ -38,7 +38,13 @@ struct LaunchOptions {
   std::vector<std::pair<std::string, std::string>> env;
   std::vector<std::pair<std::string, int>> fds;
   bool wait_for_socket = true;
+  std::string cgroup;    // a cgroup directory the broker joins before it starts
+  std::string log_file;  // where its stdout and stderr go (default: inherited)
+  std::string socket;    // a socket path of the test's choosing (default: in its directory)
 };
+
+// Drops this process to `uid`, `gid` and supplementary `groups` (needs root).
+bool BecomeUser(uid_t uid, gid_t gid, const std::vector<gid_t>& groups = {});
 
 class BrokerProcess {
  public:
