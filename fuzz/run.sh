@@ -8,10 +8,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-fuzz
 CC=clang-14 CXX=clang++-14 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGPUBROKER_FUZZ=ON -DGPUBROKER_SANITIZE=ON -DGPUBROKER_WITH_CUDA=OFF -DGPUBROKER_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build" --target protocol_fuzz handler_fuzz config_fuzz
-for t in protocol handler config; do
+cmake --build "$build" --target protocol_fuzz handler_fuzz config_fuzz c_api_fuzz gpubrokerd
+for t in protocol handler config c_api; do
   work=$(mktemp -d)
-  cp -r "$root/fuzz/corpus/$t/." "$work/"
+  [ -d "$root/fuzz/corpus/$t" ] && cp -r "$root/fuzz/corpus/$t/." "$work/"
   echo "== $t: $seconds s"
   log=$(mktemp)
   rc=0

@@ -34,7 +34,12 @@ Result<UniqueFd> Dial(const ConnectOptions& options) {
 Result<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
   std::shared_ptr<Connection> c(new Connection());
   c->options_ = options;
-  if (c->options_.client_name.empty()) c->options_.client_name = program_invocation_short_name;
+  if (c->options_.client_name.empty()) {
+    c->options_.client_name = std::string(program_invocation_short_name).substr(0, 63);
+  } else if (c->options_.client_name.size() > 63 ||
+             c->options_.client_name.find('\0') != std::string::npos) {
+    return InvalidArgument("client name must be at most 63 bytes with no NUL");
+  }
   GPB_ASSIGN_OR_RETURN(c->socket_, Dial(options));
   {
     std::lock_guard lock(c->mu_);

@@ -19,6 +19,7 @@ from . import _dlpack
 from ._capi import (AlreadyExists, Error, InvalidArgument, NotFound, PermissionDenied, ProtocolError,
                     ResourceExhausted, Unavailable, Unsupported, check, gpb_create_args, gpb_dtype,
                     gpb_slot_info, lib)
+from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, integer as _int, name as _name
 from ._dtypes import DTYPES, dtype_name, from_dl, typestr
 
 __all__ = ["connect", "Client", "View", "SlotInfo", "Error", "InvalidArgument", "NotFound",
@@ -26,6 +27,21 @@ __all__ = ["connect", "Client", "View", "SlotInfo", "Error", "InvalidArgument", 
            "Unsupported", "default_socket_path"]
 
 _BACKENDS = {"host": 1, "cuda_vmm": 2, "cuda_ipc": 3}
+class _Mapping:
+    """One reference of the library's to a view's mapping: the memory stays
+    mapped while this object lives, whatever happens to the View."""
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle):
+        self._handle = lib.gpb_view_retain(handle)
+        if not self._handle:
+            raise MemoryError("cannot retain the view")
+
+    def __del__(self):
+        try:
+            lib.gpb_view_release(self._handle)
+        except Exception:  # interpreter shutdown
+            pass
 _BACKEND_NAMES = {v: k for k, v in _BACKENDS.items()}
 
 
@@ -144,7 +160,14 @@ class View:
     def __array_interface__(self):
         if self.is_cuda:
             raise AttributeError("a CUDA slot has no __array_interface__; use __cuda_array_interface__")
-        return self._interface()
+        d = self._interface()
+        # The data as a buffer object rather than a bare address: NumPy makes
+        # it the array's base, and it holds a reference to the mapping of its
+        # own, so the array stays valid after release() and after the View goes.
+        buf = (ctypes.c_char * self.nbytes).from_address(self.data_ptr) if self.nbytes else bytearray()
+        buf._gpubroker_mapping = _Mapping(self._handle) if self.nbytes else None
+        d["data"] = memoryview(buf) if self.writable else memoryview(buf).toreadonly()
+        return d
 
     def __dlpack_device__(self):
         return (_dlpack.kDLCUDA, self.device_id) if self.is_cuda else (_dlpack.kDLCPU, 0)
@@ -235,7 +258,18 @@ class Client:
         base/offset: make the slot a view into slot `base`'s allocation.
         backend: "host", "cuda_vmm" or "cuda_ipc"; default by device.
         Returns a View, or a SlotInfo with attach=False."""
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(_int(s, 0, _INT64_MAX, "shape entry") for s in shape)
+        if len(shape) > 8:
+            raise ValueError(f"{len(shape)} dimensions; the limit is 8")
+        if strides is not None:
+            strides = tuple(_int(s, 0, _INT64_MAX, "stride") for s in strides)
+            if len(strides) != len(shape):
+                raise ValueError("strides must have one entry per dimension")
+        nbytes = _int(nbytes, 0, _UINT64_MAX, "nbytes")
+        offset = _int(offset, 0, _UINT64_MAX, "offset")
+        mode = _int(mode, 0, 0o777, "mode")
+        name_b = _name(name)
+        base_b = _name(base, "base") if base else None
         name_d = dtype_name(dtype)
         code, bits = DTYPES[name_d]
         n = len(shape)
@@ -244,10 +278,10 @@ class Client:
         backend_code, ordinal, uuid = (0, -1, None) if base else _device_args(device, backend)
         uuid_arr = (ctypes.c_uint8 * 16)(*uuid) if uuid else None
         args = gpb_create_args(
-            name=name.encode(), dtype=gpb_dtype(code, bits, 1), ndim=n,
-            shape=shape_arr, strides=strides_arr, bytes=int(nbytes),
-            base=base.encode() if base else None, byte_offset=int(offset), backend=backend_code,
-            device=ordinal, device_uuid=uuid_arr, mode=int(mode))
+            name=name_b, dtype=gpb_dtype(code, bits, 1), ndim=n,
+            shape=shape_arr, strides=strides_arr, bytes=nbytes,
+            base=base_b, byte_offset=offset, backend=backend_code,
+            device=ordinal, device_uuid=uuid_arr, mode=mode)
         info = gpb_slot_info()
         if not attach:
             check(lib.gpb_create, self._h(), ctypes.byref(args), None, ctypes.byref(info))
@@ -259,7 +293,7 @@ class Client:
     def attach(self, name, readonly=False):
         """A View of slot `name`. Free of round trips if this process maps its allocation."""
         view = ctypes.c_void_p()
-        check(lib.gpb_attach, self._h(), name.encode(), 1 if readonly else 0, ctypes.byref(view))
+        check(lib.gpb_attach, self._h(), _name(name), 1 if readonly else 0, ctypes.byref(view))
         return View(view.value)
 
     def attach_many(self, names, readonly=False):
@@ -287,7 +321,7 @@ class Client:
         return dict(zip(keys, _torch.attach(self._h(), names, readonly)))
 
     def _attach_handles(self, names, readonly):
-        encoded = [n.encode() for n in names]
+        encoded = [_name(n) for n in names]
         out = (ctypes.c_void_p * max(len(encoded), 1))()
         check(lib.gpb_attach_many, self._h(), (ctypes.c_char_p * max(len(encoded), 1))(*encoded),
               len(encoded), 1 if readonly else 0, out)
@@ -306,17 +340,17 @@ class Client:
 
     def destroy(self, name):
         """Removes the name now; the memory goes with the last lease."""
-        check(lib.gpb_destroy, self._h(), name.encode())
+        check(lib.gpb_destroy, self._h(), _name(name))
 
     def stat(self, name):
         info = gpb_slot_info()
-        check(lib.gpb_stat, self._h(), name.encode(), ctypes.byref(info))
+        check(lib.gpb_stat, self._h(), _name(name), ctypes.byref(info))
         return SlotInfo._from(info)
 
     def lookup(self, name):
         """Like stat, read from the shared registry without asking the broker."""
         info = gpb_slot_info()
-        check(lib.gpb_lookup, self._h(), name.encode(), ctypes.byref(info))
+        check(lib.gpb_lookup, self._h(), _name(name), ctypes.byref(info))
         return SlotInfo._from(info)
 
     def list(self):

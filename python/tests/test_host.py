@@ -235,6 +235,53 @@ class HostTest(unittest.TestCase):
         self.assertEqual(self.leases("py/sd-many"), base, "a rejected call kept a lease")
         consumer.close()
 
+    def test_an_array_outlives_release_of_its_view(self):
+        rng = fresh_rng()
+        data = rng.integers(0, 2**31, size=4096, dtype=numpy.int32)
+        view = self.c.create("py/outlive", data.shape, "int32")
+        numpy.asarray(view)[:] = data
+        arr = numpy.asarray(view)  # the only other holder of the mapping
+        view.release()
+        del view
+        self.c.destroy("py/outlive")
+        gc.collect()
+        # Still mapped: every element (a dangling array would crash here).
+        numpy.testing.assert_array_equal(arr, data)
+        del arr
+        gc.collect()
+
+    def test_read_write_after_read_only_is_writable(self):
+        self.c.create("py/rw-after-ro", (16,), "uint8", attach=False, mode=0o600)
+        ro = self.c.attach("py/rw-after-ro", readonly=True)
+        self.assertFalse(ro.writable)
+        rw = self.c.attach("py/rw-after-ro")
+        self.assertTrue(rw.writable)
+        numpy.asarray(rw)[:] = 7
+        numpy.testing.assert_array_equal(numpy.asarray(ro), numpy.full(16, 7, numpy.uint8))
+        self.c.destroy("py/rw-after-ro")
+
+    def test_names_and_numbers_are_refused_not_cut_or_wrapped(self):
+        self.c.create("py/a", (4,), "uint8", attach=False)
+        with self.assertRaisesRegex(ValueError, "NUL"):
+            self.c.attach("py/a\0b")
+        with self.assertRaisesRegex(ValueError, "NUL"):
+            self.c.stat("py/a\0")
+        with self.assertRaisesRegex(ValueError, "limit is 127"):
+            self.c.create("p" * 128, (4,), "uint8")
+        with self.assertRaisesRegex(ValueError, "limit is 127"):
+            self.c.create("py/v", (4,), "uint8", base="b" * 200)
+        with self.assertRaisesRegex(ValueError, "shape entry"):
+            self.c.create("py/wrap", (2**64 + 4,), "uint8")
+        with self.assertRaisesRegex(ValueError, "mode"):
+            self.c.create("py/wrap", (4,), "uint8", mode=2**32 + 0o777)
+        with self.assertRaisesRegex(ValueError, "nbytes"):
+            self.c.create("py/wrap", (4,), "uint8", nbytes=-1)
+        with self.assertRaises(TypeError):
+            self.c.create("py/wrap", (4.5,), "uint8")
+        with self.assertRaises(gpubroker.NotFound):
+            self.c.stat("py/wrap")  # nothing was made by any of the above
+        self.c.destroy("py/a")
+
     def test_list_stat_and_lookup(self):
         self.c.create("py/listed", (2, 2), "float16", attach=False, mode=0o640)
         names = {s.name for s in self.c.list()}

@@ -26,7 +26,8 @@ grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
 # broker-crash and IPC-exposure cases in gpu_backend_test above).
 for backend in cuda_vmm cuda_ipc; do
   (cd "$staged" && GPUBROKER_TEST_BACKEND=$backend GPUBROKER_CHAOS_SECONDS=20 \
-     ctest -R "chaos_test|permission_test" --output-on-failure -V) 2>&1 | tee "$out/ctest-reliability-$backend.log" || rc=1
+     ctest -R "chaos_test|permission_test" --output-on-failure -V &&
+   GPUBROKER_TEST_BACKEND=$backend ./tests/security_test --gtest_filter='*ViewsCannotWiden*') 2>&1 | tee "$out/ctest-reliability-$backend.log" || rc=1
   grep -q "100% tests passed" "$out/ctest-reliability-$backend.log" || rc=1
 done
 fi

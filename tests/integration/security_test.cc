@@ -31,14 +31,19 @@ bool Become(uid_t uid) {
   return BecomeUser(uid, gid);
 }
 
-CreateOptions Slot(const std::string& name, int64_t bytes, uint32_t mode) {
+CreateOptions Slot(const std::string& name, int64_t bytes, uint32_t mode,
+                   BackendKind backend = BackendKind::kHost) {
   CreateOptions o;
   o.name = name;
   o.dtype = *ParseDType("uint8");
   o.shape = {bytes};
   o.mode = mode;
-  o.backend = BackendKind::kHost;
+  o.backend = backend;
   return o;
+}
+
+CreateOptions SecuritySlot(const std::string& name, int64_t bytes, uint32_t mode, BackendKind backend) {
+  return Slot(name, bytes, mode, backend);
 }
 
 std::string Code(const Status& s) { return s.ok() ? "ok" : std::string(CodeName(s.code())); }
@@ -292,6 +297,10 @@ TEST(Security, ViewsCannotWidenTheirAllocation) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
+  const BackendKind backend = TestBackend();  // the GPU runner repeats this on CUDA slots
+  auto Slot = [backend](const std::string& name, int64_t bytes, uint32_t mode) {
+    return SecuritySlot(name, bytes, mode, backend);
+  };
   auto owner = RunAs(kOwner, [&](Channel& ch) {
     auto c = broker->Connect("owner");
     ch.SendLine(Code(c->Create(Slot("g/arena", 4096, 0660)).status()));
