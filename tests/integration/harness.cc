@@ -167,6 +167,11 @@ ConnectOptions BrokerProcess::Options(const std::string& client_name) const {
 }
 
 Result<RegistryReader> BrokerProcess::OpenRegistry() const {
+  GPB_ASSIGN_OR_RETURN(UniqueFd fd, RegistryFd());
+  return RegistryReader::FromFd(std::move(fd));
+}
+
+Result<UniqueFd> BrokerProcess::RegistryFd() const {
   GPB_ASSIGN_OR_RETURN(UniqueFd socket, ConnectSeqpacket(socket_));
   wire::HelloRequest hello{};
   hello.protocol_version = wire::kProtocolVersion;
@@ -176,7 +181,7 @@ Result<RegistryReader> BrokerProcess::OpenRegistry() const {
   std::vector<std::byte> buffer(wire::kMaxMessageBytes);
   GPB_ASSIGN_OR_RETURN(Received r, ReceiveRecord(socket.get(), buffer, false));
   if (r.fds.empty()) return ProtocolError("hello reply carried no registry");
-  return RegistryReader::FromFd(std::move(r.fds.front()));
+  return std::move(r.fds.front());
 }
 
 Result<Client> BrokerProcess::Connect(const std::string& client_name) const {

@@ -65,6 +65,7 @@ class BrokerProcess {
   Result<Client> Connect(const std::string& client_name = "test") const;
   // The registry, as a client receives it at hello (a raw hello of its own).
   Result<RegistryReader> OpenRegistry() const;
+  Result<UniqueFd> RegistryFd() const;
   // Sends `signo` and reaps the broker; returns its wait status.
   int Stop(int signo = SIGTERM);
 
