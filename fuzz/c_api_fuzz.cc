@@ -6,6 +6,7 @@
 // validator refuses is refused by every call.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -68,7 +69,12 @@ void StartBroker() {
   }
   if (g_client == nullptr) std::abort();
   static pid_t broker = pid;
-  std::atexit([] { ::kill(broker, SIGKILL); });
+  static std::string socket_dir = dir, socket_path = socket;
+  std::atexit([] {
+    ::kill(broker, SIGKILL);
+    ::unlink(socket_path.c_str());
+    ::rmdir(socket_dir.c_str());
+  });
 }
 
 }  // namespace
