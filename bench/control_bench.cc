@@ -18,8 +18,8 @@
 
 #include <sys/mman.h>
 
-#include "connection.h"
-#include "harness.h"
+#include "client/src/connection.h"
+#include "tests/integration/harness.h"
 
 using Clock = std::chrono::steady_clock;
 using gpubroker::testing::BrokerProcess;

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "connection.h"
-#include "cuda_driver.h"
-#include "harness.h"
-#include "kernels.h"
+#include "client/src/connection.h"
+#include "common/cuda_driver.h"
+#include "tests/integration/harness.h"
+#include "tests/gpu/kernels.h"
 
 using namespace gpubroker;
 using Clock = std::chrono::steady_clock;

@@ -16,8 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "harness.h"
-#include "registry_reader.h"
+#include "tests/integration/harness.h"
+#include "common/registry_reader.h"
 
 using namespace gpubroker;
 

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "harness.h"
-#include "registry_layout.h"
+#include "tests/integration/harness.h"
+#include "common/registry_layout.h"
 
 using namespace gpubroker;
 using Clock = std::chrono::steady_clock;

@@ -1,4 +1,4 @@
-#include "backend.h"
+#include "broker/backend.h"
 
 namespace gpubroker {
 

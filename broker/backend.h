@@ -12,7 +12,7 @@
 
 #include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
-#include "posix.h"
+#include "common/posix.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "broker.h"
+#include "broker/broker.h"
 
 #include <sys/random.h>
 
@@ -6,14 +6,14 @@
 
 #include <spdlog/spdlog.h>
 
-#include "cuda_backends.h"
-#include "host_backend.h"
-#include "logging.h"
-#include "registry.h"
-#include "registry_reader.h"
-#include "request_handler.h"
-#include "server.h"
-#include "service_manager.h"
+#include "broker/cuda_backends.h"
+#include "broker/host_backend.h"
+#include "broker/logging.h"
+#include "broker/registry.h"
+#include "common/registry_reader.h"
+#include "broker/request_handler.h"
+#include "broker/server.h"
+#include "broker/service_manager.h"
 
 namespace gpubroker {
 namespace {

@@ -4,7 +4,7 @@
 #include <functional>
 #include <string>
 
-#include "config.h"
+#include "broker/config.h"
 #include "gpubroker/status.hpp"
 
 namespace gpubroker {

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "broker/config.h"
 
 #include <grp.h>
 
@@ -9,8 +9,8 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "config_default.h"
-#include "validate.h"
+#include "broker/generated/config_default.h"
+#include "common/validate.h"
 
 namespace gpubroker {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
-#include "parse.h"
+#include "common/parse.h"
 
 namespace gpubroker {
 

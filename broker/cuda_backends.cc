@@ -1,4 +1,4 @@
-#include "cuda_backends.h"
+#include "broker/cuda_backends.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,8 +10,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "cuda_driver.h"
-#include "wire.h"
+#include "common/cuda_driver.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 namespace {

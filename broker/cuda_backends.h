@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "backend.h"
+#include "broker/backend.h"
 
 namespace gpubroker {
 

@@ -1,5 +1,5 @@
 // Built instead of cuda_backends.cc when no CUDA toolkit was found.
-#include "cuda_backends.h"
+#include "broker/cuda_backends.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "host_backend.h"
+#include "broker/host_backend.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <string>
 
-#include "wire.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 namespace {

@@ -1,7 +1,7 @@
 // Host memory: a sealed memfd per allocation, shared as an fd.
 #pragma once
 
-#include "backend.h"
+#include "broker/backend.h"
 
 namespace gpubroker {
 

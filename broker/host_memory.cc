@@ -1,4 +1,4 @@
-#include "host_memory.h"
+#include "broker/host_memory.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "lease_table.h"
+#include "broker/lease_table.h"
 
 namespace gpubroker {
 

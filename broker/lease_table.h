@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "backend.h"
+#include "broker/backend.h"
 #include "gpubroker/types.hpp"
 
 namespace gpubroker {

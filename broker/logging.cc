@@ -1,4 +1,4 @@
-#include "logging.h"
+#include "broker/logging.h"
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>

@@ -6,10 +6,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include "broker.h"
-#include "config.h"
-#include "logging.h"
-#include "version.h"
+#include "broker/broker.h"
+#include "broker/config.h"
+#include "broker/logging.h"
+#include "broker/generated/version.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "registry.h"
+#include "broker/registry.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,9 +9,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "posix.h"
-#include "registry_reader.h"
-#include "wire.h"
+#include "common/posix.h"
+#include "common/registry_reader.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 

@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "gpubroker/status.hpp"
-#include "posix.h"
-#include "registry_layout.h"
+#include "common/posix.h"
+#include "common/registry_layout.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "request_handler.h"
+#include "broker/request_handler.h"
 
 #include <unistd.h>
 
@@ -7,9 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "host_memory.h"
-#include "parse.h"
-#include "version.h"
+#include "broker/host_memory.h"
+#include "common/parse.h"
+#include "broker/generated/version.h"
 
 namespace gpubroker {
 

@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "backend.h"
-#include "config.h"
-#include "lease_table.h"
-#include "posix.h"
-#include "registry.h"
-#include "wire.h"
+#include "broker/backend.h"
+#include "broker/config.h"
+#include "broker/lease_table.h"
+#include "common/posix.h"
+#include "broker/registry.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 

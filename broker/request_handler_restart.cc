@@ -4,7 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "request_handler.h"
+#include "broker/request_handler.h"
 
 namespace gpubroker {
 

@@ -6,9 +6,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "parse.h"
-#include "request_handler.h"
-#include "validate.h"
+#include "common/parse.h"
+#include "broker/request_handler.h"
+#include "common/validate.h"
 
 namespace gpubroker {
 namespace {

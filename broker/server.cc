@@ -1,4 +1,4 @@
-#include "server.h"
+#include "broker/server.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -12,7 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "seqpacket.h"
+#include "common/seqpacket.h"
 
 namespace gpubroker {
 namespace {

@@ -8,11 +8,11 @@
 #include <string>
 #include <vector>
 
-#include "asio.h"
-#include "config.h"
-#include "posix.h"
-#include "request_handler.h"
-#include "session.h"
+#include "broker/asio.h"
+#include "broker/config.h"
+#include "common/posix.h"
+#include "broker/request_handler.h"
+#include "broker/session.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "service_manager.h"
+#include "broker/service_manager.h"
 
 #include <systemd/sd-daemon.h>
 #include <fcntl.h>

@@ -10,7 +10,7 @@
 #include <optional>
 #include <string>
 
-#include "posix.h"
+#include "common/posix.h"
 
 namespace gpubroker {
 

@@ -1,11 +1,11 @@
-#include "session.h"
+#include "broker/session.h"
 
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 
 #include <spdlog/spdlog.h>
 
-#include "seqpacket.h"
+#include "common/seqpacket.h"
 
 #include <cstring>
 

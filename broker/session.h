@@ -18,8 +18,8 @@
 #include <optional>
 #include <span>
 
-#include "asio.h"
-#include "request_handler.h"
+#include "broker/asio.h"
+#include "broker/request_handler.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "posix.h"
+#include "common/posix.h"
 
 #include <unistd.h>
 

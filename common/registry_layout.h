@@ -13,8 +13,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "seqlock.h"
-#include "slot_descriptor.h"
+#include "common/seqlock.h"
+#include "common/slot_descriptor.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "registry_reader.h"
+#include "common/registry_reader.h"
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "wire.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 

@@ -1,4 +1,4 @@
-#include "seqpacket.h"
+#include "common/seqpacket.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "gpubroker/status.hpp"
-#include "posix.h"
+#include "common/posix.h"
 
 namespace gpubroker {
 

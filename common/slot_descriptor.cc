@@ -1,9 +1,9 @@
-#include "slot_descriptor.h"
+#include "common/slot_descriptor.h"
 
 #include <cstring>
 #include <string>
 
-#include "validate.h"
+#include "common/validate.h"
 
 namespace gpubroker {
 

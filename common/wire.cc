@@ -1,6 +1,6 @@
-#include "wire.h"
+#include "common/wire.h"
 
-#include "validate.h"
+#include "common/validate.h"
 
 namespace gpubroker::wire {
 namespace {

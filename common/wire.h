@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "gpubroker/status.hpp"
-#include "slot_descriptor.h"
+#include "common/slot_descriptor.h"
 
 namespace gpubroker::wire {
 

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "gpubroker/gpubroker.h"
-#include "validate.h"
+#include "common/validate.h"
 
 namespace {
 

@@ -13,8 +13,8 @@
 #include <cstring>
 #include <map>
 
-#include "registry.h"
-#include "request_handler.h"
+#include "broker/registry.h"
+#include "broker/request_handler.h"
 
 using namespace gpubroker;
 

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "validate.h"
-#include "wire.h"
+#include "common/validate.h"
+#include "common/wire.h"
 
 using namespace gpubroker;
 using namespace gpubroker::wire;

@@ -6,9 +6,9 @@
 #include <CLI/CLI.hpp>
 
 #include "gpubroker/client.hpp"
-#include "output.h"
-#include "parse.h"
-#include "validate.h"
+#include "client/cli/output.h"
+#include "common/parse.h"
+#include "common/validate.h"
 
 namespace gpubroker::ctl {
 namespace {

@@ -1,4 +1,4 @@
-#include "output.h"
+#include "client/cli/output.h"
 
 #include <cstdio>
 #include <sstream>

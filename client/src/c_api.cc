@@ -9,7 +9,7 @@
 
 #include "gpubroker/client.hpp"
 #include "gpubroker/gpubroker.h"
-#include "mapping.h"
+#include "client/src/mapping.h"
 
 using gpubroker::Status;
 

@@ -3,9 +3,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "connection.h"
-#include "mapping.h"
-#include "validate.h"
+#include "client/src/connection.h"
+#include "client/src/mapping.h"
+#include "common/validate.h"
 
 namespace gpubroker {
 

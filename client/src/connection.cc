@@ -1,4 +1,4 @@
-#include "connection.h"
+#include "client/src/connection.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -7,7 +7,7 @@
 #include <chrono>
 #include <thread>
 
-#include "seqpacket.h"
+#include "common/seqpacket.h"
 
 namespace gpubroker {
 

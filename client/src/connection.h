@@ -10,10 +10,10 @@
 #include <string>
 
 #include "gpubroker/client.hpp"
-#include "mapping.h"
-#include "posix.h"
-#include "registry_reader.h"
-#include "wire.h"
+#include "client/src/mapping.h"
+#include "common/posix.h"
+#include "common/registry_reader.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 

@@ -7,8 +7,8 @@
 
 #include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
-#include "posix.h"
-#include "slot_descriptor.h"
+#include "common/posix.h"
+#include "common/slot_descriptor.h"
 
 namespace gpubroker {
 

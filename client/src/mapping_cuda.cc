@@ -2,8 +2,8 @@
 #include <optional>
 #include <vector>
 
-#include "cuda_driver.h"
-#include "mapping.h"
+#include "common/cuda_driver.h"
+#include "client/src/mapping.h"
 
 namespace gpubroker {
 namespace {

@@ -1,5 +1,5 @@
 // Built instead of mapping_cuda.cc when no CUDA toolkit was found.
-#include "mapping.h"
+#include "client/src/mapping.h"
 
 namespace gpubroker {
 

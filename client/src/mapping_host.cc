@@ -4,7 +4,7 @@
 #include <cerrno>
 #include <string>
 
-#include "mapping.h"
+#include "client/src/mapping.h"
 
 namespace gpubroker {
 namespace {

@@ -1,4 +1,4 @@
-"""ctypes bindings to libgpubroker's C ABI (client/include/gpubroker/gpubroker.h).
+"""ctypes bindings to libgpubroker's C ABI (include/gpubroker/gpubroker.h).
 
 One build of the shared library serves every Python version; nothing here is
 compiled. The library is found, in order, at $GPUBROKER_LIBRARY, beside this

@@ -8,14 +8,14 @@
 #include <random>
 #include <sstream>
 
-#include "cuda_driver.h"
-#include "harness.h"
-#include "kernels.h"
-#include "connection.h"
-#include "registry_reader.h"
+#include "common/cuda_driver.h"
+#include "tests/integration/harness.h"
+#include "tests/gpu/kernels.h"
+#include "client/src/connection.h"
+#include "common/registry_reader.h"
 #include <algorithm>
 #include <fstream>
-#include "service_harness.h"
+#include "tests/integration/service_harness.h"
 
 namespace gpubroker::testing {
 namespace {

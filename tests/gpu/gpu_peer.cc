@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "gpubroker/client.hpp"
-#include "kernels.h"
+#include "tests/gpu/kernels.h"
 
 using namespace gpubroker;
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "kernels.h"
+#include "tests/gpu/kernels.h"
 
 namespace gpubroker::gpu {
 namespace {

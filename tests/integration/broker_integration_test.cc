@@ -12,9 +12,9 @@
 #include <cstring>
 #include <filesystem>
 
-#include "harness.h"
-#include "seqpacket.h"
-#include "wire.h"
+#include "tests/integration/harness.h"
+#include "common/seqpacket.h"
+#include "common/wire.h"
 
 namespace gpubroker::testing {
 namespace {

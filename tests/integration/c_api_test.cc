@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "gpubroker/gpubroker.h"
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
 namespace {

@@ -21,9 +21,9 @@
 #include <random>
 #include <thread>
 
-#include "harness.h"
+#include "tests/integration/harness.h"
 #if GPUBROKER_GPU_KERNELS
-#include "kernels.h"
+#include "tests/gpu/kernels.h"
 #endif
 
 namespace gpubroker::testing {

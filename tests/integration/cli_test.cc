@@ -4,7 +4,7 @@
 
 #include <cstdio>
 
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
 namespace {

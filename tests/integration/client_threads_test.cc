@@ -8,7 +8,7 @@
 #include <cstring>
 #include <thread>
 
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
 namespace {

@@ -1,4 +1,4 @@
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -15,8 +15,8 @@
 #include <random>
 #include <thread>
 
-#include "seqpacket.h"
-#include "wire.h"
+#include "common/seqpacket.h"
+#include "common/wire.h"
 
 namespace gpubroker::testing {
 

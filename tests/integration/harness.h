@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "gpubroker/client.hpp"
-#include "registry_reader.h"
+#include "common/registry_reader.h"
 
 namespace gpubroker::testing {
 

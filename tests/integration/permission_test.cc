@@ -9,7 +9,7 @@
 
 #include <filesystem>
 
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
 namespace {

@@ -16,9 +16,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "harness.h"
-#include "seqpacket.h"
-#include "wire.h"
+#include "tests/integration/harness.h"
+#include "common/seqpacket.h"
+#include "common/wire.h"
 
 namespace gpubroker::testing {
 namespace {

@@ -1,4 +1,4 @@
-#include "service_harness.h"
+#include "tests/integration/service_harness.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <sstream>
 
-#include "seqpacket.h"
+#include "common/seqpacket.h"
 
 namespace gpubroker::testing {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "harness.h"
-#include "posix.h"
+#include "tests/integration/harness.h"
+#include "common/posix.h"
 
 namespace gpubroker::testing {
 

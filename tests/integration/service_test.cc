@@ -6,8 +6,8 @@
 #include <cstring>
 #include <fstream>
 
-#include "harness.h"
-#include "service_harness.h"
+#include "tests/integration/harness.h"
+#include "tests/integration/service_harness.h"
 
 namespace gpubroker::testing {
 namespace {

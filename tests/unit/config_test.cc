@@ -1,4 +1,4 @@
-#include "config.h"
+#include "broker/config.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // LeaseTable's running totals against a recount of the table, through a
 // random sequence of the operations the broker performs.
-#include "lease_table.h"
+#include "broker/lease_table.h"
 
 #include <gtest/gtest.h>
 

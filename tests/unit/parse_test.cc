@@ -1,6 +1,6 @@
 // The one parser per user-facing value: every text the issue tracker found
 // silently misread is an error naming the text.
-#include "parse.h"
+#include "common/parse.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "registry.h"
+#include "broker/registry.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -13,8 +13,8 @@
 #include <random>
 #include <thread>
 
-#include "registry_reader.h"
-#include "wire.h"
+#include "common/registry_reader.h"
+#include "common/wire.h"
 
 namespace gpubroker {
 namespace {

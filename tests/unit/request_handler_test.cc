@@ -1,5 +1,5 @@
 // The broker's logic, driven message by message with a fake backend.
-#include "request_handler.h"
+#include "broker/request_handler.h"
 
 #include <gtest/gtest.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
-#include "wire.h"
-#include "validate.h"
+#include "common/wire.h"
+#include "common/validate.h"
 
 #include <gtest/gtest.h>
 

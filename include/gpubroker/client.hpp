@@ -22,6 +22,9 @@
 #include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
 
+// Everything this header declares is the library's exported interface.
+#pragma GCC visibility push(default)
+
 namespace gpubroker {
 
 struct MappedAllocation;  // internal: one mapping of an allocation in this process
@@ -172,3 +175,5 @@ class Client {
 };
 
 }  // namespace gpubroker
+
+#pragma GCC visibility pop

@@ -10,6 +10,9 @@
 
 #include "gpubroker/status.hpp"
 
+// Everything this header declares is the library's exported interface.
+#pragma GCC visibility push(default)
+
 namespace gpubroker {
 
 inline constexpr int kMaxDims = 8;
@@ -76,3 +79,5 @@ struct SlotInfo {
 };
 
 }  // namespace gpubroker
+
+#pragma GCC visibility pop

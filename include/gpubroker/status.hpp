@@ -11,6 +11,9 @@
 #include <utility>
 #include <variant>
 
+// Everything this header declares is the library's exported interface.
+#pragma GCC visibility push(default)
+
 namespace gpubroker {
 
 enum class Code : uint16_t {
@@ -87,6 +90,8 @@ class [[nodiscard]] Result {
 };
 
 }  // namespace gpubroker
+
+#pragma GCC visibility pop
 
 #define GPB_CONCAT_INNER(a, b) a##b
 #define GPB_CONCAT(a, b) GPB_CONCAT_INNER(a, b)

@@ -15,6 +15,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#pragma GCC visibility push(default)
 
 #define GPB_MAX_DIMS 8
 #define GPB_NAME_BYTES 128
@@ -151,6 +152,7 @@ int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, siz
 /* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
 void gpb_dlpack_delete(void* managed, int32_t versioned);
 
+#pragma GCC visibility pop
 #ifdef __cplusplus
 }
 #endif
