@@ -18,7 +18,7 @@
 
 #include <sys/mman.h>
 
-#include "client/src/connection.h"
+#include "client/src/channel.h"
 #include "tests/integration/harness.h"
 
 using Clock = std::chrono::steady_clock;
@@ -70,7 +70,7 @@ Stats RawPingPong(int iterations) {
 // Attach + detach of a host slot, step by step, as Client::Attach and the
 // view's release do them: where the microseconds go.
 void HostAttachSteps(const BrokerProcess& broker, int iterations) {
-  auto conn = gpubroker::Connection::Open(broker.Options("steps"));
+  auto conn = gpubroker::Channel::Open(broker.Options("steps"));
   if (!conn.ok()) std::abort();
   std::vector<double> steps[5];
   auto us = [](Clock::time_point a, Clock::time_point b) {

@@ -14,7 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "client/src/connection.h"
+#include "client/src/channel.h"
+#include "client/src/mapping_cache.h"
 #include "common/cuda_driver.h"
 #include "tests/integration/harness.h"
 #include "tests/gpu/kernels.h"
@@ -39,10 +40,22 @@ long MinorFaults() {
   return u.ru_minflt;
 }
 
-Result<std::shared_ptr<Connection>> OpenConnection(const std::string& socket) {
+// The two halves of a Client, to time the steps of its attach one by one.
+struct ClientParts {
+  std::shared_ptr<MappingCache> cache = std::make_shared<MappingCache>();
+  std::shared_ptr<Channel> channel;
+};
+
+Result<ClientParts> OpenParts(const std::string& socket) {
   ConnectOptions o;
   o.socket_path = socket;
-  return Connection::Open(o);
+  ClientParts p;
+  Channel::Hooks hooks;
+  hooks.greeted = [cache = p.cache](const wire::HelloReply& hello, UniqueFd registry) {
+    cache->Greeted(hello, std::move(registry));
+  };
+  GPB_ASSIGN_OR_RETURN(p.channel, Channel::Open(o, std::move(hooks)));
+  return p;
 }
 
 // The slot's device in this process's numbering.
@@ -99,40 +112,42 @@ int ChildOurs(const std::string& socket, const std::string& name, int repeats) {
 // one, in a fresh process prepared like ChildOurs, with a no-op round trip
 // timed just before the attach request; then the same steps again.
 int ChildPhases(const std::string& socket, const std::string& name) {
-  auto conn = OpenConnection(socket);
-  if (!conn.ok()) return 1;
+  auto parts = OpenParts(socket);
+  if (!parts.ok()) return 1;
+  Channel& channel = *parts->channel;
+  MappingCache& cache = *parts->cache;
   wire::StatRequest stat{};
   stat.name.set(name);
-  auto st = (*conn)->Call<wire::SlotReply>(stat);
+  auto st = channel.Call<wire::SlotReply>(stat);
   if (!st.ok()) return 1;
   auto ordinal = LocalOrdinal(st->slot);  // as Stat does in ChildOurs
   WarmUp(ordinal.ok() ? *ordinal : 0);
   for (int round = 0; round < 2; ++round) {
     long f0 = MinorFaults();
     auto t0 = Clock::now();
-    auto registry = (*conn)->Registry();
+    auto registry = cache.registry();
     auto t1 = Clock::now();
     if (!registry.ok()) return 1;
     auto slot = (*registry)->Lookup(name);
-    if (!slot.ok() || (*conn)->Cached(slot->allocation_id)) return 1;
+    if (!slot.ok() || cache.Find(slot->allocation_id)) return 1;
     auto t2a = Clock::now();
     // A no-op request first: what any round trip costs at this moment (after
     // the idle time above, the broker's CPU may have to wake up).
-    if (!(*conn)->Call<wire::StatusReply>(wire::StatusRequest{}).ok()) return 1;
+    if (!channel.Call<wire::StatusReply>(wire::StatusRequest{}).ok()) return 1;
     auto t2 = Clock::now();
     wire::AttachRequest m{};
     m.name.set(name);
     UniqueFd fd;
-    auto reply = (*conn)->Call<wire::AttachReply>(m, &fd);
+    auto reply = channel.Call<wire::AttachReply>(m, &fd);
     auto t3 = Clock::now();
     if (!reply.ok()) return 1;
-    auto mapped = (*conn)->Map(*reply, std::move(fd));
+    auto mapped = cache.Map(*reply, std::move(fd), parts->channel);
     auto t4 = Clock::now();
     if (!mapped.ok()) return 1;
     long faults = MinorFaults() - f0;
     std::printf("%.1f %.1f %.1f %.1f %.1f %ld ", Us(t0, t1), Us(t1, t2a), Us(t2a, t2), Us(t2, t3), Us(t3, t4),
                 faults);
-    mapped->reset();  // unmap and detach before the second round
+    mapped->mapping.reset();  // unmap and detach before the second round
   }
   std::printf("\n");
   return 0;
@@ -140,12 +155,12 @@ int ChildPhases(const std::string& socket, const std::string& name) {
 
 // The raw driver calls on a handle obtained through the broker (untimed).
 int ChildRaw(const std::string& socket, const std::string& name, int repeats) {
-  auto conn = OpenConnection(socket);
-  if (!conn.ok()) return 1;
+  auto parts = OpenParts(socket);
+  if (!parts.ok()) return 1;
   wire::AttachRequest m{};
   m.name.set(name);
   UniqueFd fd;
-  auto reply = (*conn)->Call<wire::AttachReply>(m, &fd);
+  auto reply = parts->channel->Call<wire::AttachReply>(m, &fd);
   if (!reply.ok()) return 1;
   const CudaDriver& d = **CudaDriver::Get();
   auto local = LocalOrdinal(reply->slot);

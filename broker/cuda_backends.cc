@@ -3,14 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <algorithm>
+#include <cstring>
 #include <map>
-#include <mutex>
 
 #include <spdlog/spdlog.h>
 
 #include "common/cuda_driver.h"
+#include "common/thread_annotations.h"
 #include "common/wire.h"
 
 namespace gpubroker {
@@ -52,7 +52,7 @@ class CudaDevices {
   }
 
   Status Reserve(int ordinal, uint64_t bytes) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     uint64_t& used = bytes_[ordinal];
     if (limits_.max_bytes_per_device != 0 && used + bytes > limits_.max_bytes_per_device) {
       return ResourceExhausted("device byte limit reached on cuda:" + std::to_string(ordinal) + ": " +
@@ -63,7 +63,7 @@ class CudaDevices {
     return Status::Ok();
   }
   void Unreserve(int ordinal, uint64_t bytes) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     bytes_[ordinal] -= bytes;
   }
 
@@ -89,18 +89,9 @@ class CudaDevices {
   CudaLimits limits_;
   std::map<int, CUdevice> retained_;
   std::map<int, CUcontext> contexts_;
-  std::mutex mu_;
-  std::map<int, uint64_t> bytes_;
+  Mutex mu_;
+  std::map<int, uint64_t> bytes_ GPB_GUARDED_BY(mu_);
 };
-
-CUmemAllocationProp VmmProperties(int ordinal) {
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = ordinal;
-  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-  return prop;
-}
 
 class VmmMemory final : public BackendMemory {
  public:
@@ -156,7 +147,7 @@ class CudaVmmBackend final : public Backend {
     const CudaDriver& d = devices_->driver();
     GPB_ASSIGN_OR_RETURN(int ordinal, devices_->Resolve(request.device));
     GPB_RETURN_IF_ERROR(devices_->Enter(ordinal));
-    CUmemAllocationProp prop = VmmProperties(ordinal);
+    CUmemAllocationProp prop = VmmAllocationProperties(ordinal);
     size_t granularity = 0;
     GPB_RETURN_IF_ERROR(d.Check(
         d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
@@ -188,7 +179,7 @@ class CudaVmmBackend final : public Backend {
   Result<std::unique_ptr<BackendMemory>> Adopt(UniqueFd fd, uint64_t bytes, const Device& device) override {
     const CudaDriver& d = devices_->driver();
     GPB_ASSIGN_OR_RETURN(int ordinal, d.OrdinalOf(device.uuid));
-    CUmemAllocationProp prop = VmmProperties(ordinal);
+    CUmemAllocationProp prop = VmmAllocationProperties(ordinal);
     size_t granularity = 0;
     GPB_RETURN_IF_ERROR(d.Check(
         d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),

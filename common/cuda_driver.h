@@ -10,10 +10,9 @@
 
 #include <string>
 #include <string_view>
-
-#include "gpubroker/status.hpp"
 #include <vector>
 
+#include "gpubroker/status.hpp"
 #include "gpubroker/types.hpp"
 
 // Every driver entry point the project uses, resolved by its header name.
@@ -97,5 +96,18 @@ class ScopedDeviceContext {
   CUcontext previous_ = nullptr;
   bool active_ = false;
 };
+
+// The properties of every VMM allocation the project makes or imports:
+// pinned device memory on `ordinal`, shareable as a POSIX file descriptor.
+// The broker allocates with them and a client imports with them, so they
+// are built here once.
+inline CUmemAllocationProp VmmAllocationProperties(int ordinal) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = ordinal;
+  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  return prop;
+}
 
 }  // namespace gpubroker

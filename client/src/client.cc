@@ -3,14 +3,42 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "client/src/connection.h"
+#include "client/src/channel.h"
 #include "client/src/mapping.h"
+#include "client/src/mapping_cache.h"
 #include "common/validate.h"
 
 namespace gpubroker {
 
+// What a Client is made of: the mapping side and the socket side, each
+// knowing nothing of the other; Client's methods are where they meet.
 struct Client::Core {
-  std::shared_ptr<Connection> connection;
+  std::shared_ptr<MappingCache> cache;
+  std::shared_ptr<Channel> channel;
+
+  // This process's own mapping of the slot's allocation, if it has one:
+  // found through the registry, no message sent. The record is checked
+  // against the mapping itself, not against the sizes the record claims.
+  std::optional<std::pair<std::shared_ptr<MappedAllocation>, SlotDescriptor>> Mapped(std::string_view name,
+                                                                                     AttachMode mode) {
+    auto registry = cache->registry();
+    if (!registry.ok() || !(*registry)->Running()) return std::nullopt;
+    auto slot = (*registry)->Lookup(name);
+    if (!slot.ok()) return std::nullopt;
+    std::shared_ptr<MappedAllocation> mapped = cache->Find(slot->allocation_id);
+    if (!mapped || (mode == AttachMode::kReadWrite && !mapped->writable)) return std::nullopt;
+    if (slot->byte_offset > mapped->size || slot->nbytes > mapped->size - slot->byte_offset) return std::nullopt;
+    return std::make_pair(std::move(mapped), *slot);
+  }
+
+  // Maps what an attach reply hands over, or joins this process's mapping of
+  // it; either way the process keeps one lease per mapping.
+  Result<std::shared_ptr<MappedAllocation>> Map(const wire::AttachReply& reply, UniqueFd fd) {
+    auto mapped = cache->Map(reply, std::move(fd), channel);
+    if (!mapped.ok() || mapped->joined) channel->Detach(reply.slot.allocation_id);
+    if (!mapped.ok()) return mapped.status();
+    return std::move(mapped->mapping);
+  }
 };
 
 std::string DefaultSocketPath() {
@@ -78,52 +106,52 @@ static SlotInfo Local(const SlotDescriptor& d) {
 }
 
 Result<Client> Client::Connect(const ConnectOptions& options) {
-  GPB_ASSIGN_OR_RETURN(auto connection, Connection::Open(options));
   auto core = std::make_shared<Core>();
-  core->connection = std::move(connection);
+  core->cache = std::make_shared<MappingCache>();
+  std::weak_ptr<MappingCache> cache = core->cache;
+  Channel::Hooks hooks;
+  hooks.greeted = [cache](const wire::HelloReply& hello, UniqueFd registry) {
+    if (auto c = cache.lock()) c->Greeted(hello, std::move(registry));
+  };
+  hooks.leases = [cache] {
+    auto c = cache.lock();
+    return c ? c->Leases() : std::vector<LeaseClaim>{};
+  };
+  hooks.lost = [cache](uint64_t allocation_id) {
+    if (auto c = cache.lock()) c->Lost(allocation_id);
+  };
+  GPB_ASSIGN_OR_RETURN(core->channel, Channel::Open(options, std::move(hooks)));
   return Client(std::move(core));
 }
 
-uint64_t Client::client_id() const { return core_->connection->hello().client_id; }
+uint64_t Client::client_id() const { return core_->channel->client_id(); }
 
 Result<SlotInfo> Client::Create(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, false));
-  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
+  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->channel->Call<wire::SlotReply>(m));
   return Local(reply.slot);
 }
 
 Result<View> Client::CreateAndAttach(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, true));
   UniqueFd fd;
-  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->connection->Call<wire::AttachReply>(m, &fd));
-  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped,
-                       core_->connection->Map(reply, std::move(fd)));
+  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->channel->Call<wire::AttachReply>(m, &fd));
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, core_->Map(reply, std::move(fd)));
   return MakeView(std::move(mapped), reply.slot);
 }
 
 Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
-  Connection& c = *core_->connection;
-  // Fast path: this process already maps the slot's allocation.
-  // A stale table is harmless here: the mapping itself stays valid.
-  if (auto registry = c.Registry(); registry.ok() && (*registry)->Running()) {
-    auto slot = (*registry)->Lookup(name);
-    if (slot.ok()) {
-      // The record is checked against the mapping itself, not against the
-      // sizes the record claims.
-      if (auto cached = c.Cached(slot->allocation_id);
-          cached && (mode == AttachMode::kReadOnly || cached->writable) &&
-          slot->byte_offset <= cached->size && slot->nbytes <= cached->size - slot->byte_offset) {
-        return MakeView(std::move(cached), *slot);
-      }
-    }
-  }
+  // 1. This process may map the slot's allocation already: no round trip.
+  if (auto mapped = core_->Mapped(name, mode)) return MakeView(std::move(mapped->first), mapped->second);
+  // 2. Ask the broker for a lease and a handle to the memory.
   wire::AttachRequest m{};
   m.name.set(name);
   m.flags = mode == AttachMode::kReadOnly ? uint32_t{wire::kAttachReadOnly} : 0u;
   UniqueFd fd;
-  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, c.Call<wire::AttachReply>(m, &fd));
-  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, c.Map(reply, std::move(fd)));
+  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->channel->Call<wire::AttachReply>(m, &fd));
+  // 3. Map it, or join this process's mapping of it.
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, core_->Map(reply, std::move(fd)));
   return MakeView(std::move(mapped), reply.slot);
 }
 
@@ -142,19 +170,19 @@ Status Client::Destroy(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   wire::DestroyRequest m{};
   m.name.set(name);
-  return core_->connection->Call<wire::DestroyReply>(m).status();
+  return core_->channel->Call<wire::DestroyReply>(m).status();
 }
 
 Result<SlotInfo> Client::Stat(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   wire::StatRequest m{};
   m.name.set(name);
-  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->connection->Call<wire::SlotReply>(m));
+  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->channel->Call<wire::SlotReply>(m));
   return Local(reply.slot);
 }
 
 Result<std::vector<SlotInfo>> Client::List() {
-  GPB_ASSIGN_OR_RETURN(auto records, core_->connection->CallList<wire::ListReply>(wire::ListRequest{}));
+  GPB_ASSIGN_OR_RETURN(auto records, core_->channel->CallList<wire::ListReply>(wire::ListRequest{}));
   std::vector<SlotInfo> out;
   for (const auto& d : records) out.push_back(Local(d));
   return out;
@@ -162,20 +190,20 @@ Result<std::vector<SlotInfo>> Client::List() {
 
 Result<SlotInfo> Client::Lookup(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
-  GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<const RegistryReader> registry, core_->cache->registry());
   GPB_ASSIGN_OR_RETURN(SlotDescriptor d, registry->Lookup(name));
   return Local(d);
 }
 
 Result<std::vector<SlotInfo>> Client::ListRegistry() {
-  GPB_ASSIGN_OR_RETURN(const RegistryReader* registry, core_->connection->Registry());
+  GPB_ASSIGN_OR_RETURN(std::shared_ptr<const RegistryReader> registry, core_->cache->registry());
   std::vector<SlotInfo> out;
   for (const auto& d : registry->ListLive()) out.push_back(Local(d));
   return out;
 }
 
 Result<BrokerInfo> Client::Info() {
-  GPB_ASSIGN_OR_RETURN(wire::StatusReply s, core_->connection->Call<wire::StatusReply>(wire::StatusRequest{}));
+  GPB_ASSIGN_OR_RETURN(wire::StatusReply s, core_->channel->Call<wire::StatusReply>(wire::StatusRequest{}));
   BrokerInfo b;
   b.pid = s.broker_pid;
   b.version = std::string(s.broker_version.view());
@@ -197,7 +225,7 @@ Result<BrokerInfo> Client::Info() {
 
 Result<std::vector<ClientInfo>> Client::Clients() {
   GPB_ASSIGN_OR_RETURN(auto records,
-                       core_->connection->CallList<wire::ClientsReply>(wire::ClientsRequest{}));
+                       core_->channel->CallList<wire::ClientsReply>(wire::ClientsRequest{}));
   std::vector<ClientInfo> out;
   for (const auto& r : records) {
     out.push_back({r.client_id, std::string(r.name.view()), r.pid, r.uid, r.gid, r.lease_count,
@@ -208,7 +236,7 @@ Result<std::vector<ClientInfo>> Client::Clients() {
 
 Result<std::vector<LeaseInfo>> Client::Leases() {
   GPB_ASSIGN_OR_RETURN(auto records,
-                       core_->connection->CallList<wire::LeasesReply>(wire::LeasesRequest{}));
+                       core_->channel->CallList<wire::LeasesReply>(wire::LeasesRequest{}));
   std::vector<LeaseInfo> out;
   for (const auto& r : records) {
     out.push_back({r.client_id, r.allocation_id, r.allocation_bytes, r.count, std::string(r.slot.view())});
@@ -217,15 +245,15 @@ Result<std::vector<LeaseInfo>> Client::Leases() {
 }
 
 Status Client::Drain(bool on) {
-  return core_->connection->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
+  return core_->channel->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
 }
 
 Status Client::Reload() {
-  return core_->connection->Call<wire::ReloadReply>(wire::ReloadRequest{}).status();
+  return core_->channel->Call<wire::ReloadReply>(wire::ReloadRequest{}).status();
 }
 
 Status Client::Shutdown() {
-  return core_->connection->Call<wire::ShutdownReply>(wire::ShutdownRequest{}).status();
+  return core_->channel->Call<wire::ShutdownReply>(wire::ShutdownRequest{}).status();
 }
 
 }  // namespace gpubroker

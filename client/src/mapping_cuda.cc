@@ -46,11 +46,7 @@ Result<std::unique_ptr<ClientMapping>> MapVmm(const CudaDriver& d, const SlotDes
   if (own.ok()) access_from.push_back(*own);
   if (current && (!own.ok() || *current != *own)) access_from.push_back(*current);
 
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = access_from.front();
-  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  const CUmemAllocationProp prop = VmmAllocationProperties(access_from.front());
   size_t granularity = 0;
   GPB_RETURN_IF_ERROR(d.Check(
       d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),

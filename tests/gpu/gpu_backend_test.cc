@@ -11,7 +11,7 @@
 #include "common/cuda_driver.h"
 #include "tests/integration/harness.h"
 #include "tests/gpu/kernels.h"
-#include "client/src/connection.h"
+#include "client/src/channel.h"
 #include "common/registry_reader.h"
 #include <algorithm>
 #include <fstream>
@@ -266,7 +266,7 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
   }
   // And byte for byte: the real handle of a private slot appears nowhere in the segment.
   ConnectOptions co = broker->Options("scanner");
-  auto conn = Connection::Open(co);
+  auto conn = gpubroker::Channel::Open(co);
   ASSERT_TRUE(conn.ok());
   wire::AttachRequest attach{};
   attach.name.set("ipc/384");  // mode 0600

@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,8 +100,12 @@ Status BrokerProcess::Launch(const LaunchOptions& options) {
   if (!given("--registry")) args.insert(args.end(), {"--registry", registry_});
   if (!given("--log-level")) args.insert(args.end(), {"--log-level", "warn"});
   args.insert(args.end(), options.args.begin(), options.args.end());
+  const pid_t parent = ::getpid();
   pid_ = ::fork();
   if (pid_ == 0) {
+    // A test that dies (or gives up on a stuck thread with _Exit) takes its
+    // brokers with it, rather than leaving them holding its output pipes.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(126);
     if (!options.cgroup.empty()) {
       FILE* procs = std::fopen((options.cgroup + "/cgroup.procs").c_str(), "w");
       if (procs == nullptr || std::fprintf(procs, "0\n") < 0 || std::fclose(procs) != 0) ::_exit(126);

@@ -22,9 +22,12 @@ ServiceHarness::ServiceHarness() {
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
   ::bind(socket_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  reader_ = std::thread([this] { Receive(); });
 }
 
 ServiceHarness::~ServiceHarness() {
+  stop_ = true;
+  reader_.join();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }
@@ -38,21 +41,40 @@ LaunchOptions ServiceHarness::Options(std::vector<std::string> args, uint64_t wa
 }
 
 LaunchOptions ServiceHarness::RestartOptions(std::vector<std::string> args) {
-  while (ReceiveOne(std::chrono::milliseconds(0))) {
-  }
+  Drain();
   LaunchOptions o = Options(std::move(args));
+  std::lock_guard lock(mu_);
   for (const auto& [name, fd] : store_) o.fds.emplace_back(name, fd.get());
   return o;
 }
 
-bool ServiceHarness::ReceiveOne(std::chrono::milliseconds limit) {
+std::vector<std::string> ServiceHarness::StoredNames() {
+  Drain();
+  std::lock_guard lock(mu_);
+  std::vector<std::string> names;
+  for (const auto& [name, fd] : store_) names.push_back(name);
+  return names;
+}
+
+void ServiceHarness::Receive() {
+  while (!stop_) ReceiveOne(50);
+}
+
+// Takes in what is already queued, and waits for a message the reader thread
+// has taken off the socket to be stored (receive_mu_ spans both).
+void ServiceHarness::Drain() {
+  while (ReceiveOne(0)) {
+  }
+}
+
+bool ServiceHarness::ReceiveOne(int timeout_ms) {
+  std::lock_guard receiving(receive_mu_);
   pollfd p{socket_.get(), POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) return false;
+  if (::poll(&p, 1, timeout_ms) <= 0) return false;
   std::vector<std::byte> buf(4096);
-  auto r = ReceiveRecord(socket_.get(), buf, false);
-  if (!r.ok() || r->size == 0) return false;
+  auto r = ReceiveRecord(socket_.get(), buf, true);
+  if (!r.ok() || r->would_block || r->size == 0) return false;
   std::string text(reinterpret_cast<const char*>(buf.data()), r->size);
-  messages_.push_back(text);
   std::map<std::string, std::string> fields;
   std::istringstream lines(text);
   std::string line;
@@ -60,23 +82,25 @@ bool ServiceHarness::ReceiveOne(std::chrono::milliseconds limit) {
     auto eq = line.find('=');
     if (eq != std::string::npos) fields[line.substr(0, eq)] = line.substr(eq + 1);
   }
+  std::lock_guard lock(mu_);
+  messages_.push_back(text);
   if (fields.count("FDSTORE") && !r->fds.empty()) store_[fields["FDNAME"]] = std::move(r->fds.front());
   if (fields.count("FDSTOREREMOVE")) store_.erase(fields["FDNAME"]);
+  arrived_.notify_all();
   return true;
 }
 
 bool ServiceHarness::Expect(const std::string& needle, std::chrono::milliseconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (true) {
+  std::unique_lock lock(mu_);
+  return arrived_.wait_for(lock, limit, [&] {
     for (; seen_ < messages_.size(); ++seen_) {
       if (messages_[seen_].find(needle) != std::string::npos) {
         ++seen_;
         return true;
       }
     }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || !ReceiveOne(left)) return false;
-  }
+    return false;
+  });
 }
 
 }  // namespace gpubroker::testing

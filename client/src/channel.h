@@ -1,0 +1,109 @@
+// The client's connection to the broker: the socket, request ids, the hello,
+// and reconnecting after a broker restart, with the lease re-taking that
+// needs. It knows nothing of mappings: what it must tell the mapping side (a
+// new registry, which leases to take again, which could not be) goes through
+// Hooks, as plain data, so no mapping is ever destroyed under its lock.
+//
+// Thread-safe: one exchange at a time on the socket. Lock order: Channel's
+// lock, then MappingCache's (the hooks); never the other way.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/posix.h"
+#include "common/thread_annotations.h"
+#include "common/wire.h"
+#include "gpubroker/client.hpp"
+
+namespace gpubroker {
+
+// A lease to take again after a reconnect.
+struct LeaseClaim {
+  uint64_t allocation_id = 0;
+  std::string slot;  // the name it was attached through
+  bool writable = false;
+};
+
+struct ReplyWithFd {
+  std::vector<std::byte> bytes;  // the whole message
+  wire::Frame frame;             // points into bytes
+  UniqueFd fd;
+};
+
+class Channel {
+ public:
+  struct Hooks {
+    // Each hello answered (the first, and after every reconnect), with the
+    // registry descriptor that came with it (invalid if none did).
+    std::function<void(const wire::HelloReply&, UniqueFd registry)> greeted;
+    // After a reconnect: the leases this process held.
+    std::function<std::vector<LeaseClaim>()> leases;
+    // A lease that could not be taken again (the slot is gone or changed).
+    std::function<void(uint64_t allocation_id)> lost;
+  };
+
+  static Result<std::shared_ptr<Channel>> Open(const ConnectOptions& options, Hooks hooks = {});
+
+  // Sends one request and waits for its reply, decoded as R.
+  template <typename R, typename Q>
+  Result<R> Call(const Q& request, UniqueFd* fd = nullptr) GPB_EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    GPB_ASSIGN_OR_RETURN(ReplyWithFd reply, ExchangeLocked(wire::EncodeRequest(0, request)));
+    GPB_RETURN_IF_ERROR(ExpectType(reply.frame, static_cast<uint16_t>(R::kType)));
+    if (fd != nullptr) *fd = std::move(reply.fd);
+    return wire::Decode<R>(reply.frame.payload);
+  }
+
+  // Pages through a list request until the end cursor.
+  template <typename R, typename Q>
+  Result<std::vector<typename R::Record>> CallList(Q request) GPB_EXCLUDES(mu_) {
+    std::vector<typename R::Record> all;
+    request.cursor = 0;
+    request.max_entries = wire::MaxRecords<R>();
+    while (true) {
+      MutexLock lock(mu_);
+      GPB_ASSIGN_OR_RETURN(ReplyWithFd reply, ExchangeLocked(wire::EncodeRequest(0, request)));
+      GPB_RETURN_IF_ERROR(ExpectType(reply.frame, static_cast<uint16_t>(R::kType)));
+      GPB_ASSIGN_OR_RETURN(auto page, wire::DecodeList<R>(reply.frame.payload));
+      all.insert(all.end(), page.records.begin(), page.records.end());
+      if (page.head.next_cursor == wire::kEndCursor) return all;
+      if (page.head.next_cursor <= request.cursor) return ProtocolError("list cursor went backwards");
+      request.cursor = page.head.next_cursor;
+    }
+  }
+
+  // Gives a lease back. Never reconnects: if the broker went away, the lease
+  // went with it. Errors are dropped: the caller is a destructor.
+  void Detach(uint64_t allocation_id) GPB_EXCLUDES(mu_);
+
+  uint64_t client_id() GPB_EXCLUDES(mu_);
+
+ private:
+  Channel() = default;
+  // Sends and waits for the reply; reconnects first if the broker went away.
+  Result<ReplyWithFd> ExchangeLocked(std::vector<std::byte> request) GPB_REQUIRES(mu_);
+  // `delivered`: whether the request reached the socket before any failure.
+  Result<ReplyWithFd> SendAndReceiveLocked(std::vector<std::byte> request, bool* delivered = nullptr)
+      GPB_REQUIRES(mu_);
+  Status HelloLocked() GPB_REQUIRES(mu_);
+  Status ReconnectLocked() GPB_REQUIRES(mu_);
+  void RetakeLeasesLocked() GPB_REQUIRES(mu_);
+  static Status ExpectType(const wire::Frame& frame, uint16_t type);
+
+  ConnectOptions options_;  // fixed after Open
+  Hooks hooks_;             // fixed after Open
+  Mutex mu_;
+  UniqueFd socket_ GPB_GUARDED_BY(mu_);
+  uint32_t next_id_ GPB_GUARDED_BY(mu_) = 0;
+  std::optional<Status> broken_ GPB_GUARDED_BY(mu_);  // set once the broker is gone
+  wire::HelloReply hello_ GPB_GUARDED_BY(mu_){};
+  bool greeted_ GPB_GUARDED_BY(mu_) = false;
+  std::vector<std::byte> receive_buffer_ GPB_GUARDED_BY(mu_) = std::vector<std::byte>(wire::kMaxMessageBytes);
+};
+
+}  // namespace gpubroker
