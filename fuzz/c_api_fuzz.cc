@@ -95,6 +95,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (auto& s : shape) s = in.Take<int64_t>() % 4097;
   for (auto& s : strides) s = in.Take<int64_t>();
   gpb_create_args args{};
+  // Mostly the right size; else any size up to a little past it (refused below it).
+  args.struct_size = in.Take<uint8_t>() & 1 ? in.Take<uint32_t>() % (sizeof args + 8) : sizeof args;
   args.name = name;
   args.dtype = {in.Take<uint8_t>(), in.Take<uint8_t>(), in.Take<uint16_t>()};
   args.ndim = in.Take<int32_t>() % 10;
@@ -110,11 +112,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gpb_error err{};
   gpb_view* view = nullptr;
   gpb_slot_info info{};
+  info.struct_size = sizeof info;
   int32_t rc = gpb_create(g_client, &args, (in.Take<uint8_t>() & 1) ? &view : nullptr, &info, &err);
   if (rc == GPB_OK) {
-    if (!valid) std::abort();                               // an invalid name was accepted
+    if (!valid || args.struct_size < sizeof args) std::abort();  // invalid input was accepted
     if (std::strncmp(info.name, name, sizeof info.name) != 0) std::abort();  // stored under another name
     gpb_slot_info again{};
+    again.struct_size = sizeof again;
     if (gpb_stat(g_client, name, &again, &err) != GPB_OK || std::strcmp(again.name, name) != 0) std::abort();
   } else if (err.message[0] == '\0') {
     std::abort();  // every refusal says why
@@ -122,7 +126,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gpb_view* attached = nullptr;
   if (gpb_attach(g_client, name, in.Take<uint8_t>() & 1, &attached, &err) == GPB_OK) {
     if (!valid) std::abort();
-    gpb_view_info(attached, &info);
+    if (gpb_view_info(attached, &info, &err) != GPB_OK) std::abort();
     if (std::strcmp(info.name, name) != 0) std::abort();
     gpb_view_release(attached);
   }

@@ -1,14 +1,19 @@
-// The C ABI over the C++ client.
+// The C ABI over the C++ client. Every entry point is noexcept and runs its
+// body inside Guard, the one exception barrier: nothing thrown inside the
+// library (std::bad_alloc included) unwinds into a C caller.
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
+#include <string>
 #include <string_view>
-#include <type_traits>
 #include <vector>
 
 #include "gpubroker/client.hpp"
 #include "gpubroker/gpubroker.h"
+#include "client/src/dlpack.h"
 #include "client/src/mapping.h"
 
 using gpubroker::Status;
@@ -22,122 +27,51 @@ struct gpb_view {
 
 namespace {
 
-int32_t Fail(const Status& s, gpb_error* err) {
+void CopyMessage(std::string_view text, gpb_error* err) noexcept {
+  std::memset(err->message, 0, sizeof err->message);
+  std::memcpy(err->message, text.data(), std::min(text.size(), sizeof err->message - 1));
+}
+
+int32_t Fail(const Status& s, gpb_error* err) noexcept {
   if (err != nullptr) {
     err->code = static_cast<int32_t>(s.code());
-    std::memset(err->message, 0, sizeof err->message);
-    std::strncpy(err->message, s.message().c_str(), sizeof err->message - 1);
+    CopyMessage(s.message(), err);
   }
   return static_cast<int32_t>(s.code());
 }
 
-int32_t Done(const Status& s, gpb_error* err) {
-  if (s.ok()) {
-    if (err != nullptr) *err = gpb_error{};
-    return GPB_OK;
+// For the barrier's own failures: builds no std::string, so it cannot throw.
+int32_t FailStatic(gpb_code code, const char* message, gpb_error* err) noexcept {
+  if (err != nullptr) {
+    err->code = code;
+    CopyMessage(message, err);
   }
-  return Fail(s, err);
+  return code;
 }
 
-void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
-  *out = gpb_slot_info{};
-  std::strncpy(out->name, s.name.c_str(), sizeof out->name - 1);
-  out->generation = s.generation;
-  out->allocation_id = s.allocation_id;
-  out->allocation_bytes = s.allocation_bytes;
-  out->byte_offset = s.byte_offset;
-  out->nbytes = s.nbytes;
-  out->version = s.version;
-  out->created_ns = s.created_ns;
-  out->updated_ns = s.updated_ns;
-  out->backend = static_cast<int32_t>(s.backend);
-  out->device_type = s.device.type;
-  out->device_ordinal = s.device.ordinal;
-  std::memcpy(out->device_uuid, s.device.uuid.data(), sizeof out->device_uuid);
-  out->dtype = {s.dtype.code, s.dtype.bits, s.dtype.lanes};
-  out->ndim = static_cast<int32_t>(s.shape.size());
-  std::copy(s.shape.begin(), s.shape.end(), out->shape);
-  std::copy(s.strides.begin(), s.strides.end(), out->strides);
-  out->owner_uid = s.owner_uid;
-  out->owner_gid = s.owner_gid;
-  out->mode = s.mode;
-  out->lease_count = s.lease_count;
+int32_t Done(gpb_error* err) noexcept {
+  if (err != nullptr) *err = gpb_error{};
+  return GPB_OK;
 }
 
-// The DLPack ABI (dlpack.h, v1.0): stable C structs, restated here.
-struct DLDevice {
-  int32_t device_type;
-  int32_t device_id;
-};
-struct DLDataType {
-  uint8_t code;
-  uint8_t bits;
-  uint16_t lanes;
-};
-struct DLTensor {
-  void* data;
-  DLDevice device;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-};
-struct DLManagedTensor {
-  DLTensor dl_tensor;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensor*);
-};
-struct DLPackVersion {
-  uint32_t major;
-  uint32_t minor;
-};
-struct DLManagedTensorVersioned {
-  DLPackVersion version;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensorVersioned*);
-  uint64_t flags;
-  DLTensor dl_tensor;
-};
-constexpr int32_t kDLCPU = 1;
-constexpr int32_t kDLCUDA = 2;
-constexpr uint64_t kDLFlagReadOnly = 1;
-static_assert(sizeof(DLTensor) == 48 && sizeof(DLManagedTensor) == 64 && sizeof(DLManagedTensorVersioned) == 80);
-
-// One allocation per exported tensor: the managed struct, its shape and
-// strides, and the view reference it keeps.
-template <typename Managed>
-struct Exported {
-  Managed managed{};
-  int64_t shape[GPB_MAX_DIMS] = {};
-  int64_t strides[GPB_MAX_DIMS] = {};
-  gpubroker::View view;
-
-  static void Delete(Managed* m) { delete static_cast<Exported*>(m->manager_ctx); }
-
-  static Managed* Make(gpubroker::View view) {
-    auto* e = new (std::nothrow) Exported{{}, {}, {}, std::move(view)};
-    if (e == nullptr) return nullptr;
-    const gpubroker::View& v = e->view;
-    const gpubroker::SlotInfo& s = v.slot();
-    std::copy(s.shape.begin(), s.shape.end(), e->shape);
-    std::copy(s.strides.begin(), s.strides.end(), e->strides);
-    DLTensor& t = e->managed.dl_tensor;
-    t.data = v.data();
-    t.device = s.device.type == gpubroker::Device::kCuda ? DLDevice{kDLCUDA, s.device.ordinal} : DLDevice{kDLCPU, 0};
-    t.ndim = static_cast<int32_t>(s.shape.size());
-    t.dtype = {s.dtype.code, s.dtype.bits, s.dtype.lanes};
-    t.shape = e->shape;
-    t.strides = e->strides;
-    e->managed.manager_ctx = e;
-    e->managed.deleter = &Delete;
-    if constexpr (std::is_same_v<Managed, DLManagedTensorVersioned>) {
-      e->managed.version = {1, 0};
-      e->managed.flags = v.writable() ? 0 : kDLFlagReadOnly;
+// Runs `body` (returning a gpb_code); an exception becomes a code and a message.
+template <typename Body>
+int32_t Guard(gpb_error* err, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return FailStatic(GPB_RESOURCE_EXHAUSTED, "out of memory in the client library", err);
+  } catch (const std::exception& e) {
+    int32_t rc = FailStatic(GPB_INTERNAL, "unexpected exception in the client library: ", err);
+    if (err != nullptr) {
+      size_t used = std::strlen(err->message);
+      std::strncat(err->message, e.what(), sizeof err->message - 1 - used);
     }
-    return &e->managed;
+    return rc;
+  } catch (...) {
+    return FailStatic(GPB_INTERNAL, "unexpected exception in the client library", err);
   }
-};
+}
 
 bool NullArg(const void* p, const char* what, gpb_error* err) {
   if (p != nullptr) return false;
@@ -145,16 +79,51 @@ bool NullArg(const void* p, const char* what, gpb_error* err) {
   return true;
 }
 
-// A DLPack tensor over the view (see gpb_view_dlpack), or the reason there is none.
-gpubroker::Result<void*> Export(gpubroker::View view, int32_t versioned) {
-  const gpubroker::SlotInfo& s = view.slot();
-  if (s.device.type == gpubroker::Device::kCuda && s.device.ordinal < 0) {
-    return gpubroker::NotFound("slot '" + s.name + "' is on a CUDA device this process does not see");
-  }
-  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(view)))
-                            : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(view)));
-  if (managed == nullptr) return gpubroker::ResourceExhausted("out of memory");
-  return managed;
+// The version 2 fields of each struct, which a caller's struct_size must cover.
+constexpr uint32_t kSlotInfoV2 = sizeof(gpb_slot_info);
+constexpr uint32_t kCreateArgsV2 = sizeof(gpb_create_args);
+
+// A caller's gpb_slot_info: struct_size must at least reach the fields it has.
+bool BadOut(const gpb_slot_info* out, gpb_error* err) {
+  if (NullArg(out, "out", err)) return true;
+  if (out->struct_size >= offsetof(gpb_slot_info, name)) return false;
+  Fail(gpubroker::InvalidArgument("gpb_slot_info.struct_size is " + std::to_string(out->struct_size) +
+                                  ": set it to sizeof(gpb_slot_info)"),
+       err);
+  return true;
+}
+
+// Writes the slot into the caller's struct, no byte past its struct_size.
+void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
+  gpb_slot_info full{};
+  full.struct_size = kSlotInfoV2;
+  std::strncpy(full.name, s.name.c_str(), sizeof full.name - 1);
+  full.generation = s.generation;
+  full.allocation_id = s.allocation_id;
+  full.allocation_bytes = s.allocation_bytes;
+  full.byte_offset = s.byte_offset;
+  full.nbytes = s.nbytes;
+  full.version = s.version;
+  full.created_ns = s.created_ns;
+  full.updated_ns = s.updated_ns;
+  full.backend = static_cast<int32_t>(s.backend);
+  full.device_type = s.device.type;
+  full.device_ordinal = s.device.ordinal;
+  std::memcpy(full.device_uuid, s.device.uuid.data(), sizeof full.device_uuid);
+  full.dtype = {s.dtype.code, s.dtype.bits, s.dtype.lanes};
+  full.ndim = static_cast<int32_t>(s.shape.size());
+  std::copy(s.shape.begin(), s.shape.end(), full.shape);
+  std::copy(s.strides.begin(), s.strides.end(), full.strides);
+  full.owner_uid = s.owner_uid;
+  full.owner_gid = s.owner_gid;
+  full.mode = s.mode;
+  full.lease_count = s.lease_count;
+  full.struct_size = std::min(out->struct_size, kSlotInfoV2);
+  std::memcpy(out, &full, full.struct_size);
+}
+
+gpubroker::AttachMode Mode(int32_t read_only) {
+  return read_only ? gpubroker::AttachMode::kReadOnly : gpubroker::AttachMode::kReadWrite;
 }
 
 // The views for `names` into *views, all or none; GPB_OK or the code, with `err` filled.
@@ -172,212 +141,321 @@ int32_t AttachAll(gpb_client* client, const char* const* names, size_t count, in
     }
     list.emplace_back(names[i]);
   }
-  auto attached = client->client.AttachMany(list, read_only ? gpubroker::AttachMode::kReadOnly
-                                                            : gpubroker::AttachMode::kReadWrite);
+  auto attached = client->client.AttachMany(list, Mode(read_only));
   if (!attached.ok()) return Fail(attached.status(), err);
   *views = std::move(attached).value();
   return GPB_OK;
+}
+
+int32_t InfoCall(gpubroker::Result<gpubroker::SlotInfo> r, gpb_slot_info* out, gpb_error* err) {
+  if (!r.ok()) return Fail(r.status(), err);
+  Fill(*r, out);
+  return Done(err);
+}
+
+int32_t ListCall(gpubroker::Result<std::vector<gpubroker::SlotInfo>> slots, gpb_slot_info** out, size_t* count,
+                 gpb_error* err) {
+  if (!slots.ok()) return Fail(slots.status(), err);
+  auto* array = static_cast<gpb_slot_info*>(std::calloc(slots->size() + 1, sizeof(gpb_slot_info)));
+  if (array == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
+  for (size_t i = 0; i < slots->size(); ++i) {
+    array[i].struct_size = kSlotInfoV2;
+    Fill((*slots)[i], &array[i]);
+  }
+  *out = array;
+  *count = slots->size();
+  return Done(err);
+}
+
+// One line per struct and per field, in the format gpb_abi_layout documents.
+#define GPB_LAYOUT_STRUCT(S) out += "struct " #S " " + std::to_string(sizeof(S)) + "\n"
+#define GPB_LAYOUT_FIELD(S, f) \
+  out += "  " #f " " + std::to_string(offsetof(S, f)) + " " + std::to_string(sizeof(S::f)) + "\n"
+
+std::string Layout() {
+  std::string out;
+  GPB_LAYOUT_STRUCT(gpb_error);
+  GPB_LAYOUT_FIELD(gpb_error, code);
+  GPB_LAYOUT_FIELD(gpb_error, message);
+  GPB_LAYOUT_STRUCT(gpb_dtype);
+  GPB_LAYOUT_FIELD(gpb_dtype, code);
+  GPB_LAYOUT_FIELD(gpb_dtype, bits);
+  GPB_LAYOUT_FIELD(gpb_dtype, lanes);
+  GPB_LAYOUT_STRUCT(gpb_slot_info);
+  GPB_LAYOUT_FIELD(gpb_slot_info, struct_size);
+  GPB_LAYOUT_FIELD(gpb_slot_info, name);
+  GPB_LAYOUT_FIELD(gpb_slot_info, generation);
+  GPB_LAYOUT_FIELD(gpb_slot_info, allocation_id);
+  GPB_LAYOUT_FIELD(gpb_slot_info, allocation_bytes);
+  GPB_LAYOUT_FIELD(gpb_slot_info, byte_offset);
+  GPB_LAYOUT_FIELD(gpb_slot_info, nbytes);
+  GPB_LAYOUT_FIELD(gpb_slot_info, version);
+  GPB_LAYOUT_FIELD(gpb_slot_info, created_ns);
+  GPB_LAYOUT_FIELD(gpb_slot_info, updated_ns);
+  GPB_LAYOUT_FIELD(gpb_slot_info, backend);
+  GPB_LAYOUT_FIELD(gpb_slot_info, device_type);
+  GPB_LAYOUT_FIELD(gpb_slot_info, device_ordinal);
+  GPB_LAYOUT_FIELD(gpb_slot_info, device_uuid);
+  GPB_LAYOUT_FIELD(gpb_slot_info, dtype);
+  GPB_LAYOUT_FIELD(gpb_slot_info, ndim);
+  GPB_LAYOUT_FIELD(gpb_slot_info, shape);
+  GPB_LAYOUT_FIELD(gpb_slot_info, strides);
+  GPB_LAYOUT_FIELD(gpb_slot_info, owner_uid);
+  GPB_LAYOUT_FIELD(gpb_slot_info, owner_gid);
+  GPB_LAYOUT_FIELD(gpb_slot_info, mode);
+  GPB_LAYOUT_FIELD(gpb_slot_info, lease_count);
+  GPB_LAYOUT_STRUCT(gpb_create_args);
+  GPB_LAYOUT_FIELD(gpb_create_args, struct_size);
+  GPB_LAYOUT_FIELD(gpb_create_args, name);
+  GPB_LAYOUT_FIELD(gpb_create_args, dtype);
+  GPB_LAYOUT_FIELD(gpb_create_args, ndim);
+  GPB_LAYOUT_FIELD(gpb_create_args, shape);
+  GPB_LAYOUT_FIELD(gpb_create_args, strides);
+  GPB_LAYOUT_FIELD(gpb_create_args, bytes);
+  GPB_LAYOUT_FIELD(gpb_create_args, base);
+  GPB_LAYOUT_FIELD(gpb_create_args, byte_offset);
+  GPB_LAYOUT_FIELD(gpb_create_args, backend);
+  GPB_LAYOUT_FIELD(gpb_create_args, device);
+  GPB_LAYOUT_FIELD(gpb_create_args, device_uuid);
+  GPB_LAYOUT_FIELD(gpb_create_args, mode);
+  return out;
 }
 
 }  // namespace
 
 extern "C" {
 
-const char* gpb_code_name(int32_t code) {
+uint32_t gpb_abi_version(void) noexcept { return GPB_ABI_VERSION; }
+
+const char* gpb_abi_layout(void) noexcept {
+  static const char* layout = [] {
+    try {
+      return (new std::string(Layout()))->c_str();  // kept for the process's life
+    } catch (...) {
+      return "";
+    }
+  }();
+  return layout;
+}
+
+const char* gpb_code_name(int32_t code) noexcept {
   if (code < 0 || code > GPB_INTERNAL) return "unknown";
   return gpubroker::CodeName(static_cast<gpubroker::Code>(code)).data();
 }
 
-const char* gpb_default_socket_path(void) {
-  static const std::string path = gpubroker::DefaultSocketPath();
-  return path.c_str();
+const char* gpb_default_socket_path(void) noexcept {
+  static const char* path = [] {
+    try {
+      return (new std::string(gpubroker::DefaultSocketPath()))->c_str();
+    } catch (...) {
+      return "";
+    }
+  }();
+  return path;
 }
 
-int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) {
-  if (NullArg(text, "text", err) || NullArg(out, "out", err)) return GPB_INVALID_ARGUMENT;
-  auto d = gpubroker::ParseDType(text);
-  if (!d.ok()) return Fail(d.status(), err);
-  *out = {d->code, d->bits, d->lanes};
-  return Done(Status::Ok(), err);
+int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(text, "text", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto d = gpubroker::ParseDType(text);
+    if (!d.ok()) return Fail(d.status(), err);
+    *out = {d->code, d->bits, d->lanes};
+    return Done(err);
+  });
 }
 
-int32_t gpb_connect(const char* socket_path, const char* client_name, gpb_client** out,
-                    gpb_error* err) {
-  if (NullArg(out, "out", err)) return GPB_INVALID_ARGUMENT;
-  gpubroker::ConnectOptions options;
-  if (socket_path != nullptr && *socket_path != '\0') options.socket_path = socket_path;
-  if (client_name != nullptr) options.client_name = client_name;
-  auto c = gpubroker::Client::Connect(options);
-  if (!c.ok()) return Fail(c.status(), err);
-  *out = new (std::nothrow) gpb_client{std::move(c).value()};
-  if (*out == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
-  return Done(Status::Ok(), err);
+int32_t gpb_connect(const char* socket_path, const char* client_name, gpb_client** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    gpubroker::ConnectOptions options;
+    if (socket_path != nullptr && *socket_path != '\0') options.socket_path = socket_path;
+    if (client_name != nullptr) options.client_name = client_name;
+    auto c = gpubroker::Client::Connect(options);
+    if (!c.ok()) return Fail(c.status(), err);
+    *out = new gpb_client{std::move(c).value()};
+    return Done(err);
+  });
 }
 
-void gpb_client_release(gpb_client* client) { delete client; }
+void gpb_client_release(gpb_client* client) noexcept { delete client; }
 
-int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** out_view,
-                   gpb_slot_info* out_info, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(args, "args", err) || NullArg(args->name, "args->name", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  if (args->ndim < 0 || args->ndim > GPB_MAX_DIMS || (args->ndim > 0 && args->shape == nullptr)) {
-    return Fail(gpubroker::InvalidArgument("ndim must be 0..8 with a shape array"), err);
-  }
-  gpubroker::CreateOptions o;
-  o.name = args->name;
-  o.dtype = {args->dtype.code, args->dtype.bits, args->dtype.lanes};
-  o.shape.assign(args->shape, args->shape + args->ndim);
-  if (args->strides != nullptr) o.strides.assign(args->strides, args->strides + args->ndim);
-  o.bytes = args->bytes;
-  if (args->base != nullptr) o.base = args->base;
-  o.byte_offset = args->byte_offset;
-  if (args->backend != GPB_BACKEND_DEFAULT) o.backend = static_cast<gpubroker::BackendKind>(args->backend);
-  o.device = args->device;
-  if (args->device_uuid != nullptr) {
-    gpubroker::DeviceUuid u;
-    std::memcpy(u.data(), args->device_uuid, u.size());
-    o.device_uuid = u;
-  }
-  o.mode = args->mode;
-  if (out_view == nullptr) {
-    auto info = client->client.Create(o);
-    if (!info.ok()) return Fail(info.status(), err);
-    if (out_info != nullptr) Fill(*info, out_info);
-    return Done(Status::Ok(), err);
-  }
-  auto view = client->client.CreateAndAttach(o);
-  if (!view.ok()) return Fail(view.status(), err);
-  if (out_info != nullptr) Fill(view->slot(), out_info);
-  *out_view = new gpb_view{std::move(view).value()};
-  return Done(Status::Ok(), err);
+int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** out_view, gpb_slot_info* out_info,
+                   gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(args, "args", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    if (args->struct_size < kCreateArgsV2) {
+      return Fail(gpubroker::InvalidArgument("gpb_create_args.struct_size is " + std::to_string(args->struct_size) +
+                                             ": set it to sizeof(gpb_create_args)"),
+                  err);
+    }
+    if (NullArg(args->name, "args->name", err) || (out_info != nullptr && BadOut(out_info, err))) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    if (args->ndim < 0 || args->ndim > GPB_MAX_DIMS || (args->ndim > 0 && args->shape == nullptr)) {
+      return Fail(gpubroker::InvalidArgument("ndim must be 0..8 with a shape array"), err);
+    }
+    gpubroker::CreateOptions o;
+    o.name = args->name;
+    o.dtype = {args->dtype.code, args->dtype.bits, args->dtype.lanes};
+    o.shape.assign(args->shape, args->shape + args->ndim);
+    if (args->strides != nullptr) o.strides.assign(args->strides, args->strides + args->ndim);
+    o.bytes = args->bytes;
+    if (args->base != nullptr) o.base = args->base;
+    o.byte_offset = args->byte_offset;
+    if (args->backend != GPB_BACKEND_DEFAULT) o.backend = static_cast<gpubroker::BackendKind>(args->backend);
+    o.device = args->device;
+    if (args->device_uuid != nullptr) {
+      gpubroker::DeviceUuid u;
+      std::memcpy(u.data(), args->device_uuid, u.size());
+      o.device_uuid = u;
+    }
+    o.mode = args->mode;
+    if (out_view == nullptr) {
+      auto info = client->client.Create(o);
+      if (!info.ok()) return Fail(info.status(), err);
+      if (out_info != nullptr) Fill(*info, out_info);
+      return Done(err);
+    }
+    auto view = client->client.CreateAndAttach(o);
+    if (!view.ok()) return Fail(view.status(), err);
+    if (out_info != nullptr) Fill(view->slot(), out_info);
+    *out_view = new gpb_view{std::move(view).value()};
+    return Done(err);
+  });
 }
 
 int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_view** out,
-                   gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  auto view = client->client.Attach(name, read_only ? gpubroker::AttachMode::kReadOnly
-                                                    : gpubroker::AttachMode::kReadWrite);
-  if (!view.ok()) return Fail(view.status(), err);
-  *out = new gpb_view{std::move(view).value()};
-  return Done(Status::Ok(), err);
+                   gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    auto view = client->client.Attach(name, Mode(read_only));
+    if (!view.ok()) return Fail(view.status(), err);
+    *out = new gpb_view{std::move(view).value()};
+    return Done(err);
+  });
 }
 
 int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
-                        gpb_view** out, gpb_error* err) {
-  std::vector<gpubroker::View> views;
-  if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
-  for (size_t i = 0; i < count; ++i) out[i] = new gpb_view{std::move(views[i])};
-  return Done(Status::Ok(), err);
+                        gpb_view** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    std::vector<gpubroker::View> views;
+    if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
+    // Handles first, published only once every one exists: all or none.
+    std::vector<gpb_view*> made;
+    made.reserve(count);
+    try {
+      for (size_t i = 0; i < count; ++i) made.push_back(new gpb_view{std::move(views[i])});
+    } catch (...) {
+      for (gpb_view* v : made) delete v;
+      throw;
+    }
+    std::copy(made.begin(), made.end(), out);
+    return Done(err);
+  });
 }
 
-int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(name, "name", err)) return GPB_INVALID_ARGUMENT;
-  return Done(client->client.Destroy(name), err);
+int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    Status s = client->client.Destroy(name);
+    return s.ok() ? Done(err) : Fail(s, err);
+  });
 }
 
-static int32_t InfoCall(gpubroker::Result<gpubroker::SlotInfo> r, gpb_slot_info* out, gpb_error* err) {
-  if (!r.ok()) return Fail(r.status(), err);
-  Fill(*r, out);
-  return Done(Status::Ok(), err);
+int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err) || BadOut(out, err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    return InfoCall(client->client.Stat(name), out, err);
+  });
 }
 
-int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  return InfoCall(client->client.Stat(name), out, err);
+int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err) || BadOut(out, err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    return InfoCall(client->client.Lookup(name), out, err);
+  });
 }
 
-int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  return InfoCall(client->client.Lookup(name), out, err);
+int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    return ListCall(client->client.List(), out, count, err);
+  });
 }
 
-static int32_t ListCall(gpubroker::Result<std::vector<gpubroker::SlotInfo>> slots, gpb_slot_info** out,
-                        size_t* count, gpb_error* err) {
-  if (!slots.ok()) return Fail(slots.status(), err);
-  auto* array = static_cast<gpb_slot_info*>(std::calloc(slots->size() + 1, sizeof(gpb_slot_info)));
-  if (array == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
-  for (size_t i = 0; i < slots->size(); ++i) Fill((*slots)[i], &array[i]);
-  *out = array;
-  *count = slots->size();
-  return Done(Status::Ok(), err);
+int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    return ListCall(client->client.ListRegistry(), out, count, err);
+  });
 }
 
-int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  return ListCall(client->client.List(), out, count, err);
+void gpb_free(void* p) noexcept { std::free(p); }
+
+int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(out_uuid, "out_uuid", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto uuid = gpubroker::LocalDeviceUuid(ordinal);
+    if (!uuid.ok()) return Fail(uuid.status(), err);
+    std::memcpy(out_uuid, uuid->data(), uuid->size());
+    return Done(err);
+  });
 }
 
-int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) {
-  if (NullArg(client, "client", err) || NullArg(out, "out", err) || NullArg(count, "count", err)) {
-    return GPB_INVALID_ARGUMENT;
-  }
-  return ListCall(client->client.ListRegistry(), out, count, err);
+void* gpb_view_data(const gpb_view* view) noexcept { return view != nullptr ? view->view.data() : nullptr; }
+int32_t gpb_view_writable(const gpb_view* view) noexcept { return view != nullptr && view->view.writable(); }
+
+int32_t gpb_view_info(const gpb_view* view, gpb_slot_info* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(view, "view", err) || BadOut(out, err)) return int32_t{GPB_INVALID_ARGUMENT};
+    Fill(view->view.slot(), out);
+    return Done(err);
+  });
 }
 
-void gpb_free(void* p) { std::free(p); }
-
-int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err) {
-  if (NullArg(out_uuid, "out_uuid", err)) return GPB_INVALID_ARGUMENT;
-  auto uuid = gpubroker::LocalDeviceUuid(ordinal);
-  if (!uuid.ok()) return Fail(uuid.status(), err);
-  std::memcpy(out_uuid, uuid->data(), uuid->size());
-  return Done(Status::Ok(), err);
-}
-
-void* gpb_view_data(const gpb_view* view) { return view != nullptr ? view->view.data() : nullptr; }
-int32_t gpb_view_writable(const gpb_view* view) { return view != nullptr && view->view.writable(); }
-
-void gpb_view_info(const gpb_view* view, gpb_slot_info* out) {
-  if (view != nullptr && out != nullptr) Fill(view->view.slot(), out);
-}
-
-gpb_view* gpb_view_retain(const gpb_view* view) {
+gpb_view* gpb_view_retain(const gpb_view* view) noexcept {
   return view != nullptr ? new (std::nothrow) gpb_view{view->view} : nullptr;
 }
 
-void gpb_view_release(gpb_view* view) { delete view; }
+void gpb_view_release(gpb_view* view) noexcept { delete view; }
 
-int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err) {
-  if (NullArg(view, "view", err) || NullArg(out, "out", err)) return GPB_INVALID_ARGUMENT;
-  auto managed = Export(view->view, versioned);
-  if (!managed.ok()) return Fail(managed.status(), err);
-  *out = *managed;
-  return Done(Status::Ok(), err);
+int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(view, "view", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto managed = gpubroker::ExportDlpack(view->view, versioned != 0);
+    if (!managed.ok()) return Fail(managed.status(), err);
+    *out = *managed;
+    return Done(err);
+  });
 }
 
 int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
-                               int32_t versioned, void** out, gpb_error* err) {
-  std::vector<gpubroker::View> views;
-  if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
-  for (size_t i = 0; i < count; ++i) {
-    auto managed = Export(std::move(views[i]), versioned);
-    if (!managed.ok()) {
-      while (i > 0) gpb_dlpack_delete(out[--i], versioned);
-      return Fail(managed.status(), err);
+                               int32_t versioned, void** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    std::vector<gpubroker::View> views;
+    if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
+    for (size_t i = 0; i < count; ++i) {
+      auto managed = gpubroker::ExportDlpack(std::move(views[i]), versioned != 0);
+      if (!managed.ok()) {
+        while (i > 0) gpubroker::DeleteDlpack(out[--i], versioned != 0);
+        return Fail(managed.status(), err);
+      }
+      out[i] = *managed;
     }
-    out[i] = *managed;
-  }
-  return Done(Status::Ok(), err);
+    return Done(err);
+  });
 }
 
-void gpb_dlpack_delete(void* managed, int32_t versioned) {
-  if (managed == nullptr) return;
-  if (versioned) {
-    auto* m = static_cast<DLManagedTensorVersioned*>(managed);
-    m->deleter(m);
-  } else {
-    auto* m = static_cast<DLManagedTensor*>(managed);
-    m->deleter(m);
-  }
-}
+void gpb_dlpack_delete(void* managed, int32_t versioned) noexcept { gpubroker::DeleteDlpack(managed, versioned != 0); }
 
 }  // extern "C"

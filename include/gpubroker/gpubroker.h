@@ -4,7 +4,18 @@
  * Every fallible function returns a gpb_code (GPB_OK = 0) and, when `err` is
  * not NULL, fills it with the code and a message. Objects returned through
  * out-parameters belong to the caller and are freed with the matching
- * *_release / gpb_free. All functions are thread-safe.
+ * *_release / gpb_free. All functions are thread-safe, and none lets a C++
+ * exception out: a failure inside the library (out of memory included) is a
+ * returned code like any other.
+ *
+ * Versioning: gpb_abi_version() is the GPB_ABI_VERSION the library was built
+ * with; a caller compiled against another version should refuse to run.
+ * gpb_slot_info and gpb_create_args begin with `struct_size`, which the
+ * caller sets to sizeof the struct as it knows it: the library reads no
+ * field past it and writes no byte past it, so a struct may grow at its end
+ * without breaking callers built against an older header. gpb_error and
+ * gpb_dtype are frozen (gpb_dtype is DLPack's own triple).
+ * gpb_abi_layout() describes every public struct as the library sees it.
  */
 #ifndef GPUBROKER_GPUBROKER_H_
 #define GPUBROKER_GPUBROKER_H_
@@ -13,10 +24,14 @@
 #include <stdint.h>
 
 #ifdef __cplusplus
+#define GPB_NOEXCEPT noexcept
 extern "C" {
+#else
+#define GPB_NOEXCEPT
 #endif
 #pragma GCC visibility push(default)
 
+#define GPB_ABI_VERSION 2
 #define GPB_MAX_DIMS 8
 #define GPB_NAME_BYTES 128
 
@@ -57,6 +72,7 @@ typedef struct gpb_dtype {
 } gpb_dtype;
 
 typedef struct gpb_slot_info {
+  uint32_t struct_size; /* in: the caller's sizeof(gpb_slot_info); out: the bytes written */
   char name[GPB_NAME_BYTES];
   uint64_t generation;
   uint64_t allocation_id;
@@ -81,6 +97,7 @@ typedef struct gpb_slot_info {
 } gpb_slot_info;
 
 typedef struct gpb_create_args {
+  uint32_t struct_size; /* sizeof(gpb_create_args) */
   const char* name;
   gpb_dtype dtype;
   int32_t ndim;
@@ -98,59 +115,68 @@ typedef struct gpb_create_args {
 typedef struct gpb_client gpb_client;
 typedef struct gpb_view gpb_view;
 
-const char* gpb_code_name(int32_t code);
+/* GPB_ABI_VERSION as the library was built. */
+uint32_t gpb_abi_version(void) GPB_NOEXCEPT;
+/* Every public struct as the library was built: lines of "struct NAME SIZE"
+ * each followed by its fields as "  FIELD OFFSET SIZE". Static. */
+const char* gpb_abi_layout(void) GPB_NOEXCEPT;
+
+const char* gpb_code_name(int32_t code) GPB_NOEXCEPT;
 /* $GPUBROKER_SOCKET or the built-in default. The string is static. */
-const char* gpb_default_socket_path(void);
-int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err);
+const char* gpb_default_socket_path(void) GPB_NOEXCEPT;
+int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) GPB_NOEXCEPT;
 
 /* socket_path NULL: the default. client_name NULL: the program name. */
 int32_t gpb_connect(const char* socket_path, const char* client_name, gpb_client** out,
-                    gpb_error* err);
+                    gpb_error* err) GPB_NOEXCEPT;
 /* Views made from the client stay valid after this. */
-void gpb_client_release(gpb_client* client);
+void gpb_client_release(gpb_client* client) GPB_NOEXCEPT;
 
 /* Creates a slot. out_view NULL: create only; else also attach. out_info may be NULL. */
 int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** out_view,
-                   gpb_slot_info* out_info, gpb_error* err);
+                   gpb_slot_info* out_info, gpb_error* err) GPB_NOEXCEPT;
 int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_view** out,
-                   gpb_error* err);
+                   gpb_error* err) GPB_NOEXCEPT;
 /* Attaches `count` slots into out[0..count), all or none: on an error no view
  * is left and err names the slot. Slots of one arena cost one mapping in all. */
 int32_t gpb_attach_many(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
-                        gpb_view** out, gpb_error* err);
-int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err);
-int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err);
+                        gpb_view** out, gpb_error* err) GPB_NOEXCEPT;
+int32_t gpb_destroy(gpb_client* client, const char* name, gpb_error* err) GPB_NOEXCEPT;
+int32_t gpb_stat(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) GPB_NOEXCEPT;
 /* From shared memory, no round trip. */
-int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err);
-/* *out is an array of *count entries; free it with gpb_free. */
-int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err);
+int32_t gpb_lookup(gpb_client* client, const char* name, gpb_slot_info* out, gpb_error* err) GPB_NOEXCEPT;
+/* *out is an array of *count entries; free it with gpb_free. Entries are the
+ * library's sizeof(gpb_slot_info) apart (their struct_size): a caller that
+ * checked gpb_abi_version() indexes it as usual. */
+int32_t gpb_list(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) GPB_NOEXCEPT;
 /* Like gpb_list, read from the shared registry: no round trip. */
-int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err);
-void gpb_free(void* p);
+int32_t gpb_list_registry(gpb_client* client, gpb_slot_info** out, size_t* count, gpb_error* err) GPB_NOEXCEPT;
+void gpb_free(void* p) GPB_NOEXCEPT;
 
 /* The UUID of this process's CUDA device `ordinal` (16 bytes). */
-int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err);
+int32_t gpb_device_uuid(int32_t ordinal, uint8_t* out_uuid, gpb_error* err) GPB_NOEXCEPT;
 
 /* The view's data pointer (first element) and whether it may be written. */
-void* gpb_view_data(const gpb_view* view);
-int32_t gpb_view_writable(const gpb_view* view);
-void gpb_view_info(const gpb_view* view, gpb_slot_info* out);
+void* gpb_view_data(const gpb_view* view) GPB_NOEXCEPT;
+int32_t gpb_view_writable(const gpb_view* view) GPB_NOEXCEPT;
+/* The view's slot, as gpb_stat gives it when the view was made. */
+int32_t gpb_view_info(const gpb_view* view, gpb_slot_info* out, gpb_error* err) GPB_NOEXCEPT;
 /* A new reference sharing the lease. */
-gpb_view* gpb_view_retain(const gpb_view* view);
+gpb_view* gpb_view_retain(const gpb_view* view) GPB_NOEXCEPT;
 /* Drops one reference; the lease goes with the last. */
-void gpb_view_release(gpb_view* view);
+void gpb_view_release(gpb_view* view) GPB_NOEXCEPT;
 
 /* A DLPack tensor over the view, holding its own reference to it:
  * *out is a DLManagedTensor, or with `versioned` a DLManagedTensorVersioned
  * (DLPack 1.0, read-only flag set for a read-only view). Its deleter drops the
  * reference. Hand it to a consumer, or free it with gpb_dlpack_delete. */
-int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err);
+int32_t gpb_view_dlpack(const gpb_view* view, int32_t versioned, void** out, gpb_error* err) GPB_NOEXCEPT;
 /* gpb_attach_many, each view then exported as by gpb_view_dlpack into
  * out[0..count) (the tensors hold the views): all or none. */
 int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, size_t count, int32_t read_only,
-                               int32_t versioned, void** out, gpb_error* err);
+                               int32_t versioned, void** out, gpb_error* err) GPB_NOEXCEPT;
 /* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
-void gpb_dlpack_delete(void* managed, int32_t versioned);
+void gpb_dlpack_delete(void* managed, int32_t versioned) GPB_NOEXCEPT;
 
 #pragma GCC visibility pop
 #ifdef __cplusplus

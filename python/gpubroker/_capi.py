@@ -10,6 +10,7 @@ import os
 import pathlib
 
 MAX_DIMS = 8
+ABI_VERSION = 2  # GPB_ABI_VERSION of the header these bindings restate
 
 
 class Error(Exception):
@@ -76,6 +77,7 @@ class gpb_dtype(ctypes.Structure):
 
 class gpb_slot_info(ctypes.Structure):
     _fields_ = [
+        ("struct_size", ctypes.c_uint32),
         ("name", ctypes.c_char * 128),
         ("generation", ctypes.c_uint64),
         ("allocation_id", ctypes.c_uint64),
@@ -102,6 +104,7 @@ class gpb_slot_info(ctypes.Structure):
 
 class gpb_create_args(ctypes.Structure):
     _fields_ = [
+        ("struct_size", ctypes.c_uint32),
         ("name", ctypes.c_char_p),
         ("dtype", gpb_dtype),
         ("ndim", ctypes.c_int32),
@@ -140,6 +143,8 @@ def _load():
     err = ctypes.POINTER(gpb_error)
     p = ctypes.c_void_p
     sigs = {
+        "gpb_abi_version": (ctypes.c_uint32, []),
+        "gpb_abi_layout": (ctypes.c_char_p, []),
         "gpb_code_name": (ctypes.c_char_p, [ctypes.c_int32]),
         "gpb_default_socket_path": (ctypes.c_char_p, []),
         "gpb_parse_dtype": (ctypes.c_int32, [ctypes.c_char_p, ctypes.POINTER(gpb_dtype), err]),
@@ -159,7 +164,7 @@ def _load():
         "gpb_device_uuid": (ctypes.c_int32, [ctypes.c_int32, ctypes.POINTER(ctypes.c_uint8), err]),
         "gpb_view_data": (p, [p]),
         "gpb_view_writable": (ctypes.c_int32, [p]),
-        "gpb_view_info": (None, [p, ctypes.POINTER(gpb_slot_info)]),
+        "gpb_view_info": (ctypes.c_int32, [p, ctypes.POINTER(gpb_slot_info), err]),
         "gpb_view_retain": (p, [p]),
         "gpb_view_release": (None, [p]),
         "gpb_attach_many": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.c_int32,
@@ -169,6 +174,14 @@ def _load():
         "gpb_attach_many_dlpack": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t,
                                                     ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(p), err]),
     }
+    try:
+        version = lib.gpb_abi_version
+    except AttributeError:
+        version = None
+    if version is None or version() != ABI_VERSION:
+        found = "none" if version is None else version()
+        raise ImportError(f"gpubroker: {path} speaks C ABI version {found}, this package version {ABI_VERSION}: "
+                          "install the library and the package from the same build")
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
         fn.restype = restype

@@ -1,4 +1,5 @@
 """The Python client on host slots: runs everywhere, CI included."""
+import ctypes
 import gc
 import os
 import unittest
@@ -289,6 +290,29 @@ class HostTest(unittest.TestCase):
         info = self.c.lookup("py/listed")
         self.assertEqual((info.dtype, info.shape, info.mode, info.device), ("float16", (2, 2), 0o640, "cpu"))
         self.assertEqual(self.c.stat("py/listed"), info)
+
+
+class AbiTest(unittest.TestCase):
+    """The ctypes restatements of the C structs agree with the compiled library."""
+
+    def test_ctypes_layouts_match_the_library(self):
+        from gpubroker import _capi
+        lib = _capi.lib
+        self.assertEqual(lib.gpb_abi_version(), _capi.ABI_VERSION)
+        structs, current = {}, None
+        for line in lib.gpb_abi_layout().decode().splitlines():
+            words = line.split()
+            if words[0] == "struct":
+                current = structs[words[1]] = {"size": int(words[2]), "fields": {}}
+            else:
+                current["fields"][words[0]] = (int(words[1]), int(words[2]))
+        self.assertEqual(set(structs), {"gpb_error", "gpb_dtype", "gpb_slot_info", "gpb_create_args"})
+        for name, layout in structs.items():
+            cls = getattr(_capi, name)
+            with self.subTest(struct=name):
+                self.assertEqual(ctypes.sizeof(cls), layout["size"])
+                ours = {f[0]: (getattr(cls, f[0]).offset, getattr(cls, f[0]).size) for f in cls._fields_}
+                self.assertEqual(ours, layout["fields"])
 
 
 if __name__ == "__main__":

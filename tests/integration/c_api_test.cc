@@ -2,6 +2,7 @@
 // the Python package's fast paths stand on.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <cstring>
@@ -106,7 +107,8 @@ TEST_F(CApiTest, AttachManyInAnotherProcessSeesEveryByteOnOneLease) {
     if (gpb_attach_many(c, names, 3, 1, views, &err) != GPB_OK) return 11;
     for (gpb_view* v : views) {
       gpb_slot_info info{};
-      gpb_view_info(v, &info);
+      info.struct_size = sizeof info;
+      if (gpb_view_info(v, &info, nullptr) != GPB_OK) return 1;
       ch.Send(gpb_view_data(v), info.nbytes);
     }
     ch.ReceiveLine();  // hold the views while the parent counts leases
@@ -140,6 +142,85 @@ TEST_F(CApiTest, AttachManyIsAllOrNoneAndNamesTheMissingSlot) {
   EXPECT_NE(std::string(err.message).find("names[1]"), std::string::npos) << err.message;
   EXPECT_EQ(gpb_attach_many(c, nullptr, 0, 0, nullptr, &err), GPB_OK);  // nothing asked, nothing done
   gpb_client_release(c);
+}
+
+TEST_F(CApiTest, AbiVersionAndLayoutDescribeThisHeader) {
+  EXPECT_EQ(gpb_abi_version(), uint32_t{GPB_ABI_VERSION});
+  const std::string layout = gpb_abi_layout();
+  EXPECT_NE(layout.find("struct gpb_slot_info " + std::to_string(sizeof(gpb_slot_info)) + "\n"), std::string::npos)
+      << layout;
+  EXPECT_NE(layout.find("  lease_count " + std::to_string(offsetof(gpb_slot_info, lease_count)) + " 4\n"),
+            std::string::npos)
+      << layout;
+  EXPECT_NE(layout.find("struct gpb_create_args " + std::to_string(sizeof(gpb_create_args)) + "\n"),
+            std::string::npos)
+      << layout;
+}
+
+// A caller built against a smaller gpb_slot_info gets no byte written past
+// it; a caller that forgot struct_size is told so.
+TEST_F(CApiTest, StructSizeBoundsWhatTheLibraryReadsAndWrites) {
+  gpb_client* c = ConnectC("consumer");
+  gpb_error err{};
+  gpb_slot_info info{};
+  EXPECT_EQ(gpb_stat(c, "m/t1", &info, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("struct_size"), std::string::npos) << err.message;
+
+  // An older caller's struct: the size and the name only.
+  const uint32_t older = offsetof(gpb_slot_info, generation);
+  std::memset(&info, 0xAB, sizeof info);
+  info.struct_size = older;
+  ASSERT_EQ(gpb_stat(c, "m/t1", &info, &err), GPB_OK) << err.message;
+  EXPECT_EQ(info.struct_size, older);
+  EXPECT_STREQ(info.name, "m/t1");
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&info);
+  for (size_t i = older; i < sizeof info; ++i) ASSERT_EQ(bytes[i], 0xAB) << "byte " << i << " written";
+
+  info.struct_size = sizeof info;
+  ASSERT_EQ(gpb_lookup(c, "m/t1", &info, &err), GPB_OK) << err.message;
+  EXPECT_EQ(info.struct_size, sizeof info);
+  EXPECT_EQ(info.shape[0], 100);
+
+  const int64_t shape[] = {4};
+  gpb_create_args args{};
+  args.name = "new";
+  args.dtype = {2, 8, 1};
+  args.ndim = 1;
+  args.shape = shape;
+  args.device = -1;
+  args.mode = 0600;
+  EXPECT_EQ(gpb_create(c, &args, nullptr, nullptr, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("gpb_create_args.struct_size"), std::string::npos) << err.message;
+  args.struct_size = sizeof args;
+  EXPECT_EQ(gpb_create(c, &args, nullptr, nullptr, &err), GPB_OK) << err.message;
+  gpb_client_release(c);
+}
+
+// An exception inside the library (here std::bad_alloc, in a process whose
+// address space is capped) comes back as a code, not as a crash.
+TEST_F(CApiTest, AnExceptionInsideTheLibraryIsAReturnedCode) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer cannot run under an address-space cap; the plain build runs this";
+#else
+  gpb_client* c = ConnectC("consumer");
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    rlimit cap{};
+    cap.rlim_cur = cap.rlim_max = 1ull << 30;  // far above what the child uses, far below what it asks for
+    if (::setrlimit(RLIMIT_AS, &cap) != 0) ::_exit(100);
+    const char* names[] = {"m/t0"};
+    gpb_view* out[1] = {};
+    gpb_error err{};
+    // Room for 2^32 names is asked before any name is read.
+    int32_t rc = gpb_attach_many(c, names, size_t{1} << 32, 0, out, &err);
+    ::_exit(rc == GPB_RESOURCE_EXHAUSTED && std::strstr(err.message, "out of memory") != nullptr ? 0 : 101);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  gpb_client_release(c);
+#endif
 }
 
 TEST_F(CApiTest, DlpackTensorDescribesTheViewAndHoldsTheLeaseUntilDeleted) {

@@ -1,0 +1,178 @@
+"""Client: a connection to gpubrokerd, and the calls made through it."""
+import ctypes
+
+from . import _publish
+from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, integer as _int, name as _name
+from ._capi import InvalidArgument, Unavailable, check, gpb_create_args, gpb_dtype, gpb_slot_info, lib
+from ._devices import device_args
+from ._dtypes import DTYPES, dtype_name
+from ._slot import SlotInfo, new_info
+from ._view import View
+
+
+def default_socket_path():
+    """$GPUBROKER_SOCKET, or /run/gpubroker/gpubroker.sock."""
+    return lib.gpb_default_socket_path().decode()
+
+
+class Client:
+    """A connection to gpubrokerd. Thread-safe; a context manager."""
+
+    def __init__(self, socket=None, name=None):
+        handle = ctypes.c_void_p()
+        check(lib.gpb_connect, socket.encode() if socket else None, name.encode() if name else None,
+              ctypes.byref(handle))
+        self._handle = handle
+
+    def close(self):
+        """Closes this handle; views made from it stay valid."""
+        if self._handle:
+            lib.gpb_client_release(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _h(self):
+        if not self._handle:
+            raise Unavailable("client is closed")
+        return self._handle
+
+    def create(self, name, shape=(), dtype="float32", device="cpu", *, strides=None, nbytes=0,
+               base=None, offset=0, backend=None, mode=0o600, attach=True):
+        """Creates slot `name` and (by default) attaches it.
+
+        device: "cpu", "cuda", "cuda:N" (this process's numbering) or "GPU-<uuid>".
+        base/offset: make the slot a view into slot `base`'s allocation.
+        backend: "host", "cuda_vmm" or "cuda_ipc"; default by device.
+        Returns a View, or a SlotInfo with attach=False."""
+        shape = tuple(_int(s, 0, _INT64_MAX, "shape entry") for s in shape)
+        if len(shape) > 8:
+            raise ValueError(f"{len(shape)} dimensions; the limit is 8")
+        if strides is not None:
+            strides = tuple(_int(s, 0, _INT64_MAX, "stride") for s in strides)
+            if len(strides) != len(shape):
+                raise ValueError("strides must have one entry per dimension")
+        nbytes = _int(nbytes, 0, _UINT64_MAX, "nbytes")
+        offset = _int(offset, 0, _UINT64_MAX, "offset")
+        mode = _int(mode, 0, 0o777, "mode")
+        name_b = _name(name)
+        base_b = _name(base, "base") if base else None
+        name_d = dtype_name(dtype)
+        code, bits = DTYPES[name_d]
+        n = len(shape)
+        shape_arr = (ctypes.c_int64 * max(n, 1))(*shape)
+        strides_arr = (ctypes.c_int64 * max(n, 1))(*strides) if strides is not None else None
+        backend_code, ordinal, uuid = (0, -1, None) if base else device_args(device, backend)
+        uuid_arr = (ctypes.c_uint8 * 16)(*uuid) if uuid else None
+        args = gpb_create_args(
+            struct_size=ctypes.sizeof(gpb_create_args), name=name_b, dtype=gpb_dtype(code, bits, 1), ndim=n,
+            shape=shape_arr, strides=strides_arr, bytes=nbytes,
+            base=base_b, byte_offset=offset, backend=backend_code,
+            device=ordinal, device_uuid=uuid_arr, mode=mode)
+        info = new_info()
+        if not attach:
+            check(lib.gpb_create, self._h(), ctypes.byref(args), None, ctypes.byref(info))
+            return SlotInfo._from(info)
+        view = ctypes.c_void_p()
+        check(lib.gpb_create, self._h(), ctypes.byref(args), ctypes.byref(view), ctypes.byref(info))
+        return View(view.value)
+
+    def attach(self, name, readonly=False):
+        """A View of slot `name`. Free of round trips if this process maps its allocation."""
+        view = ctypes.c_void_p()
+        check(lib.gpb_attach, self._h(), _name(name), 1 if readonly else 0, ctypes.byref(view))
+        return View(view.value)
+
+    def attach_many(self, names, readonly=False):
+        """Views of every slot in `names`, all or none: on an error no view is
+        kept and the error names the slot. One call into the library."""
+        return [View(h) for h in self._attach_handles(names, readonly)]
+
+    def attach_state_dict(self, prefix, keys=None, *, readonly=False, to="view"):
+        """The tensors `publish_state_dict(prefix, ...)` published, as {key: ...}.
+
+        keys: which to take (default: every slot named `prefix/...`, in the
+        order they were published). to: "view" for Views, "torch" for
+        torch.Tensors, made without a View each (the fast path for many
+        tensors). The arena is mapped once; all tensors share its lease,
+        which lasts while any of them does."""
+        if keys is None:
+            keys = self._keys_under(prefix)
+        keys = list(keys)
+        names = [f"{prefix}/{k}" for k in keys]
+        if to == "view":
+            return {k: View(h) for k, h in zip(keys, self._attach_handles(names, readonly))}
+        if to != "torch":
+            raise InvalidArgument(f"to={to!r}: expected 'view' or 'torch'")
+        from . import _torch
+        return dict(zip(keys, _torch.attach(self._h(), names, readonly)))
+
+    def _attach_handles(self, names, readonly):
+        encoded = [_name(n) for n in names]
+        out = (ctypes.c_void_p * max(len(encoded), 1))()
+        check(lib.gpb_attach_many, self._h(), (ctypes.c_char_p * max(len(encoded), 1))(*encoded),
+              len(encoded), 1 if readonly else 0, out)
+        return [out[i] for i in range(len(encoded))]
+
+    def _keys_under(self, prefix):
+        arr = ctypes.POINTER(gpb_slot_info)()
+        count = ctypes.c_size_t()
+        check(lib.gpb_list_registry, self._h(), ctypes.byref(arr), ctypes.byref(count))
+        try:
+            start = prefix.encode() + b"/"
+            found = [(arr[i].created_ns, arr[i].name) for i in range(count.value)]
+        finally:
+            lib.gpb_free(arr)
+        return [name[len(start):].decode() for _, name in sorted(found) if name.startswith(start)]
+
+    def destroy(self, name):
+        """Removes the name now; the memory goes with the last lease."""
+        check(lib.gpb_destroy, self._h(), _name(name))
+
+    def stat(self, name):
+        info = new_info()
+        check(lib.gpb_stat, self._h(), _name(name), ctypes.byref(info))
+        return SlotInfo._from(info)
+
+    def lookup(self, name):
+        """Like stat, read from the shared registry without asking the broker."""
+        info = new_info()
+        check(lib.gpb_lookup, self._h(), _name(name), ctypes.byref(info))
+        return SlotInfo._from(info)
+
+    def list(self):
+        arr = ctypes.POINTER(gpb_slot_info)()
+        count = ctypes.c_size_t()
+        check(lib.gpb_list, self._h(), ctypes.byref(arr), ctypes.byref(count))
+        try:
+            return [SlotInfo._from(arr[i]) for i in range(count.value)]
+        finally:
+            lib.gpb_free(arr)
+
+    def publish(self, name, tensor, *, mode=0o600, backend=None):
+        """Creates slot `name` like `tensor` (torch, CuPy or NumPy, on its
+        device), copies it in once, synchronises, and returns the View."""
+        return _publish.publish(self, name, tensor, mode=mode, backend=backend)
+
+    def publish_state_dict(self, prefix, tensors, *, mode=0o600, backend=None, alignment=256):
+        """Publishes a mapping of tensors, all on one device, as one arena:
+        slot `prefix` holds the bytes, slot `prefix/<key>` each tensor. One
+        allocation, so a consumer maps it once however many tensors it takes.
+        Returns {key: View}."""
+        return _publish.publish_state_dict(self, prefix, tensors, mode=mode, backend=backend, alignment=alignment)
+
+
+def connect(socket=None, name=None):
+    """Connects to the broker at `socket` (default: $GPUBROKER_SOCKET or
+    /run/gpubroker/gpubroker.sock). Raises Unavailable if none answers."""
+    return Client(socket, name)
