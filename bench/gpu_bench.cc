@@ -226,8 +226,7 @@ class Spinners {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         errno = 0;
         if (::nice(19) == -1 && errno != 0) ::_exit(1);
-        for (volatile uint64_t n = 0;; n = n + 1) {
-        }
+        for (;;) asm volatile("" ::: "memory");
       }
       if (pid > 0) pids_.push_back(pid);
     }
