@@ -77,6 +77,7 @@ class Broker final : public AllocationObserver {
     if (!previous.empty() || !stored.empty()) {
       size_t n = handler_->Adopt(previous, std::move(stored));
       spdlog::info("warm restart: adopted {} of {} slots", n, previous.size());
+      handler_->AdoptPools(config_.pools);
     }
     GPB_RETURN_IF_ERROR(handler_->SyncPools(config_.pools));
 

@@ -62,6 +62,9 @@ struct HandlerOptions {
   std::function<Status()> reload;
 };
 
+// A nonzero hash of every setting of a pool (SlotDescriptor::pool_tag).
+uint32_t PoolTag(const PoolConfig& pool);
+
 class RequestHandler {
  public:
   RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options);
@@ -93,6 +96,10 @@ class RequestHandler {
   // restart). Slots whose memory cannot be taken over are dropped, each with
   // a log line. Returns how many slots were adopted.
   size_t Adopt(const std::vector<SlotDescriptor>& previous, std::map<uint64_t, UniqueFd> fds);
+  // After Adopt: the adopted slots that are the configured pools, unchanged,
+  // become those pools (kept, with their contents); pools the configuration
+  // changed or dropped since are destroyed, for SyncPools to recreate.
+  void AdoptPools(const std::vector<PoolConfig>& pools);
 
   // New creates and attaches are refused while draining or stopping.
   void SetStopping() { stopping_ = true; }

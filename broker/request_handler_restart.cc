@@ -36,6 +36,42 @@ Status RequestHandler::SyncPools(const std::vector<PoolConfig>& pools) {
   return first;
 }
 
+uint32_t PoolTag(const PoolConfig& pool) {
+  // FNV-1a over every setting, each field closed by a separator.
+  std::string text = pool.name + '\n' + std::to_string(pool.backend ? static_cast<int>(*pool.backend) : -1) + '\n' +
+                     std::to_string(pool.device_ordinal) + '\n' + std::to_string(pool.dtype.code) + ':' +
+                     std::to_string(pool.dtype.bits) + ':' + std::to_string(pool.dtype.lanes) + '\n' +
+                     std::to_string(pool.bytes) + '\n' + std::to_string(pool.mode) + '\n' + pool.group + '\n';
+  if (pool.device_uuid) text.append(reinterpret_cast<const char*>(pool.device_uuid->data()), pool.device_uuid->size());
+  text += '\n';
+  for (int64_t n : pool.shape) text += std::to_string(n) + ',';
+  uint32_t h = 2166136261u;
+  for (unsigned char c : text) h = (h ^ c) * 16777619u;
+  return h == 0 ? 1 : h;  // 0 means "not a pool"
+}
+
+void RequestHandler::AdoptPools(const std::vector<PoolConfig>& pools) {
+  std::map<std::string, const PoolConfig*> wanted;
+  for (const PoolConfig& p : pools) wanted[p.name] = &p;
+  std::vector<SlotDescriptor> tagged;
+  for (std::optional<uint32_t> cursor = 0; cursor;) {
+    cursor = registry_.Scan(*cursor, 1024, [&](const SlotDescriptor& d) {
+      if (d.pool_tag != 0) tagged.push_back(d);
+    });
+  }
+  for (const SlotDescriptor& d : tagged) {
+    auto w = wanted.find(d.name);
+    if (w != wanted.end() && PoolTag(*w->second) == d.pool_tag) {
+      pools_[w->first] = *w->second;
+      spdlog::info("pool '{}' adopted unchanged", w->first);
+      continue;
+    }
+    spdlog::info("pool '{}' {} since the last broker: {}", d.name, w != wanted.end() ? "changed" : "removed",
+                 w != wanted.end() ? "recreating" : "destroying");
+    if (auto index = registry_.Find(d.name)) DestroySlot(*index);
+  }
+}
+
 size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
                              std::map<uint64_t, UniqueFd> fds) {
   size_t adopted = 0;

@@ -305,7 +305,11 @@ Result<SlotSpec> RequestHandler::PoolSpec(const PoolConfig& pool, Owner& owner) 
 Status RequestHandler::CreatePool(const PoolConfig& pool) {
   Owner owner{};
   GPB_ASSIGN_OR_RETURN(SlotSpec spec, PoolSpec(pool, owner));
-  GPB_RETURN_IF_ERROR(CreateSlot(spec, owner, nullptr).status().Annotate("pool '" + pool.name + "'"));
+  auto index = CreateSlot(spec, owner, nullptr);
+  GPB_RETURN_IF_ERROR(index.status().Annotate("pool '" + pool.name + "'"));
+  SlotDescriptor d = registry_.Get(*index);
+  d.pool_tag = PoolTag(pool);
+  registry_.Update(*index, d);
   pools_[pool.name] = pool;
   return Status::Ok();
 }

@@ -42,7 +42,10 @@ struct SlotDescriptor {
   uint32_t allocation_owner_uid;
   uint32_t allocation_owner_gid;
   uint32_t allocation_mode;
-  uint8_t reserved[4];
+  // Nonzero for a pool the broker made from its configuration: a hash of
+  // that pool's settings, so a restarted broker knows an adopted slot for
+  // the pool it is configured with (unchanged: kept) from a changed one.
+  uint32_t pool_tag;
 };
 static_assert(sizeof(SlotDescriptor) == 448);
 static_assert(std::is_trivially_copyable_v<SlotDescriptor>);

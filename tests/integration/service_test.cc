@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "tests/integration/harness.h"
@@ -118,6 +119,61 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->leases, 2u);  // the arena: one view each
   EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+// A restart with the configuration's pools already adopted from the fd store
+// keeps each unchanged pool (same allocation, same bytes), and applies what
+// changed meanwhile: a resized pool is made anew, a dropped one goes.
+TEST(Service, WarmRestartKeepsConfiguredPoolsAndAppliesChangedOnes) {
+  ServiceHarness manager;
+  const std::string dir = ::testing::TempDir() + "/gpb-pools-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/gpubroker.yaml";
+  auto pool = [](const std::string& name, int bytes) {
+    return "  - name: " + name + "\n    bytes: " + std::to_string(bytes) + "\n    mode: \"0644\"\n";
+  };
+  WriteFile(path, "pools:\n" + pool("pool/keep", 65536) + pool("pool/resize", 64) + pool("pool/drop", 64));
+  auto broker = BrokerProcess::Start(manager.Options({"--config", path}));
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client holder = Connect(*broker, 10000);
+  auto keep = holder.Attach("pool/keep");
+  ASSERT_TRUE(keep.ok()) << keep.status().ToString();
+  auto data = RandomBytes(65536);
+  std::memcpy(keep->data(), data.data(), data.size());
+  auto before = holder.Stat("pool/keep");
+  ASSERT_TRUE(before.ok());
+
+  // The same pools: the restart the unit's example config once failed.
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  std::vector<std::unique_ptr<BrokerProcess>> brokers;
+  brokers.push_back(std::move(broker));
+  brokers.push_back(BrokerProcess::Restart(*brokers.back(), manager.RestartOptions({"--config", path})));
+  ASSERT_NE(brokers.back(), nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1")) << "the restarted broker did not come up with its own pools adopted";
+  auto same = holder.Stat("pool/keep");
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_EQ(same->allocation_id, before->allocation_id);
+  EXPECT_EQ(same->created_ns, before->created_ns);
+
+  // Then one pool resized and one dropped while the broker was down.
+  WriteFile(path, "pools:\n" + pool("pool/keep", 65536) + pool("pool/resize", 128));
+  EXPECT_EQ(brokers.back()->Stop(SIGTERM), 0);
+  brokers.push_back(BrokerProcess::Restart(*brokers.back(), manager.RestartOptions({"--config", path})));
+  ASSERT_NE(brokers.back(), nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client newcomer = Connect(*brokers.back());
+  auto again = newcomer.Attach("pool/keep");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->slot().allocation_id, before->allocation_id);
+  EXPECT_TRUE(Contents(*again) == data) << "an unchanged pool lost its contents across the restart";
+  EXPECT_TRUE(Contents(*keep) == data) << "a view held across the restarts must stay valid";
+  auto resized = newcomer.Stat("pool/resize");
+  ASSERT_TRUE(resized.ok());
+  EXPECT_EQ(resized->nbytes, 128u);
+  EXPECT_EQ(newcomer.Stat("pool/drop").status().code(), Code::kNotFound);
+  EXPECT_EQ(brokers.back()->Stop(SIGTERM), 0);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Service, ReloadAppliesAValidConfigAndRejectsAnInvalidOne) {

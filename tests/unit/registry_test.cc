@@ -228,7 +228,9 @@ TEST(Registry, ScribbledSegmentGivesErrorsNotCrashes) {
     for (const SlotDescriptor& d : reader->ListLive()) EXPECT_TRUE(ValidateDescriptor(d).ok());
     for (int i = 0; i < 25; ++i) {
       auto d = reader->Lookup("s" + std::to_string(i));
-      if (d.ok()) EXPECT_TRUE(ValidateDescriptor(*d).ok());
+      if (d.ok()) {
+        EXPECT_TRUE(ValidateDescriptor(*d).ok());
+      }
     }
   }
   EXPECT_GT(opened, 0);  // most scribbles leave the header readable: the body was exercised
