@@ -206,8 +206,8 @@ class Reader {
     }
     if (n["format"]) {
       GPB_ASSIGN_OR_RETURN(c.log_format, String(n["format"], "logging.format"));
-      if (c.log_format != "text" && c.log_format != "json") {
-        return At(n["format"].Mark(), "logging.format must be text or json");
+      if (c.log_format != "auto" && c.log_format != "text" && c.log_format != "json" && c.log_format != "journal") {
+        return At(n["format"].Mark(), "logging.format must be auto, text, json or journal");
       }
     }
     return Status::Ok();

@@ -55,7 +55,7 @@ struct Config {
   Limits limits;
   std::vector<PoolConfig> pools;
   std::string log_level = "info";  // trace debug info warn error critical off
-  std::string log_format = "text";  // text | json
+  std::string log_format = "auto";  // auto (journal under systemd, else text) | text | json | journal
   // Under a service manager with an fd store: keep buffers across restarts.
   bool warm_restart = true;
 };

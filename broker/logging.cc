@@ -1,5 +1,12 @@
 #include "broker/logging.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -34,6 +41,27 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
   }
 };
 
+// %N: the line's syslog priority, for journald's SyslogLevelPrefix ("<3>").
+class SyslogPriority final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    static constexpr char kPriority[] = {'7', '7', '6', '4', '3', '2', '6'};  // trace .. critical, off
+    dest.push_back('<');
+    dest.push_back(kPriority[std::min<int>(msg.level, sizeof kPriority - 1)]);
+    dest.push_back('>');
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
+};
+
+// True when stderr is the journal's stream: systemd sets $JOURNAL_STREAM to
+// its "device:inode", and a redirect elsewhere changes them.
+bool StderrIsJournal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  struct stat st {};
+  if (stream == nullptr || ::fstat(STDERR_FILENO, &st) != 0) return false;
+  return std::string(stream) == std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+}
+
 }  // namespace
 
 Status SetupLogging(const std::string& level, const std::string& format) {
@@ -43,12 +71,18 @@ Status SetupLogging(const std::string& level, const std::string& format) {
   }
   auto logger = std::make_shared<spdlog::logger>(
       "gpubrokerd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
-  if (format == "json") {
+  std::string chosen = format == "auto" ? (StderrIsJournal() ? "journal" : "text") : format;
+  if (chosen == "journal") {
+    // journald stamps each line itself and files it under the <N> priority.
+    auto f = std::make_unique<spdlog::pattern_formatter>();
+    f->add_flag<SyslogPriority>('N').set_pattern("%N%v");
+    logger->set_formatter(std::move(f));
+  } else if (chosen == "json") {
     auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
     f->add_flag<JsonEscapedMessage>('j').set_pattern(
         R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","pid":%P,"msg":"%j"})");
     logger->set_formatter(std::move(f));
-  } else if (format == "text") {
+  } else if (chosen == "text") {
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
   } else {
     return ConfigError("unknown log format '" + format + "'");

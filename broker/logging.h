@@ -7,7 +7,9 @@
 
 namespace gpubroker {
 
-// format: "text" or "json"; level: a spdlog level name.
+// format: "text", "json", "journal" (a syslog priority prefix per line, no
+// timestamp: journald adds both) or "auto" (journal when stderr is the
+// journal, else text); level: a spdlog level name.
 Status SetupLogging(const std::string& level, const std::string& format);
 
 }  // namespace gpubroker

@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
   app.add_option("--hello-timeout-ms", f.hello_timeout_ms, "close connections silent this long");
   app.add_option("--max-fds-in-flight", f.max_fds_in_flight, "per connection: descriptors sent and not read");
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
-  app.add_option("--log-format", f.log_format, "text or json");
+  app.add_option("--log-format", f.log_format, "auto (journal when stderr is the journal, else text), text, json or journal");
   app.add_flag("--print-default-config", f.print_default, "print the embedded config and exit");
   CLI11_PARSE(app, argc, argv);
 

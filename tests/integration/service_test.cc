@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -173,6 +175,44 @@ TEST(Service, WarmRestartKeepsConfiguredPoolsAndAppliesChangedOnes) {
   EXPECT_EQ(resized->nbytes, 128u);
   EXPECT_EQ(newcomer.Stat("pool/drop").status().code(), Code::kNotFound);
   EXPECT_EQ(brokers.back()->Stop(SIGTERM), 0);
+  std::filesystem::remove_all(dir);
+}
+
+// Under systemd, stderr is the journal's stream ($JOURNAL_STREAM names its
+// device and inode): each line then carries its syslog priority, and no
+// timestamp of its own, since journald adds one.
+TEST(Service, LinesForTheJournalCarryTheirPriorityAndNoTimestamp) {
+  ServiceHarness manager;
+  const std::string dir = ::testing::TempDir() + "/gpb-journal-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string log = dir + "/stderr", path = dir + "/gpubroker.yaml";
+  WriteFile(log, "");
+  WriteFile(path, "logging:\n  level: info\n");
+  struct stat st {};
+  ASSERT_EQ(::stat(log.c_str(), &st), 0);
+  auto options = manager.Options({"--config", path, "--log-level", "info"});
+  options.log_file = log;
+  options.env.emplace_back("JOURNAL_STREAM", std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino));
+  auto broker = BrokerProcess::Start(options);
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  WriteFile(path, "logging:\n  levle: info\n");  // a reload that fails: an error line
+  ::kill(broker->pid(), SIGHUP);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  std::ifstream in(log);
+  std::string line;
+  int info = 0, error = 0;
+  while (std::getline(in, line)) {
+    ASSERT_GE(line.size(), 3u) << line;
+    ASSERT_TRUE(line[0] == '<' && line[2] == '>' && line[1] >= '0' && line[1] <= '7') << "no priority: " << line;
+    EXPECT_FALSE(line.size() > 7 && std::isdigit(static_cast<unsigned char>(line[3])) && line[7] == '-')
+        << "a timestamp of its own: " << line;
+    if (line[1] == '6') ++info;
+    if (line[1] == '3' && line.find("levle") != std::string::npos) ++error;
+  }
+  EXPECT_GT(info, 0);
+  EXPECT_EQ(error, 1) << "the rejected reload must be one line at priority 3 (error)";
   std::filesystem::remove_all(dir);
 }
 

@@ -46,7 +46,7 @@ TEST(Config, WrongTypesAndImpossibleValues) {
       {"socket:\n  mode: \"0999\"\n", "test.yaml:2:9", "octal"},
       {"socket:\n  path: relative.sock\n", "test.yaml:2:9", "absolute"},
       {"logging:\n  level: loud\n", "test.yaml:2:10", "logging.level"},
-      {"logging:\n  format: xml\n", "test.yaml:2:11", "text or json"},
+      {"logging:\n  format: xml\n", "test.yaml:2:11", "auto, text, json or journal"},
       {"limits:\n  max_bytes_per_uid: 12XB\n", "test.yaml:2:22", "unit"},
       {"limits:\n  max_bytes_per_client: 1GiB\n", "test.yaml:2:25", "max_bytes_per_uid"},
       {"limits:\n  max_host_bytes: -1\n", "test.yaml:2:19", "not a size"},
