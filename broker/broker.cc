@@ -74,12 +74,15 @@ class Broker final : public AllocationObserver {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);
-    if (!previous.empty() || !stored.empty()) {
+    const bool adopting = !previous.empty() || !stored.empty();
+    if (adopting) {
       size_t n = handler_->Adopt(previous, std::move(stored));
       spdlog::info("warm restart: adopted {} of {} slots", n, previous.size());
       handler_->AdoptPools(config_.pools);
     }
-    GPB_RETURN_IF_ERROR(handler_->SyncPools(config_.pools));
+    // A pool that cannot be made fails a cold start; after a warm restart the
+    // adopted buffers matter more: serve them, each failed pool logged.
+    if (Status pools = handler_->SyncPools(config_.pools); !pools.ok() && !adopting) return pools;
 
     boost::asio::io_context io;
     Server::Hooks hooks;

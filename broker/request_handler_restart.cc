@@ -1,5 +1,7 @@
 // Pools that follow the configuration, and the take-over of an earlier
 // broker's slots on a warm restart.
+#include <unistd.h>
+
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -66,9 +68,33 @@ void RequestHandler::AdoptPools(const std::vector<PoolConfig>& pools) {
       spdlog::info("pool '{}' adopted unchanged", w->first);
       continue;
     }
+    if (w != wanted.end()) {
+      // Recreated below by SyncPools: only once the new settings are known to
+      // make a slot spec, so a bad pool keeps the old buffer.
+      Owner owner{};
+      if (auto spec = PoolSpec(*w->second, owner); !spec.ok()) {
+        spdlog::error("pool '{}' changed since the last broker, but its new settings fail ({}): the old one stays",
+                      d.name, spec.status().message());
+        pools_[w->first] = *w->second;  // so SyncPools leaves it be
+        continue;
+      }
+    }
     spdlog::info("pool '{}' {} since the last broker: {}", d.name, w != wanted.end() ? "changed" : "removed",
                  w != wanted.end() ? "recreating" : "destroying");
     if (auto index = registry_.Find(d.name)) DestroySlot(*index);
+  }
+  // A broker from before pools were tagged left them untagged: a slot of the
+  // broker's own uid under a pool's name is taken as that pool, unchanged.
+  for (const PoolConfig& p : pools) {
+    auto index = registry_.Find(p.name);
+    if (!index || pools_.count(p.name)) continue;
+    SlotDescriptor d = registry_.Get(*index);
+    if (d.pool_tag != 0 || d.owner_uid != ::geteuid()) continue;
+    d.pool_tag = PoolTag(p);
+    registry_.Update(*index, d);
+    pools_[p.name] = p;
+    spdlog::warn("pool '{}' adopted from a broker that did not tag its pools: its settings are taken as unchanged",
+                 p.name);
   }
 }
 

@@ -79,9 +79,13 @@ bool NullArg(const void* p, const char* what, gpb_error* err) {
   return true;
 }
 
-// The version 2 fields of each struct, which a caller's struct_size must cover.
-constexpr uint32_t kSlotInfoV2 = sizeof(gpb_slot_info);
-constexpr uint32_t kCreateArgsV2 = sizeof(gpb_create_args);
+// The sizes of the structs as GPB_ABI_VERSION 2 defined them. A later
+// version may add fields at the end; callers built against version 2 keep
+// passing these sizes, so they stay fixed numbers, not sizeof.
+constexpr uint32_t kSlotInfoV2 = 384;
+constexpr uint32_t kCreateArgsV2 = 88;
+static_assert(sizeof(gpb_slot_info) == kSlotInfoV2 && sizeof(gpb_create_args) == kCreateArgsV2,
+              "a public struct changed: bump GPB_ABI_VERSION and add the new size beside these");
 
 // A caller's gpb_slot_info: struct_size must at least reach the fields it has.
 bool BadOut(const gpb_slot_info* out, gpb_error* err) {
@@ -424,7 +428,12 @@ int32_t gpb_view_info(const gpb_view* view, gpb_slot_info* out, gpb_error* err) 
 }
 
 gpb_view* gpb_view_retain(const gpb_view* view) noexcept {
-  return view != nullptr ? new (std::nothrow) gpb_view{view->view} : nullptr;
+  if (view == nullptr) return nullptr;
+  try {
+    return new gpb_view{view->view};  // copying the View allocates too
+  } catch (...) {
+    return nullptr;
+  }
 }
 
 void gpb_view_release(gpb_view* view) noexcept { delete view; }
@@ -444,13 +453,22 @@ int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, siz
   return Guard(err, [&] {
     std::vector<gpubroker::View> views;
     if (int32_t rc = AttachAll(client, names, count, read_only, out, &views, err); rc != GPB_OK) return rc;
-    for (size_t i = 0; i < count; ++i) {
-      auto managed = gpubroker::ExportDlpack(std::move(views[i]), versioned != 0);
-      if (!managed.ok()) {
-        while (i > 0) gpubroker::DeleteDlpack(out[--i], versioned != 0);
-        return Fail(managed.status(), err);
+    size_t made = 0;
+    auto unwind = [&] {
+      while (made > 0) gpubroker::DeleteDlpack(out[--made], versioned != 0);
+    };
+    try {
+      for (; made < count; ++made) {
+        auto managed = gpubroker::ExportDlpack(std::move(views[made]), versioned != 0);
+        if (!managed.ok()) {
+          unwind();
+          return Fail(managed.status(), err);
+        }
+        out[made] = *managed;
       }
-      out[i] = *managed;
+    } catch (...) {
+      unwind();  // all or none, also when an allocation fails
+      throw;
     }
     return Done(err);
   });

@@ -31,18 +31,35 @@ Result<std::shared_ptr<const RegistryReader>> MappingCache::registry() const {
 }
 
 std::shared_ptr<MappedAllocation> MappingCache::Find(uint64_t allocation_id) {
+  Dropped dropped;  // destroyed after the lock is released
   MutexLock lock(mu_);
-  return BestLocked(allocation_id);
+  return BestLocked(allocation_id, dropped);
 }
 
-std::shared_ptr<MappedAllocation> MappingCache::BestLocked(uint64_t allocation_id) {
+std::shared_ptr<MappedAllocation> MappingCache::BestLocked(uint64_t allocation_id, Dropped& dropped) {
   std::shared_ptr<MappedAllocation> best;
-  auto [first, last] = mappings_.equal_range(allocation_id);
-  for (auto it = first; it != last; ++it) {
+  auto [it, last] = mappings_.equal_range(allocation_id);
+  while (it != last) {
     auto m = it->second.mapping.lock();
-    if (m && (!best || (m->writable && !best->writable))) best = std::move(m);
+    if (!m) {
+      it = mappings_.erase(it);
+      continue;
+    }
+    if (!best || (m->writable && !best->writable)) std::swap(best, m);
+    // Another thread may drop its last View of `m` while we hold it: then
+    // ours is the last reference, and its end (a detach, through the
+    // Channel's lock) must not run under this lock.
+    if (m) dropped.push_back(std::move(m));
+    ++it;
   }
   return best;
+}
+
+void MappingCache::SweepLocked() {
+  for (auto it = mappings_.begin(); it != mappings_.end();) {
+    it = it->second.mapping.expired() ? mappings_.erase(it) : std::next(it);
+  }
+  sweep_at_ = 2 * mappings_.size() + 64;
 }
 
 Result<MappingCache::Mapped> MappingCache::Map(const wire::AttachReply& reply, UniqueFd fd,
@@ -65,13 +82,19 @@ Result<MappingCache::Mapped> MappingCache::Map(const wire::AttachReply& reply, U
   m->device = (*mapped)->device();
   m->mapping = std::move(mapped).value();
   m->channel = std::move(channel);
+  Dropped dropped;  // destroyed after the lock is released
   MutexLock lock(mu_);
   // Another thread mapped the same allocation meanwhile: use its mapping, and
   // let ours go (the caller gives back the extra lease).
-  if (auto raced = BestLocked(slot.allocation_id); joinable(raced)) {
+  auto raced = BestLocked(slot.allocation_id, dropped);
+  if (joinable(raced)) {
     *m->leased = false;
     return Mapped{std::move(raced), true};
   }
+  dropped.push_back(std::move(raced));
+  // Entries of allocations no View holds any more go now and then, so the
+  // cache stays the size of what the process maps.
+  if (mappings_.size() >= sweep_at_) SweepLocked();
   mappings_.emplace(slot.allocation_id, Entry{m, LeaseClaim{m->allocation_id, m->slot, m->writable}, m->leased});
   return Mapped{std::move(m), false};
 }

@@ -78,8 +78,13 @@ class MappingCache {
   // By allocation id: usually one mapping each; two while views of a
   // read-only mapping outlive a writable one made after it.
   std::multimap<uint64_t, Entry> mappings_ GPB_GUARDED_BY(mu_);
-  // The live mapping to join for an allocation, writable ones first.
-  std::shared_ptr<MappedAllocation> BestLocked(uint64_t allocation_id) GPB_REQUIRES(mu_);
+  // References let go only after mu_ is released (a mapping's end detaches).
+  using Dropped = std::vector<std::shared_ptr<MappedAllocation>>;
+  // The live mapping to join for an allocation, writable ones first; the
+  // others it looked at go into `dropped`; entries of dead mappings are erased.
+  std::shared_ptr<MappedAllocation> BestLocked(uint64_t allocation_id, Dropped& dropped) GPB_REQUIRES(mu_);
+  void SweepLocked() GPB_REQUIRES(mu_);
+  size_t sweep_at_ GPB_GUARDED_BY(mu_) = 64;
   std::shared_ptr<const RegistryReader> registry_ GPB_GUARDED_BY(mu_);
   Status registry_error_ GPB_GUARDED_BY(mu_) = Unavailable("not connected");
 };

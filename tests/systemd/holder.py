@@ -3,8 +3,9 @@ with fresh random bytes, and answers commands read line by line from a FIFO,
 each answer written as one line to another FIFO.
 
     python3 holder.py SLOT NBYTES IN_FIFO OUT_FIFO
-commands: "check" -> "same" if the view it holds still has its bytes, else
-"differ"; "digest" -> the SHA-256 of those bytes; "quit".
+commands: "check" -> "same" if the view it holds still has its bytes and a
+view attached anew through the same client (which reconnects to a restarted
+broker and takes its leases again) has them too, else "differ"; "digest" -> the SHA-256 of those bytes; "quit".
 """
 import hashlib
 import os
@@ -24,7 +25,9 @@ with open(cmd_path) as commands, open(out_path, "w", buffering=1) as out:
     for line in commands:
         command = line.strip()
         if command == "check":
-            out.write(("same" if numpy.array_equal(array, data) else "differ") + "\n")
+            fresh = numpy.asarray(client.attach(slot, readonly=True))
+            same = numpy.array_equal(array, data) and numpy.array_equal(fresh, data)
+            out.write(("same" if same else "differ") + "\n")
         elif command == "digest":
             out.write(hashlib.sha256(data.tobytes()).hexdigest() + "\n")
         elif command == "quit":
