@@ -225,6 +225,19 @@ std::string Layout() {
   return out;
 }
 
+// Built once and kept for the process's life (a static pointer, so leak
+// checkers see it reachable); "" if even that allocation failed.
+const char* StaticText(const std::string* text) noexcept { return text != nullptr ? text->c_str() : ""; }
+
+template <typename Make>
+const std::string* MakeStatic(Make make) noexcept {
+  try {
+    return new std::string(make());
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -232,14 +245,8 @@ extern "C" {
 uint32_t gpb_abi_version(void) noexcept { return GPB_ABI_VERSION; }
 
 const char* gpb_abi_layout(void) noexcept {
-  static const char* layout = [] {
-    try {
-      return (new std::string(Layout()))->c_str();  // kept for the process's life
-    } catch (...) {
-      return "";
-    }
-  }();
-  return layout;
+  static const std::string* layout = MakeStatic(Layout);
+  return StaticText(layout);
 }
 
 const char* gpb_code_name(int32_t code) noexcept {
@@ -248,14 +255,8 @@ const char* gpb_code_name(int32_t code) noexcept {
 }
 
 const char* gpb_default_socket_path(void) noexcept {
-  static const char* path = [] {
-    try {
-      return (new std::string(gpubroker::DefaultSocketPath()))->c_str();
-    } catch (...) {
-      return "";
-    }
-  }();
-  return path;
+  static const std::string* path = MakeStatic([] { return gpubroker::DefaultSocketPath(); });
+  return StaticText(path);
 }
 
 int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) noexcept {
