@@ -51,6 +51,7 @@ struct SlotSpec {
   std::optional<BackendKind> backend;  // unset: the broker's default
   DeviceSelector device;
   uint32_t mode = 0600;
+  uint32_t pool_tag = 0;  // configured pools only: PoolTag of their settings
 };
 
 struct HandlerOptions {

@@ -101,6 +101,7 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
   std::memcpy(d.name, spec.name.data(), spec.name.size());
   d.allocation_id = a->id;
   d.allocation_bytes = a->bytes;
+  d.pool_tag = spec.pool_tag;
   d.byte_offset = spec.byte_offset;
   d.nbytes = extent;
   d.version = 1;
@@ -293,6 +294,7 @@ Result<SlotSpec> RequestHandler::PoolSpec(const PoolConfig& pool, Owner& owner) 
     s.device.uuid = *pool.device_uuid;
   }
   s.mode = pool.mode;
+  s.pool_tag = PoolTag(pool);
   owner = Owner{0, ::geteuid(), ::getegid(), true};
   if (!pool.group.empty()) {
     auto gid = LookupGroup(pool.group);
@@ -305,11 +307,7 @@ Result<SlotSpec> RequestHandler::PoolSpec(const PoolConfig& pool, Owner& owner) 
 Status RequestHandler::CreatePool(const PoolConfig& pool) {
   Owner owner{};
   GPB_ASSIGN_OR_RETURN(SlotSpec spec, PoolSpec(pool, owner));
-  auto index = CreateSlot(spec, owner, nullptr);
-  GPB_RETURN_IF_ERROR(index.status().Annotate("pool '" + pool.name + "'"));
-  SlotDescriptor d = registry_.Get(*index);
-  d.pool_tag = PoolTag(pool);
-  registry_.Update(*index, d);
+  GPB_RETURN_IF_ERROR(CreateSlot(spec, owner, nullptr).status().Annotate("pool '" + pool.name + "'"));
   pools_[pool.name] = pool;
   return Status::Ok();
 }

@@ -56,6 +56,13 @@ std::unique_ptr<BrokerProcess> StartWarm(ServiceHarness& manager) {
   return broker;
 }
 
+// A client that reconnects by itself for up to `reconnect_ms`.
+Result<Client> ConnectReconnecting(const BrokerProcess& broker, const std::string& name, int reconnect_ms) {
+  ConnectOptions options = broker.Options(name);
+  options.reconnect_timeout_ms = reconnect_ms;
+  return Client::Connect(options);
+}
+
 // Stops `brokers.back()` and starts the next on its socket; the first one
 // owns the directory, so every one stays in `brokers` until the test ends.
 bool RestartWarm(ServiceHarness& manager, std::vector<std::unique_ptr<BrokerProcess>>& brokers) {
@@ -75,9 +82,7 @@ TEST(ClientThreads, LastViewDroppedDuringAReconnectDoesNotDeadlock) {
   ServiceHarness manager;
   auto broker = StartWarm(manager);
   ASSERT_NE(broker, nullptr);
-  ConnectOptions options = broker->Options("holder");
-  options.reconnect_timeout_ms = 10000;
-  auto client = Client::Connect(options);
+  auto client = ConnectReconnecting(*broker, "holder", 10000);
   ASSERT_TRUE(client.ok());
   constexpr int kSlots = 1500;  // a re-take long enough for the drops to land inside it
   std::vector<View> views;
@@ -139,9 +144,7 @@ TEST(ClientThreads, ManyThreadsAttachWhileTheBrokerRestarts) {
   ServiceHarness manager;
   auto broker = StartWarm(manager);
   ASSERT_NE(broker, nullptr);
-  ConnectOptions options = broker->Options("threads");
-  options.reconnect_timeout_ms = 20000;
-  auto client = Client::Connect(options);
+  auto client = ConnectReconnecting(*broker, "threads", 20000);
   ASSERT_TRUE(client.ok());
   constexpr int kSlots = 8, kThreads = 6;
   std::vector<std::vector<uint8_t>> data;
