@@ -11,6 +11,7 @@
 #include "broker/logging.h"
 #include "broker/registry.h"
 #include "common/registry_reader.h"
+#include "common/socket_path.h"
 #include "broker/request_handler.h"
 #include "broker/server.h"
 #include "broker/service_manager.h"
@@ -225,6 +226,10 @@ Result<Config> LoadConfig(const ConfigSource& source) {
                                     : LoadConfigFile(source.path);
   if (!config.ok()) return config.status();
   if (source.overrides) GPB_RETURN_IF_ERROR(source.overrides(*config));
+  if (config->socket_path.empty()) {
+    GPB_ASSIGN_OR_RETURN(config->socket_path, BrokerDefaultSocketPath());
+    GPB_RETURN_IF_ERROR(ValidateConfig(*config).Annotate("the default socket path"));
+  }
   return config;
 }
 

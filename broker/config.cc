@@ -72,8 +72,8 @@ class Reader {
     if (n["path"]) { GPB_ASSIGN_OR_RETURN(c.socket_path, String(n["path"], "socket.path")); }
     if (n["mode"]) { GPB_ASSIGN_OR_RETURN(c.socket_mode, Mode(n["mode"], "socket.mode")); }
     if (n["group"]) { GPB_ASSIGN_OR_RETURN(c.socket_group, String(n["group"], "socket.group")); }
-    if (c.socket_path.empty() || c.socket_path.front() != '/') {
-      return At(n["path"] ? n["path"].Mark() : n.Mark(), "socket.path must be an absolute path");
+    if (n["path"] && (c.socket_path.empty() || c.socket_path.front() != '/')) {
+      return At(n["path"].Mark(), "socket.path must be an absolute path");
     }
     return Status::Ok();
   }
@@ -291,7 +291,7 @@ Status ValidateLimits(const Limits& l) {
 }
 
 Status ValidateConfig(const Config& c) {
-  if (c.socket_path.empty() || c.socket_path.front() != '/') {
+  if (!c.socket_path.empty() && c.socket_path.front() != '/') {
     return ConfigError("socket.path must be an absolute path, not '" + Printable(c.socket_path) + "'");
   }
   if (c.socket_path.size() > 107) {

@@ -45,7 +45,10 @@ struct Limits {
 };
 
 struct Config {
-  std::string socket_path = "/run/gpubroker/gpubroker.sock";
+  // Empty: $GPUBROKER_SOCKET, else /run/gpubroker/gpubroker.sock as root and
+  // $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock otherwise (common/socket_path.h);
+  // LoadConfig fills it in.
+  std::string socket_path;
   uint32_t socket_mode = 0666;
   std::string socket_group;
   std::string registry_name = "gpubroker";

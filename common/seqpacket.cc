@@ -7,6 +7,8 @@
 #include <cstring>
 #include <string>
 
+#include "common/socket_path.h"
+
 namespace gpubroker {
 
 Result<Received> ReceiveRecord(int socket, std::span<std::byte> buffer, bool nonblocking) {
@@ -98,7 +100,7 @@ Result<UniqueFd> ConnectSeqpacket(const std::string& path) {
     int err = errno;
     Status s = PosixError("connect to " + path, err);
     if (err == ENOENT || err == ECONNREFUSED) {
-      return Unavailable("no broker at " + path + " (" + std::strerror(err) + ")");
+      return Unavailable(NoBrokerAdvice(path) + " (connect: " + std::strerror(err) + ")");
     }
     return s;
   }

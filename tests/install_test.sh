@@ -10,7 +10,7 @@ prefix=$tmp/prefix
 cmake --install "$build" --prefix "$prefix" >/dev/null
 for f in sbin/gpubrokerd bin/gpubrokerctl include/gpubroker/client.hpp include/gpubroker/gpubroker.h \
          include/gpubroker/status.hpp lib/cmake/gpubroker/gpubroker-config.cmake lib/pkgconfig/gpubroker.pc \
-         lib/systemd/system/gpubroker.service lib/sysusers.d/gpubroker.conf lib/tmpfiles.d/gpubroker.conf \
+         lib/systemd/system/gpubroker.service lib/systemd/user/gpubroker.service lib/sysusers.d/gpubroker.conf lib/tmpfiles.d/gpubroker.conf \
          etc/gpubroker/gpubroker.yaml share/doc/gpubroker/README.md; do
   [ -e "$prefix/$f" ] || { echo "missing after install: $f"; exit 1; }
 done

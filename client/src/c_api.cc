@@ -3,6 +3,7 @@
 // library (std::bad_alloc included) unwinds into a C caller.
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -255,8 +256,16 @@ const char* gpb_code_name(int32_t code) noexcept {
 }
 
 const char* gpb_default_socket_path(void) noexcept {
-  static const std::string* path = MakeStatic([] { return gpubroker::DefaultSocketPath(); });
-  return StaticText(path);
+  // Per thread, and worked out again on each call: which socket the rule
+  // picks depends on whether the user's own broker is running now.
+  thread_local char path[4096];
+  try {
+    std::string p = gpubroker::DefaultSocketPath();
+    std::snprintf(path, sizeof path, "%s", p.c_str());
+  } catch (...) {
+    path[0] = '\0';
+  }
+  return path;
 }
 
 int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) noexcept {

@@ -6,6 +6,7 @@
 #include "client/src/channel.h"
 #include "client/src/mapping.h"
 #include "client/src/mapping_cache.h"
+#include "common/socket_path.h"
 #include "common/validate.h"
 
 namespace gpubroker {
@@ -41,10 +42,7 @@ struct Client::Core {
   }
 };
 
-std::string DefaultSocketPath() {
-  const char* env = std::getenv("GPUBROKER_SOCKET");
-  return env != nullptr && *env != '\0' ? env : kDefaultSocketPath;
-}
+std::string DefaultSocketPath() { return ClientDefaultSocketPath(); }
 
 void* View::data() const {
   if (!mapping_) return nullptr;

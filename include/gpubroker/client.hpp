@@ -30,9 +30,12 @@ namespace gpubroker {
 struct MappedAllocation;  // internal: one mapping of an allocation in this process
 struct SlotDescriptor;    // internal: the registry's fixed layout of a slot
 
+// The system broker's socket.
 inline constexpr const char* kDefaultSocketPath = "/run/gpubroker/gpubroker.sock";
 
-// $GPUBROKER_SOCKET if set, else kDefaultSocketPath.
+// Where a client connects when given no path: $GPUBROKER_SOCKET if set; for a
+// user other than root, $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock if a broker
+// of theirs made it; else kDefaultSocketPath. docs/deploy.md explains.
 std::string DefaultSocketPath();
 
 struct ConnectOptions {

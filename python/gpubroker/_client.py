@@ -11,7 +11,9 @@ from ._view import View
 
 
 def default_socket_path():
-    """$GPUBROKER_SOCKET, or /run/gpubroker/gpubroker.sock."""
+    """Where connect() goes with no socket: $GPUBROKER_SOCKET; else, for a user
+    other than root, $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock if that user's
+    broker made it; else /run/gpubroker/gpubroker.sock."""
     return lib.gpb_default_socket_path().decode()
 
 
@@ -173,6 +175,6 @@ class Client:
 
 
 def connect(socket=None, name=None):
-    """Connects to the broker at `socket` (default: $GPUBROKER_SOCKET or
-    /run/gpubroker/gpubroker.sock). Raises Unavailable if none answers."""
+    """Connects to the broker at `socket` (default: default_socket_path()).
+    Raises Unavailable if none answers."""
     return Client(socket, name)

@@ -8,58 +8,15 @@
 #
 # A client holds a view of fresh random bytes through each restart; its bytes
 # and a new client's are compared after each. Exit 77 (skipped) when not root
-# or without the sysd scripts, unless GPUBROKER_REQUIRE_SYSTEMD=1 (CI sets it:
-# there a missing manager is a failure, not a skip).
-set -uo pipefail
-build=$(cd "${1:?build directory}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-skip=77
-[ "${GPUBROKER_REQUIRE_SYSTEMD:-0}" = 1 ] && skip=1
-sysd=${GPUBROKER_SYSD:-}
-for candidate in "$root/../shared/sysd" /work/shared/sysd; do
-  [ -z "$sysd" ] && [ -x "$candidate/boot.sh" ] && sysd=$(cd "$candidate" && pwd)
-done
-[ "$(id -u)" = 0 ] || { echo "skipped: needs root"; exit $skip; }
-[ -x "${sysd:-}/boot.sh" ] || { echo "skipped: no sysd scripts (set GPUBROKER_SYSD)"; exit $skip; }
-
-export SYSD_DIR=$(mktemp -d /tmp/gpb-sysd-XXXXXX)
-share=$SYSD_DIR/share
-seed=$SYSD_DIR/seed
-C="$sysd/ctl.sh"
-pass=0 fail=0
-ok() { echo "PASS: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi; }
-prop() { $C show -p "$2" --value "$1"; }
+# or without the sysd scripts, unless GPUBROKER_REQUIRE_SYSTEMD=1 (lib.sh).
+source "$(dirname "$0")/lib.sh" "${1:-}"
 inside() { $C -x env GPUBROKER_LIBRARY=/usr/local/lib/libgpubroker.so.0 PYTHONPATH=/share/python "$@"; }
 ctl() { inside /usr/local/bin/gpubrokerctl "$@"; }
-# Polls a condition (not a sleep: it returns as soon as the condition holds).
-until_true() {
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
-  done
-}
-cleanup() {
-  exec 7>&- 8<&- 2>/dev/null
-  "$sysd/stop.sh" >/dev/null 2>&1
-  rm -rf "$SYSD_DIR"
-}
-trap cleanup EXIT
 
-mkdir -p "$share" "$seed/etc/systemd/system/gpubroker.service.d"
-DESTDIR=$seed cmake --install "$build" --prefix /usr/local >/dev/null || { echo "install failed"; exit 1; }
+mkdir -p "$seed/etc/systemd/system/gpubroker.service.d"
 # Test speed only: the watchdog and the abort after it in seconds, not half a minute.
 printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n' >"$seed/etc/systemd/system/gpubroker.service.d/test.conf"
-mkdir -p "$share/python" && cp -r "$root/python/gpubroker" "$share/python/"
-cp "$here/holder.py" "$here/reader.py" "$share/"
-"$sysd/boot.sh" >/dev/null || { echo "systemd did not boot"; exit 1; }
-# What a package's postinst does.
-$C -x sh -c 'ldconfig && systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload' ||
-  { echo "set-up inside failed"; exit 1; }
+boot_and_install
 
 echo "== install: sysusers, tmpfiles"
 check "sysusers created the gpubroker user" $C -x getent passwd gpubroker
@@ -148,5 +105,4 @@ wait "$holder" 2>/dev/null
 check "systemctl stop" $C stop gpubroker.service
 check "stopped cleanly" test "$(prop gpubroker.service ActiveState)/$(prop gpubroker.service Result)" = inactive/success
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary

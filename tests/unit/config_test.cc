@@ -1,6 +1,13 @@
 #include "broker/config.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include <gtest/gtest.h>
+
+#include "broker/broker.h"
+#include "common/socket_path.h"
 
 namespace gpubroker {
 namespace {
@@ -13,6 +20,38 @@ TEST(Config, EmbeddedDefaultParses) {
   EXPECT_EQ(c->registry_name, "gpubroker");
   EXPECT_EQ(c->default_backend, "auto");
   EXPECT_EQ(c->socket_mode, 0666u);
+}
+
+// The embedded config names no socket: the broker takes $GPUBROKER_SOCKET,
+// else the place its clients look first (tests/systemd/rootless_test.sh runs
+// the rule as users other than root).
+TEST(Config, ASocketPathLeftOutFollowsTheClientsRule) {
+  ::unsetenv("GPUBROKER_SOCKET");
+  auto c = LoadConfig({});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  if (::geteuid() == 0) {
+    EXPECT_EQ(c->socket_path, kSystemSocketPath);
+    EXPECT_EQ(ClientDefaultSocketPath(), kSystemSocketPath);
+  }
+  ::setenv("GPUBROKER_SOCKET", "/tmp/elsewhere/b.sock", 1);
+  c = LoadConfig({});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->socket_path, "/tmp/elsewhere/b.sock");
+  EXPECT_EQ(ClientDefaultSocketPath(), "/tmp/elsewhere/b.sock");
+  // A flag (or a file's socket.path) wins over the environment.
+  c = LoadConfig({"", [](Config& config) {
+                    config.socket_path = "/tmp/flag.sock";
+                    return Status::Ok();
+                  }});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->socket_path, "/tmp/flag.sock");
+  ::setenv("GPUBROKER_SOCKET", "relative.sock", 1);
+  c = LoadConfig({});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("socket.path must be an absolute path, not 'relative.sock'"),
+            std::string::npos)
+      << c.status().message();
+  ::unsetenv("GPUBROKER_SOCKET");
 }
 
 TEST(Config, ExampleFileParses) {
