@@ -25,6 +25,9 @@ struct PeerCredentials {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;  // supplementary groups
+  // The peer's uid has no number in the broker's user namespace: the kernel
+  // reports the overflow uid, which names nobody in particular.
+  bool unmapped = false;
 };
 
 // Read and write, as in a file's mode bits (the owner / group / other triplet

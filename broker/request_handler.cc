@@ -36,6 +36,12 @@ RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, Handler
 }
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
+  if (peer.unmapped) {
+    return PermissionDenied("your uid is not mapped into the broker's user namespace (the broker sees uid " +
+                            std::to_string(peer.uid) +
+                            ", the overflow uid), so it cannot tell who you are: run the client in the "
+                            "broker's user namespace or one mapped into it, or the broker in the host's");
+  }
   const Limits& l = options_.limits;
   const size_t open = table_.clients().size();
   const bool admin = IsAdmin(peer);

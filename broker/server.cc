@@ -7,8 +7,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
@@ -20,6 +24,29 @@ namespace {
 // The descriptor Server keeps in reserve for refusing connections when out of them.
 UniqueFd OpenSpare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
 
+std::string ReadSmallFile(const char* path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The uid a peer reads as when its own has no number in the broker's user
+// namespace, if that number names nobody here: the broker runs in a user
+// namespace (a container's, say) whose map leaves the overflow uid out.
+// In the host's namespace every uid is mapped and this is empty.
+std::optional<uid_t> UnmappedUid() {
+  static const std::optional<uid_t> uid = []() -> std::optional<uid_t> {
+    unsigned long overflow = 65534;
+    std::string text = ReadSmallFile("/proc/sys/kernel/overflowuid");
+    if (!text.empty()) overflow = std::strtoul(text.c_str(), nullptr, 10);
+    std::string map = ReadSmallFile("/proc/self/uid_map");
+    if (map.empty() || UidMapCovers(map, static_cast<uint32_t>(overflow))) return std::nullopt;
+    return static_cast<uid_t>(overflow);
+  }();
+  return uid;
+}
+
 PeerCredentials ReadPeer(int fd) {
   PeerCredentials peer;
   ucred cred{};
@@ -28,6 +55,7 @@ PeerCredentials ReadPeer(int fd) {
     peer.pid = cred.pid;
     peer.uid = cred.uid;
     peer.gid = cred.gid;
+    peer.unmapped = UnmappedUid() == cred.uid;
   } else {
     peer.uid = static_cast<uid_t>(-1);  // unknown: grant nothing
     peer.gid = static_cast<gid_t>(-1);
@@ -86,6 +114,15 @@ Result<UniqueFd> BindSocket(const Config& config) {
 }
 
 }  // namespace
+
+bool UidMapCovers(std::string_view uid_map, uint32_t uid) {
+  std::istringstream lines{std::string(uid_map)};
+  uint64_t inside = 0, outside = 0, count = 0;
+  while (lines >> inside >> outside >> count) {
+    if (uid >= inside && uid - inside < count) return true;
+  }
+  return false;
+}
 
 Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry)
     : io_(io),

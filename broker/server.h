@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "broker/asio.h"
@@ -15,6 +16,11 @@
 #include "broker/session.h"
 
 namespace gpubroker {
+
+// Whether `uid` (a number inside the namespace) has a line in a user
+// namespace's uid_map ("inside outside count" per line); false for text that
+// does not parse.
+bool UidMapCovers(std::string_view uid_map, uint32_t uid);
 
 class Server {
  public:

@@ -1,5 +1,6 @@
 // The broker's logic, driven message by message with a fake backend.
 #include "broker/request_handler.h"
+#include "broker/server.h"
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
@@ -122,6 +123,27 @@ TEST_F(HandlerTest, RequestsBeforeHelloAreRefused) {
   Status s = Attach(*id, "x").status();
   EXPECT_EQ(s.code(), Code::kProtocol);
   EXPECT_NE(s.message().find("hello"), std::string::npos);
+}
+
+// A client whose uid the broker's user namespace does not map reads as the
+// overflow uid, shared by every such client: it is refused, and told why.
+TEST_F(HandlerTest, APeerWithAnUnmappedUidIsRefusedAndToldWhy) {
+  PeerCredentials peer{1, 65534, 65534, {}};
+  peer.unmapped = true;
+  Status s = handler_->OnConnect(peer).status();
+  EXPECT_EQ(s.code(), Code::kPermissionDenied);
+  EXPECT_NE(s.message().find("not mapped into the broker's user namespace"), std::string::npos) << s.message();
+  peer.unmapped = false;  // the same number for a real user of the broker's namespace
+  EXPECT_TRUE(handler_->OnConnect(peer).ok());
+}
+
+TEST(UidMap, CoversOnlyTheLinesRanges) {
+  EXPECT_TRUE(UidMapCovers("         0          0 4294967295\n", 65534));  // the host's namespace
+  EXPECT_FALSE(UidMapCovers("         0          0          1\n", 65534));  // unshare --map-root-user
+  EXPECT_TRUE(UidMapCovers("0 1000 1\n1 100000 65536\n", 65534));        // rootless podman
+  EXPECT_FALSE(UidMapCovers("0 1000 1\n1 100000 65533\n", 65534));
+  EXPECT_FALSE(UidMapCovers("garbage", 0));
+  EXPECT_FALSE(UidMapCovers("", 0));
 }
 
 TEST_F(HandlerTest, GarbageGetsAnErrorWithItsRequestId) {
