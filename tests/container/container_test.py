@@ -1,11 +1,12 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Clients in real containers (Podman, root): each its own PID, IPC, mount,
 network and UTS namespaces, no shared /dev/shm, and only the broker's socket
 directory bind-mounted, which is what a Kubernetes pod without hostIPC sees.
 Host slots, fresh random bytes, every byte compared through SHA-256 on both
 sides.
 
-    tests/container/container_test.py BUILD_DIR
+    tests/container/container_test.py BUILD_DIR          host slots, Podman
+    tests/container/container_test.py BUILD_DIR --gpu    GPU slots, unshare
 
 Cases: a root client (lists, looks up, reads, takes a state dict, writes
 back, creates); a client run as another uid (the broker sees that uid and
@@ -14,6 +15,13 @@ applies slot modes to it); a client whose container maps its root to host uid
 broker inside a user namespace that does not map a client's uid (refused,
 with the reason). Exit 77 (skipped) without root or Podman, unless
 GPUBROKER_REQUIRE_CONTAINERS=1 (CI sets it).
+
+With --gpu (the device machine, which has no Podman): the same root and
+uid-1234 cases on cuda:0, in containers made with unshare (new pid, ipc, net,
+uts and mount namespaces; a /dev/shm and a /run of their own, the socket
+directory bound in; the rest of the file system is the host's). cuda_vmm must
+pass; for cuda_ipc each namespace is tried alone and all together, and the
+test reports which ones its handles cross (docs/deploy.md records the answer).
 """
 import json
 import os
@@ -24,8 +32,8 @@ import tempfile
 import time
 
 BUILD = os.path.abspath(sys.argv[1])
+GPU = "--gpu" in sys.argv[2:]
 SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PYTHON = "/usr/bin/python3"  # Debian's, with the NumPy .ci/deps installs
 PEER = os.path.join(SOURCE, "tests", "container", "peer.py")
 CTL = os.path.join(BUILD, "client", "gpubrokerctl")
 ENV = {"GPUBROKER_LIBRARY": os.path.join(BUILD, "client", "libgpubroker.so"),
@@ -48,11 +56,20 @@ def skip(why):
     sys.exit(1 if os.environ.get("GPUBROKER_REQUIRE_CONTAINERS") == "1" else 77)
 
 
-def start_broker(run_dir, wrapper=()):
-    """A host-memory broker listening at run_dir/gpubroker.sock; returns once it answers."""
+def find_python():
+    """$GPUBROKER_PYTHON, Debian's python3, or python3 on PATH: the first with NumPy (and torch for --gpu)."""
+    need = "import numpy, torch" if GPU else "import numpy"
+    for py in (os.environ.get("GPUBROKER_PYTHON"), "/usr/bin/python3", shutil.which("python3")):
+        if py and os.path.exists(py) and subprocess.run([py, "-c", need], capture_output=True).returncode == 0:
+            return py
+    skip(f"no Python with {need[7:]}")
+
+
+def start_broker(run_dir, wrapper=(), backend="host"):
+    """A broker listening at run_dir/gpubroker.sock; returns once it answers."""
     sock = os.path.join(run_dir, "gpubroker.sock")
     broker = subprocess.Popen([*wrapper, os.path.join(BUILD, "broker", "gpubrokerd"), "--socket", sock,
-                               "--socket-mode", "0666", "--default-backend", "host", "--log-level", "warn"])
+                               "--socket-mode", "0666", "--default-backend", backend, "--log-level", "warn"])
     deadline = time.monotonic() + 20
     while subprocess.run([CTL, "-s", sock, "status"], capture_output=True).returncode != 0:
         if broker.poll() is not None or time.monotonic() > deadline:
@@ -69,6 +86,12 @@ def on_host(sock, *args):
     return json.loads(r.stdout)
 
 
+def visit_result(r):
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip() or r.stdout.strip())[-2000:]}
+    return json.loads(r.stdout)
+
+
 def in_container(run_dir, prefix, *podman_args):
     # The host's root as a copy-on-write overlay (the container sees the host's
     # Python and this build as they were at its start), a /run of its own, and
@@ -80,15 +103,108 @@ def in_container(run_dir, prefix, *podman_args):
            "--tmpfs", "/run:rw,notmpcopyup", "-v", f"{run_dir}:/run/gpubroker", *podman_args,
            *[f"--env={k}={v}" for k, v in ENV.items()],
            "--rootfs", "/:O", PYTHON, PEER, "visit", prefix]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        return {"error": r.stderr.strip()[-2000:]}
-    return json.loads(r.stdout)
+    return visit_result(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
+
+
+UNSHARE = {"pid": ["--pid", "--fork"], "ipc": ["--ipc"], "net": ["--net"], "uts": ["--uts"],
+           "mnt": ["--mount", "--propagation", "private"]}
+
+
+def in_unshare(run_dir, prefix, namespaces=tuple(UNSHARE), uid=None):
+    """A container made of namespaces. With a mount namespace it gets its own
+    /proc, /dev/shm and /run, and only the socket directory is bound in, at
+    the default path; without one, it is told the host's socket path."""
+    flags = [f for n in namespaces for f in UNSHARE[n]]
+    env = dict(ENV)
+    steps = []
+    if "mnt" in namespaces:
+        if "pid" in namespaces:
+            flags.append("--mount-proc")
+        steps.append(f"mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /run && mkdir /run/gpubroker && "
+                     f"mount --bind {run_dir} /run/gpubroker && ")
+    else:
+        env["GPUBROKER_SOCKET"] = os.path.join(run_dir, "gpubroker.sock")
+    who = f"setpriv --reuid={uid} --regid={uid} --clear-groups " if uid is not None else ""
+    script = "".join(steps) + f"exec {who}{PYTHON} {PEER} visit {prefix}"
+    r = subprocess.run(["unshare", *flags, "sh", "-c", script], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=120)
+    return visit_result(r)
+
+
+def check_visit(seen, published, sock, host_ns, uid):
+    """What every container case must show, whatever made the container."""
+    check("the container ran the client", "error" not in seen, seen.get("error", ""))
+    if "error" in seen:
+        return
+    for n in ("pid", "ipc", "net", "mnt"):
+        check(f"its own {n} namespace", seen["ns"][n] != host_ns[n])
+    check("no shared /dev/shm", not any(f.startswith("gpb-container-test") for f in seen["dev_shm"]),
+          seen["dev_shm"])
+    check("it found the socket by the default rule", seen["socket"] == "/run/gpubroker/gpubroker.sock",
+          seen["socket"])
+    check("lookup through the registry it got over the socket",
+          seen["lookup"] == {"nbytes": 1 << 20, "dtype": "uint8", "shape": [1 << 20]}, seen["lookup"])
+    check("it lists every slot", {"c/data", "c/model", "c/inbox", "c/secret"} <= set(seen["names"]), seen["names"])
+    check("it reads the host's random bytes, every one", seen["data"] == published["data"])
+    check("it takes the whole state dict, every tensor intact", seen["model"] == published["model"])
+    check("its random write is what the host reads", on_host(sock, "digest", "c/inbox") == seen["inbox"])
+    if uid == 0:
+        check("root that shares the host's users may read root's 0600 slot", seen["secret"] == "attached")
+    else:
+        check("a 0600 slot of root's is refused", seen["secret"] == "permission_denied", seen["secret"])
+    check(f"the broker records it as uid {uid}", on_host(sock, "owner", seen["made"]) == uid)
+
+
+def gpu_main():
+    if shutil.which("unshare") is None or shutil.which("nvidia-smi") is None:
+        skip("no GPU (nvidia-smi) or no unshare")
+    tmp = tempfile.mkdtemp(prefix="gpb-container-")
+    os.chmod(tmp, 0o755)
+    marker = f"/dev/shm/gpb-container-test-{os.getpid()}"
+    open(marker, "w").close()
+    host_ns = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in ("pid", "ipc", "net", "mnt", "user")}
+    crossing = {}
+    try:
+        for backend in ("cuda_vmm", "cuda_ipc"):
+            run_dir = os.path.join(tmp, backend)
+            os.mkdir(run_dir, 0o755)
+            broker, sock = start_broker(run_dir, backend=backend)
+            try:
+                published = on_host(sock, "publish", "c", "cuda:0")
+                if backend == "cuda_vmm":
+                    for uid in (0, 1234):
+                        print(f"== {backend}: a client as uid {uid} in new pid, ipc, net, uts and mount namespaces")
+                        check_visit(in_unshare(run_dir, "c", uid=uid), published, sock, host_ns, uid)
+                    continue
+                # A pid namespace goes with a mount namespace for its own /proc:
+                # with the host's /proc, cuInit itself fails (304) for any program.
+                for namespaces in [("ipc",), ("net",), ("uts",), ("mnt",), ("pid", "mnt"), tuple(UNSHARE)]:
+                    seen = in_unshare(run_dir, "c", namespaces)
+                    works = "error" not in seen and seen["data"] == published["data"]
+                    crossing["+".join(namespaces)] = works if works else seen.get("error", "differs")[-300:]
+            finally:
+                broker.terminate()
+                broker.wait()
+    finally:
+        os.unlink(marker)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("== cuda_ipc handles, by the namespace the client has of its own:")
+    for namespaces, result in crossing.items():
+        print(f"   {namespaces:24} {'attaches and reads' if result is True else 'fails: ' + str(result)}")
+    # Measured on the H100 (driver 580.159.04): legacy IPC handles open in every case.
+    check("cuda_ipc: handles open across pid, ipc, net, uts and mount namespaces, alone and together",
+          all(result is True for result in crossing.values()), crossing)
 
 
 def main():
     if os.geteuid() != 0:
         skip("needs root (Podman with --user and --uidmap)")
+    global PYTHON
+    PYTHON = find_python()
+    if GPU:
+        gpu_main()
+        print(f"{passed} passed, {failed} failed")
+        sys.exit(0 if failed == 0 else 1)
     if shutil.which("podman") is None or shutil.which("runc") is None:
         skip("no podman/runc (apt-get install podman runc)")
     tmp = tempfile.mkdtemp(prefix="gpb-container-")
@@ -103,33 +219,9 @@ def main():
         published = on_host(sock, "publish", "c")
 
         print("== a root client in a container")
-        seen = in_container(run_dir, "c")
-        check("the container ran the client", "error" not in seen, seen.get("error", ""))
-        if "error" not in seen:
-            for n in ("pid", "ipc", "net", "mnt"):
-                check(f"its own {n} namespace", seen["ns"][n] != host_ns[n])
-            check("the host's /dev/shm is not shared", os.path.basename(marker) not in seen["dev_shm"],
-                  seen["dev_shm"])
-            check("it found the socket by the default rule", seen["socket"] == "/run/gpubroker/gpubroker.sock")
-            check("it lists every slot", {"c/data", "c/model", "c/inbox", "c/secret"} <= set(seen["names"]),
-                  seen["names"])
-            check("lookup through the registry it got over the socket",
-                  seen["lookup"] == {"nbytes": 1 << 20, "dtype": "uint8", "shape": [1 << 20]}, seen["lookup"])
-            check("it reads the host's random bytes, every one", seen["data"] == published["data"])
-            check("it takes the whole state dict, every tensor intact", seen["model"] == published["model"],
-                  f"{seen['model']} vs {published['model']}")
-            check("its random write is what the host reads", on_host(sock, "digest", "c/inbox") == seen["inbox"])
-            check("root in a container that shares the host's users is root", seen["secret"] == "attached")
-            check("a slot it creates is owned by uid 0", on_host(sock, "owner", seen["made"]) == 0)
-
+        check_visit(in_container(run_dir, "c"), published, sock, host_ns, 0)
         print("== a client run as uid 1234")
-        seen = in_container(run_dir, "c", "--user", "1234:1234")
-        check("the container ran the client", "error" not in seen, seen.get("error", ""))
-        if "error" not in seen:
-            check("it reads the host's bytes", seen["data"] == published["data"])
-            check("its write is what the host reads", on_host(sock, "digest", "c/inbox") == seen["inbox"])
-            check("a 0600 slot of root's is refused", seen["secret"] == "permission_denied", seen["secret"])
-            check("the broker records it as uid 1234", on_host(sock, "owner", seen["made"]) == 1234)
+        check_visit(in_container(run_dir, "c", "--user", "1234:1234"), published, sock, host_ns, 1234)
 
         print("== a container whose root is host uid 200000 (--uidmap)")
         seen = in_container(run_dir, "c", "--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536")
