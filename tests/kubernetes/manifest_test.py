@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""deploy/kubernetes checked without a cluster (none is reachable here): every
+file is well-formed YAML of the kinds and API versions it claims; the broker
+accepts the ConfigMap's configuration (a real gpubrokerd runs with it, its
+socket moved into a scratch directory, and answers); and the paths and names
+the pieces share agree: the config's socket directory is the DaemonSet's
+hostPath and mount, the consumer mounts the same directory where its client
+looks by default, --config names the file the ConfigMap mounts, and no pod
+asks for the host's IPC or PID namespace.
+
+    tests/kubernetes/manifest_test.py BUILD_DIR
+"""
+import os
+import posixpath
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+BUILD = os.path.abspath(sys.argv[1])
+DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "kubernetes")
+DEFAULT_SOCKET = "/run/gpubroker/gpubroker.sock"  # where a client looks when nothing says otherwise
+KINDS = {"Namespace": "v1", "ConfigMap": "v1", "DaemonSet": "apps/v1", "Pod": "v1",
+         "Kustomization": "kustomize.config.k8s.io/v1beta1"}
+failures = []
+
+
+def check(what, condition, detail=""):
+    print(f"{'PASS' if condition else 'FAIL'}: {what}" + ("" if condition else f" {detail}"))
+    if not condition:
+        failures.append(what)
+
+
+def load():
+    docs = {}
+    for name in sorted(os.listdir(DIR)):
+        if not name.endswith(".yaml"):
+            continue
+        with open(os.path.join(DIR, name)) as f:
+            for doc in yaml.safe_load_all(f):
+                kind = doc.get("kind")
+                check(f"{name}: {kind} has a known kind and its API version", KINDS.get(kind) == doc.get("apiVersion"),
+                      doc.get("apiVersion"))
+                if kind != "Kustomization":
+                    check(f"{name}: {kind} has a name", bool(doc.get("metadata", {}).get("name")))
+                docs.setdefault(kind, []).append((name, doc))
+    return docs
+
+
+def volume_path(pod_spec, container, mount_path):
+    """The hostPath or ConfigMap behind the volume `container` mounts at mount_path."""
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == mount_path), None)
+    if mount is None:
+        return None
+    return next((v for v in pod_spec.get("volumes", []) if v["name"] == mount["name"]), None)
+
+
+def broker_accepts(config_text):
+    """Runs gpubrokerd with the ConfigMap's file, its socket moved to a scratch directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "gpubroker.yaml")
+        with open(conf, "w") as f:
+            f.write(config_text)
+        sock = os.path.join(tmp, "gpubroker.sock")
+        broker = subprocess.Popen([os.path.join(BUILD, "broker", "gpubrokerd"), "--config", conf, "--socket", sock,
+                                   "--default-backend", "host"], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and broker.poll() is None:
+                r = subprocess.run([os.path.join(BUILD, "client", "gpubrokerctl"), "-s", sock, "status"],
+                                   capture_output=True)
+                if r.returncode == 0:
+                    return True, ""
+                time.sleep(0.05)  # polling a condition, not a delay
+            return False, broker.stderr.read() if broker.poll() is not None else "no answer"
+        finally:
+            if broker.poll() is None:
+                broker.terminate()
+                broker.wait()
+
+
+def main():
+    docs = load()
+    kustomization = docs["Kustomization"][0][1]
+    for kind in ("Namespace", "ConfigMap", "DaemonSet"):
+        check(f"kustomization.yaml lists the {kind}", docs[kind][0][0] in kustomization["resources"])
+    for resource in kustomization["resources"]:
+        check(f"kustomization.yaml's {resource} exists", os.path.exists(os.path.join(DIR, resource)))
+
+    namespace = docs["Namespace"][0][1]["metadata"]["name"]
+    configmap = docs["ConfigMap"][0][1]
+    daemonset = docs["DaemonSet"][0][1]
+    consumer = docs["Pod"][0][1]
+    check("the ConfigMap and the DaemonSet live in the Namespace",
+          configmap["metadata"]["namespace"] == namespace == daemonset["metadata"]["namespace"])
+
+    config_text = configmap["data"]["gpubroker.yaml"]
+    config = yaml.safe_load(config_text)
+    ok, why = broker_accepts(config_text)
+    check("gpubrokerd accepts the ConfigMap's configuration and serves with it", ok, why)
+    socket_path = config["socket"]["path"]
+    socket_dir = posixpath.dirname(socket_path)
+    check("the config's socket is where clients look by default", socket_path == DEFAULT_SOCKET, socket_path)
+
+    spec = daemonset["spec"]["template"]["spec"]
+    broker = spec["containers"][0]
+    check("the DaemonSet's selector matches its pods",
+          daemonset["spec"]["selector"]["matchLabels"].items() <= daemonset["spec"]["template"]["metadata"]["labels"].items())
+    socket_volume = volume_path(spec, broker, socket_dir)
+    check("the broker mounts a hostPath at the socket's directory",
+          socket_volume is not None and socket_volume.get("hostPath", {}).get("path") == socket_dir, socket_volume)
+    args = broker.get("args", [])
+    config_file = args[args.index("--config") + 1] if "--config" in args else ""
+    config_volume = volume_path(spec, broker, posixpath.dirname(config_file))
+    check("--config names the file the ConfigMap mounts",
+          config_volume is not None and config_volume.get("configMap", {}).get("name") == configmap["metadata"]["name"]
+          and posixpath.basename(config_file) in configmap["data"], config_file)
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = broker.get(probe, {}).get("exec", {}).get("command", [])
+        check(f"the {probe} asks gpubrokerctl at the config's socket",
+              command[:1] == ["gpubrokerctl"] and socket_path in command, command)
+    check("the preStop hook drains", "drain" in broker.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+          .get("command", []))
+    check("the broker drops every capability and cannot escalate",
+          broker["securityContext"].get("capabilities", {}).get("drop") == ["ALL"]
+          and broker["securityContext"].get("allowPrivilegeEscalation") is False)
+    check("the broker takes no GPU from the device plugin",
+          "nvidia.com/gpu" not in str(broker.get("resources", {})))
+
+    pod = consumer["spec"]
+    client = pod["containers"][0]
+    socket_volume = volume_path(pod, client, socket_dir)
+    check("the consumer mounts the same hostPath where its client looks",
+          socket_volume is not None and socket_volume.get("hostPath", {}).get("path") == socket_dir, socket_volume)
+    if client.get("command") == ["python3", "-c"]:
+        try:
+            compile(client["args"][0], "consumer-pod.yaml", "exec")
+            check("the consumer's Python program compiles", True)
+        except SyntaxError as e:
+            check("the consumer's Python program compiles", False, e)
+    env = {e["name"]: e.get("value") for e in client.get("env", [])}
+    check("the consumer needs no GPUBROKER_SOCKET (or names the config's)",
+          env.get("GPUBROKER_SOCKET", socket_path) == socket_path)
+    for name, p in (("DaemonSet", spec), ("consumer", pod)):
+        check(f"the {name} shares no host IPC, PID or network namespace",
+              not any(p.get(k) for k in ("hostIPC", "hostPID", "hostNetwork")))
+    print(f"{len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
