@@ -41,16 +41,21 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
   }
 };
 
-// %N: the line's syslog priority, for journald's SyslogLevelPrefix ("<3>").
-class SyslogPriority final : public spdlog::custom_flag_formatter {
+// %J: the message for journald's SyslogLevelPrefix: each of its lines starts
+// with the record's syslog priority ("<3>"), so a message that spans lines
+// files every line at its priority, not only the first.
+class JournalLines final : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
     static constexpr char kPriority[] = {'7', '7', '6', '4', '3', '2', '6'};  // trace .. critical, off
-    dest.push_back('<');
-    dest.push_back(kPriority[std::min<int>(msg.level, sizeof kPriority - 1)]);
-    dest.push_back('>');
+    const char prefix[] = {'<', kPriority[std::min<int>(msg.level, sizeof kPriority - 1)], '>'};
+    dest.append(prefix, prefix + sizeof prefix);
+    for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+      dest.push_back(c);
+      if (c == '\n') dest.append(prefix, prefix + sizeof prefix);
+    }
   }
-  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JournalLines>(); }
 };
 
 // True when stderr is the journal's stream: systemd sets $JOURNAL_STREAM to
@@ -75,7 +80,7 @@ Status SetupLogging(const std::string& level, const std::string& format) {
   if (chosen == "journal") {
     // journald stamps each line itself and files it under the <N> priority.
     auto f = std::make_unique<spdlog::pattern_formatter>();
-    f->add_flag<SyslogPriority>('N').set_pattern("%N%v");
+    f->add_flag<JournalLines>('J').set_pattern("%J");
     logger->set_formatter(std::move(f));
   } else if (chosen == "json") {
     auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);

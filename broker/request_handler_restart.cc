@@ -63,16 +63,19 @@ void RequestHandler::AdoptPools(const std::vector<PoolConfig>& pools) {
   }
   for (const SlotDescriptor& d : tagged) {
     auto w = wanted.find(d.name);
-    if (w != wanted.end() && PoolTag(*w->second) == d.pool_tag) {
-      pools_[w->first] = *w->second;
-      spdlog::info("pool '{}' adopted unchanged", w->first);
-      continue;
-    }
     if (w != wanted.end()) {
+      // The tag hashes the settings as written; the group is compared by the
+      // gid it names now, so a group recreated with another gid is a change.
+      Owner owner{};
+      auto spec = PoolSpec(*w->second, owner);
+      if (spec.ok() && PoolTag(*w->second) == d.pool_tag && owner.gid == d.owner_gid) {
+        pools_[w->first] = *w->second;
+        spdlog::info("pool '{}' adopted unchanged", w->first);
+        continue;
+      }
       // Recreated below by SyncPools: only once the new settings are known to
       // make a slot spec, so a bad pool keeps the old buffer.
-      Owner owner{};
-      if (auto spec = PoolSpec(*w->second, owner); !spec.ok()) {
+      if (!spec.ok()) {
         spdlog::error("pool '{}' changed since the last broker, but its new settings fail ({}): the old one stays",
                       d.name, spec.status().message());
         pools_[w->first] = *w->second;  // so SyncPools leaves it be
