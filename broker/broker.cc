@@ -71,6 +71,7 @@ class Broker final : public AllocationObserver {
     ho.started_ns = NowNs();
     ho.observer = warm_ ? this : nullptr;
     ho.reload = [this] { return Reload(); };
+    ho.root_is_admin = config_.root_is_admin;
     if (!config_.admin_group.empty()) {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }

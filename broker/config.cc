@@ -60,6 +60,13 @@ class Reader {
     return r;
   }
 
+  Result<bool> Bool(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar() || (n.Scalar() != "true" && n.Scalar() != "false")) {
+      return At(n.Mark(), key + " must be true or false");
+    }
+    return n.Scalar() == "true";
+  }
+
   Result<uint32_t> Mode(const YAML::Node& n, const std::string& key) const {
     if (!n.IsScalar()) return At(n.Mark(), key + " must be an octal mode such as '0660'");
     auto r = ParseMode(n.Scalar());
@@ -218,13 +225,10 @@ class Reader {
     if (root.IsNull()) return c;
     GPB_RETURN_IF_ERROR(CheckKeys(root, "the top level",
                                   {"socket", "registry", "admin_group", "default_backend",
-                                   "limits", "pools", "logging", "warm_restart"}));
-    if (root["warm_restart"]) {
-      const YAML::Node& n = root["warm_restart"];
-      if (!n.IsScalar() || (n.Scalar() != "true" && n.Scalar() != "false")) {
-        return At(n.Mark(), "warm_restart must be true or false");
-      }
-      c.warm_restart = n.Scalar() == "true";
+                                   "limits", "pools", "logging", "warm_restart", "root_is_admin"}));
+    if (root["warm_restart"]) { GPB_ASSIGN_OR_RETURN(c.warm_restart, Bool(root["warm_restart"], "warm_restart")); }
+    if (root["root_is_admin"]) {
+      GPB_ASSIGN_OR_RETURN(c.root_is_admin, Bool(root["root_is_admin"], "root_is_admin"));
     }
     if (root["socket"]) GPB_RETURN_IF_ERROR(Socket(root["socket"], c));
     if (root["registry"]) GPB_RETURN_IF_ERROR(Registry(root["registry"], c));

@@ -61,6 +61,9 @@ struct Config {
   std::string log_format = "auto";  // auto (journal under systemd, else text) | text | json | journal
   // Under a service manager with an fd store: keep buffers across restarts.
   bool warm_restart = true;
+  // uid 0 administers everything. false: root is a user like any other (for
+  // containers whose root is not the machine's, e.g. pods sharing a node).
+  bool root_is_admin = true;
 };
 
 // The configuration compiled into the broker (config/default.yaml).

@@ -37,10 +37,11 @@ RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, Handler
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
   if (peer.unmapped) {
-    return PermissionDenied("your uid is not mapped into the broker's user namespace (the broker sees uid " +
+    return PermissionDenied("the broker runs in a user namespace and sees your uid as " +
                             std::to_string(peer.uid) +
-                            ", the overflow uid), so it cannot tell who you are: run the client in the "
-                            "broker's user namespace or one mapped into it, or the broker in the host's");
+                            ", the overflow uid, which every client its namespace does not map shares: "
+                            "it cannot tell who you are. Run the client as a uid mapped into the "
+                            "broker's user namespace, or the broker in the host's");
   }
   const Limits& l = options_.limits;
   const size_t open = table_.clients().size();
@@ -283,7 +284,8 @@ void RequestHandler::SetLimits(const Limits& limits) {
 }
 
 bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {
-  if (peer.uid == 0 || peer.uid == ::geteuid()) return true;
+  if (peer.uid == 0) return options_.root_is_admin;
+  if (peer.uid == ::geteuid()) return true;  // the broker's own user (root: see above)
   if (!options_.admin_group) return false;
   gid_t g = *options_.admin_group;
   return peer.gid == g || std::find(peer.groups.begin(), peer.groups.end(), g) != peer.groups.end();

@@ -57,6 +57,7 @@ struct SlotSpec {
 struct HandlerOptions {
   Limits limits;
   std::optional<gid_t> admin_group;
+  bool root_is_admin = true;
   uint64_t started_ns = 0;
   AllocationObserver* observer = nullptr;
   // Re-reads and applies the configuration (the reload request, SIGHUP).

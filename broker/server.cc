@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/seqpacket.h"
+#include "common/socket_path.h"
 
 namespace gpubroker {
 namespace {
@@ -31,20 +32,26 @@ std::string ReadSmallFile(const char* path) {
   return text.str();
 }
 
-// The uid a peer reads as when its own has no number in the broker's user
-// namespace, if that number names nobody here: the broker runs in a user
-// namespace (a container's, say) whose map leaves the overflow uid out.
-// In the host's namespace every uid is mapped and this is empty.
-std::optional<uid_t> UnmappedUid() {
-  static const std::optional<uid_t> uid = []() -> std::optional<uid_t> {
-    unsigned long overflow = 65534;
-    std::string text = ReadSmallFile("/proc/sys/kernel/overflowuid");
-    if (!text.empty()) overflow = std::strtoul(text.c_str(), nullptr, 10);
+// The ids a peer reads as when its own have no number in the broker's user
+// namespace. Outside the host's namespace they cannot be told from real ids
+// of that namespace, so a peer reading as them is refused (uid) or in no
+// group (gid). In the host's namespace every id is mapped: none are ambiguous.
+struct OverflowIds {
+  uid_t uid;
+  gid_t gid;
+};
+std::optional<OverflowIds> AmbiguousOverflowIds() {
+  static const std::optional<OverflowIds> ids = []() -> std::optional<OverflowIds> {
     std::string map = ReadSmallFile("/proc/self/uid_map");
-    if (map.empty() || UidMapCovers(map, static_cast<uint32_t>(overflow))) return std::nullopt;
-    return static_cast<uid_t>(overflow);
+    if (map.empty() || IsHostUserNamespace(map)) return std::nullopt;
+    auto read = [](const char* path) {
+      std::string text = ReadSmallFile(path);
+      return text.empty() ? 65534ul : std::strtoul(text.c_str(), nullptr, 10);
+    };
+    return OverflowIds{static_cast<uid_t>(read("/proc/sys/kernel/overflowuid")),
+                       static_cast<gid_t>(read("/proc/sys/kernel/overflowgid"))};
   }();
-  return uid;
+  return ids;
 }
 
 PeerCredentials ReadPeer(int fd) {
@@ -55,7 +62,7 @@ PeerCredentials ReadPeer(int fd) {
     peer.pid = cred.pid;
     peer.uid = cred.uid;
     peer.gid = cred.gid;
-    peer.unmapped = UnmappedUid() == cred.uid;
+    peer.unmapped = AmbiguousOverflowIds() && AmbiguousOverflowIds()->uid == cred.uid;
   } else {
     peer.uid = static_cast<uid_t>(-1);  // unknown: grant nothing
     peer.gid = static_cast<gid_t>(-1);
@@ -65,6 +72,10 @@ PeerCredentials ReadPeer(int fd) {
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
     peer.groups.assign(groups, groups + len / sizeof(gid_t));
   }
+  if (auto overflow = AmbiguousOverflowIds()) {
+    std::erase(peer.groups, overflow->gid);
+    if (peer.gid == overflow->gid) peer.gid = static_cast<gid_t>(-1);  // no group
+  }
   return peer;
 }
 
@@ -72,8 +83,21 @@ Result<UniqueFd> BindSocket(const Config& config) {
   const std::string& path = config.socket_path;
   std::error_code ec;
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Status(Code::kIo, "cannot create socket directory " + dir.string() + ": " + ec.message());
+  // A per-user broker's directory is that user's alone; any other is 0755.
+  // Neither may be one that others can write: they could swap the socket.
+  const bool per_user = !UserSocketPath().empty() && path == UserSocketPath();
+  if (per_user) {
+    GPB_RETURN_IF_ERROR(CheckSocketDirectory(dir.parent_path().string(), ::geteuid(), true)
+                            .Annotate("$XDG_RUNTIME_DIR"));
+  }
+  if (!std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir.parent_path(), ec);
+    if (::mkdir(dir.c_str(), per_user ? 0700 : 0755) != 0 && errno != EEXIST) {
+      return PosixError("create socket directory " + dir.string(), errno);
+    }
+    (void)::chmod(dir.c_str(), per_user ? 0700 : 0755);  // whatever the umask
+  }
+  GPB_RETURN_IF_ERROR(CheckSocketDirectory(dir.string(), ::geteuid(), per_user));
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     // Remove only what is plainly a stale socket of ours: never another
@@ -115,13 +139,12 @@ Result<UniqueFd> BindSocket(const Config& config) {
 
 }  // namespace
 
-bool UidMapCovers(std::string_view uid_map, uint32_t uid) {
+bool IsHostUserNamespace(std::string_view uid_map) {
   std::istringstream lines{std::string(uid_map)};
   uint64_t inside = 0, outside = 0, count = 0;
-  while (lines >> inside >> outside >> count) {
-    if (uid >= inside && uid - inside < count) return true;
-  }
-  return false;
+  if (!(lines >> inside >> outside >> count)) return false;
+  std::string rest;
+  return inside == 0 && outside == 0 && count == 4294967295ull && !(lines >> rest);
 }
 
 Server::Server(boost::asio::io_context& io, RequestHandler& handler, Registry& registry)
@@ -245,11 +268,25 @@ bool Server::ShedConnection() {
   return true;
 }
 
+// At most one line a second: a flood of refused connections cannot flood the log.
+void Server::LogRefusal(const PeerCredentials& peer, const Status& why) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - refusal_logged_ < std::chrono::seconds(1)) {
+    ++refusals_unlogged_;
+    return;
+  }
+  refusal_logged_ = now;
+  spdlog::warn("refusing connection from pid {} uid {}: {}{}", peer.pid, peer.uid, why.message(),
+               refusals_unlogged_ ? " (and " + std::to_string(refusals_unlogged_) + " more since the last such line)"
+                                  : std::string());
+  refusals_unlogged_ = 0;
+}
+
 void Server::OnAccepted(SeqPacketSocket socket) {
   PeerCredentials peer = ReadPeer(socket.native_handle());
   auto id = handler_.OnConnect(peer);
   if (!id.ok() && refused_ >= kMaxRefusedSessions) {
-    spdlog::warn("refused connection from pid {} uid {}: {}", peer.pid, peer.uid, id.status().message());
+    LogRefusal(peer, id.status());
     // Say why at once, then empty our side before closing: a close with
     // unread data would reset the client's socket and lose the reason.
     int fd = socket.native_handle();
@@ -263,7 +300,7 @@ void Server::OnAccepted(SeqPacketSocket socket) {
   // message with the reason; their ids are outside the handler's range.
   uint64_t session_id = id.ok() ? *id : (uint64_t{1} << 63) | ++refused_serial_;
   if (!id.ok()) {
-    spdlog::warn("refusing connection from pid {} uid {}: {}", peer.pid, peer.uid, id.status().message());
+    LogRefusal(peer, id.status());
     ++refused_;
   }
   auto session = std::make_shared<Session>(

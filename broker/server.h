@@ -17,10 +17,9 @@
 
 namespace gpubroker {
 
-// Whether `uid` (a number inside the namespace) has a line in a user
-// namespace's uid_map ("inside outside count" per line); false for text that
-// does not parse.
-bool UidMapCovers(std::string_view uid_map, uint32_t uid);
+// Whether a uid_map ("inside outside count" per line) is the host's own:
+// every uid mapped to itself.
+bool IsHostUserNamespace(std::string_view uid_map);
 
 class Server {
  public:
@@ -49,6 +48,7 @@ class Server {
   bool ShedConnection();
   void RetryAcceptSoon();
   void OnAccepted(SeqPacketSocket socket);
+  void LogRefusal(const PeerCredentials& peer, const Status& why);
   void WaitSignal();
   void Tick();
 
@@ -61,6 +61,8 @@ class Server {
   boost::asio::steady_timer accept_retry_;
   UniqueFd spare_;  // /dev/null, given up to accept and refuse a connection when out of descriptors
   std::chrono::steady_clock::time_point shed_logged_{};
+  std::chrono::steady_clock::time_point refusal_logged_{};
+  uint64_t refusals_unlogged_ = 0;
   uint64_t shed_ = 0;
   Hooks hooks_;
   std::string socket_path_;

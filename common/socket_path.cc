@@ -1,9 +1,14 @@
 #include "common/socket_path.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+
+#include "common/posix.h"
 
 namespace gpubroker {
 namespace {
@@ -15,7 +20,23 @@ const char* Env(const char* name) {
 
 bool IsSocket(const std::string& path) {
   struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+  return ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+std::string ParentOf(const std::string& path) { return std::filesystem::path(path).parent_path().string(); }
+
+std::string Octal(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// The user's socket only where both directories are the user's own and
+// private: a runtime directory someone else made first is not.
+bool UserSocketUsable(const std::string& user) {
+  const uid_t me = ::geteuid();
+  return CheckSocketDirectory(ParentOf(ParentOf(user)), me, true).ok() &&
+         CheckSocketDirectory(ParentOf(user), me, true).ok() && IsSocket(user);
 }
 
 }  // namespace
@@ -42,7 +63,7 @@ Result<std::string> BrokerDefaultSocketPath() {
 std::string ClientDefaultSocketPath() {
   if (const char* env = Env("GPUBROKER_SOCKET")) return env;
   std::string user = UserSocketPath();
-  if (!user.empty() && IsSocket(user)) return user;
+  if (!user.empty() && UserSocketUsable(user)) return user;
   return kSystemSocketPath;
 }
 
@@ -54,6 +75,43 @@ std::string NoBrokerAdvice(const std::string& path) {
   }
   return "no broker at " + where + ": start one (gpubrokerd, or systemctl [--user] start gpubroker), " +
          "or set GPUBROKER_SOCKET to the socket of a running one";
+}
+
+Status CheckSocketDirectory(const std::string& dir, uid_t owner, bool private_to_owner) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return PosixError("inspect socket directory " + dir, errno);
+  if (!S_ISDIR(st.st_mode)) return PermissionDenied(dir + " is not a directory");
+  if (st.st_uid != owner && st.st_uid != 0) {
+    return PermissionDenied("socket directory " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                            ", not to uid " + std::to_string(owner) + " or root");
+  }
+  const mode_t others = private_to_owner ? 077 : 022;
+  if ((st.st_mode & others) != 0 && (private_to_owner || (st.st_mode & S_ISVTX) == 0)) {
+    return PermissionDenied("socket directory " + dir + " has mode " + Octal(st.st_mode) + ": " +
+                            (private_to_owner ? "others may enter it" : "others may write to it") +
+                            ", so another user could put a socket of theirs in its place (chmod " +
+                            (private_to_owner ? "0700" : "go-w") + " it, or choose another path)");
+  }
+  return Status::Ok();
+}
+
+Status VerifyBrokerPeer(int fd, const std::string& path) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return PosixError("SO_PEERCRED", errno);
+  const uid_t me = ::geteuid();
+  if (path == UserSocketPath()) {
+    if (cred.uid == me) return Status::Ok();
+    return PermissionDenied("the broker at " + path + " runs as uid " + std::to_string(cred.uid) +
+                            ", not as you (uid " + std::to_string(me) +
+                            "): refusing it; your runtime directory may not be yours alone");
+  }
+  if (cred.uid == 0 || cred.uid == me) return Status::Ok();
+  struct stat st {};
+  if (::stat(ParentOf(path).c_str(), &st) == 0 && st.st_uid == cred.uid) return Status::Ok();
+  return PermissionDenied("the broker at " + path + " runs as uid " + std::to_string(cred.uid) +
+                          ", which is not root, not you, and does not own the socket's directory: "
+                          "refusing it (anyone who can write there could have started it)");
 }
 
 }  // namespace gpubroker

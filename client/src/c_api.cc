@@ -8,6 +8,8 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -256,16 +258,18 @@ const char* gpb_code_name(int32_t code) noexcept {
 }
 
 const char* gpb_default_socket_path(void) noexcept {
-  // Per thread, and worked out again on each call: which socket the rule
-  // picks depends on whether the user's own broker is running now.
-  thread_local char path[4096];
+  // Worked out on each call (whether the user's own broker runs decides it);
+  // each distinct answer is kept for the life of the process, so a pointer
+  // once returned stays valid, in any thread.
+  static std::mutex mu;
+  static std::set<std::string>* seen = new std::set<std::string>();
   try {
-    std::string p = gpubroker::DefaultSocketPath();
-    std::snprintf(path, sizeof path, "%s", p.c_str());
+    std::string path = gpubroker::DefaultSocketPath();
+    std::lock_guard<std::mutex> lock(mu);
+    return seen->insert(std::move(path)).first->c_str();
   } catch (...) {
-    path[0] = '\0';
+    return "";
   }
-  return path;
 }
 
 int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) noexcept {

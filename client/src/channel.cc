@@ -8,12 +8,14 @@
 #include <thread>
 
 #include "common/seqpacket.h"
+#include "common/socket_path.h"
 
 namespace gpubroker {
 namespace {
 
 Result<UniqueFd> Dial(const ConnectOptions& options) {
   GPB_ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(options.socket_path));
+  GPB_RETURN_IF_ERROR(VerifyBrokerPeer(fd.get(), options.socket_path));
   timeval tv{options.reply_timeout_ms / 1000, (options.reply_timeout_ms % 1000) * 1000};
   if (options.reply_timeout_ms > 0) {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

@@ -125,7 +125,7 @@ const char* gpb_code_name(int32_t code) GPB_NOEXCEPT;
 /* Where gpb_connect(NULL, ...) connects now: $GPUBROKER_SOCKET; else, for a
  * user other than root, $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock if that
  * user's broker made it; else /run/gpubroker/gpubroker.sock. The string
- * stays valid until this thread calls again. */
+ * is static: it stays valid for the life of the process. */
 const char* gpb_default_socket_path(void) GPB_NOEXCEPT;
 int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) GPB_NOEXCEPT;
 

@@ -481,7 +481,7 @@ TEST(Security, TheRegistryCannotBeSquattedOrWritten) {
 TEST(Security, TheSocketPathIsNeverClobbered) {
   auto dir = std::filesystem::temp_directory_path() / ("gpbtest-sock-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  ::chmod(dir.c_str(), 0777);
+  ::chmod(dir.c_str(), 01777);  // anyone may add files, as in /tmp; none may move another's
   std::string file = (dir / "regular").string();
   std::ofstream(file) << "precious";
   LaunchOptions launch;
@@ -520,6 +520,17 @@ TEST(Security, TheSocketPathIsNeverClobbered) {
     log2 << std::ifstream(dir / "log2").rdbuf();
     EXPECT_NE(log2.str().find("belongs to uid 1002"), std::string::npos) << log2.str();
   }
+  // A directory anyone may write to, without the sticky bit: anyone could
+  // swap the socket for theirs, so the broker will not listen there.
+  ::chmod(dir.c_str(), 0777);
+  launch.socket = (dir / "gpubroker.sock").string();
+  launch.log_file = (dir / "log3").string();
+  auto third = BrokerProcess::Start(launch);
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(WEXITSTATUS(third->Stop(0)), 1);
+  std::stringstream log3;
+  log3 << std::ifstream(dir / "log3").rdbuf();
+  EXPECT_NE(log3.str().find("has mode 0777: others may write to it"), std::string::npos) << log3.str();
   std::filesystem::remove_all(dir);
 }
 

@@ -11,7 +11,7 @@
 source "$(dirname "$0")/lib.sh" "${1:-}"
 boot_and_install
 
-declare -A uid=([alice]=61001 [bob]=61002 [carol]=61003 [dave]=61004 [erin]=61005)
+declare -A uid=([alice]=61001 [bob]=61002 [carol]=61003 [dave]=61004 [erin]=61005 [mallory]=61006)
 for u in "${!uid[@]}"; do $C -x useradd -m -u "${uid[$u]}" "$u" 2>/dev/null; done
 for u in alice bob carol dave; do $C start "user@${uid[$u]}.service"; done
 # A command as USER, with what a login session gives (XDG_RUNTIME_DIR) and nothing else.
@@ -70,12 +70,35 @@ check "and says what to set" grep -q "XDG_RUNTIME_DIR.*socket.path.*--socket" <<
 
 echo "== with the system broker running"
 # The example config's socket is 0660, group gpubroker: its users are members.
-$C -x usermod -aG gpubroker dave
+$C -x usermod -aG gpubroker dave && $C -x usermod -aG gpubroker erin
 $C start gpubroker.service
 check "dave, with no broker of his own, reaches the system broker" \
   bash -c "$(declare -f as); $(declare -p uid); C='$C'; as dave gpubrokerctl ls | grep -q staging/input"
 check "alice still reaches her own" bash -c "$(declare -f as); $(declare -p uid); C='$C'; \
   out=\$(as alice gpubrokerctl ls) && grep -q model/w <<<\"\$out\" && ! grep -q staging/input <<<\"\$out\""
+
+echo "== a runtime directory someone else made first"
+# Without logind, XDG_RUNTIME_DIR is often a /tmp path that anyone may create
+# before its user does: mallory makes erin's and listens there.
+squat=/tmp/runtime-erin
+$C -x setpriv --reuid=mallory --regid=mallory --init-groups mkdir -m 0755 -p $squat/gpubroker
+$C -x setpriv --reuid=mallory --regid=mallory --init-groups env -i \
+  /usr/local/sbin/gpubrokerd --socket $squat/gpubroker/gpubroker.sock >"$share/mallory.log" 2>&1 &
+check "mallory's broker listens in erin's runtime directory" \
+  until_true 20 $C -x test -S $squat/gpubroker/gpubroker.sock
+as_erin() {
+  $C -x setpriv --reuid=erin --regid=erin --init-groups env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/bin:/bin \
+    XDG_RUNTIME_DIR=$squat "$@"
+}
+out=$(as_erin gpubrokerctl ls 2>&1)
+check "erin's client does not take mallory's socket for her own (it goes to the system broker)" \
+  grep -q staging/input <<<"$out"
+out=$(as_erin env GPUBROKER_SOCKET=$squat/gpubroker/gpubroker.sock gpubrokerctl ls 2>&1)
+check "named explicitly, mallory's broker is refused: it does not run as erin" grep -q "not as you" <<<"$out"
+out=$(as_erin gpubrokerd 2>&1)
+check "erin's own broker refuses a runtime directory that is not hers" \
+  grep -q "XDG_RUNTIME_DIR.*belongs to uid ${uid[mallory]}" <<<"$out"
+$C -x pkill -TERM -u mallory -x gpubrokerd
 
 echo "== stop"
 for u in alice bob; do

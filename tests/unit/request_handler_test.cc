@@ -132,18 +132,19 @@ TEST_F(HandlerTest, APeerWithAnUnmappedUidIsRefusedAndToldWhy) {
   peer.unmapped = true;
   Status s = handler_->OnConnect(peer).status();
   EXPECT_EQ(s.code(), Code::kPermissionDenied);
-  EXPECT_NE(s.message().find("not mapped into the broker's user namespace"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("the overflow uid"), std::string::npos) << s.message();
   peer.unmapped = false;  // the same number for a real user of the broker's namespace
   EXPECT_TRUE(handler_->OnConnect(peer).ok());
 }
 
-TEST(UidMap, CoversOnlyTheLinesRanges) {
-  EXPECT_TRUE(UidMapCovers("         0          0 4294967295\n", 65534));  // the host's namespace
-  EXPECT_FALSE(UidMapCovers("         0          0          1\n", 65534));  // unshare --map-root-user
-  EXPECT_TRUE(UidMapCovers("0 1000 1\n1 100000 65536\n", 65534));        // rootless podman
-  EXPECT_FALSE(UidMapCovers("0 1000 1\n1 100000 65533\n", 65534));
-  EXPECT_FALSE(UidMapCovers("garbage", 0));
-  EXPECT_FALSE(UidMapCovers("", 0));
+TEST(UidMap, OnlyTheIdentityMapOfEveryUidIsTheHosts) {
+  EXPECT_TRUE(IsHostUserNamespace("         0          0 4294967295\n"));
+  EXPECT_FALSE(IsHostUserNamespace("         0          0          1\n"));  // unshare --map-root-user
+  EXPECT_FALSE(IsHostUserNamespace("0 0 65536\n"));                      // covers 65534, still ambiguous
+  EXPECT_FALSE(IsHostUserNamespace("0 1000 1\n1 100000 65536\n"));      // rootless podman
+  EXPECT_FALSE(IsHostUserNamespace("0 0 4294967295\n0 0 1\n"));
+  EXPECT_FALSE(IsHostUserNamespace("garbage"));
+  EXPECT_FALSE(IsHostUserNamespace(""));
 }
 
 TEST_F(HandlerTest, GarbageGetsAnErrorWithItsRequestId) {
@@ -194,6 +195,23 @@ TEST_F(HandlerTest, DisconnectReturnsEveryLease) {
 TEST_F(HandlerTest, DetachWithoutALeaseIsNotFound) {
   uint64_t a = Connect(0, 0);
   EXPECT_EQ(Call<wire::DetachReply>(a, wire::DetachRequest{12345}).status().code(), Code::kNotFound);
+}
+
+// Where clients' root is not the machine's (pods on a shared node), root can
+// be made a user like any other, even when the broker itself runs as root.
+TEST_F(HandlerTest, RootIsAnAdministratorUnlessConfiguredOtherwise) {
+  uint64_t owner = Connect(1000, 1000);
+  ASSERT_TRUE(Call<wire::SlotReply>(owner, CreateMsg("private", 4, 0600)).ok());
+  EXPECT_TRUE(Attach(Connect(0, 0), "private").ok());
+  options_.root_is_admin = false;
+  Rebuild(options_.limits);
+  owner = Connect(1000, 1000);
+  ASSERT_TRUE(Call<wire::SlotReply>(owner, CreateMsg("theirs", 4, 0600)).ok());
+  uint64_t root = Connect(0, 0);
+  EXPECT_EQ(Attach(root, "theirs").status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(Destroy(root, "theirs").code(), Code::kPermissionDenied);
+  ASSERT_TRUE(Call<wire::SlotReply>(root, CreateMsg("roots", 4, 0600)).ok());
+  EXPECT_TRUE(Attach(root, "roots").ok()) << "root still owns what it creates";
 }
 
 TEST_F(HandlerTest, ModeBitsDecideAttachAndDestroy) {
