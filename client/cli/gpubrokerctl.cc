@@ -1,5 +1,6 @@
 // gpubrokerctl: inspect and steer a running gpubrokerd.
 // Exit statuses are part of the interface; docs/cli.md lists them.
+#include <algorithm>
 #include <iostream>
 #include <sstream>
 
@@ -23,6 +24,7 @@ enum Exit : int {
   kExitExists = 6,
   kExitExhausted = 7,
   kExitInvalid = 8,
+  kExitNotServing = 9,  // status: the broker answers but is draining or stopping
 };
 
 int ExitFor(const Status& s) {
@@ -43,26 +45,41 @@ int Report(const Status& s) {
   return ExitFor(s);
 }
 
-std::string SlotRowDevice(const SlotInfo& s) {
-  return s.device.type == Device::kCpu ? "cpu" : "cuda:" + std::to_string(s.device.ordinal);
+// Names equal to `prefix` or under `prefix/`; every name for an empty prefix.
+bool UnderPrefix(const std::string& name, const std::string& prefix) {
+  return prefix.empty() || name == prefix ||
+         (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 && name[prefix.size()] == '/');
 }
 
-int Ls(Client& c, bool json) {
+struct OutputFlags {
+  bool json = false;
+  std::string format = "table";
+  std::string fields;
+};
+
+Result<Format> ChosenFormat(const OutputFlags& o) {
+  if (o.json) return Format::kJson;
+  return ParseFormat(o.format);
+}
+
+int Ls(Client& c, const std::string& prefix, const OutputFlags& o) {
+  auto format = ChosenFormat(o);
+  if (!format.ok()) return Report(format.status());
+  std::string wanted = o.fields;
+  if (wanted.empty()) {
+    if (*format != Format::kJson) wanted = kDefaultLsFields;
+    else for (const auto& f : SlotFields()) wanted += (wanted.empty() ? "" : ",") + std::string(f.name);
+  }
+  auto fields = SelectFields(wanted);
+  if (!fields.ok()) return Report(fields.status());
   auto slots = c.List();
   if (!slots.ok()) return Report(slots.status());
-  if (json) {
-    std::cout << "[";
-    for (size_t i = 0; i < slots->size(); ++i) std::cout << (i ? "," : "") << SlotJson((*slots)[i]);
-    std::cout << "]\n";
-    return kExitOk;
+  std::vector<SlotInfo> shown;
+  for (auto& s : *slots) {
+    if (UnderPrefix(s.name, prefix)) shown.push_back(std::move(s));
   }
-  Table t({"NAME", "BACKEND", "DEVICE", "DTYPE", "SHAPE", "BYTES", "MODE", "OWNER", "LEASES", "VERSION"});
-  for (const auto& s : *slots) {
-    t.Add({s.name, std::string(BackendName(s.backend)), SlotRowDevice(s), DTypeName(s.dtype),
-           ShapeText(s.shape), HumanBytes(s.nbytes), ModeText(s.mode), std::to_string(s.owner_uid),
-           std::to_string(s.lease_count), std::to_string(s.version)});
-  }
-  std::cout << t.Render();
+  if (shown.empty() && !prefix.empty()) return Report(NotFound("no slot named '" + prefix + "' or under it"));
+  std::cout << RenderSlots(shown, *fields, *format);
   return kExitOk;
 }
 
@@ -70,23 +87,14 @@ int Show(Client& c, const std::string& name, bool json) {
   auto s = c.Stat(name);
   if (!s.ok()) return Report(s.status());
   if (json) {
-    std::cout << SlotJson(*s) << "\n";
+    std::cout << SlotJson(*s).dump() << "\n";
     return kExitOk;
   }
-  std::cout << "name:        " << s->name << "\n"
-            << "backend:     " << BackendName(s->backend) << "\n"
-            << "device:      " << SlotRowDevice(*s)
-            << (s->device.type == Device::kCuda ? " " + FormatUuid(s->device.uuid) : "") << "\n"
-            << "dtype:       " << DTypeName(s->dtype) << "\n"
-            << "shape:       " << ShapeText(s->shape) << "\n"
-            << "strides:     " << ShapeText(s->strides) << " elements\n"
-            << "bytes:       " << s->nbytes << " (" << HumanBytes(s->nbytes) << ")\n"
-            << "allocation:  " << s->allocation_id << ", " << s->allocation_bytes
-            << " bytes, view at offset " << s->byte_offset << "\n"
-            << "owner:       uid " << s->owner_uid << " gid " << s->owner_gid << " mode "
-            << ModeText(s->mode) << "\n"
-            << "leases:      " << s->lease_count << "\n"
-            << "version:     " << s->version << " (generation " << s->generation << ")\n";
+  for (const SlotField& f : SlotFields()) {
+    if (f.name == "nbytes") continue;  // "bytes" says it, with the unit
+    std::string label = std::string(f.name) + ":";
+    std::cout << label << std::string(label.size() < 18 ? 18 - label.size() : 1, ' ') << f.text(*s) << "\n";
+  }
   return kExitOk;
 }
 
@@ -94,22 +102,26 @@ int StatusCmd(Client& c, bool json) {
   auto b = c.Info();
   if (!b.ok()) return Report(b.status());
   if (json) {
-    std::cout << "{\"pid\":" << b->pid << ",\"version\":" << JsonString(b->version)
-              << ",\"state\":" << JsonString(b->state)
-              << ",\"registry\":" << JsonString(b->registry_name) << ",\"capacity\":" << b->capacity
-              << ",\"max_slots\":" << b->max_slots << ",\"slots\":" << b->slots
-              << ",\"allocations\":" << b->allocations << ",\"clients\":" << b->clients
-              << ",\"leases\":" << b->leases << ",\"bytes_host\":" << b->bytes_host
-              << ",\"bytes_device\":" << b->bytes_device << ",\"started_ns\":" << b->started_ns << "}\n";
-    return kExitOk;
+    nlohmann::json o = {{"pid", b->pid}, {"version", b->version}, {"state", b->state},
+                        {"registry", b->registry_name}, {"capacity", b->capacity}, {"max_slots", b->max_slots},
+                        {"slots", b->slots}, {"allocations", b->allocations}, {"clients", b->clients},
+                        {"leases", b->leases}, {"bytes_host", b->bytes_host}, {"bytes_device", b->bytes_device},
+                        {"started_ns", b->started_ns}};
+    std::cout << o.dump() << "\n";
+  } else {
+    std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": " << b->state << "\n"
+              << "started:      " << DateText(b->started_ns) << "\n"
+              << "registry:     " << b->registry_name << " (" << b->slots << " of " << b->max_slots
+              << " slots used, capacity " << b->capacity << ")\n"
+              << "allocations:  " << b->allocations << " (" << HumanBytes(b->bytes_host) << " host, "
+              << HumanBytes(b->bytes_device) << " device)\n"
+              << "clients:      " << b->clients << " holding " << b->leases << " leases\n";
   }
-  std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": "
-            << b->state << "\n"
-            << "registry:     " << b->registry_name << " (" << b->slots << " of "
-            << b->max_slots << " slots used, capacity " << b->capacity << ")\n"
-            << "allocations:  " << b->allocations << " (" << HumanBytes(b->bytes_host) << " host, "
-            << HumanBytes(b->bytes_device) << " device)\n"
-            << "clients:      " << b->clients << " holding " << b->leases << " leases\n";
+  // Scripts and probes read the status: only a broker taking new work is OK.
+  if (b->state != "running") {
+    std::cerr << "gpubrokerctl: the broker is " << b->state << ": it refuses new creates and attaches\n";
+    return kExitNotServing;
+  }
   return kExitOk;
 }
 
@@ -118,36 +130,66 @@ int Clients(Client& c, bool json) {
   if (!clients.ok()) return Report(clients.status());
   auto leases = c.Leases();
   if (!leases.ok()) return Report(leases.status());
+  const uint64_t me = c.client_id();
   if (json) {
-    std::cout << "[";
-    for (size_t i = 0; i < clients->size(); ++i) {
-      const auto& k = (*clients)[i];
-      std::cout << (i ? "," : "") << "{\"id\":" << k.id << ",\"name\":" << JsonString(k.name)
-                << ",\"pid\":" << k.pid << ",\"uid\":" << k.uid << ",\"gid\":" << k.gid
-                << ",\"leases\":" << k.lease_count << ",\"bytes_created\":" << k.bytes_created
-                << ",\"slots\":[";
-      bool first = true;
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& k : *clients) {
+      nlohmann::json slots = nlohmann::json::array();
       for (const auto& l : *leases) {
-        if (l.client_id != k.id) continue;
-        std::cout << (first ? "" : ",") << JsonString(l.slot);
-        first = false;
+        if (l.client_id == k.id) slots.push_back(l.slot);
       }
-      std::cout << "]}";
+      out.push_back({{"id", k.id}, {"name", k.name}, {"pid", k.pid}, {"uid", k.uid}, {"user", UserName(k.uid)},
+                     {"gid", k.gid}, {"leases", k.lease_count}, {"bytes_created", k.bytes_created},
+                     {"connected_ns", k.connected_ns}, {"self", k.id == me}, {"slots", std::move(slots)}});
     }
-    std::cout << "]\n";
+    std::cout << out.dump() << "\n";
     return kExitOk;
   }
-  Table t({"ID", "NAME", "PID", "UID", "LEASES", "CREATED", "HOLDS"});
+  Table t({"ID", "NAME", "PID", "USER", "LEASES", "CREATED", "SINCE", "HOLDS"});
   for (const auto& k : *clients) {
     std::string holds;
     for (const auto& l : *leases) {
       if (l.client_id == k.id) holds += (holds.empty() ? "" : ",") + l.slot;
     }
-    t.Add({std::to_string(k.id), k.name, std::to_string(k.pid), std::to_string(k.uid),
-           std::to_string(k.lease_count), HumanBytes(k.bytes_created), holds.empty() ? "-" : holds});
+    t.Add({std::to_string(k.id) + (k.id == me ? "*" : ""), k.name, std::to_string(k.pid), UserName(k.uid),
+           std::to_string(k.lease_count), HumanBytes(k.bytes_created), DateText(k.connected_ns),
+           holds.empty() ? "-" : holds});
   }
-  std::cout << t.Render();
+  std::cout << t.Render() << "(* this gpubrokerctl)\n";
   return kExitOk;
+}
+
+// rm NAME...: each name in turn, all of them tried; with -r, everything under
+// each name too, views before the slot they view. The first failure decides
+// the exit status; every failure is reported.
+int Remove(Client& c, const std::vector<std::string>& names, bool recursive) {
+  int rc = kExitOk;
+  auto note = [&](const Status& s) {
+    if (!s.ok() && rc == kExitOk) rc = ExitFor(s);
+    if (!s.ok()) std::cerr << "gpubrokerctl: " << s.ToString() << "\n";
+  };
+  for (const std::string& name : names) {
+    if (!recursive) {
+      note(c.Destroy(name));
+      continue;
+    }
+    auto slots = c.List();
+    if (!slots.ok()) return Report(slots.status());
+    std::vector<std::string> under;
+    for (const auto& s : *slots) {
+      if (UnderPrefix(s.name, name)) under.push_back(s.name);
+    }
+    if (under.empty()) {
+      note(NotFound("no slot named '" + name + "' or under it"));
+      continue;
+    }
+    // Deepest names first, so a state dict's tensors go before its arena.
+    std::sort(under.begin(), under.end(), [](const std::string& a, const std::string& b) {
+      return a.size() != b.size() ? a.size() > b.size() : a < b;
+    });
+    for (const std::string& n : under) note(c.Destroy(n));
+  }
+  return rc;
 }
 
 Result<std::vector<int64_t>> ParseShape(const std::string& text) {
@@ -210,6 +252,50 @@ Result<CreateOptions> ToCreateOptions(const CreateFlags& f) {
   return o;
 }
 
+// A bash completion script made from the commands and options this program
+// defines, so it cannot fall behind them; slot names come from a running broker.
+std::string BashCompletion(CLI::App& app) {
+  auto long_names = [](CLI::App* a) {
+    std::string words;
+    for (const CLI::Option* o : a->get_options()) {
+      for (const std::string& n : o->get_lnames()) words += " --" + n;
+      for (const std::string& n : o->get_snames()) words += " -" + n;
+    }
+    return words;
+  };
+  std::string commands;
+  std::string cases;
+  for (CLI::App* sub : app.get_subcommands({})) {
+    commands += " " + sub->get_name();
+    cases += "    " + sub->get_name() + ") opts=\"" + long_names(sub) + "\" ;;\n";
+  }
+  return "# bash completion for gpubrokerctl, generated by `gpubrokerctl completion bash`.\n"
+         "_gpubrokerctl() {\n"
+         "  local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd= i opts\n"
+         "  local socket=()\n"
+         "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
+         "    case ${COMP_WORDS[i]} in\n"
+         "      -s|--socket) socket=(--socket \"${COMP_WORDS[i+1]}\"); ((i++)) ;;\n"
+         "      -*) ;;\n"
+         "      *) cmd=${COMP_WORDS[i]}; break ;;\n"
+         "    esac\n"
+         "  done\n"
+         "  case $prev in -s|--socket) COMPREPLY=($(compgen -f -- \"$cur\")); return ;; esac\n"
+         "  if [[ -z $cmd ]]; then\n"
+         "    COMPREPLY=($(compgen -W \"" + commands + long_names(&app) + "\" -- \"$cur\"))\n"
+         "    return\n"
+         "  fi\n"
+         "  case $cmd in\n" + cases +
+         "  esac\n"
+         "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); return; fi\n"
+         "  case $cmd in\n"
+         "    ls|show|rm) COMPREPLY=($(compgen -W \"$(gpubrokerctl \"${socket[@]}\" ls --format csv,noheader "
+         "--fields name 2>/dev/null)\" -- \"$cur\")) ;;\n"
+         "  esac\n"
+         "}\n"
+         "complete -F _gpubrokerctl gpubrokerctl\n";
+}
+
 }  // namespace
 }  // namespace gpubroker::ctl
 
@@ -218,14 +304,22 @@ int main(int argc, char** argv) {
   using namespace gpubroker::ctl;
   CLI::App app{"gpubrokerctl: inspect and steer gpubrokerd"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("gpubrokerctl ") + GPUBROKER_VERSION);
   std::string socket = DefaultSocketPath();
   bool json = false;
+  OutputFlags out;
   app.add_option("-s,--socket", socket, "broker control socket ($GPUBROKER_SOCKET)");
 
-  auto* status = app.add_subcommand("status", "broker health and totals");
+  auto* status = app.add_subcommand("status", "broker health and totals; exit 9 while draining or stopping");
   status->add_flag("--json", json, "machine-readable output");
-  auto* ls = app.add_subcommand("ls", "list slots");
-  ls->add_flag("--json", json, "machine-readable output");
+  auto* ls = app.add_subcommand("ls", "list slots, all or those under a prefix");
+  std::string prefix;
+  ls->add_option("prefix", prefix, "only NAME and NAME/... (a state dict)");
+  ls->add_flag("--json", out.json, "JSON: an array of objects (same as --format json)");
+  ls->add_option("--format", out.format, "table (default), csv, csv,noheader or json");
+  std::string field_help = "columns, comma-separated (default " + std::string(kDefaultLsFields) + "):";
+  for (const auto& f : SlotFields()) field_help += " " + std::string(f.name);
+  ls->add_option("--fields", out.fields, field_help);
   std::string name;
   auto* show = app.add_subcommand("show", "one slot in detail");
   show->add_option("name", name, "slot name")->required();
@@ -242,8 +336,11 @@ int main(int argc, char** argv) {
   create->add_option("--base", cf.base, "make a view into this slot's allocation");
   create->add_option("--offset", cf.offset, "byte offset of the view within the base");
   create->add_flag("--json", json, "machine-readable output");
-  auto* rm = app.add_subcommand("rm", "destroy a slot (its memory goes with the last lease)");
-  rm->add_option("name", name, "slot name")->required();
+  auto* rm = app.add_subcommand("rm", "destroy slots (their memory goes with the last lease)");
+  std::vector<std::string> names;
+  bool recursive = false;
+  rm->add_option("names", names, "slot names")->required();
+  rm->add_flag("-r,--recursive", recursive, "each NAME and everything under NAME/ (a state dict)");
   auto* clients = app.add_subcommand("clients", "connected clients and what they hold (admin)");
   clients->add_flag("--json", json, "machine-readable output");
   auto* shutdown = app.add_subcommand("shutdown", "stop the broker (admin)");
@@ -251,6 +348,9 @@ int main(int argc, char** argv) {
   auto* drain = app.add_subcommand("drain", "refuse new creates and attaches; leases keep working (admin)");
   drain->add_flag("--off", drain_off, "accept new creates and attaches again");
   auto* reload = app.add_subcommand("reload", "re-read the broker's configuration (admin)");
+  auto* completion = app.add_subcommand("completion", "print a bash completion script (no broker needed)");
+  std::string shell;
+  completion->add_option("shell", shell, "bash")->required()->check(CLI::IsMember({"bash"}));
 
   try {
     app.parse(argc, argv);
@@ -259,6 +359,10 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
 
+  if (completion->parsed()) {
+    std::cout << BashCompletion(app);
+    return kExitOk;
+  }
   ConnectOptions options;
   options.socket_path = socket;
   options.client_name = "gpubrokerctl";
@@ -268,12 +372,9 @@ int main(int argc, char** argv) {
   Client& c = *client;
 
   if (status->parsed()) return StatusCmd(c, json);
-  if (ls->parsed()) return Ls(c, json);
+  if (ls->parsed()) return Ls(c, prefix, out);
   if (show->parsed()) return Show(c, name, json);
-  if (rm->parsed()) {
-    Status s = c.Destroy(name);
-    return s.ok() ? kExitOk : Report(s);
-  }
+  if (rm->parsed()) return Remove(c, names, recursive);
   if (clients->parsed()) return Clients(c, json);
   if (shutdown->parsed()) {
     Status s = c.Shutdown();
@@ -292,7 +393,7 @@ int main(int argc, char** argv) {
     if (!o.ok()) return Report(o.status());
     auto info = c.Create(*o);
     if (!info.ok()) return Report(info.status());
-    if (json) std::cout << SlotJson(*info) << "\n";
+    if (json) std::cout << SlotJson(*info).dump() << "\n";
     else std::cout << "created " << info->name << ": " << DTypeName(info->dtype) << " "
                    << ShapeText(info->shape) << ", " << HumanBytes(info->nbytes) << "\n";
     return kExitOk;

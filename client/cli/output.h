@@ -1,19 +1,53 @@
-// Text tables and JSON for gpubrokerctl.
+// What gpubrokerctl prints: slots as tables, CSV or JSON (nlohmann::json),
+// with the columns a user picks.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "gpubroker/client.hpp"
 
 namespace gpubroker::ctl {
 
-std::string JsonString(const std::string& s);
-std::string SlotJson(const SlotInfo& s);
+// One column of `ls` and `show`: its name on the command line, its key in
+// JSON, what it means, and the slot's value as JSON and as text.
+struct SlotField {
+  std::string_view name;
+  std::string_view json_key;
+  std::string_view about;
+  nlohmann::json (*json)(const SlotInfo&);
+  std::string (*text)(const SlotInfo&);
+};
+
+std::span<const SlotField> SlotFields();
+// "name,bytes,version" → those fields, in that order; an unknown name is an
+// error listing the known ones.
+Result<std::vector<const SlotField*>> SelectFields(const std::string& list);
+inline constexpr const char* kDefaultLsFields = "name,backend,device,dtype,shape,bytes,mode,owner,leases,version";
+
+enum class Format { kTable, kCsv, kCsvNoHeader, kJson };
+// table | csv | csv,noheader | json
+Result<Format> ParseFormat(const std::string& text);
+
+// Every slot as one row of the fields; JSON: an array of objects.
+std::string RenderSlots(const std::vector<SlotInfo>& slots, const std::vector<const SlotField*>& fields,
+                        Format format);
+nlohmann::json SlotJson(const SlotInfo& s);  // every field
+
 std::string HumanBytes(uint64_t bytes);
 std::string ShapeText(const std::vector<int64_t>& v);
 std::string ModeText(uint32_t mode);
+std::string UserName(uid_t uid);    // "alice", or the number if it has no name
+std::string GroupName(gid_t gid);
+std::string DateText(uint64_t ns);  // "2026-11-28 01:19:52 UTC"; "-" for 0
+std::string CsvField(const std::string& s);
 
 // Left-aligned columns separated by two spaces.
 class Table {
@@ -21,6 +55,7 @@ class Table {
   explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
   void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
   std::string Render() const;
+  std::string RenderCsv(bool header) const;
 
  private:
   std::vector<std::vector<std::string>> rows_;

@@ -2,12 +2,21 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 
 #include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
 namespace {
+
+std::string UserNameOf(uid_t uid) {
+  passwd* pw = ::getpwuid(uid);
+  return pw != nullptr ? pw->pw_name : std::to_string(uid);
+}
 
 struct CtlRun {
   int status;
@@ -55,8 +64,10 @@ TEST_F(CliTest, CreateListShowRemove) {
 
   CtlRun show = Ctl("show models/w");
   ASSERT_EQ(show.status, 0);
-  EXPECT_NE(show.out.find("dtype:       bfloat16"), std::string::npos) << show.out;
-  EXPECT_NE(show.out.find("leases:      0"), std::string::npos);
+  EXPECT_NE(show.out.find("\ndtype:            bfloat16\n"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("\nleases:           0\n"), std::string::npos);
+  EXPECT_NE(show.out.find("\nowner:            " + UserNameOf(::geteuid()) + "\n"), std::string::npos);
+  EXPECT_NE(show.out.find(" UTC\n"), std::string::npos) << "times as dates";
 
   EXPECT_EQ(Ctl("rm models/w").status, 0);
   CtlRun gone = Ctl("show models/w");
@@ -100,14 +111,81 @@ TEST_F(CliTest, ExitStatusesScriptsCanRelyOn) {
 
 TEST_F(CliTest, DrainAndReload) {
   EXPECT_EQ(Ctl("drain").status, 0);
-  EXPECT_NE(Ctl("status").out.find(": draining"), std::string::npos);
+  CtlRun draining = Ctl("status");
+  EXPECT_NE(draining.out.find(": draining"), std::string::npos);
+  EXPECT_EQ(draining.status, 9) << "a draining broker is not OK to scripts and probes";
   CtlRun refused = Ctl("create x --bytes 16");
   EXPECT_EQ(refused.status, 3);
   EXPECT_NE(refused.out.find("draining"), std::string::npos) << refused.out;
   EXPECT_EQ(Ctl("drain --off").status, 0);
+  EXPECT_EQ(Ctl("status").status, 0);
   EXPECT_EQ(Ctl("create x --bytes 16").status, 0);
   EXPECT_EQ(Ctl("reload").status, 0);
   EXPECT_EQ(Ctl("show x").status, 0);  // a reload keeps what clients made
+}
+
+// A state dict: an arena "m" and views "m/a", "m/b"; "mx" shares the prefix's
+// letters but is not under it.
+TEST_F(CliTest, PrefixesFieldsCsvAndRecursiveRemove) {
+  ASSERT_EQ(Ctl("create m --bytes 4096 --mode 0644").status, 0);
+  ASSERT_EQ(Ctl("create m/a --base m --offset 0 --shape 4 --dtype float32").status, 0);
+  ASSERT_EQ(Ctl("create m/b --base m --offset 256 --shape 2,2 --dtype float32").status, 0);
+  ASSERT_EQ(Ctl("create mx --bytes 16").status, 0);
+  CtlRun csv = Ctl("ls m --format csv --fields name,nbytes,dtype");
+  EXPECT_EQ(csv.status, 0);
+  EXPECT_EQ(csv.out, "name,nbytes,dtype\nm,4096,uint8\nm/a,16,float32\nm/b,16,float32\n");
+  EXPECT_EQ(Ctl("ls m/a --format csv,noheader --fields name,shape").out, "m/a,\"(4,)\"\n");
+  EXPECT_EQ(Ctl("ls m --json --fields name,version").out,
+            "[{\"name\":\"m\",\"version\":1},{\"name\":\"m/a\",\"version\":1},{\"name\":\"m/b\",\"version\":1}]\n");
+  CtlRun bad_field = Ctl("ls --fields name,nme");
+  EXPECT_EQ(bad_field.status, 8);
+  EXPECT_NE(bad_field.out.find("unknown field 'nme'; the fields are: name,"), std::string::npos) << bad_field.out;
+  EXPECT_EQ(Ctl("ls --format yaml").status, 8);
+  EXPECT_EQ(Ctl("ls nothing/here").status, 4);
+
+  EXPECT_EQ(Ctl("rm -r m").status, 0);
+  EXPECT_EQ(Ctl("ls --format csv,noheader --fields name").out, "mx\n") << "m and everything under it, not mx";
+  CtlRun several = Ctl("create a --bytes 16 && " + std::string(GPUBROKERCTL_PATH) + " --socket " +
+                       broker_->socket() + " create b --bytes 16");
+  ASSERT_EQ(several.status, 0) << several.out;
+  CtlRun rm = Ctl("rm a nope b");
+  EXPECT_EQ(rm.status, 4) << "the first failure decides the status";
+  EXPECT_NE(rm.out.find("not_found: no slot named 'nope'"), std::string::npos) << rm.out;
+  EXPECT_EQ(Ctl("ls --format csv,noheader --fields name").out, "mx\n") << "every name was tried";
+}
+
+TEST_F(CliTest, ClientsMarksTheCallerAndVersionNeedsNoBroker) {
+  CtlRun clients = Ctl("clients");
+  ASSERT_EQ(clients.status, 0);
+  EXPECT_NE(clients.out.find("*  gpubrokerctl"), std::string::npos) << clients.out;
+  CtlRun json = Ctl("clients --json");
+  EXPECT_NE(json.out.find("\"self\":true"), std::string::npos) << json.out;
+  CtlRun version = Ctl("--version", broker_->dir() + "/nothing.sock");
+  EXPECT_EQ(version.status, 0);
+  EXPECT_EQ(version.out.rfind("gpubrokerctl 0.", 0), 0u) << version.out;
+}
+
+// The completion script is made from the CLI's own commands and options, and
+// completes slot names from the broker named on the line.
+TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
+  ASSERT_EQ(Ctl("create weights/l0 --bytes 16").status, 0);
+  const std::string script = broker_->dir() + "/completion.bash";
+  ASSERT_EQ(Ctl("completion bash > " + script).status, 0);
+  auto complete = [&](const std::string& words, int cword) {
+    std::string cmd = "PATH=" + std::filesystem::path(GPUBROKERCTL_PATH).parent_path().string() +
+                      ":$PATH bash -c 'source " + script + " && COMP_WORDS=(" + words + ") COMP_CWORD=" +
+                      std::to_string(cword) + " && _gpubrokerctl && echo \"${COMPREPLY[*]}\"'";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    ::pclose(p);
+    return out;
+  };
+  EXPECT_EQ(complete("gpubrokerctl dr", 1), "drain\n");
+  EXPECT_EQ(complete("gpubrokerctl rm --r", 2), "--recursive\n");
+  EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " show weights/", 4), "weights/l0\n");
 }
 
 TEST_F(CliTest, ShutdownStopsTheBroker) {
