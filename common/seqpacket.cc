@@ -102,6 +102,12 @@ Result<UniqueFd> ConnectSeqpacket(const std::string& path) {
     if (err == ENOENT || err == ECONNREFUSED) {
       return Unavailable(NoBrokerAdvice(path) + " (connect: " + std::strerror(err) + ")");
     }
+    if (err == EACCES) {
+      return PermissionDenied("connect to " + path +
+                              ": permission denied: the socket's mode and group (the broker's socket.mode "
+                              "and socket.group), or a directory on its path, keep you out; a per-user "
+                              "broker serves only its own user");
+    }
     return s;
   }
   return fd;

@@ -128,6 +128,26 @@ def main():
           and broker["securityContext"].get("allowPrivilegeEscalation") is False)
     check("the broker takes no GPU from the device plugin",
           "nvidia.com/gpu" not in str(broker.get("resources", {})))
+    check("the container names its program (no ENTRYPOINT assumed)", broker.get("command") == ["gpubrokerd"],
+          broker.get("command"))
+    user = broker["securityContext"].get("runAsUser")
+    check("the broker runs as a user other than root", isinstance(user, int) and user != 0, user)
+    init = next((c for c in spec.get("initContainers", []) if volume_path(spec, c, socket_dir) is not None), None)
+    check("an init container gives the socket directory to the broker's user",
+          init is not None and f"chown {user}:" in " ".join(init.get("command", [])), init)
+    check("root in other pods is not the broker's administrator", config.get("root_is_admin") is False)
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+    def size(text):
+        text = str(text)
+        for unit in sorted(units, key=len, reverse=True):
+            if text.endswith(unit):
+                return int(text[:-len(unit)]) * units[unit]
+        return int(text)
+    host_cap = size(config.get("limits", {}).get("max_host_bytes", 0))
+    request = size(broker.get("resources", {}).get("requests", {}).get("memory", 0))
+    check("host slots (limits.max_host_bytes) fit in the pod's memory request, so the broker is not evicted first",
+          0 < host_cap < request, f"{host_cap} vs {request}")
 
     pod = consumer["spec"]
     client = pod["containers"][0]
@@ -140,6 +160,9 @@ def main():
             check("the consumer's Python program compiles", True)
         except SyntaxError as e:
             check("the consumer's Python program compiles", False, e)
+    if client.get("securityContext", {}).get("readOnlyRootFilesystem"):
+        tmp_volume = volume_path(pod, client, "/tmp")
+        check("a read-only consumer gets a writable /tmp", tmp_volume is not None and "emptyDir" in tmp_volume)
     env = {e["name"]: e.get("value") for e in client.get("env", [])}
     check("the consumer needs no GPUBROKER_SOCKET (or names the config's)",
           env.get("GPUBROKER_SOCKET", socket_path) == socket_path)

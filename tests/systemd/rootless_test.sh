@@ -38,9 +38,10 @@ b=$(as bob python3 /share/fill.py model/w 1048576)
 check "two fills made different bytes" test -n "$a" -a -n "$b" -a "$a" != "$b"
 check "alice reads alice's bytes in a new process" test "$(as alice python3 /share/reader.py model/w)" = "$a"
 check "bob reads bob's bytes in a new process" test "$(as bob python3 /share/reader.py model/w)" = "$b"
-check "bob cannot reach alice's broker even by naming it" \
-  bash -c "! $C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET=$(sock alice) \
-             /usr/local/bin/gpubrokerctl ls"
+out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="$(sock alice)" \
+      /usr/local/bin/gpubrokerctl ls 2>&1); rc=$?
+check "bob cannot reach alice's broker even by naming it (exit 5)" test "$rc" = 5
+check "and is told what keeps him out" grep -q "permission denied: the socket's mode and group" <<<"$out"
 
 echo "== systemctl --user restart keeps the bytes"
 pid=$(as alice systemctl --user show -p MainPID --value gpubroker)
