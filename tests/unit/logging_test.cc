@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 
@@ -16,48 +17,44 @@
 namespace gpubroker {
 namespace {
 
-TEST(Logging, EveryLineOfAJournalMessageCarriesItsPriority) {
+// What the broker's logger writes to stderr while `log` runs, in `format`.
+std::string Logged(const std::string& format, const std::function<void()>& log) {
   const std::string path = ::testing::TempDir() + "/gpb-logging-" + std::to_string(::getpid());
   int saved = ::dup(STDERR_FILENO);
   int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  ASSERT_GE(file, 0);
+  EXPECT_GE(file, 0);
   ::dup2(file, STDERR_FILENO);
-  ASSERT_TRUE(SetupLogging("info", "journal").ok());
-  spdlog::error("first line\nsecond line\nthird line");
-  spdlog::warn("one line");
+  EXPECT_TRUE(SetupLogging("info", format).ok());
+  log();
   spdlog::default_logger()->flush();
   ::dup2(saved, STDERR_FILENO);
   ::close(saved);
   ::close(file);
-  std::ifstream in(path);
   std::stringstream text;
-  text << in.rdbuf();
-  EXPECT_EQ(text.str(), "<3>first line\n<3>second line\n<3>third line\n<4>one line\n");
+  text << std::ifstream(path).rdbuf();
   ::unlink(path.c_str());
+  return text.str();
+}
+
+TEST(Logging, EveryLineOfAJournalMessageCarriesItsPriority) {
+  std::string text = Logged("journal", [] {
+    spdlog::error("first line\nsecond line\nthird line");
+    spdlog::warn("one line");
+  });
+  EXPECT_EQ(text, "<3>first line\n<3>second line\n<3>third line\n<4>one line\n");
 }
 
 // JSON lines: one object per message; quotes, newlines, control characters
 // and bytes that are not UTF-8 cannot break out of the "msg" string.
 TEST(Logging, JsonLinesStayOneValidObjectWhateverTheMessage) {
-  const std::string path = ::testing::TempDir() + "/gpb-logging-json-" + std::to_string(::getpid());
-  int saved = ::dup(STDERR_FILENO);
-  int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  ASSERT_GE(file, 0);
-  ::dup2(file, STDERR_FILENO);
-  ASSERT_TRUE(SetupLogging("info", "json").ok());
-  spdlog::warn("quote \" backslash \\ newline \n tab \t bell \x07 bad \xff end");
-  spdlog::default_logger()->flush();
-  ::dup2(saved, STDERR_FILENO);
-  ::close(saved);
-  ::close(file);
-  std::ifstream in(path);
+  std::stringstream in(
+      Logged("json", [] { spdlog::warn("quote \" backslash \\ newline \n tab \t bell \x07 bad \xff end"); }));
   std::string line, extra;
   ASSERT_TRUE(std::getline(in, line));
   EXPECT_FALSE(std::getline(in, extra)) << "one line per message";
   auto object = nlohmann::json::parse(line);
   EXPECT_EQ(object["level"], "warning");
   EXPECT_EQ(object["msg"], "quote \" backslash \\ newline \n tab \t bell \x07 bad \xef\xbf\xbd end");
-  ::unlink(path.c_str());
 }
 
 }  // namespace
