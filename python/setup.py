@@ -6,8 +6,9 @@ import os
 import pathlib
 import shutil
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
+from wheel.bdist_wheel import bdist_wheel
 
 
 class BuildPyWithLibrary(build_py):
@@ -21,4 +22,23 @@ class BuildPyWithLibrary(build_py):
             shutil.copy2(libs[-1], target)
 
 
-setup(cmdclass={"build_py": BuildPyWithLibrary})
+class PlatformWheel(bdist_wheel):
+    """The package carries a compiled library: its wheel is for this
+    platform (py3-none-linux_x86_64, say), not py3-none-any, and installs
+    under platlib."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):
+        return True  # the bundled library: build into platlib, not purelib
+
+
+setup(distclass=BinaryDistribution, cmdclass={"build_py": BuildPyWithLibrary, "bdist_wheel": PlatformWheel})

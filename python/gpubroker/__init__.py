@@ -3,7 +3,7 @@
     import gpubroker, torch
     with gpubroker.connect() as c:
         c.create("weights/layer0", shape=(4096, 4096), dtype="bfloat16", device="cuda:0")
-        t = torch.as_tensor(c.attach("weights/layer0"), device="cuda")   # zero copy
+        t = torch.from_dlpack(c.attach("weights/layer0"))   # zero copy, on every torch version
 
 A View exposes __cuda_array_interface__ (CUDA slots), __array_interface__
 (host slots) and __dlpack__ / __dlpack_device__ (both), so torch.as_tensor,
@@ -11,6 +11,8 @@ torch.from_dlpack, cupy.asarray and numpy.asarray wrap it without a copy. The
 view's lease on the buffer lasts as long as the view or any array made from
 it; errors are gpubroker.Error subclasses carrying the broker's code.
 """
+__version__ = "0.1.0"  # the project's version (CMakeLists.txt, pyproject.toml; a test keeps them equal)
+
 from ._capi import (AlreadyExists, Error, InvalidArgument, NotFound, PermissionDenied, ProtocolError,
                     ResourceExhausted, Unavailable, Unsupported)
 from ._client import Client, connect, default_socket_path
@@ -19,4 +21,4 @@ from ._view import View
 
 __all__ = ["connect", "Client", "View", "SlotInfo", "Error", "InvalidArgument", "NotFound",
            "AlreadyExists", "PermissionDenied", "ResourceExhausted", "Unavailable", "ProtocolError",
-           "Unsupported", "default_socket_path"]
+           "Unsupported", "default_socket_path", "__version__"]

@@ -1,16 +1,17 @@
 """Client: a connection to gpubrokerd, and the calls made through it."""
 import ctypes
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import _publish
 from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, integer as _int, name as _name
-from ._capi import InvalidArgument, Unavailable, check, gpb_create_args, gpb_dtype, gpb_slot_info, lib
+from ._capi import InvalidArgument, NotFound, Unavailable, check, gpb_create_args, gpb_dtype, gpb_slot_info, lib
 from ._devices import device_args
 from ._dtypes import DTYPES, dtype_name
 from ._slot import SlotInfo, new_info
 from ._view import View
 
 
-def default_socket_path():
+def default_socket_path() -> str:
     """Where connect() goes with no socket: $GPUBROKER_SOCKET; else, for a user
     other than root, $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock if that user's
     broker made it; else /run/gpubroker/gpubroker.sock."""
@@ -20,22 +21,22 @@ def default_socket_path():
 class Client:
     """A connection to gpubrokerd. Thread-safe; a context manager."""
 
-    def __init__(self, socket=None, name=None):
+    def __init__(self, socket: Optional[str] = None, name: Optional[str] = None) -> None:
         handle = ctypes.c_void_p()
         check(lib.gpb_connect, socket.encode() if socket else None, name.encode() if name else None,
               ctypes.byref(handle))
         self._handle = handle
 
-    def close(self):
+    def close(self) -> None:
         """Closes this handle; views made from it stay valid."""
         if self._handle:
             lib.gpb_client_release(self._handle)
             self._handle = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):
@@ -49,8 +50,10 @@ class Client:
             raise Unavailable("client is closed")
         return self._handle
 
-    def create(self, name, shape=(), dtype="float32", device="cpu", *, strides=None, nbytes=0,
-               base=None, offset=0, backend=None, mode=0o600, attach=True):
+    def create(self, name: str, shape: Iterable[int] = (), dtype: str = "float32", device: str = "cpu", *,
+               strides: Optional[Iterable[int]] = None, nbytes: int = 0, base: Optional[str] = None,
+               offset: int = 0, backend: Optional[str] = None, mode: int = 0o600,
+               attach: bool = True) -> Union[View, SlotInfo]:
         """Creates slot `name` and (by default) attaches it.
 
         device: "cpu", "cuda", "cuda:N" (this process's numbering) or "GPU-<uuid>".
@@ -89,18 +92,19 @@ class Client:
         check(lib.gpb_create, self._h(), ctypes.byref(args), ctypes.byref(view), ctypes.byref(info))
         return View(view.value)
 
-    def attach(self, name, readonly=False):
+    def attach(self, name: str, readonly: bool = False) -> View:
         """A View of slot `name`. Free of round trips if this process maps its allocation."""
         view = ctypes.c_void_p()
         check(lib.gpb_attach, self._h(), _name(name), 1 if readonly else 0, ctypes.byref(view))
         return View(view.value)
 
-    def attach_many(self, names, readonly=False):
+    def attach_many(self, names: Iterable[str], readonly: bool = False) -> List[View]:
         """Views of every slot in `names`, all or none: on an error no view is
         kept and the error names the slot. One call into the library."""
         return [View(h) for h in self._attach_handles(names, readonly)]
 
-    def attach_state_dict(self, prefix, keys=None, *, readonly=False, to="view"):
+    def attach_state_dict(self, prefix: str, keys: Optional[Iterable[str]] = None, *, readonly: bool = False,
+                          to: str = "view") -> Dict[str, Any]:
         """The tensors `publish_state_dict(prefix, ...)` published, as {key: ...}.
 
         keys: which to take (default: every slot named `prefix/...`, in the
@@ -110,6 +114,8 @@ class Client:
         which lasts while any of them does."""
         if keys is None:
             keys = self._keys_under(prefix)
+            if not keys:
+                raise NotFound(f"no slots under '{prefix}/' (publish_state_dict({prefix!r}, ...) makes them)")
         keys = list(keys)
         names = [f"{prefix}/{k}" for k in keys]
         if to == "view":
@@ -137,22 +143,22 @@ class Client:
             lib.gpb_free(arr)
         return [name[len(start):].decode() for _, name in sorted(found) if name.startswith(start)]
 
-    def destroy(self, name):
+    def destroy(self, name: str) -> None:
         """Removes the name now; the memory goes with the last lease."""
         check(lib.gpb_destroy, self._h(), _name(name))
 
-    def stat(self, name):
+    def stat(self, name: str) -> SlotInfo:
         info = new_info()
         check(lib.gpb_stat, self._h(), _name(name), ctypes.byref(info))
         return SlotInfo._from(info)
 
-    def lookup(self, name):
+    def lookup(self, name: str) -> SlotInfo:
         """Like stat, read from the shared registry without asking the broker."""
         info = new_info()
         check(lib.gpb_lookup, self._h(), _name(name), ctypes.byref(info))
         return SlotInfo._from(info)
 
-    def list(self):
+    def list(self) -> List[SlotInfo]:
         arr = ctypes.POINTER(gpb_slot_info)()
         count = ctypes.c_size_t()
         check(lib.gpb_list, self._h(), ctypes.byref(arr), ctypes.byref(count))
@@ -161,12 +167,13 @@ class Client:
         finally:
             lib.gpb_free(arr)
 
-    def publish(self, name, tensor, *, mode=0o600, backend=None):
+    def publish(self, name: str, tensor: Any, *, mode: int = 0o600, backend: Optional[str] = None) -> View:
         """Creates slot `name` like `tensor` (torch, CuPy or NumPy, on its
         device), copies it in once, synchronises, and returns the View."""
         return _publish.publish(self, name, tensor, mode=mode, backend=backend)
 
-    def publish_state_dict(self, prefix, tensors, *, mode=0o600, backend=None, alignment=256):
+    def publish_state_dict(self, prefix: str, tensors: Mapping[str, Any], *, mode: int = 0o600,
+                           backend: Optional[str] = None, alignment: int = 256) -> Dict[str, View]:
         """Publishes a mapping of tensors, all on one device, as one arena:
         slot `prefix` holds the bytes, slot `prefix/<key>` each tensor. One
         allocation, so a consumer maps it once however many tensors it takes.
@@ -174,7 +181,7 @@ class Client:
         return _publish.publish_state_dict(self, prefix, tensors, mode=mode, backend=backend, alignment=alignment)
 
 
-def connect(socket=None, name=None):
+def connect(socket: Optional[str] = None, name: Optional[str] = None) -> Client:
     """Connects to the broker at `socket` (default: default_socket_path()).
     Raises Unavailable if none answers."""
     return Client(socket, name)

@@ -28,7 +28,7 @@ class _Mapping:
 class View:
     """A zero-copy window onto a slot. Holds a lease until released or collected."""
 
-    def __init__(self, handle):
+    def __init__(self, handle: int) -> None:
         self._handle = handle
         info = new_info()
         check(lib.gpb_view_info, handle, ctypes.byref(info))
@@ -43,7 +43,7 @@ class View:
         self.device_id = info.device_ordinal if self.is_cuda else 0
 
     @property
-    def slot(self):
+    def slot(self) -> SlotInfo:
         if self._slot is None:
             self._slot = SlotInfo._from(self._info)
         return self._slot
@@ -54,7 +54,24 @@ class View:
     version = property(lambda self: self._info.version)
     device = property(lambda self: self.slot.device)
 
-    def release(self):
+    def __enter__(self) -> "View":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __array__(self, dtype=None, copy=None):
+        # NumPy asks here only when __array_interface__ had no answer: say why,
+        # rather than let it make an array of one Python object.
+        if not self._handle:
+            raise TypeError("view was released")
+        if self.is_cuda:
+            raise TypeError(f"{self.name!r} is on {self.device}: NumPy reads host memory only; use "
+                            "torch.from_dlpack(view) or cupy.asarray(view)")
+        raise TypeError(f"{self.name!r} holds {self.dtype}, which NumPy has no dtype for; use "
+                        "torch.from_dlpack(view)")
+
+    def release(self) -> None:
         """Drops this view's share of the lease now. Arrays made from it keep their own."""
         if self._handle:
             lib.gpb_view_release(self._handle)

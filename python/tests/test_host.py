@@ -87,6 +87,39 @@ class HostTest(unittest.TestCase):
         again = torch.from_dlpack(self.c.attach("py/bf16"))
         self.assertTrue(torch.equal(again, torch.arange(8, dtype=torch.bfloat16)))
 
+    def test_numpy_of_a_bfloat16_view_is_a_clear_error_not_an_object_array(self):
+        view = self.c.create("py/bf16-numpy", (8,), "bfloat16")
+        with self.assertRaises(TypeError) as e:
+            numpy.asarray(view)
+        self.assertIn("bfloat16", str(e.exception))
+        self.assertIn("torch.from_dlpack", str(e.exception))
+
+    def test_a_view_is_a_context_manager_that_releases_its_lease(self):
+        self.c.create("py/ctx", (4,), "uint8", attach=False)
+        with self.c.attach("py/ctx") as view:
+            self.assertEqual(self.leases("py/ctx"), 1)
+            self.assertEqual(numpy.asarray(view).shape, (4,))
+        self.assertEqual(self.leases("py/ctx"), 0)
+        with self.assertRaises(TypeError):
+            numpy.asarray(view)  # released
+
+    def test_a_state_dict_prefix_with_nothing_under_it_is_not_found(self):
+        with self.assertRaises(gpubroker.NotFound) as e:
+            self.c.attach_state_dict("py/never-published")
+        self.assertIn("py/never-published/", str(e.exception))
+
+    def test_version_and_type_hints(self):
+        import pathlib
+        import re
+        import typing
+        pyproject = (pathlib.Path(gpubroker.__file__).parent.parent / "pyproject.toml").read_text()
+        self.assertEqual(gpubroker.__version__, re.search(r'^version = "(.*)"', pyproject, re.M).group(1))
+        cmake = (pathlib.Path(gpubroker.__file__).parent.parent.parent / "CMakeLists.txt").read_text()
+        self.assertIn(f"VERSION {gpubroker.__version__}", cmake)
+        self.assertTrue((pathlib.Path(gpubroker.__file__).parent / "py.typed").exists())
+        self.assertIs(typing.get_type_hints(gpubroker.Client.attach)["return"], gpubroker.View)
+        self.assertIs(typing.get_type_hints(gpubroker.connect)["return"], gpubroker.Client)
+
     def test_strided_view_into_an_arena(self):
         self.c.create("py/arena", (4096,), "uint8", attach=False)
         view = self.c.create("py/arena/t", (4, 4), "float32", base="py/arena", offset=256,
