@@ -9,7 +9,7 @@ trap 'rm -rf "$tmp"' EXIT
 prefix=$tmp/prefix
 cmake --install "$build" --prefix "$prefix" >/dev/null
 for f in sbin/gpubrokerd bin/gpubrokerctl include/gpubroker/client.hpp include/gpubroker/gpubroker.h \
-         include/gpubroker/status.hpp lib/cmake/gpubroker/gpubroker-config.cmake lib/pkgconfig/gpubroker.pc \
+         include/gpubroker/status.hpp lib/cmake/gpubroker/gpubroker-config.cmake lib/pkgconfig/gpubroker.pc lib/pkgconfig/gpubroker-cxx.pc \
          lib/systemd/system/gpubroker.service lib/systemd/user/gpubroker.service lib/sysusers.d/gpubroker.conf lib/tmpfiles.d/gpubroker.conf \
          etc/gpubroker/gpubroker.yaml share/doc/gpubroker/README.md; do
   [ -e "$prefix/$f" ] || { echo "missing after install: $f"; exit 1; }
@@ -17,29 +17,38 @@ done
 ls "$prefix"/lib/libgpubroker.so.0 >/dev/null
 "$prefix/bin/gpubrokerctl" --help >/dev/null  # finds its library through the install RPATH
 
+# The README's C++ snippet, verbatim, in a main(): built by a plain
+# find_package project that says nothing of the C++ standard (the target
+# brings C++20), and by pkg-config (gpubroker-cxx).
 mkdir -p "$tmp/app"
+{
+  echo '#include <iostream>'
+  echo '#include <gpubroker/client.hpp>'
+  echo 'int main() {'
+  awk '/^From C\+\+/ {want = 1} want && /^```cpp$/ {on = 1; next} on && /^```$/ {exit} on {print}' \
+    "$(dirname "$0")/../README.md"
+  echo '  return 0;'
+  echo '}'
+} > "$tmp/app/app.cc"
+grep -q "CreateAndAttach" "$tmp/app/app.cc" || { echo "README snippet not found"; exit 1; }
 cat > "$tmp/app/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.20)
 project(app CXX)
-set(CMAKE_CXX_STANDARD 20)
 find_package(gpubroker 0.1 REQUIRED)
 add_executable(app app.cc)
 target_link_libraries(app gpubroker::gpubroker)
 CMAKE
-cat > "$tmp/app/app.cc" <<'CPP'
-#include <gpubroker/client.hpp>
-#include <iostream>
-int main() {
-  gpubroker::ConnectOptions o;
-  o.socket_path = "/nonexistent/gpubroker.sock";
-  auto c = gpubroker::Client::Connect(o);
-  std::cout << (c.ok() ? "connected" : c.status().ToString()) << "\n";
-  return c.status().code() == gpubroker::Code::kUnavailable ? 0 : 1;
-}
-CPP
 cmake -S "$tmp/app" -B "$tmp/app/build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
-cmake --build "$tmp/app/build" >/dev/null
-LD_LIBRARY_PATH=$prefix/lib "$tmp/app/build/app"
+cmake --build "$tmp/app/build" >/dev/null || { echo "README snippet: find_package build failed"; exit 1; }
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+c++ "$tmp/app/app.cc" -o "$tmp/app/app-pc" $(pkg-config --cflags --libs gpubroker-cxx) ||
+  { echo "README snippet: pkg-config build failed"; exit 1; }
+# Run against no broker: the snippet reports the error and returns 1, no crash.
+for app in "$tmp/app/build/app" "$tmp/app/app-pc"; do
+  rc=0
+  GPUBROKER_SOCKET=/nonexistent/gpubroker.sock LD_LIBRARY_PATH=$prefix/lib "$app" 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "no broker at" "$tmp/err" || { echo "README snippet: exit $rc, $(cat "$tmp/err")"; exit 1; }
+done
 
 cat > "$tmp/c.c" <<'C'
 #include <gpubroker/gpubroker.h>
@@ -53,7 +62,6 @@ int main(void) {
   return rc == GPB_UNAVAILABLE && strstr(err.message, "no broker") ? 0 : 1;
 }
 C
-export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 cc "$tmp/c.c" -o "$tmp/c" $(pkg-config --cflags --libs gpubroker)
 LD_LIBRARY_PATH=$prefix/lib "$tmp/c"
 echo "install: ok"
