@@ -79,6 +79,11 @@ void RaiseOpenFileLimit() {
 
 int main(int argc, char** argv) {
   CLI::App app{"gpubrokerd: shares GPU and host buffers between processes, by name, zero-copy"};
+  app.name("gpubrokerd");
+  app.footer("Configuration: the embedded one (--print-default-config shows it) or --config FILE, then these "
+             "flags; every key is in the example config/gpubroker.yaml. Without a socket path, a broker run "
+             "as root listens at /run/gpubroker/gpubroker.sock and anyone else's at "
+             "$XDG_RUNTIME_DIR/gpubroker/gpubroker.sock ($GPUBROKER_SOCKET overrides both).");
   app.set_version_flag("--version", gpubroker::kGpubrokerVersion);
   Flags f;
   app.add_option("-c,--config", f.config_file, "YAML config file (default: the embedded one)");

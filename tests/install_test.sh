@@ -11,11 +11,19 @@ cmake --install "$build" --prefix "$prefix" >/dev/null
 for f in sbin/gpubrokerd bin/gpubrokerctl include/gpubroker/client.hpp include/gpubroker/gpubroker.h \
          include/gpubroker/status.hpp lib/cmake/gpubroker/gpubroker-config.cmake lib/pkgconfig/gpubroker.pc lib/pkgconfig/gpubroker-cxx.pc \
          lib/systemd/system/gpubroker.service lib/systemd/user/gpubroker.service lib/sysusers.d/gpubroker.conf lib/tmpfiles.d/gpubroker.conf \
-         etc/gpubroker/gpubroker.yaml share/doc/gpubroker/README.md; do
+         etc/gpubroker/gpubroker.yaml share/doc/gpubroker/README.md share/man/man1/gpubrokerctl.1 \
+         share/man/man8/gpubrokerd.8 share/bash-completion/completions/gpubrokerctl; do
   [ -e "$prefix/$f" ] || { echo "missing after install: $f"; exit 1; }
 done
 ls "$prefix"/lib/libgpubroker.so.0 >/dev/null
 "$prefix/bin/gpubrokerctl" --help >/dev/null  # finds its library through the install RPATH
+# The man page has every command, from the program's own help; the completion
+# script is the program's own.
+for command in status ls show create rm clients drain reload shutdown completion; do
+  grep -q "^\.SS $command\$" "$prefix/share/man/man1/gpubrokerctl.1" || { echo "man page lacks $command"; exit 1; }
+done
+cmp -s "$prefix/share/bash-completion/completions/gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion bash) ||
+  { echo "installed completion differs from the program's"; exit 1; }
 
 # The README's C++ snippet, verbatim, in a main(): built by a plain
 # find_package project that says nothing of the C++ standard (the target

@@ -303,6 +303,7 @@ int main(int argc, char** argv) {
   using namespace gpubroker;
   using namespace gpubroker::ctl;
   CLI::App app{"gpubrokerctl: inspect and steer gpubrokerd"};
+  app.name("gpubrokerctl");  // in usage lines, whatever path ran it
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("gpubrokerctl ") + GPUBROKER_VERSION);
   std::string socket = DefaultSocketPath();
@@ -351,6 +352,11 @@ int main(int argc, char** argv) {
   auto* completion = app.add_subcommand("completion", "print a bash completion script (no broker needed)");
   std::string shell;
   completion->add_option("shell", shell, "bash")->required()->check(CLI::IsMember({"bash"}));
+  app.footer(
+      "Exit status: 0 success, 1 another error, 2 usage, 3 broker unavailable, 4 no such slot, 5 permission "
+      "denied, 6 name exists, 7 a limit or memory exhausted, 8 invalid argument, 9 (status) the broker is "
+      "draining or stopping.\nThe socket: --socket, else $GPUBROKER_SOCKET, else your own broker's "
+      "($XDG_RUNTIME_DIR/gpubroker/gpubroker.sock) if it runs, else /run/gpubroker/gpubroker.sock.");
 
   try {
     app.parse(argc, argv);

@@ -5,7 +5,7 @@
 #   command: bash tests/gpu/run_on_device.sh     carry: [".device"]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-.ci/deps
+.ci/deps --tests
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGPUBROKER_WITH_CUDA=ON >/dev/null
 cmake --build build-gpu
 rm -rf .device
