@@ -234,6 +234,27 @@ Result<Config> LoadConfig(const ConfigSource& source) {
   return config;
 }
 
+Result<std::string> CheckConfig(const Config& config) {
+  BackendSet backends;
+  GPB_RETURN_IF_ERROR(SetUpBackends(config, backends));
+  RegistryOptions ro;
+  ro.name = "gpubroker-check";
+  ro.capacity = std::max<uint32_t>(1, static_cast<uint32_t>(config.pools.size()));
+  GPB_ASSIGN_OR_RETURN(auto registry, Registry::Create(ro));
+  HandlerOptions ho;
+  ho.limits = config.limits;
+  if (!config.admin_group.empty()) {
+    auto gid = LookupGroup(config.admin_group);
+    if (!gid.ok()) return gid.status().Annotate("admin_group");
+    ho.admin_group = *gid;
+  }
+  if (!config.socket_group.empty()) GPB_RETURN_IF_ERROR(LookupGroup(config.socket_group).status().Annotate("socket.group"));
+  RequestHandler handler(*registry, backends, ho);
+  GPB_RETURN_IF_ERROR(handler.CheckPools(config.pools, ResolveLimits(config.limits)));
+  return "socket " + config.socket_path + ", " + std::to_string(config.pools.size()) + " pool(s), default backend " +
+         std::string(BackendName(backends.default_kind()));
+}
+
 Status RunBroker(const Config& config, const ConfigSource& source) {
   Broker broker(config, source);
   return broker.Run();

@@ -20,6 +20,7 @@ struct Flags {
       max_slots_per_uid, max_connections, max_connections_per_uid, reserved_admin_connections, hello_timeout_ms,
       max_fds_in_flight;
   bool print_default = false;
+  std::string check_config;
 };
 
 gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
@@ -107,11 +108,21 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
   app.add_option("--log-format", f.log_format, "auto (journal when stderr is the journal, else text), text, json or journal");
   app.add_flag("--print-default-config", f.print_default, "print the embedded config and exit");
+  app.add_option("--check-config", f.check_config,
+                 "check FILE as a start would (keys, values, groups, every pool on this machine's backends), "
+                 "print what was checked, exit 0 if it is good and 2 if not");
   CLI11_PARSE(app, argc, argv);
 
   if (f.print_default) {
     std::cout << gpubroker::EmbeddedDefaultConfig();
     return 0;
+  }
+  if (!f.check_config.empty()) {
+    if (!f.config_file.empty() && f.config_file != f.check_config) {
+      std::cerr << "gpubrokerd: --check-config FILE and --config name different files\n";
+      return 2;
+    }
+    f.config_file = f.check_config;
   }
   gpubroker::ConfigSource source{f.config_file, [f](gpubroker::Config& c) { return ApplyFlags(f, c); }};
   auto config = gpubroker::LoadConfig(source);
@@ -122,6 +133,16 @@ int main(int argc, char** argv) {
   if (auto s = gpubroker::SetupLogging(config->log_level, config->log_format); !s.ok()) {
     std::cerr << "gpubrokerd: " << s.message() << "\n";
     return 2;
+  }
+  if (!f.check_config.empty()) {
+    spdlog::set_level(spdlog::level::warn);  // the verdict, not the start-up chatter
+    auto checked = gpubroker::CheckConfig(*config);
+    if (!checked.ok()) {
+      std::cerr << "gpubrokerd: " << f.check_config << ": " << checked.status().message() << "\n";
+      return 2;
+    }
+    std::cout << "gpubrokerd: " << f.check_config << ": OK (" << *checked << ")\n";
+    return 0;
   }
   RaiseOpenFileLimit();
   gpubroker::Status s = gpubroker::RunBroker(*config, source);

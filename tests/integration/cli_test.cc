@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "tests/integration/harness.h"
 
@@ -186,6 +187,38 @@ TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
   EXPECT_EQ(complete("gpubrokerctl dr", 1), "drain\n");
   EXPECT_EQ(complete("gpubrokerctl rm --r", 2), "--recursive\n");
   EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " show weights/", 4), "weights/l0\n");
+}
+
+// gpubrokerd --check-config: the whole configuration as a start would check
+// it, pools included, with nothing bound or created; exit 0 or 2.
+TEST(CheckConfig, ChecksWhatAStartWouldAndTouchesNothing) {
+  const std::string dir = ::testing::TempDir() + "/gpb-check-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  auto check = [&](const std::string& yaml) {
+    std::ofstream(dir + "/c.yaml") << "socket:\n  path: " << dir << "/run/s.sock\n" << yaml;
+    std::string cmd = std::string(GPUBROKERD_PATH) + " --check-config " + dir + "/c.yaml 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    return CtlRun{WEXITSTATUS(::pclose(p)), out};
+  };
+  CtlRun good = check("pools:\n  - name: in\n    backend: host\n    shape: [64, 1024]\n    dtype: float32\n");
+  EXPECT_EQ(good.status, 0) << good.out;
+  EXPECT_NE(good.out.find("OK (socket " + dir + "/run/s.sock, 1 pool(s), default backend host)"), std::string::npos)
+      << good.out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/run")) << "checking binds and creates nothing";
+  CtlRun group = check("pools:\n  - name: in\n    backend: host\n    bytes: 4096\n    group: no-such-group-here\n");
+  EXPECT_EQ(group.status, 2);
+  EXPECT_NE(group.out.find("pool 'in': unknown group 'no-such-group-here'"), std::string::npos) << group.out;
+  CtlRun big = check("limits:\n  max_host_bytes: 1MiB\npools:\n  - name: in\n    backend: host\n    bytes: 2MiB\n");
+  EXPECT_EQ(big.status, 2);
+  EXPECT_NE(big.out.find("exceeds limits.max_host_bytes"), std::string::npos) << big.out;
+  CtlRun key = check("logging:\n  levle: info\n");
+  EXPECT_EQ(key.status, 2);
+  EXPECT_NE(key.out.find("c.yaml:4:3: unknown key 'levle'"), std::string::npos) << key.out;
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(CliTest, ShutdownStopsTheBroker) {
