@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "gpubroker/client.hpp"
+#include "client/cli/doctor.h"
 #include "client/cli/output.h"
 #include "common/parse.h"
 #include "common/validate.h"
@@ -349,6 +350,9 @@ int main(int argc, char** argv) {
   auto* drain = app.add_subcommand("drain", "refuse new creates and attaches; leases keep working (admin)");
   drain->add_flag("--off", drain_off, "accept new creates and attaches again");
   auto* reload = app.add_subcommand("reload", "re-read the broker's configuration (admin)");
+  auto* doctor = app.add_subcommand("doctor", "why attaching fails or is slow here: each check OK or what to do; "
+                                              "exit 1 if any failed");
+  doctor->add_flag("--json", json, "machine-readable output");
   auto* completion = app.add_subcommand("completion", "print a bash completion script (no broker needed)");
   std::string shell;
   completion->add_option("shell", shell, "bash")->required()->check(CLI::IsMember({"bash"}));
@@ -365,6 +369,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
 
+  if (doctor->parsed()) return RunDoctor(socket, app.get_option("--socket")->count() > 0, json);
   if (completion->parsed()) {
     std::cout << BashCompletion(app);
     return kExitOk;

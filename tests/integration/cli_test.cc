@@ -189,6 +189,27 @@ TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
   EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " show weights/", 4), "weights/l0\n");
 }
 
+TEST_F(CliTest, DoctorSaysOkOrWhatToDoAndItsStatusSaysWhetherAnythingFailed) {
+  ASSERT_EQ(Ctl("create weights/l0 --bytes 16").status, 0);
+  CtlRun healthy = Ctl("doctor");
+  EXPECT_EQ(healthy.status, 0) << healthy.out;
+  for (const char* line : {"OK    socket      " , "OK    broker      answers", "OK    hello       ",
+                           "OK    registry    readable without asking the broker: 1 slot(s)",
+                           "OK    permissions you may attach every slot listed", "latency     a round trip"}) {
+    EXPECT_NE(healthy.out.find(line), std::string::npos) << line << "\n" << healthy.out;
+  }
+  ASSERT_EQ(Ctl("drain").status, 0);
+  CtlRun draining = Ctl("doctor --json");
+  EXPECT_EQ(draining.status, 0) << "a warning is not a failure";
+  EXPECT_NE(draining.out.find(R"("check":"hello","detail":"gpubrokerd )"), std::string::npos) << draining.out;
+  EXPECT_NE(draining.out.find(R"("status":"warn")"), std::string::npos) << draining.out;
+  CtlRun none = Ctl("doctor", broker_->dir() + "/nothing.sock");
+  EXPECT_EQ(none.status, 1);
+  EXPECT_NE(none.out.find("FAIL  socket      no socket at " + broker_->dir() + "/nothing.sock (given with --socket)"),
+            std::string::npos) << none.out;
+  EXPECT_NE(none.out.find("-> start a broker"), std::string::npos) << none.out;
+}
+
 // gpubrokerd --check-config: the whole configuration as a start would check
 // it, pools included, with nothing bound or created; exit 0 or 2.
 TEST(CheckConfig, ChecksWhatAStartWouldAndTouchesNothing) {

@@ -42,6 +42,11 @@ out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="
       /usr/local/bin/gpubrokerctl ls 2>&1); rc=$?
 check "bob cannot reach alice's broker even by naming it (exit 5)" test "$rc" = 5
 check "and is told what keeps him out" grep -q "permission denied: the socket's mode and group" <<<"$out"
+out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="$(sock alice)" \
+      /usr/local/bin/gpubrokerctl doctor 2>&1); rc=$?
+check "gpubrokerctl doctor says so too, and fails (exit 1)" \
+  bash -c "[ $rc = 1 ] && grep -q 'FAIL  socket      a directory on the path to' <<<'$out'"
+check "doctor for alice: every check passes" as alice gpubrokerctl doctor
 
 echo "== systemctl --user restart keeps the bytes"
 pid=$(as alice systemctl --user show -p MainPID --value gpubroker)
