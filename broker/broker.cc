@@ -9,6 +9,8 @@
 #include "broker/cuda_backends.h"
 #include "broker/host_backend.h"
 #include "broker/logging.h"
+#include "broker/metrics.h"
+#include "broker/generated/version.h"
 #include "broker/registry.h"
 #include "common/registry_reader.h"
 #include "common/socket_path.h"
@@ -75,11 +77,14 @@ class Broker final : public AllocationObserver {
     if (!config_.admin_group.empty()) {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }
+    StartMetrics(ho.started_ns);
+    ho.requests = metrics_.get();
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);
     const bool adopting = !previous.empty() || !stored.empty();
     if (adopting) {
       size_t n = handler_->Adopt(previous, std::move(stored));
       spdlog::info("warm restart: adopted {} of {} slots", n, previous.size());
+      if (metrics_) metrics_->Adopted(n);
       handler_->AdoptPools(config_.pools);
     }
     // A pool that cannot be made fails a cold start; after a warm restart the
@@ -180,8 +185,9 @@ class Broker final : public AllocationObserver {
     GPB_RETURN_IF_ERROR(handler_->CheckPools(fresh.pools, limits));
     GPB_RETURN_IF_ERROR(SetupLogging(fresh.log_level, fresh.log_format));
     if (fresh.socket_path != config_.socket_path || fresh.registry_name != config_.registry_name ||
-        fresh.registry_capacity != config_.registry_capacity || fresh.socket_mode != config_.socket_mode) {
-      spdlog::warn("reload: socket and registry settings take effect at the next start");
+        fresh.registry_capacity != config_.registry_capacity || fresh.socket_mode != config_.socket_mode ||
+        fresh.metrics_listen != config_.metrics_listen) {
+      spdlog::warn("reload: socket, registry and metrics settings take effect at the next start");
     }
     handler_->SetLimits(limits);
     config_.limits = fresh.limits;
@@ -196,7 +202,22 @@ class Broker final : public AllocationObserver {
     return Status::Ok();
   }
 
+  // Metrics are for watching, not for serving: an address that cannot be
+  // bound is logged, and the broker serves without them.
+  void StartMetrics(uint64_t started_ns) {
+    if (config_.metrics_listen.empty()) return;
+    auto m = Metrics::Start(config_.metrics_listen, kGpubrokerVersion, started_ns);
+    if (!m.ok()) {
+      spdlog::error("{}; serving without metrics", m.status().message());
+      return;
+    }
+    metrics_ = std::move(m).value();
+    std::string host = config_.metrics_listen.substr(0, config_.metrics_listen.rfind(':'));
+    spdlog::info("metrics at http://{}:{}/metrics", host, metrics_->port());
+  }
+
   void Tick() {
+    if (metrics_) metrics_->Update(*handler_, registry_->live(), handler_->draining());
     const auto& t = handler_->leases();
     std::string status = std::to_string(registry_->live()) + " slots, " +
                          std::to_string(t.clients().size()) + " clients, " +
@@ -216,6 +237,7 @@ class Broker final : public AllocationObserver {
   bool warm_ = false;
   BackendSet backends_;
   std::unique_ptr<Registry> registry_;
+  std::unique_ptr<Metrics> metrics_;  // outlives handler_, which reports to it
   std::unique_ptr<RequestHandler> handler_;
   std::string last_status_;
 };

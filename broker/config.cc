@@ -201,6 +201,15 @@ class Reader {
     return p;
   }
 
+  Status MetricsNode(const YAML::Node& n, Config& c) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "metrics", {"listen"}));
+    if (n["listen"]) {
+      GPB_ASSIGN_OR_RETURN(c.metrics_listen, String(n["listen"], "metrics.listen"));
+      if (auto s = ValidateMetricsListen(c.metrics_listen); !s.ok()) return At(n["listen"].Mark(), s.message());
+    }
+    return Status::Ok();
+  }
+
   Status Logging(const YAML::Node& n, Config& c) const {
     GPB_RETURN_IF_ERROR(CheckKeys(n, "logging", {"level", "format"}));
     if (n["level"]) {
@@ -225,7 +234,7 @@ class Reader {
     if (root.IsNull()) return c;
     GPB_RETURN_IF_ERROR(CheckKeys(root, "the top level",
                                   {"socket", "registry", "admin_group", "default_backend",
-                                   "limits", "pools", "logging", "warm_restart", "root_is_admin"}));
+                                   "limits", "pools", "logging", "metrics", "warm_restart", "root_is_admin"}));
     if (root["warm_restart"]) { GPB_ASSIGN_OR_RETURN(c.warm_restart, Bool(root["warm_restart"], "warm_restart")); }
     if (root["root_is_admin"]) {
       GPB_ASSIGN_OR_RETURN(c.root_is_admin, Bool(root["root_is_admin"], "root_is_admin"));
@@ -252,6 +261,7 @@ class Reader {
       }
     }
     if (root["logging"]) GPB_RETURN_IF_ERROR(Logging(root["logging"], c));
+    if (root["metrics"]) GPB_RETURN_IF_ERROR(MetricsNode(root["metrics"], c));
     return c;
   }
 
@@ -294,7 +304,20 @@ Status ValidateLimits(const Limits& l) {
   return Status::Ok();
 }
 
+Status ValidateMetricsListen(const std::string& listen) {
+  if (listen.empty()) return Status::Ok();
+  size_t colon = listen.rfind(':');
+  auto port = colon == std::string::npos ? Result<uint64_t>(InvalidArgument("no port"))
+                                         : ParseUnsigned(listen.substr(colon + 1), 65535, "port");
+  if (colon == 0 || !port.ok()) {
+    return ConfigError("metrics.listen must be HOST:PORT (e.g. 127.0.0.1:9464; port 0 picks one) or empty "
+                       "for no metrics, not '" + Printable(listen) + "'");
+  }
+  return Status::Ok();
+}
+
 Status ValidateConfig(const Config& c) {
+  GPB_RETURN_IF_ERROR(ValidateMetricsListen(c.metrics_listen));
   if (!c.socket_path.empty() && c.socket_path.front() != '/') {
     return ConfigError("socket.path must be an absolute path, not '" + Printable(c.socket_path) + "'");
   }

@@ -64,6 +64,8 @@ struct Config {
   // uid 0 administers everything. false: root is a user like any other (for
   // containers whose root is not the machine's, e.g. pods sharing a node).
   bool root_is_admin = true;
+  // Prometheus metrics at http://HOST:PORT/metrics; empty: none.
+  std::string metrics_listen;
 };
 
 // The configuration compiled into the broker (config/default.yaml).
@@ -78,6 +80,7 @@ Result<Config> LoadConfigFile(const std::string& path);
 // flag can never set what the file could not.
 Status ValidateConfig(const Config& config);
 Status ValidateLimits(const Limits& limits);
+Status ValidateMetricsListen(const std::string& listen);
 // Group name (or numeric gid) → gid.
 Result<gid_t> LookupGroup(const std::string& name);
 

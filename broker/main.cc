@@ -18,7 +18,7 @@ struct Flags {
   std::optional<std::string> socket, socket_mode, registry, admin_group, log_level, log_format,
       default_backend, max_host_bytes, max_bytes_per_uid, max_bytes_per_device, capacity, max_slots,
       max_slots_per_uid, max_connections, max_connections_per_uid, reserved_admin_connections, hello_timeout_ms,
-      max_fds_in_flight;
+      max_fds_in_flight, metrics_listen;
   bool print_default = false;
   std::string check_config;
 };
@@ -45,6 +45,7 @@ gpubroker::Status ApplyFlags(const Flags& f, gpubroker::Config& c) {
   GPB_RETURN_IF_ERROR(count(f.capacity, "capacity", c.registry_capacity));
   if (f.admin_group) c.admin_group = *f.admin_group;
   if (f.log_level) c.log_level = *f.log_level;
+  if (f.metrics_listen) c.metrics_listen = *f.metrics_listen;
   if (f.log_format) c.log_format = *f.log_format;
   if (f.default_backend) c.default_backend = *f.default_backend;
   GPB_RETURN_IF_ERROR(count(f.max_slots, "max-slots", c.limits.max_slots));
@@ -105,6 +106,8 @@ int main(int argc, char** argv) {
                  "connections kept for root, the broker's user and the admin group");
   app.add_option("--hello-timeout-ms", f.hello_timeout_ms, "close connections silent this long");
   app.add_option("--max-fds-in-flight", f.max_fds_in_flight, "per connection: descriptors sent and not read");
+  app.add_option("--metrics-listen", f.metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); \"\" for none");
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical, off");
   app.add_option("--log-format", f.log_format, "auto (journal when stderr is the journal, else text), text, json or journal");
   app.add_flag("--print-default-config", f.print_default, "print the embedded config and exit");

@@ -36,6 +36,12 @@ RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, Handler
 }
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
+  Result<uint64_t> id = Admit(peer);
+  if (!id.ok() && options_.requests != nullptr) options_.requests->RefusedConnection(id.status());
+  return id;
+}
+
+Result<uint64_t> RequestHandler::Admit(const PeerCredentials& peer) {
   if (peer.unmapped) {
     return PermissionDenied("the broker runs in a user namespace and sees your uid as " +
                             std::to_string(peer.uid) +
@@ -87,7 +93,12 @@ Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> mess
     spdlog::warn("client {}: rejected message: {}", client_id, frame.status().message());
     return Reply{wire::EncodeError(request_id, frame.status()), UniqueFd(), false};
   }
+  const auto started = std::chrono::steady_clock::now();
   Result<Reply> reply = Dispatch(*client, *frame);
+  if (options_.requests != nullptr) {
+    options_.requests->Answered(static_cast<uint16_t>(frame->type), reply.status(),
+                                std::chrono::steady_clock::now() - started);
+  }
   if (!reply.ok()) {
     spdlog::debug("client {}: {} failed: {}", client_id,
                   wire::TypeName(static_cast<uint16_t>(frame->type)), reply.status().ToString());

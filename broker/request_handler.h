@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -54,12 +55,22 @@ struct SlotSpec {
   uint32_t pool_tag = 0;  // configured pools only: PoolTag of their settings
 };
 
+// Told of every request the handler answers and every connection it refuses
+// (the metrics).
+class RequestObserver {
+ public:
+  virtual ~RequestObserver() = default;
+  virtual void Answered(uint16_t type, const Status& result, std::chrono::nanoseconds took) = 0;
+  virtual void RefusedConnection(const Status& why) = 0;
+};
+
 struct HandlerOptions {
   Limits limits;
   std::optional<gid_t> admin_group;
   bool root_is_admin = true;
   uint64_t started_ns = 0;
   AllocationObserver* observer = nullptr;
+  RequestObserver* requests = nullptr;
   // Re-reads and applies the configuration (the reload request, SIGHUP).
   std::function<Status()> reload;
 };
@@ -111,6 +122,7 @@ class RequestHandler {
   const LeaseTable& leases() const { return table_; }
 
  private:
+  Result<uint64_t> Admit(const PeerCredentials& peer);
   struct Request {
     ClientEntry& client;
     uint32_t id;

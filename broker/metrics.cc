@@ -1,0 +1,178 @@
+#include "broker/metrics.h"
+
+#include <map>
+#include <tuple>
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "common/wire.h"
+
+namespace gpubroker {
+
+struct Metrics::Families {
+  explicit Families(prometheus::Registry& r)
+      : requests(prometheus::BuildCounter()
+                     .Name("gpubroker_requests_total")
+                     .Help("Requests answered, by message type and outcome (ok or the error code)")
+                     .Register(r)),
+        refusals(prometheus::BuildCounter()
+                     .Name("gpubroker_refusals_total")
+                     .Help("Requests and connections refused, by reason: permission, quota (per-uid caps), "
+                           "limit (other caps, memory), draining, connection (another reason at connect)")
+                     .Register(r)),
+        attaches(prometheus::BuildCounter().Name("gpubroker_attaches_total").Help("Attaches granted").Register(r)
+                     .Add({})),
+        detaches(prometheus::BuildCounter().Name("gpubroker_detaches_total").Help("Detaches").Register(r).Add({})),
+        attach_seconds(prometheus::BuildHistogram()
+                           .Name("gpubroker_attach_duration_seconds")
+                           .Help("Time the broker takes to answer an attach (check, share the handle), "
+                                 "excluding the socket")
+                           .Register(r)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4,
+                                                                             2e-4, 5e-4, 1e-3, 5e-3, 2e-2})),
+        bytes(prometheus::BuildGauge()
+                  .Name("gpubroker_allocated_bytes")
+                  .Help("Bytes allocated, by backend and device (cpu or the GPU's UUID)")
+                  .Register(r)),
+        allocations(prometheus::BuildGauge()
+                        .Name("gpubroker_allocations")
+                        .Help("Allocations, by backend and device")
+                        .Register(r)),
+        slots(prometheus::BuildGauge().Name("gpubroker_slots").Help("Live slots").Register(r).Add({})),
+        clients(prometheus::BuildGauge().Name("gpubroker_clients").Help("Connected clients").Register(r).Add({})),
+        leases(prometheus::BuildGauge().Name("gpubroker_leases").Help("Leases held by clients").Register(r).Add({})),
+        draining(prometheus::BuildGauge()
+                     .Name("gpubroker_draining")
+                     .Help("1 while the broker refuses new creates and attaches")
+                     .Register(r)
+                     .Add({})),
+        start_time(prometheus::BuildGauge()
+                       .Name("gpubroker_start_time_seconds")
+                       .Help("When this broker process started, in seconds since the epoch")
+                       .Register(r)
+                       .Add({})),
+        uptime(prometheus::BuildGauge()
+                   .Name("gpubroker_uptime_seconds")
+                   .Help("Seconds since this broker process started")
+                   .Register(r)
+                   .Add({})),
+        adopted(prometheus::BuildGauge()
+                    .Name("gpubroker_warm_restart_adopted_slots")
+                    .Help("Slots this broker took over from the previous one at a warm restart")
+                    .Register(r)
+                    .Add({})),
+        info(prometheus::BuildGauge().Name("gpubroker_info").Help("1, labelled with the broker's version").Register(r)) {}
+
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Counter>& refusals;
+  prometheus::Counter& attaches;
+  prometheus::Counter& detaches;
+  prometheus::Histogram& attach_seconds;
+  prometheus::Family<prometheus::Gauge>& bytes;
+  prometheus::Family<prometheus::Gauge>& allocations;
+  prometheus::Gauge& slots;
+  prometheus::Gauge& clients;
+  prometheus::Gauge& leases;
+  prometheus::Gauge& draining;
+  prometheus::Gauge& start_time;
+  prometheus::Gauge& uptime;
+  prometheus::Gauge& adopted;
+  prometheus::Family<prometheus::Gauge>& info;
+  // Every (backend, device) seen: set to 0, not dropped, when its last allocation goes.
+  std::map<std::pair<std::string, std::string>, std::pair<prometheus::Gauge*, prometheus::Gauge*>> by_device;
+};
+
+std::string_view RefusalReason(const Status& s) {
+  switch (s.code()) {
+    case Code::kPermissionDenied: return "permission";
+    case Code::kResourceExhausted:
+      return s.message().find("_per_uid") != std::string::npos ? "quota" : "limit";
+    case Code::kUnavailable: return "draining";
+    default: return {};  // a mistake or a missing name, not a refusal
+  }
+}
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()), f_(std::make_unique<Families>(*registry_)) {}
+Metrics::~Metrics() = default;
+
+Result<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen, std::string_view version,
+                                                uint64_t started_ns) {
+  std::unique_ptr<Metrics> m(new Metrics());
+  m->started_ns_ = started_ns;
+  m->f_->info.Add({{"version", std::string(version)}}).Set(1);
+  m->f_->start_time.Set(static_cast<double>(started_ns) / 1e9);
+  try {
+    m->exposer_ = std::make_unique<prometheus::Exposer>(listen, 1);
+  } catch (const std::exception& e) {
+    return Status(Code::kIo, "metrics: cannot listen at " + listen + ": " + e.what());
+  }
+  m->exposer_->RegisterCollectable(m->registry_);
+  return m;
+}
+
+int Metrics::port() const {
+  auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void Metrics::Answered(uint16_t type, const Status& result, std::chrono::nanoseconds took) {
+  const bool ok = result.ok();
+  f_->requests.Add({{"type", wire::TypeName(type)}, {"outcome", ok ? "ok" : std::string(CodeName(result.code()))}})
+      .Increment();
+  if (!ok && !RefusalReason(result).empty()) {
+    f_->refusals.Add({{"reason", std::string(RefusalReason(result))}}).Increment();
+  }
+  if (ok && type == static_cast<uint16_t>(wire::MsgType::kAttach)) {
+    f_->attaches.Increment();
+    f_->attach_seconds.Observe(std::chrono::duration<double>(took).count());
+  }
+  if (ok && type == static_cast<uint16_t>(wire::MsgType::kDetach)) f_->detaches.Increment();
+}
+
+void Metrics::RefusedConnection(const Status& why) {
+  std::string_view reason = RefusalReason(why);
+  f_->refusals.Add({{"reason", reason.empty() ? "connection" : std::string(reason)}}).Increment();
+}
+
+void Metrics::Update(const RequestHandler& handler, size_t slots, bool draining) {
+  const LeaseTable& t = handler.leases();
+  f_->slots.Set(static_cast<double>(slots));
+  f_->clients.Set(static_cast<double>(t.clients().size()));
+  f_->leases.Set(static_cast<double>(t.total_leases()));
+  f_->draining.Set(draining ? 1 : 0);
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  f_->uptime.Set(static_cast<double>(now.tv_sec) + now.tv_nsec / 1e9 - static_cast<double>(started_ns_) / 1e9);
+  std::map<std::pair<std::string, std::string>, std::pair<double, double>> totals;  // bytes, count
+  for (const auto& [id, a] : t.allocations()) {
+    Device d = a.memory ? a.memory->device() : Device{};
+    std::string device = d.type == Device::kCpu ? "cpu" : FormatUuid(d.uuid);
+    auto& [bytes, count] = totals[{std::string(BackendName(a.backend)), device}];
+    bytes += static_cast<double>(a.memory ? a.memory->size() : a.bytes);
+    count += 1;
+  }
+  for (auto& [key, gauges] : f_->by_device) {
+    if (!totals.count(key)) {
+      gauges.first->Set(0);
+      gauges.second->Set(0);
+    }
+  }
+  for (const auto& [key, value] : totals) {
+    auto it = f_->by_device.find(key);
+    if (it == f_->by_device.end()) {
+      prometheus::Labels labels{{"backend", key.first}, {"device", key.second}};
+      it = f_->by_device.emplace(key, std::make_pair(&f_->bytes.Add(labels), &f_->allocations.Add(labels))).first;
+    }
+    it->second.first->Set(value.first);
+    it->second.second->Set(value.second);
+  }
+}
+
+void Metrics::Adopted(size_t slots) { f_->adopted.Set(static_cast<double>(slots)); }
+
+}  // namespace gpubroker

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""The Prometheus endpoint, scraped with a real HTTP client (urllib) while a
+workload of separate client processes runs, and checked against
+`gpubrokerctl status --json`: slot, client, lease, allocation and byte gauges;
+attach and detach counters and the attach-latency histogram, exactly; and,
+as root, refusals by reason (permission, quota) from another uid.
+
+    tests/integration/metrics_test.py BUILD_DIR
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+BUILD = os.path.abspath(sys.argv[1])
+SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CTL = os.path.join(BUILD, "client", "gpubrokerctl")
+ENV = {**os.environ, "GPUBROKER_LIBRARY": os.path.join(BUILD, "client", "libgpubroker.so"),
+       "PYTHONPATH": os.path.join(SOURCE, "python")}
+PYTHON = "/usr/bin/python3"
+failures = []
+
+
+def check(what, condition, detail=""):
+    print(f"{'PASS' if condition else 'FAIL'}: {what}" + ("" if condition else f" ({detail})"))
+    if not condition:
+        failures.append(what)
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if m:
+            values[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return values
+
+
+def status(sock):
+    return json.loads(subprocess.run([CTL, "-s", sock, "status", "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
+# A client process: `rounds` times, makes a fresh host slot, attaches it in a
+# second connection (a message to the broker each time: nothing is mapped
+# yet), writes, releases; then holds its connection until stdin closes.
+WORKER = r"""
+import os, sys, numpy, gpubroker
+rounds, tag = int(sys.argv[1]), sys.argv[2]
+maker, user = gpubroker.connect(), gpubroker.connect()
+for i in range(rounds):
+    name = f"w/{tag}/{i}"
+    maker.create(name, (4096,), "uint8", mode=0o600, attach=False)
+    with user.attach(name) as v:
+        numpy.asarray(v)[...] = numpy.frombuffer(os.urandom(4096), dtype=numpy.uint8)
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="gpb-metrics-")
+    os.chmod(tmp, 0o755)
+    sock = os.path.join(tmp, "gpubroker.sock")
+    log = open(os.path.join(tmp, "log"), "w+")
+    broker = subprocess.Popen([os.path.join(BUILD, "broker", "gpubrokerd"), "--socket", sock, "--default-backend",
+                               "host", "--metrics-listen", "127.0.0.1:0", "--max-bytes-per-uid", "1MiB"],
+                              stderr=log)
+    try:
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline and broker.poll() is None:
+            log.seek(0)
+            m = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", log.read())
+            port = int(m.group(1)) if m else None
+            time.sleep(0.02)  # polling for the log line, not a delay
+        check("the broker says where its metrics are", port is not None)
+        if port is None:
+            return
+        rounds, workers = 25, 4
+        procs = [subprocess.Popen([PYTHON, "-c", WORKER, str(rounds), str(k)], env={**ENV, "GPUBROKER_SOCKET": sock},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in range(workers)]
+        finished = [threading.Event() for _ in procs]
+        said = [None] * len(procs)
+
+        def wait_for(k):
+            said[k] = procs[k].stdout.readline().strip()
+            finished[k].set()
+        for k in range(len(procs)):
+            threading.Thread(target=wait_for, args=(k,), daemon=True).start()
+        scrapes = 0
+        while not all(e.is_set() for e in finished):
+            scrape(port)  # while the workload runs: every scrape must answer
+            scrapes += 1
+        check("every worker finished its rounds", said == ["done"] * workers, said)
+        check("scraped while the workload ran", scrapes >= 1, scrapes)
+        print(f"   ({scrapes} scrapes during the workload)")
+
+        refusals = {}
+        if os.geteuid() == 0:
+            as_other = ["setpriv", "--reuid=1234", "--regid=1234", "--clear-groups"]
+            r = subprocess.run(as_other + [PYTHON, "-c", "import gpubroker; gpubroker.connect().attach('w/0/0')"],
+                               env={**ENV, "GPUBROKER_SOCKET": sock}, capture_output=True, text=True)
+            check("another uid is refused a 0600 slot", "permission_denied" in r.stderr, r.stderr[-300:])
+            r = subprocess.run(as_other + [CTL, "-s", sock, "create", "big", "--bytes", "2MiB"], capture_output=True,
+                               text=True)
+            check("another uid is refused past its byte quota", "max_bytes_per_uid" in r.stderr, r.stderr)
+            refusals = {"permission": 1, "quota": 1}
+
+        # Gauges follow at the broker's next tick: poll until they agree.
+        deadline = time.monotonic() + 20
+        while True:
+            s, m = status(sock), scrape(port)
+            gauges = {"slots": m.get("gpubroker_slots"), "leases": m.get("gpubroker_leases"),
+                      "allocations": m.get('gpubroker_allocations{backend="host",device="cpu"}'),
+                      "bytes_host": m.get('gpubroker_allocated_bytes{backend="host",device="cpu"}'),
+                      "clients": m.get("gpubroker_clients")}
+            want = {"slots": s["slots"], "leases": s["leases"], "allocations": s["allocations"],
+                    "bytes_host": s["bytes_host"], "clients": s["clients"] - 1}  # status's own connection
+            if gauges == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # polling for the next tick, not a delay
+        check("gauges agree with status --json", gauges == want, f"{gauges} vs {want}")
+        check("the workload's slots are all there", s["slots"] == rounds * workers, s)
+        check("every worker's two connections are counted", gauges["clients"] == 2 * workers, gauges)
+        attaches = rounds * workers
+        check("gpubroker_attaches_total counts every attach", m.get("gpubroker_attaches_total") == attaches,
+              m.get("gpubroker_attaches_total"))
+        check("gpubroker_detaches_total counts every release", m.get("gpubroker_detaches_total") == attaches,
+              m.get("gpubroker_detaches_total"))
+        check("the attach histogram has one sample per attach",
+              m.get("gpubroker_attach_duration_seconds_count") == attaches and
+              m.get('gpubroker_attach_duration_seconds_bucket{le="+Inf"}') == attaches)
+        check("creates counted by outcome", m.get('gpubroker_requests_total{outcome="ok",type="create"}') == attaches)
+        for reason, n in refusals.items():
+            check(f"refusals by reason: {reason}", m.get(f'gpubroker_refusals_total{{reason="{reason}"}}') == n,
+                  m.get(f'gpubroker_refusals_total{{reason="{reason}"}}'))
+        check("uptime and start time", m.get("gpubroker_uptime_seconds", -1) >= 0 and
+              abs(m.get("gpubroker_start_time_seconds", 0) - s["started_ns"] / 1e9) < 1)
+        subprocess.run([CTL, "-s", sock, "drain"], check=True)
+        deadline = time.monotonic() + 20
+        while scrape(port).get("gpubroker_draining") != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check("gpubroker_draining follows drain", scrape(port).get("gpubroker_draining") == 1)
+        for p in procs:
+            p.stdin.close()
+            p.wait()
+    finally:
+        broker.terminate()
+        broker.wait()
+    print(f"{len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
