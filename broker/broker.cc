@@ -77,6 +77,7 @@ class Broker final : public AllocationObserver {
     if (!config_.admin_group.empty()) {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }
+    ho.devices = VisibleCudaDevices();
     StartMetrics(ho.started_ns);
     ho.requests = metrics_.get();
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);

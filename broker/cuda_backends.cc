@@ -259,6 +259,16 @@ class CudaIpcBackend final : public Backend {
 
 }  // namespace
 
+std::vector<DeviceUuid> VisibleCudaDevices() {
+  std::vector<DeviceUuid> out;
+  auto d = CudaDriver::Get();
+  if (!d.ok()) return out;
+  for (int i = 0; i < (*d)->device_count(); ++i) {
+    if (auto u = (*d)->UuidOf(i); u.ok()) out.push_back(*u);
+  }
+  return out;
+}
+
 bool AddCudaBackends(BackendSet& backends, const CudaLimits& limits) {
   auto driver = CudaDriver::Get();
   if (!driver.ok()) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "broker/backend.h"
 
@@ -17,5 +18,8 @@ struct CudaLimits {
 // otherwise disables them with the reason, which requests for them then get.
 // Returns true if they were added.
 bool AddCudaBackends(BackendSet& backends, const CudaLimits& limits);
+
+// The CUDA devices this process sees, by ordinal; empty without a driver.
+std::vector<DeviceUuid> VisibleCudaDevices();
 
 }  // namespace gpubroker

@@ -9,4 +9,6 @@ bool AddCudaBackends(BackendSet& backends, const CudaLimits&) {
   return false;
 }
 
+std::vector<DeviceUuid> VisibleCudaDevices() { return {}; }
+
 }  // namespace gpubroker

@@ -141,6 +141,7 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
       return Call<wire::ShutdownRequest>(this, &RequestHandler::OnShutdown, r, f);
     case MsgType::kDrain: return Call<wire::DrainRequest>(this, &RequestHandler::OnDrain, r, f);
     case MsgType::kReload: return Call<wire::ReloadRequest>(this, &RequestHandler::OnReload, r, f);
+    case MsgType::kDevices: return Call<wire::DevicesRequest>(this, &RequestHandler::OnDevices, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -236,6 +237,25 @@ Result<Reply> RequestHandler::OnLeases(Request r, const wire::LeasesRequest& m) 
         rec.slot.set(lease.slot);
         emit(rec);
       }
+    }
+  });
+}
+
+// Any client may ask: a device's UUID is no secret, and a client comparing
+// them with its own (gpubrokerctl doctor) learns why a slot is not visible.
+Result<Reply> RequestHandler::OnDevices(Request r, const wire::DevicesRequest& m) {
+  std::map<DeviceUuid, uint64_t> used;
+  for (const auto& [id, a] : table_.allocations()) {
+    if (a.memory && a.memory->device().type == Device::kCuda) used[a.memory->device().uuid] += a.memory->size();
+  }
+  return Page<wire::DevicesReply, wire::DeviceRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
+    for (size_t i = 0; i < options_.devices.size(); ++i) {
+      wire::DeviceRecord rec{};
+      std::memcpy(rec.uuid, options_.devices[i].data(), sizeof rec.uuid);
+      rec.ordinal = static_cast<int32_t>(i);
+      auto it = used.find(options_.devices[i]);
+      rec.allocated_bytes = it == used.end() ? 0 : it->second;
+      emit(rec);
     }
   });
 }

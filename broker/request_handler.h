@@ -71,6 +71,7 @@ struct HandlerOptions {
   uint64_t started_ns = 0;
   AllocationObserver* observer = nullptr;
   RequestObserver* requests = nullptr;
+  std::vector<DeviceUuid> devices;  // the CUDA devices the broker sees, by its ordinal
   // Re-reads and applies the configuration (the reload request, SIGHUP).
   std::function<Status()> reload;
 };
@@ -138,6 +139,7 @@ class RequestHandler {
   Result<Reply> OnStat(Request r, const wire::StatRequest& m);
   Result<Reply> OnClients(Request r, const wire::ClientsRequest& m);
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
+  Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);

@@ -125,6 +125,12 @@ Status Validate(const StatRequest& m) {
 }
 
 Status Validate(const ListRequest& m) { return CheckPage(m.max_entries, MaxRecords<ListReply>()); }
+Status Validate(const DevicesRequest& m) { return CheckPage(m.max_entries, MaxRecords<DevicesReply>()); }
+Status Validate(const DevicesReply& m) { return CheckListHead(m); }
+Status ValidateRecord(const DeviceRecord& r) {
+  return r.ordinal >= 0 ? Status::Ok() : ProtocolError("device ordinal " + std::to_string(r.ordinal) + " is negative");
+}
+
 Status Validate(const ClientsRequest& m) {
   return CheckPage(m.max_entries, MaxRecords<ClientsReply>());
 }
@@ -192,6 +198,7 @@ std::string TypeName(uint16_t type) {
     case MsgType::kShutdown: return "shutdown";
     case MsgType::kDrain: return "drain";
     case MsgType::kReload: return "reload";
+    case MsgType::kDevices: return "devices";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

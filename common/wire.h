@@ -40,6 +40,7 @@ enum class MsgType : uint16_t {
   kShutdown = 11,
   kDrain = 12,
   kReload = 13,
+  kDevices = 14,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -174,6 +175,12 @@ struct ReloadRequest {
   uint64_t reserved;
 };
 
+struct DevicesRequest {
+  static constexpr MsgType kType = MsgType::kDevices;
+  uint32_t cursor;
+  uint32_t max_entries;
+};
+
 // ---- replies ---------------------------------------------------------------
 
 struct HelloReply {
@@ -298,6 +305,22 @@ struct ReloadReply {
   uint64_t reserved;
 };
 
+// A CUDA device the broker sees, in its own numbering.
+struct DeviceRecord {
+  uint8_t uuid[16];
+  int32_t ordinal;
+  uint32_t reserved;
+  uint64_t allocated_bytes;  // the broker's allocations on it
+};
+static_assert(sizeof(DeviceRecord) == 32);
+
+struct DevicesReply {
+  static constexpr MsgType kType = MsgType::kDevices;
+  using Record = DeviceRecord;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
 struct ErrorReply {
   static constexpr MsgType kType = MsgType::kError;
   uint16_t code;  // gpubroker::Code
@@ -370,6 +393,9 @@ Status Validate(const DestroyRequest& m);
 Status Validate(const StatRequest& m);
 Status Validate(const ListRequest& m);
 Status Validate(const ClientsRequest& m);
+Status Validate(const DevicesRequest& m);
+Status Validate(const DevicesReply& m);
+Status ValidateRecord(const DeviceRecord& r);
 Status Validate(const LeasesRequest& m);
 Status Validate(const StatusRequest& m);
 Status Validate(const ShutdownRequest& m);

@@ -52,6 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case MsgType::kList: Try<ListRequest>(f); TryList<ListReply>(f); break;
     case MsgType::kStat: Try<StatRequest>(f); Try<SlotReply>(f); break;
     case MsgType::kClients: Try<ClientsRequest>(f); TryList<ClientsReply>(f); break;
+    case MsgType::kDevices: Try<DevicesRequest>(f); TryList<DevicesReply>(f); break;
     case MsgType::kLeases: Try<LeasesRequest>(f); TryList<LeasesReply>(f); break;
     case MsgType::kStatus: Try<StatusRequest>(f); Try<StatusReply>(f); break;
     case MsgType::kShutdown: Try<ShutdownRequest>(f); Try<ShutdownReply>(f); break;

@@ -192,6 +192,11 @@ class Doctor {
   }
 
   void Slots(Client& c) {
+    if (auto devices = c.Devices(); devices.ok()) {
+      broker_devices_ = std::move(devices).value();
+    } else {
+      Add("cuda", Verdict::kInfo, "the broker does not list its GPUs (" + devices.status().message() + ")");
+    }
     auto slots = c.ListRegistry();
     if (!slots.ok()) {
       Add("registry", Verdict::kFail, slots.status().ToString(),
@@ -223,10 +228,18 @@ class Doctor {
     const std::string visible = Env("CUDA_VISIBLE_DEVICES");
     const std::string where = visible.empty() ? "" : " (CUDA_VISIBLE_DEVICES=" + visible + ")";
 #if GPUBROKER_HAVE_CUDA
+    std::string theirs;
+    for (const auto& d : broker_devices_) {
+      theirs += (theirs.empty() ? "" : ", ") + std::string("cuda:") + std::to_string(d.broker_ordinal) + " " +
+                FormatUuid(d.uuid);
+    }
+    Add("cuda", Verdict::kInfo, broker_devices_.empty() ? "the broker sees no GPU: it serves host memory"
+                                                         : "the broker sees " + theirs);
     auto driver = CudaDriver::Get();
     if (!driver.ok()) {
-      Add("cuda", gpu_slots_.empty() ? Verdict::kInfo : Verdict::kFail, driver.status().message(),
-          gpu_slots_.empty() ? "" : "GPU slots need the NVIDIA driver in this process (in a container: the NVIDIA runtime)");
+      const bool needed = !gpu_slots_.empty() || !broker_devices_.empty();
+      Add("cuda", needed ? Verdict::kFail : Verdict::kInfo, driver.status().message(),
+          needed ? "GPU slots need the NVIDIA driver in this process (in a container: the NVIDIA runtime)" : "");
       return;
     }
     std::string uuids;
@@ -235,6 +248,14 @@ class Doctor {
     }
     Add("cuda", Verdict::kOk, "this process sees " + std::to_string((*driver)->device_count()) + " GPU(s)" + where +
                                   (uuids.empty() ? "" : ": " + uuids));
+    std::string hidden;
+    for (const auto& d : broker_devices_) {
+      if (!(*driver)->OrdinalOf(d.uuid).ok()) hidden += (hidden.empty() ? "" : ", ") + FormatUuid(d.uuid);
+    }
+    if (!hidden.empty()) {
+      Add("cuda", Verdict::kInfo, "GPUs the broker has that this process cannot see" + where + ": " + hidden,
+          "slots on them need that GPU visible here (a GPU this process sees may map them by peer access)");
+    }
     for (const auto& [uuid, names] : gpu_slots_) {
       if ((*driver)->ParseDevice(uuid).ok()) continue;
       Add("cuda", Verdict::kWarn,
@@ -313,6 +334,7 @@ class Doctor {
   bool from_flag_;
   pid_t broker_pid_here_ = 0;
   std::map<std::string, std::vector<std::string>> gpu_slots_;  // device UUID -> slot names
+  std::vector<BrokerDevice> broker_devices_;
   std::vector<Finding> findings_;
 };
 

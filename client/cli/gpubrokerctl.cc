@@ -102,12 +102,19 @@ int Show(Client& c, const std::string& name, bool json) {
 int StatusCmd(Client& c, bool json) {
   auto b = c.Info();
   if (!b.ok()) return Report(b.status());
+  auto devices = c.Devices();
+  if (!devices.ok()) return Report(devices.status());
   if (json) {
     nlohmann::json o = {{"pid", b->pid}, {"version", b->version}, {"state", b->state},
                         {"registry", b->registry_name}, {"capacity", b->capacity}, {"max_slots", b->max_slots},
                         {"slots", b->slots}, {"allocations", b->allocations}, {"clients", b->clients},
                         {"leases", b->leases}, {"bytes_host", b->bytes_host}, {"bytes_device", b->bytes_device},
                         {"started_ns", b->started_ns}};
+    o["devices"] = nlohmann::json::array();
+    for (const auto& d : *devices) {
+      o["devices"].push_back({{"uuid", FormatUuid(d.uuid)}, {"broker_ordinal", d.broker_ordinal},
+                              {"allocated_bytes", d.allocated_bytes}});
+    }
     std::cout << o.dump() << "\n";
   } else {
     std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": " << b->state << "\n"
@@ -117,6 +124,11 @@ int StatusCmd(Client& c, bool json) {
               << "allocations:  " << b->allocations << " (" << HumanBytes(b->bytes_host) << " host, "
               << HumanBytes(b->bytes_device) << " device)\n"
               << "clients:      " << b->clients << " holding " << b->leases << " leases\n";
+    std::cout << "devices:      " << (devices->empty() ? "none (host memory only)" : "") << "\n";
+    for (const auto& d : *devices) {
+      std::cout << "  cuda:" << d.broker_ordinal << " " << FormatUuid(d.uuid) << "  " << HumanBytes(d.allocated_bytes)
+                << " allocated\n";
+    }
   }
   // Scripts and probes read the status: only a broker taking new work is OK.
   if (b->state != "running") {

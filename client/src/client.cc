@@ -242,6 +242,19 @@ Result<std::vector<LeaseInfo>> Client::Leases() {
   return out;
 }
 
+Result<std::vector<BrokerDevice>> Client::Devices() {
+  GPB_ASSIGN_OR_RETURN(auto records, core_->channel->CallList<wire::DevicesReply>(wire::DevicesRequest{}));
+  std::vector<BrokerDevice> out;
+  for (const auto& r : records) {
+    BrokerDevice d;
+    std::memcpy(d.uuid.data(), r.uuid, d.uuid.size());
+    d.broker_ordinal = r.ordinal;
+    d.allocated_bytes = r.allocated_bytes;
+    out.push_back(d);
+  }
+  return out;
+}
+
 Status Client::Drain(bool on) {
   return core_->channel->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
 }

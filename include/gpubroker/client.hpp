@@ -123,6 +123,13 @@ struct ClientInfo {
   uint64_t connected_ns = 0;
 };
 
+// A CUDA device the broker sees.
+struct BrokerDevice {
+  DeviceUuid uuid{};
+  int32_t broker_ordinal = 0;  // in the broker's numbering
+  uint64_t allocated_bytes = 0;
+};
+
 struct LeaseInfo {
   uint64_t client_id = 0;
   uint64_t allocation_id = 0;
@@ -157,6 +164,8 @@ class Client {
   Result<std::vector<SlotInfo>> ListRegistry();
 
   Result<BrokerInfo> Info();
+  // The CUDA devices the broker sees (none for a broker without a GPU).
+  Result<std::vector<BrokerDevice>> Devices();
   // Admin only (root or the admin group).
   Result<std::vector<ClientInfo>> Clients();
   Result<std::vector<LeaseInfo>> Leases();

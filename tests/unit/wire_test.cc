@@ -78,6 +78,7 @@ TEST(Wire, EveryRequestRoundTrips) {
   RoundTrip(ListRequest{3, 10});
   RoundTrip(ClientsRequest{0, 5});
   RoundTrip(LeasesRequest{0, 5});
+  RoundTrip(DevicesRequest{0, 5});
   RoundTrip(StatusRequest{});
   RoundTrip(ShutdownRequest{});
 }
@@ -147,6 +148,19 @@ TEST(Wire, ListRepliesRoundTripWithRecords) {
   auto cl = DecodeList<ClientsReply>(ParseFrame(cb)->payload);
   ASSERT_TRUE(cl.ok());
   EXPECT_EQ(cl->records[0].client_id, 5u);
+
+  std::vector<DeviceRecord> devices(2);
+  devices[1].ordinal = 1;
+  devices[1].uuid[0] = 0xab;
+  devices[1].allocated_bytes = 1 << 21;
+  auto db = EncodeListReply(1, DevicesReply{2, kEndCursor}, std::span<const DeviceRecord>(devices));
+  auto dl = DecodeList<DevicesReply>(ParseFrame(db)->payload);
+  ASSERT_TRUE(dl.ok()) << dl.status().ToString();
+  EXPECT_EQ(dl->records[1].uuid[0], 0xab);
+  EXPECT_EQ(dl->records[1].allocated_bytes, 1u << 21);
+  devices[1].ordinal = -1;  // a negative ordinal is refused
+  auto bad = EncodeListReply(1, DevicesReply{2, kEndCursor}, std::span<const DeviceRecord>(devices));
+  EXPECT_FALSE(DecodeList<DevicesReply>(ParseFrame(bad)->payload).ok());
 
   std::vector<LeaseRecord> leases(1);
   leases[0].count = 2;
