@@ -90,7 +90,11 @@ class Broker final : public AllocationObserver {
     }
     // A pool that cannot be made fails a cold start; after a warm restart the
     // adopted buffers matter more: serve them, each failed pool logged.
-    if (Status pools = handler_->SyncPools(config_.pools); !pools.ok() && !adopting) return pools;
+    if (Status pools = handler_->SyncPools(config_.pools); !pools.ok()) {
+      if (!adopting) return pools;
+      handler_->SetDegraded("pools", true);
+    }
+    handler_->SetDegraded("metrics", !config_.metrics_listen.empty() && !metrics_);
 
     boost::asio::io_context io;
     Server::Hooks hooks;
@@ -196,6 +200,7 @@ class Broker final : public AllocationObserver {
     config_.log_format = fresh.log_format;
     Status pools = handler_->SyncPools(fresh.pools);
     config_.pools = fresh.pools;
+    handler_->SetDegraded("pools", !pools.ok());
     if (!pools.ok()) {
       return pools.Annotate("configuration applied except a pool that could not be created");
     }
@@ -209,7 +214,7 @@ class Broker final : public AllocationObserver {
     if (config_.metrics_listen.empty()) return;
     auto m = Metrics::Start(config_.metrics_listen, kGpubrokerVersion, started_ns);
     if (!m.ok()) {
-      spdlog::error("{}; serving without metrics", m.status().message());
+      spdlog::error("{}; serving without metrics (status: degraded)", m.status().message());
       return;
     }
     metrics_ = std::move(m).value();

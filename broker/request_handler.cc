@@ -267,7 +267,10 @@ Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
   s.bytes_host = table_.BytesOn(Device::kCpu);
   s.bytes_device = table_.BytesOn(Device::kCuda);
   s.broker_pid = ::getpid();
-  s.state = stopping_ ? wire::kStateStopping : draining_ ? wire::kStateDraining : wire::kStateRunning;
+  s.state = stopping_   ? wire::kStateStopping
+            : draining_ ? wire::kStateDraining
+            : degraded() ? wire::kStateDegraded
+                         : wire::kStateRunning;
   s.capacity = registry_.capacity();
   s.max_slots = options_.limits.max_slots;
   s.slots = registry_.live();

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -119,6 +120,13 @@ class RequestHandler {
   void SetStopping() { stopping_ = true; }
   void SetDraining(bool on) { draining_ = on; }
   bool draining() const { return draining_; }
+  // What of the configuration is not in effect, by part ("pools",
+  // "metrics"); status reports "degraded" while any is.
+  void SetDegraded(const std::string& part, bool on) {
+    if (on) degraded_.insert(part);
+    else degraded_.erase(part);
+  }
+  bool degraded() const { return !degraded_.empty(); }
   bool shutdown_requested() const { return shutdown_requested_; }
   const LeaseTable& leases() const { return table_; }
 
@@ -177,6 +185,7 @@ class RequestHandler {
   uint64_t last_client_id_ = 0;
   bool stopping_ = false;
   bool draining_ = false;
+  std::set<std::string> degraded_;
   bool shutdown_requested_ = false;
   std::map<std::string, PoolConfig> pools_;  // by name, as last applied
 };

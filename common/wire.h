@@ -269,7 +269,9 @@ struct LeasesReply {
   uint32_t next_cursor;
 };
 
-enum BrokerState : uint32_t { kStateRunning = 1, kStateStopping = 2, kStateDraining = 3 };
+// Degraded: serving, but part of the configuration is not in effect (a pool
+// that could not be made, a metrics address that could not be bound).
+enum BrokerState : uint32_t { kStateRunning = 1, kStateStopping = 2, kStateDraining = 3, kStateDegraded = 4 };
 
 struct StatusReply {
   static constexpr MsgType kType = MsgType::kStatus;

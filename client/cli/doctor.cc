@@ -186,7 +186,10 @@ class Doctor {
     if (info.ok()) {
       Add("hello", info->state == "running" ? Verdict::kOk : Verdict::kWarn,
           "gpubrokerd " + info->version + ", " + info->state,
-          info->state == "running" ? "" : "it refuses new creates and attaches until `gpubrokerctl drain --off`");
+          info->state == "running"    ? ""
+          : info->state == "degraded" ? "part of its configuration (a pool, the metrics endpoint) is not in effect: "
+                                        "its log says which (journalctl -u gpubroker -p warning)"
+                                      : "it refuses new creates and attaches until `gpubrokerctl drain --off`");
     }
     return std::move(c).value();
   }

@@ -131,6 +131,11 @@ int StatusCmd(Client& c, bool json) {
     }
   }
   // Scripts and probes read the status: only a broker taking new work is OK.
+  if (b->state == "degraded") {
+    std::cerr << "gpubrokerctl: the broker is degraded: part of its configuration is not in effect (a pool, or "
+                 "the metrics endpoint); its log says which\n";
+    return kExitNotServing;
+  }
   if (b->state != "running") {
     std::cerr << "gpubrokerctl: the broker is " << b->state << ": it refuses new creates and attaches\n";
     return kExitNotServing;
@@ -324,7 +329,7 @@ int main(int argc, char** argv) {
   OutputFlags out;
   app.add_option("-s,--socket", socket, "broker control socket ($GPUBROKER_SOCKET)");
 
-  auto* status = app.add_subcommand("status", "broker health and totals; exit 9 while draining or stopping");
+  auto* status = app.add_subcommand("status", "broker health and totals; exit 9 while draining, stopping or degraded");
   status->add_flag("--json", json, "machine-readable output");
   auto* ls = app.add_subcommand("ls", "list slots, all or those under a prefix");
   std::string prefix;
@@ -371,7 +376,7 @@ int main(int argc, char** argv) {
   app.footer(
       "Exit status: 0 success, 1 another error, 2 usage, 3 broker unavailable, 4 no such slot, 5 permission "
       "denied, 6 name exists, 7 a limit or memory exhausted, 8 invalid argument, 9 (status) the broker is "
-      "draining or stopping.\nThe socket: --socket, else $GPUBROKER_SOCKET, else your own broker's "
+      "draining, stopping or degraded.\nThe socket: --socket, else $GPUBROKER_SOCKET, else your own broker's "
       "($XDG_RUNTIME_DIR/gpubroker/gpubroker.sock) if it runs, else /run/gpubroker/gpubroker.sock.");
 
   try {

@@ -207,7 +207,10 @@ Result<BrokerInfo> Client::Info() {
   b.version = std::string(s.broker_version.view());
   b.registry_name = std::string(s.registry_name.view());
   b.stopping = s.state == wire::kStateStopping;
-  b.state = s.state == wire::kStateStopping ? "stopping" : s.state == wire::kStateDraining ? "draining" : "running";
+  b.state = s.state == wire::kStateStopping   ? "stopping"
+            : s.state == wire::kStateDraining ? "draining"
+            : s.state == wire::kStateDegraded ? "degraded"
+                                              : "running";
   b.boot_generation = s.boot_generation;
   b.started_ns = s.started_ns;
   b.capacity = s.capacity;

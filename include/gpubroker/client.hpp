@@ -99,7 +99,7 @@ struct BrokerInfo {
   std::string version;
   std::string registry_name;
   bool stopping = false;
-  std::string state;  // "running", "draining" or "stopping"
+  std::string state;  // "running", "draining", "degraded" (part of its configuration is not in effect) or "stopping"
   uint64_t boot_generation = 0;
   uint64_t started_ns = 0;
   uint32_t capacity = 0;

@@ -153,6 +153,27 @@ def main():
         for p in procs:
             p.stdin.close()
             p.wait()
+
+        # A second broker told to serve metrics where the first one does: it
+        # serves without them, says so, and reports itself degraded.
+        sock2 = os.path.join(tmp, "second.sock")
+        log2 = open(os.path.join(tmp, "log2"), "w+")
+        second = subprocess.Popen([os.path.join(BUILD, "broker", "gpubrokerd"), "--socket", sock2,
+                                   "--default-backend", "host", "--metrics-listen", f"127.0.0.1:{port}"], stderr=log2)
+        try:
+            deadline = time.monotonic() + 20
+            while subprocess.run([CTL, "-s", sock2, "ls"], capture_output=True).returncode != 0:
+                if second.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # polling until it answers
+            r = subprocess.run([CTL, "-s", sock2, "status"], capture_output=True, text=True)
+            check("a broker whose metrics address is taken still serves, and status says degraded (exit 9)",
+                  r.returncode == 9 and ": degraded" in r.stdout and "degraded" in r.stderr, (r.returncode, r.stdout, r.stderr))
+            log2.seek(0)
+            check("its log says why", "metrics: cannot listen at 127.0.0.1:" in log2.read())
+        finally:
+            second.terminate()
+            second.wait()
     finally:
         broker.terminate()
         broker.wait()
