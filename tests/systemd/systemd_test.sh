@@ -29,6 +29,8 @@ check "active after start" test "$(prop gpubroker.service ActiveState)" = active
 check "the socket answers at once (start waited for READY)" ctl status
 check "runs as gpubroker" test "$($C -x ps -o user= -p "$(prop gpubroker.service MainPID)")" = gpubroker
 check "the example config's pools exist" ctl show staging/input
+check "the example config's metrics are served on localhost" bash -c "$C -x python3 -c \"import urllib.request; \
+  t = urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode(); assert 'gpubroker_slots ' in t\""
 
 echo "== a client holds a view of random bytes"
 mkfifo "$share/cmd" "$share/out"
