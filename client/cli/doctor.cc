@@ -241,8 +241,10 @@ class Doctor {
     auto driver = CudaDriver::Get();
     if (!driver.ok()) {
       const bool needed = !gpu_slots_.empty() || !broker_devices_.empty();
-      Add("cuda", needed ? Verdict::kFail : Verdict::kInfo, driver.status().message(),
-          needed ? "GPU slots need the NVIDIA driver in this process (in a container: the NVIDIA runtime)" : "");
+      Add("cuda", needed ? Verdict::kFail : Verdict::kInfo, driver.status().message() + where,
+          needed ? "GPU slots need the NVIDIA driver and a visible GPU in this process (CUDA_VISIBLE_DEVICES; "
+                   "in a container, the NVIDIA runtime and a GPU request)"
+                 : "");
       return;
     }
     std::string uuids;

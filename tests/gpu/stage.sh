@@ -18,7 +18,7 @@ done
 cp -a build-gpu/client/libgpubroker.so* .device/build-gpu/client/
 # Shared libraries from Debian that the device image (Ubuntu) does not carry.
 ldd build-gpu/broker/gpubrokerd build-gpu/client/libgpubroker.so build-gpu/tests/gpu_backend_test \
-  build-gpu/bench/micro_bench | awk '/yaml-cpp|spdlog|fmt|benchmark/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
+  build-gpu/bench/micro_bench | awk '/yaml-cpp|spdlog|fmt|benchmark|prometheus|civetweb/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
 strip --strip-unneeded .device/build-gpu/broker/gpubrokerd $(ls .device/build-gpu/tests/* | grep -v gpu_backend_test) \
   .device/build-gpu/bench/* .device/build-gpu/client/gpubrokerctl 2>/dev/null || true
 echo "staged $(du -sh .device | cut -f1) in .device/ (source $(git rev-parse --short HEAD))"
