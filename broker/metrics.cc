@@ -35,6 +35,10 @@ struct Metrics::Families {
                            .Register(r)
                            .Add({}, prometheus::Histogram::BucketBoundaries{2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4,
                                                                              2e-4, 5e-4, 1e-3, 5e-3, 2e-2})),
+        request_seconds(prometheus::BuildHistogram()
+                            .Name("gpubroker_request_duration_seconds")
+                            .Help("Time the broker takes to answer a request, by message type, socket excluded")
+                            .Register(r)),
         bytes(prometheus::BuildGauge()
                   .Name("gpubroker_allocated_bytes")
                   .Help("Bytes allocated, by backend and device (cpu or the GPU's UUID)")
@@ -73,6 +77,7 @@ struct Metrics::Families {
   prometheus::Counter& attaches;
   prometheus::Counter& detaches;
   prometheus::Histogram& attach_seconds;
+  prometheus::Family<prometheus::Histogram>& request_seconds;
   prometheus::Family<prometheus::Gauge>& bytes;
   prometheus::Family<prometheus::Gauge>& allocations;
   prometheus::Gauge& slots;
@@ -127,6 +132,10 @@ void Metrics::Answered(uint16_t type, const Status& result, std::chrono::nanosec
   if (!ok && !RefusalReason(result).empty()) {
     f_->refusals.Add({{"reason", std::string(RefusalReason(result))}}).Increment();
   }
+  static const prometheus::Histogram::BucketBoundaries kBuckets{2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4,
+                                                                 2e-4, 5e-4, 1e-3, 5e-3, 2e-2};
+  f_->request_seconds.Add({{"type", wire::TypeName(type)}}, kBuckets)
+      .Observe(std::chrono::duration<double>(took).count());
   if (ok && type == static_cast<uint16_t>(wire::MsgType::kAttach)) {
     f_->attaches.Increment();
     f_->attach_seconds.Observe(std::chrono::duration<double>(took).count());

@@ -140,6 +140,8 @@ def main():
               m.get("gpubroker_attach_duration_seconds_count") == attaches and
               m.get('gpubroker_attach_duration_seconds_bucket{le="+Inf"}') == attaches)
         check("creates counted by outcome", m.get('gpubroker_requests_total{outcome="ok",type="create"}') == attaches)
+        check("every detach has a latency sample", m.get('gpubroker_request_duration_seconds_count{type="detach"}') ==
+              attaches, m.get('gpubroker_request_duration_seconds_count{type="detach"}'))
         for reason, n in refusals.items():
             check(f"refusals by reason: {reason}", m.get(f'gpubroker_refusals_total{{reason="{reason}"}}') == n,
                   m.get(f'gpubroker_refusals_total{{reason="{reason}"}}'))
