@@ -120,7 +120,12 @@ int main(int argc, char** argv) {
     std::cout << gpubroker::EmbeddedDefaultConfig();
     return 0;
   }
-  if (!f.check_config.empty()) {
+  const bool checking = app.count("--check-config") > 0;
+  if (checking && f.check_config.empty()) {
+    std::cerr << "gpubrokerd: --check-config needs a FILE\n";
+    return 2;
+  }
+  if (checking) {
     if (!f.config_file.empty() && f.config_file != f.check_config) {
       std::cerr << "gpubrokerd: --check-config FILE and --config name different files\n";
       return 2;
@@ -137,7 +142,7 @@ int main(int argc, char** argv) {
     std::cerr << "gpubrokerd: " << s.message() << "\n";
     return 2;
   }
-  if (!f.check_config.empty()) {
+  if (checking) {
     spdlog::set_level(spdlog::level::warn);  // the verdict, not the start-up chatter
     auto checked = gpubroker::CheckConfig(*config);
     if (!checked.ok()) {

@@ -127,14 +127,18 @@ int Metrics::port() const {
 
 void Metrics::Answered(uint16_t type, const Status& result, std::chrono::nanoseconds took) {
   const bool ok = result.ok();
-  f_->requests.Add({{"type", wire::TypeName(type)}, {"outcome", ok ? "ok" : std::string(CodeName(result.code()))}})
+  // Anyone may send any type number: unknown ones share one label, so a
+  // client cannot grow the metrics page.
+  std::string name = wire::TypeName(type);
+  if (name.rfind("type ", 0) == 0) name = "unknown";
+  f_->requests.Add({{"type", name}, {"outcome", ok ? "ok" : std::string(CodeName(result.code()))}})
       .Increment();
   if (!ok && !RefusalReason(result).empty()) {
     f_->refusals.Add({{"reason", std::string(RefusalReason(result))}}).Increment();
   }
   static const prometheus::Histogram::BucketBoundaries kBuckets{2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4,
                                                                  2e-4, 5e-4, 1e-3, 5e-3, 2e-2};
-  f_->request_seconds.Add({{"type", wire::TypeName(type)}}, kBuckets)
+  f_->request_seconds.Add({{"type", name}}, kBuckets)
       .Observe(std::chrono::duration<double>(took).count());
   if (ok && type == static_cast<uint16_t>(wire::MsgType::kAttach)) {
     f_->attaches.Increment();

@@ -8,7 +8,11 @@ import shutil
 
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
-from wheel.bdist_wheel import bdist_wheel
+
+try:  # setuptools >= 70.1 has its own; before that it comes with `wheel`
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:
+    from wheel.bdist_wheel import bdist_wheel
 
 
 class BuildPyWithLibrary(build_py):

@@ -19,9 +19,9 @@ ls "$prefix"/lib/libgpubroker.so.0 >/dev/null
 "$prefix/bin/gpubrokerctl" --help >/dev/null  # finds its library through the install RPATH
 # The man page has every command, from the program's own help; the completion
 # script is the program's own.
-for command in status ls show create rm clients drain reload shutdown completion; do
-  grep -q "^\.SS $command\$" "$prefix/share/man/man1/gpubrokerctl.1" || { echo "man page lacks $command"; exit 1; }
-done
+commands="status ls show create rm clients shutdown drain reload doctor completion"
+[ "$(grep '^\.SS [^"]' "$prefix/share/man/man1/gpubrokerctl.1" | cut -d' ' -f2 | tr '\n' ' ')" = "$commands " ] ||
+  { echo "man page sections differ from the commands: $(grep '^\.SS ' "$prefix/share/man/man1/gpubrokerctl.1")"; exit 1; }
 cmp -s "$prefix/share/bash-completion/completions/gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion bash) ||
   { echo "installed completion differs from the program's"; exit 1; }
 

@@ -79,7 +79,8 @@ bool InGroup(gid_t gid) {
   return std::find(groups.begin(), groups.end(), gid) != groups.end();
 }
 
-// The owner / group / other triplet, as the broker picks it (root aside).
+// The owner / group / other triplet, as the broker picks it; the broker may
+// grant more (administrators) or less (a view checks its allocation too).
 bool MayRead(const SlotInfo& s) {
   const uid_t me = ::geteuid();
   if (me == 0) return true;
@@ -176,10 +177,17 @@ class Doctor {
     o.socket_path = socket_;
     o.client_name = "gpubrokerctl-doctor";
     o.reconnect_timeout_ms = 0;
+    o.reply_timeout_ms = 5000;  // a stopped broker must not keep the doctor waiting
     auto c = Client::Connect(o);
     if (!c.ok()) {
+      const bool silent = c.status().message().find("no reply within the timeout") != std::string::npos ||
+                          c.status().message().find("timed out") != std::string::npos ||
+                          c.status().message().find("Resource temporarily unavailable") != std::string::npos;
       Add("hello", Verdict::kFail, c.status().ToString(),
-          "the broker refused this client: its message says why (a limit, draining, another protocol version)");
+          silent ? "the broker accepted the connection but did not answer within 5 s: it is stopped or stuck "
+                   "(systemctl status gpubroker; its watchdog restarts a stuck one)"
+                 : "the broker refused this client: its message says why (a limit, draining, another protocol "
+                   "version)");
       return std::nullopt;
     }
     auto info = c->Info();
@@ -240,7 +248,7 @@ class Doctor {
                                                          : "the broker sees " + theirs);
     auto driver = CudaDriver::Get();
     if (!driver.ok()) {
-      const bool needed = !gpu_slots_.empty() || !broker_devices_.empty();
+      const bool needed = !gpu_slots_.empty();  // a host-only consumer needs no GPU
       Add("cuda", needed ? Verdict::kFail : Verdict::kInfo, driver.status().message() + where,
           needed ? "GPU slots need the NVIDIA driver and a visible GPU in this process (CUDA_VISIBLE_DEVICES; "
                    "in a container, the NVIDIA runtime and a GPU request)"
@@ -269,7 +277,8 @@ class Doctor {
           "make that GPU visible to this process (CUDA_VISIBLE_DEVICES, or the container's GPU request)");
     }
 #else
-    Add("cuda", gpu_slots_.empty() ? Verdict::kInfo : Verdict::kFail, "this gpubrokerctl was built without CUDA",
+    Add("cuda", gpu_slots_.empty() ? Verdict::kInfo : Verdict::kWarn,
+        "this gpubrokerctl was built without CUDA: it cannot check this process's GPUs",
         gpu_slots_.empty() ? "" : "use a build with the CUDA toolkit to check GPU slots");
 #endif
   }
@@ -353,7 +362,7 @@ int RunDoctor(const std::string& socket, bool socket_from_flag, bool json) {
     for (const auto& f : findings) {
       out.push_back({{"check", f.check}, {"status", VerdictName(f.verdict)}, {"detail", f.detail}, {"advice", f.advice}});
     }
-    std::cout << out.dump() << "\n";
+    std::cout << JsonText(out) << "\n";
   } else {
     for (const auto& f : findings) {
       std::string tag = VerdictName(f.verdict);

@@ -88,7 +88,7 @@ int Show(Client& c, const std::string& name, bool json) {
   auto s = c.Stat(name);
   if (!s.ok()) return Report(s.status());
   if (json) {
-    std::cout << SlotJson(*s).dump() << "\n";
+    std::cout << JsonText(SlotJson(*s)) << "\n";
     return kExitOk;
   }
   for (const SlotField& f : SlotFields()) {
@@ -99,11 +99,11 @@ int Show(Client& c, const std::string& name, bool json) {
   return kExitOk;
 }
 
-int StatusCmd(Client& c, bool json) {
+int StatusCmd(Client& c, bool json, bool live) {
   auto b = c.Info();
   if (!b.ok()) return Report(b.status());
-  auto devices = c.Devices();
-  if (!devices.ok()) return Report(devices.status());
+  auto devices = c.Devices();  // a broker older than the message lists none
+  if (!devices.ok()) devices = std::vector<BrokerDevice>{};
   if (json) {
     nlohmann::json o = {{"pid", b->pid}, {"version", b->version}, {"state", b->state},
                         {"registry", b->registry_name}, {"capacity", b->capacity}, {"max_slots", b->max_slots},
@@ -115,7 +115,7 @@ int StatusCmd(Client& c, bool json) {
       o["devices"].push_back({{"uuid", FormatUuid(d.uuid)}, {"broker_ordinal", d.broker_ordinal},
                               {"allocated_bytes", d.allocated_bytes}});
     }
-    std::cout << o.dump() << "\n";
+    std::cout << JsonText(o) << "\n";
   } else {
     std::cout << "gpubrokerd " << b->version << " pid " << b->pid << ": " << b->state << "\n"
               << "started:      " << DateText(b->started_ns) << "\n"
@@ -130,7 +130,9 @@ int StatusCmd(Client& c, bool json) {
                 << " allocated\n";
     }
   }
-  // Scripts and probes read the status: only a broker taking new work is OK.
+  // Scripts and probes read the status: only a broker taking new work is OK;
+  // with --live (a liveness probe), any broker that answers is.
+  if (live) return kExitOk;
   if (b->state == "degraded") {
     std::cerr << "gpubrokerctl: the broker is degraded: part of its configuration is not in effect (a pool, or "
                  "the metrics endpoint); its log says which\n";
@@ -160,7 +162,7 @@ int Clients(Client& c, bool json) {
                      {"gid", k.gid}, {"leases", k.lease_count}, {"bytes_created", k.bytes_created},
                      {"connected_ns", k.connected_ns}, {"self", k.id == me}, {"slots", std::move(slots)}});
     }
-    std::cout << out.dump() << "\n";
+    std::cout << JsonText(out) << "\n";
     return kExitOk;
   }
   Table t({"ID", "NAME", "PID", "USER", "LEASES", "CREATED", "SINCE", "HOLDS"});
@@ -169,7 +171,7 @@ int Clients(Client& c, bool json) {
     for (const auto& l : *leases) {
       if (l.client_id == k.id) holds += (holds.empty() ? "" : ",") + l.slot;
     }
-    t.Add({std::to_string(k.id) + (k.id == me ? "*" : ""), k.name, std::to_string(k.pid), UserName(k.uid),
+    t.Add({std::to_string(k.id) + (k.id == me ? "*" : ""), Printable(k.name), std::to_string(k.pid), UserName(k.uid),
            std::to_string(k.lease_count), HumanBytes(k.bytes_created), DateText(k.connected_ns),
            holds.empty() ? "-" : holds});
   }
@@ -294,6 +296,7 @@ std::string BashCompletion(CLI::App& app) {
          "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
          "    case ${COMP_WORDS[i]} in\n"
          "      -s|--socket) socket=(--socket \"${COMP_WORDS[i+1]}\"); ((i++)) ;;\n"
+         "      --socket=*) socket=(\"${COMP_WORDS[i]}\") ;;\n"
          "      -*) ;;\n"
          "      *) cmd=${COMP_WORDS[i]}; break ;;\n"
          "    esac\n"
@@ -307,8 +310,10 @@ std::string BashCompletion(CLI::App& app) {
          "  esac\n"
          "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); return; fi\n"
          "  case $cmd in\n"
-         "    ls|show|rm) COMPREPLY=($(compgen -W \"$(gpubrokerctl \"${socket[@]}\" ls --format csv,noheader "
-         "--fields name 2>/dev/null)\" -- \"$cur\")) ;;\n"
+         "    ls|show|rm) local name; COMPREPLY=()\n"
+         "      # a stopped broker must not freeze the shell: two seconds at most\n"
+         "      while IFS= read -r name; do [[ $name == \"$cur\"* ]] && COMPREPLY+=(\"$name\"); done < <(timeout 2 \\\n"
+         "        gpubrokerctl \"${socket[@]}\" ls --format csv,noheader --fields name 2>/dev/null) ;;\n"
          "  esac\n"
          "}\n"
          "complete -F _gpubrokerctl gpubrokerctl\n";
@@ -331,6 +336,8 @@ int main(int argc, char** argv) {
 
   auto* status = app.add_subcommand("status", "broker health and totals; exit 9 while draining, stopping or degraded");
   status->add_flag("--json", json, "machine-readable output");
+  bool live = false;
+  status->add_flag("--live", live, "exit 0 whenever the broker answers, draining or degraded too (liveness probes)");
   auto* ls = app.add_subcommand("ls", "list slots, all or those under a prefix");
   std::string prefix;
   ls->add_option("prefix", prefix, "only NAME and NAME/... (a state dict)");
@@ -399,7 +406,7 @@ int main(int argc, char** argv) {
   if (!client.ok()) return Report(client.status());
   Client& c = *client;
 
-  if (status->parsed()) return StatusCmd(c, json);
+  if (status->parsed()) return StatusCmd(c, json, live);
   if (ls->parsed()) return Ls(c, prefix, out);
   if (show->parsed()) return Show(c, name, json);
   if (rm->parsed()) return Remove(c, names, recursive);
@@ -421,7 +428,7 @@ int main(int argc, char** argv) {
     if (!o.ok()) return Report(o.status());
     auto info = c.Create(*o);
     if (!info.ok()) return Report(info.status());
-    if (json) std::cout << SlotJson(*info).dump() << "\n";
+    if (json) std::cout << JsonText(SlotJson(*info)) << "\n";
     else std::cout << "created " << info->name << ": " << DTypeName(info->dtype) << " "
                    << ShapeText(info->shape) << ", " << HumanBytes(info->nbytes) << "\n";
     return kExitOk;

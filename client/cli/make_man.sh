@@ -11,7 +11,7 @@ extra=()
 if [ "${5:-}" = --commands ]; then
   extra=(--include "$include")
   echo "[COMMANDS]" >"$include"
-  "$program" --help | sed -n '/^Subcommands:/,$p' | awk 'NR > 1 && NF {print $1}' | while read -r command; do
+  "$program" --help | sed -n '/^Subcommands:/,/^$/p' | awk 'NR > 1 && NF {print $1}' | while read -r command; do
     printf '.SS %s\n.nf\n' "$command"
     "$program" "$command" --help | sed -e 's/\\/\\e/g' -e 's/^\./\\\&./' -e 's/^'"'"'/\\\&'"'"'/'
     printf '.fi\n'

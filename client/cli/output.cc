@@ -98,6 +98,8 @@ Result<Format> ParseFormat(const std::string& text) {
   return InvalidArgument("unknown format '" + text + "'; use table, csv, csv,noheader or json");
 }
 
+std::string JsonText(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 json SlotJson(const SlotInfo& s) {
   json o = json::object();
   for (const auto& f : kFields) o[std::string(f.json_key)] = f.json(s);
@@ -113,7 +115,7 @@ std::string RenderSlots(const std::vector<SlotInfo>& slots, const std::vector<co
       for (const SlotField* f : fields) o[std::string(f->json_key)] = f->json(s);
       out.push_back(std::move(o));
     }
-    return out.dump() + "\n";
+    return JsonText(out) + "\n";
   }
   std::vector<std::string> header;
   for (const SlotField* f : fields) {

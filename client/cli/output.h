@@ -40,6 +40,9 @@ Result<Format> ParseFormat(const std::string& text);
 std::string RenderSlots(const std::vector<SlotInfo>& slots, const std::vector<const SlotField*>& fields,
                         Format format);
 nlohmann::json SlotJson(const SlotInfo& s);  // every field
+// One line of JSON; bytes that are not UTF-8 (a client's name is anyone's
+// to choose) become U+FFFD instead of an exception.
+std::string JsonText(const nlohmann::json& j);
 
 std::string HumanBytes(uint64_t bytes);
 std::string ShapeText(const std::vector<int64_t>& v);

@@ -115,6 +115,7 @@ TEST_F(CliTest, DrainAndReload) {
   CtlRun draining = Ctl("status");
   EXPECT_NE(draining.out.find(": draining"), std::string::npos);
   EXPECT_EQ(draining.status, 9) << "a draining broker is not OK to scripts and probes";
+  EXPECT_EQ(Ctl("status --live").status, 0) << "but it is alive: a liveness probe must not restart it";
   CtlRun refused = Ctl("create x --bytes 16");
   EXPECT_EQ(refused.status, 3);
   EXPECT_NE(refused.out.find("draining"), std::string::npos) << refused.out;
@@ -156,7 +157,15 @@ TEST_F(CliTest, PrefixesFieldsCsvAndRecursiveRemove) {
 }
 
 TEST_F(CliTest, ClientsMarksTheCallerAndVersionNeedsNoBroker) {
+  // A name is anyone's to choose: bytes that are not UTF-8 and terminal
+  // escapes must neither break the JSON nor reach the terminal.
+  auto odd = broker_->Connect("odd\xff\x1b]0;title\x07");
+  ASSERT_TRUE(odd.ok()) << odd.status().ToString();
   CtlRun clients = Ctl("clients");
+  EXPECT_EQ(clients.out.find('\x1b'), std::string::npos) << "a raw escape reached the terminal";
+  CtlRun odd_json = Ctl("clients --json");
+  EXPECT_EQ(odd_json.status, 0) << odd_json.out;
+  EXPECT_NE(odd_json.out.find("odd\xef\xbf\xbd"), std::string::npos) << odd_json.out;
   ASSERT_EQ(clients.status, 0);
   EXPECT_NE(clients.out.find("*  gpubrokerctl"), std::string::npos) << clients.out;
   CtlRun json = Ctl("clients --json");
@@ -236,6 +245,8 @@ TEST(CheckConfig, ChecksWhatAStartWouldAndTouchesNothing) {
   CtlRun big = check("limits:\n  max_host_bytes: 1MiB\npools:\n  - name: in\n    backend: host\n    bytes: 2MiB\n");
   EXPECT_EQ(big.status, 2);
   EXPECT_NE(big.out.find("exceeds limits.max_host_bytes"), std::string::npos) << big.out;
+  int empty = std::system((std::string(GPUBROKERD_PATH) + " --check-config '' >/dev/null 2>&1").c_str());
+  EXPECT_EQ(WEXITSTATUS(empty), 2) << "an empty FILE is a usage error, not a broker start";
   CtlRun key = check("logging:\n  levle: info\n");
   EXPECT_EQ(key.status, 2);
   EXPECT_NE(key.out.find("c.yaml:4:3: unknown key 'levle'"), std::string::npos) << key.out;

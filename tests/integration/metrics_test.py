@@ -147,6 +147,24 @@ def main():
                   m.get(f'gpubroker_refusals_total{{reason="{reason}"}}'))
         check("uptime and start time", m.get("gpubroker_uptime_seconds", -1) >= 0 and
               abs(m.get("gpubroker_start_time_seconds", 0) - s["started_ns"] / 1e9) < 1)
+        # Anyone may send any message type: unknown ones share one label, so
+        # nobody can grow the page with made-up types.
+        import socket as sockets
+        import struct
+        raw = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
+        raw.connect(sock)
+        for t in range(200, 260):
+            raw.send(struct.pack("<IHHII", 0x4b524247, 2, t, t, 0))
+            raw.recv(65536)  # the error reply
+        raw.close()
+        deadline = time.monotonic() + 20
+        while 'gpubroker_requests_total{outcome="protocol",type="unknown"}' not in scrape(port) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        page = scrape(port)
+        check("unknown message types share one label", not any('type="type ' in k for k in page) and
+              page.get('gpubroker_requests_total{outcome="protocol",type="unknown"}', 0) >= 60,
+              [k for k in page if "unknown" in k or 'type="type' in k][:5])
         subprocess.run([CTL, "-s", sock, "drain"], check=True)
         deadline = time.monotonic() + 20
         while scrape(port).get("gpubroker_draining") != 1 and time.monotonic() < deadline:

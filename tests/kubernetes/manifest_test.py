@@ -121,6 +121,8 @@ def main():
         command = broker.get(probe, {}).get("exec", {}).get("command", [])
         check(f"the {probe} asks gpubrokerctl at the config's socket",
               command[:1] == ["gpubrokerctl"] and socket_path in command, command)
+    liveness = broker.get("livenessProbe", {}).get("exec", {}).get("command", [])
+    check("liveness does not fail a draining or degraded broker (status --live)", "--live" in liveness, liveness)
     check("the preStop hook drains", "drain" in broker.get("lifecycle", {}).get("preStop", {}).get("exec", {})
           .get("command", []))
     check("the broker drops every capability and cannot escalate",
