@@ -64,19 +64,24 @@ std::string WhySocket(const std::string& socket, bool from_flag) {
   return "the system broker's: the default for root, and for a user without a broker of their own";
 }
 
+// This process's supplementary groups, read once.
+const std::vector<gid_t>& MyGroups() {
+  static const std::vector<gid_t> groups = [] {
+    std::vector<gid_t> g(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
+    if (!g.empty()) g.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(g.size()), g.data()), 0)));
+    return g;
+  }();
+  return groups;
+}
+
 std::string Groups() {
-  std::vector<gid_t> groups(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
-  if (!groups.empty()) groups.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
   std::string out;
-  for (gid_t g : groups) out += (out.empty() ? "" : ",") + GroupName(g);
+  for (gid_t g : MyGroups()) out += (out.empty() ? "" : ",") + GroupName(g);
   return out.empty() ? "-" : out;
 }
 
 bool InGroup(gid_t gid) {
-  if (::getegid() == gid) return true;
-  std::vector<gid_t> groups(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
-  if (!groups.empty()) groups.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
-  return std::find(groups.begin(), groups.end(), gid) != groups.end();
+  return ::getegid() == gid || std::find(MyGroups().begin(), MyGroups().end(), gid) != MyGroups().end();
 }
 
 // The owner / group / other triplet, as the broker picks it; the broker may
