@@ -56,7 +56,9 @@ class Broker final : public AllocationObserver {
     GPB_RETURN_IF_ERROR(SetUpBackends(config_, backends_));
     UniqueFd previous_registry;
     std::map<uint64_t, UniqueFd> stored = StoredAllocations(previous_registry);
-    std::vector<SlotDescriptor> previous = PreviousSlots(std::move(previous_registry), !stored.empty());
+    std::map<uint64_t, LiveState> previous_live;
+    std::vector<SlotDescriptor> previous =
+        PreviousSlots(std::move(previous_registry), !stored.empty(), previous_live);
 
     RegistryOptions ro;
     ro.name = config_.registry_name;
@@ -83,7 +85,7 @@ class Broker final : public AllocationObserver {
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);
     const bool adopting = !previous.empty() || !stored.empty();
     if (adopting) {
-      size_t n = handler_->Adopt(previous, std::move(stored));
+      size_t n = handler_->Adopt(previous, previous_live, std::move(stored));
       spdlog::info("warm restart: adopted {} of {} slots", n, previous.size());
       if (metrics_) metrics_->Adopted(n);
       handler_->AdoptPools(config_.pools);
@@ -156,9 +158,10 @@ class Broker final : public AllocationObserver {
     return out;
   }
 
-  // The slots of the broker that ran before, from the registry it left in
-  // the fd store; every descriptor is validated as it is read.
-  std::vector<SlotDescriptor> PreviousSlots(UniqueFd registry, bool have_fds) {
+  // The slots of the broker that ran before, and their allocations' versions,
+  // from the registry it left in the fd store; every record is validated as
+  // it is read.
+  std::vector<SlotDescriptor> PreviousSlots(UniqueFd registry, bool have_fds, std::map<uint64_t, LiveState>& live) {
     if (!have_fds) return {};
     if (!registry.valid()) {
       spdlog::warn("warm restart: stored allocations but no previous registry in the fd store");
@@ -169,6 +172,7 @@ class Broker final : public AllocationObserver {
       spdlog::warn("warm restart: cannot read the previous registry ({})", old.status().message());
       return {};
     }
+    for (const LiveState& s : old->LiveStates()) live[s.allocation_id] = s;
     return old->ListLive();
   }
 

@@ -57,9 +57,10 @@ Allocation* LeaseTable::FindAllocation(uint64_t id) {
   return it == allocations_.end() ? nullptr : &it->second;
 }
 
-void LeaseTable::TakeLease(ClientEntry& client, Allocation& a, const std::string& slot) {
+void LeaseTable::TakeLease(ClientEntry& client, Allocation& a, const std::string& slot, bool writable) {
   Lease& lease = client.leases[a.id];
   if (lease.count == 0) lease.slot = slot;
+  lease.writable = lease.writable || writable;
   ++lease.count;
   ++a.leases;
   ++total_leases_;

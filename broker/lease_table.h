@@ -8,9 +8,11 @@
 #include <sys/types.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -56,6 +58,16 @@ struct UidUsage {
 struct Lease {
   uint32_t count = 0;
   std::string slot;  // the name it was first attached through
+  bool writable = false;  // some attach of it was granted write access
+};
+
+// A reader's hold on one committed version of an allocation (docs/live.md):
+// the writer never reuses its buffer while it stands. One per client and
+// allocation; acquiring again moves it.
+struct Pin {
+  uint64_t version = 0;
+  int32_t buffer = -1;
+  uint64_t id = 0;  // new at every acquire: a release names the one it ends
 };
 
 struct ClientEntry {
@@ -66,7 +78,12 @@ struct ClientEntry {
   uint64_t connected_ns = 0;
   uint64_t bytes_created = 0;  // live allocations this client created
   std::map<uint64_t, Lease> leases;  // by allocation id
+  std::map<uint64_t, Pin> pins;      // by allocation id
+  uint64_t last_pin = 0;
 };
+
+// No live record yet (Allocation::live_index).
+inline constexpr uint32_t kNoLiveRecord = 0xffffffffu;
 
 struct Allocation {
   uint64_t id = 0;
@@ -77,6 +94,16 @@ struct Allocation {
   Permissions perms;       // the creating slot's; views can only narrow them
   std::set<uint32_t> slots;  // registry entries viewing it
   uint32_t leases = 0;       // sum of lease counts over clients
+  // Versions: `nbuffers` buffers of `buffer_bytes` each; the committed state
+  // is the registry's live record `live_index`.
+  uint32_t nbuffers = 1;
+  uint64_t buffer_bytes = 0;
+  uint32_t live_index = kNoLiveRecord;
+  uint64_t writer = 0;  // the client writing a buffer of it; 0: none
+  // Per buffer: the CUDA IPC event its last commit recorded, if any. Given
+  // only to clients that hold a lease (in acquire replies), never put in
+  // the registry.
+  std::array<std::optional<std::array<uint8_t, 64>>, kMaxBuffers> events;
 };
 
 class LeaseTable {
@@ -94,7 +121,7 @@ class LeaseTable {
   // After adopting allocations of an earlier broker: new ids come after theirs.
   void ReserveAllocationIds(uint64_t last) { last_allocation_id_ = std::max(last_allocation_id_, last); }
 
-  void TakeLease(ClientEntry& client, Allocation& a, const std::string& slot);
+  void TakeLease(ClientEntry& client, Allocation& a, const std::string& slot, bool writable = false);
   // Returns the client's remaining count, or -1 if it held no lease on it.
   int64_t DropLease(ClientEntry& client, uint64_t allocation_id);
 

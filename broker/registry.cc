@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/futex.h"
 #include "common/posix.h"
 #include "common/registry_reader.h"
 #include "common/wire.h"
@@ -55,6 +56,7 @@ Status Registry::Map(const RegistryOptions& options) {
   header_->slot_bytes = sizeof(SlotRecord);
   header_->capacity = geometry_.capacity;
   header_->index_buckets = geometry_.index_buckets;
+  header_->live_bytes = sizeof(LiveRecord);
   header_->broker_pid = ::getpid();
   header_->broker_start_ticks = ProcessStartTicks(::getpid());
   header_->boot_generation = options.boot_generation;
@@ -65,11 +67,17 @@ Status Registry::Map(const RegistryOptions& options) {
   buckets_.assign(geometry_.index_buckets, kBucketEmpty);
   free_.reserve(geometry_.capacity);
   for (uint32_t i = geometry_.capacity; i-- > 0;) free_.push_back(i);
+  live_.assign(geometry_.capacity, LiveState{});
+  live_free_.reserve(geometry_.capacity);
+  for (uint32_t i = geometry_.capacity; i-- > 0;) live_free_.push_back(i);
   return Status::Ok();
 }
 
 Registry::~Registry() {
-  if (header_ != nullptr) header_->state.store(wire::kStateStopping, std::memory_order_release);
+  if (header_ != nullptr) {
+    header_->state.store(wire::kStateStopping, std::memory_order_release);
+    WakeAllLive();
+  }
   if (base_ != nullptr) ::munmap(base_, geometry_.total_bytes);
 }
 
@@ -154,7 +162,57 @@ std::optional<uint32_t> Registry::Scan(uint32_t cursor, uint32_t max,
   return std::nullopt;
 }
 
-void Registry::SetState(uint32_t state) { header_->state.store(state, std::memory_order_release); }
+void Registry::SetState(uint32_t state) {
+  header_->state.store(state, std::memory_order_release);
+  if (state == wire::kStateStopping) WakeAllLive();
+}
+
+LiveRecord& Registry::live_record(uint32_t index) {
+  return reinterpret_cast<LiveRecord*>(static_cast<std::byte*>(base_) + geometry_.live_offset)[index];
+}
+
+Result<uint32_t> Registry::AddLive(const LiveState& s) {
+  if (live_free_.empty()) {
+    return ResourceExhausted("the registry's live table is full (" + std::to_string(capacity()) +
+                             " allocations, some kept only by leases)");
+  }
+  uint32_t index = live_free_.back();
+  live_free_.pop_back();
+  UpdateLive(index, s, false, false);
+  return index;
+}
+
+void Registry::UpdateLive(uint32_t index, const LiveState& s, bool committed, bool released) {
+  live_[index] = s;
+  LiveRecord& r = live_record(index);
+  r.state.Store(s);
+  // After the state: a waiter that read the old word and then the old state
+  // is woken; one that reads the new word sees the new state.
+  if (committed) {
+    r.commits.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&r.commits);
+  }
+  if (released) {
+    r.releases.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&r.releases);
+  }
+}
+
+void Registry::RemoveLive(uint32_t index) {
+  UpdateLive(index, LiveState{}, true, true);
+  live_free_.push_back(index);
+}
+
+void Registry::WakeAllLive() {
+  for (uint32_t i = 0; i < geometry_.capacity; ++i) {
+    if (live_[i].allocation_id == 0) continue;
+    LiveRecord& r = live_record(i);
+    r.commits.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&r.commits);
+    r.releases.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&r.releases);
+  }
+}
 
 void Registry::IndexInsert(std::string_view name, uint32_t index) {
   const uint32_t mask = geometry_.index_buckets - 1;

@@ -58,6 +58,17 @@ class Registry {
   std::optional<uint32_t> Scan(uint32_t cursor, uint32_t max,
                                const std::function<void(const SlotDescriptor&)>& fn) const;
 
+  // The live table: one record per allocation (its versions, docs/live.md).
+  // kResourceExhausted when every record is taken.
+  Result<uint32_t> AddLive(const LiveState& s);
+  const LiveState& GetLive(uint32_t index) const { return live_[index]; }
+  // Rewrites a record; `committed` wakes the readers waiting for a version,
+  // `released` the writers waiting for a buffer.
+  void UpdateLive(uint32_t index, const LiveState& s, bool committed, bool released);
+  // Frees a record, waking everyone waiting on it.
+  void RemoveLive(uint32_t index);
+
+  // Stopping wakes every waiter, so none sleeps on a broker that is gone.
   void SetState(uint32_t state);
   uint32_t capacity() const { return geometry_.capacity; }
   uint32_t live() const { return static_cast<uint32_t>(by_name_.size()); }
@@ -74,6 +85,8 @@ class Registry {
   void IndexErase(std::string_view name, uint32_t index);
   void RebuildIndex();
   void Publish(uint32_t index);
+  LiveRecord& live_record(uint32_t index);
+  void WakeAllLive();
 
   UniqueFd read_only_;  // the segment opened O_RDONLY: what clients get copies of
   void* base_ = nullptr;
@@ -84,6 +97,8 @@ class Registry {
   std::vector<uint32_t> buckets_;      // private copy of the index
   std::vector<uint32_t> free_;         // free table entries, used LIFO
   std::unordered_map<std::string, uint32_t> by_name_;
+  std::vector<LiveState> live_;       // private copy of the live table
+  std::vector<uint32_t> live_free_;   // free live records, used LIFO
   uint32_t tombstones_ = 0;
 };
 

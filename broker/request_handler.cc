@@ -142,6 +142,11 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
     case MsgType::kDrain: return Call<wire::DrainRequest>(this, &RequestHandler::OnDrain, r, f);
     case MsgType::kReload: return Call<wire::ReloadRequest>(this, &RequestHandler::OnReload, r, f);
     case MsgType::kDevices: return Call<wire::DevicesRequest>(this, &RequestHandler::OnDevices, r, f);
+    case MsgType::kWriteBegin:
+      return Call<wire::WriteBeginRequest>(this, &RequestHandler::OnWriteBegin, r, f);
+    case MsgType::kCommit: return Call<wire::CommitRequest>(this, &RequestHandler::OnCommit, r, f);
+    case MsgType::kAcquire: return Call<wire::AcquireRequest>(this, &RequestHandler::OnAcquire, r, f);
+    case MsgType::kRelease: return Call<wire::ReleaseRequest>(this, &RequestHandler::OnRelease, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -172,14 +177,14 @@ Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
 Result<Reply> RequestHandler::OnList(Request r, const wire::ListRequest& m) {
   std::vector<SlotDescriptor> out;
   std::optional<uint32_t> next = registry_.Scan(
-      m.cursor, m.max_entries, [&](const SlotDescriptor& d) { out.push_back(d); });
+      m.cursor, m.max_entries, [&](const SlotDescriptor& d) { out.push_back(Current(d)); });
   wire::ListReply head{static_cast<uint32_t>(out.size()), next.value_or(wire::kEndCursor)};
   return Reply{wire::EncodeListReply(r.id, head, std::span<const SlotDescriptor>(out))};
 }
 
 Result<Reply> RequestHandler::OnStat(Request r, const wire::StatRequest& m) {
   GPB_ASSIGN_OR_RETURN(uint32_t index, FindSlot(m.name.view()));
-  wire::SlotReply reply{registry_.Get(index)};
+  wire::SlotReply reply{Current(registry_.Get(index))};
   return Reply{wire::EncodeReply(r.id, reply)};
 }
 
@@ -235,6 +240,16 @@ Result<Reply> RequestHandler::OnLeases(Request r, const wire::LeasesRequest& m) 
         rec.allocation_bytes = a != nullptr ? a->bytes : 0;
         rec.count = lease.count;
         rec.slot.set(lease.slot);
+        rec.pinned_buffer = -1;
+        rec.writing_buffer = -1;
+        if (auto pin = c.pins.find(aid); pin != c.pins.end()) {
+          rec.pinned_version = pin->second.version;
+          rec.pinned_buffer = pin->second.buffer;
+        }
+        if (a != nullptr && a->writer == id) {
+          rec.writing = 1;
+          rec.writing_buffer = registry_.GetLive(a->live_index).writing;
+        }
         emit(rec);
       }
     }

@@ -54,6 +54,7 @@ struct SlotSpec {
   DeviceSelector device;
   uint32_t mode = 0600;
   uint32_t pool_tag = 0;  // configured pools only: PoolTag of their settings
+  uint32_t buffers = 0;   // new allocations: 0 plain, 1..kMaxBuffers live (docs/live.md)
 };
 
 // Told of every request the handler answers and every connection it refuses
@@ -110,7 +111,8 @@ class RequestHandler {
   // allocation fds it left in the service manager's fd store (a warm
   // restart). Slots whose memory cannot be taken over are dropped, each with
   // a log line. Returns how many slots were adopted.
-  size_t Adopt(const std::vector<SlotDescriptor>& previous, std::map<uint64_t, UniqueFd> fds);
+  size_t Adopt(const std::vector<SlotDescriptor>& previous, const std::map<uint64_t, LiveState>& live,
+               std::map<uint64_t, UniqueFd> fds);
   // After Adopt: the adopted slots that are the configured pools, unchanged,
   // become those pools (kept, with their contents); pools the configuration
   // changed or dropped since are destroyed, for SyncPools to recreate.
@@ -152,6 +154,19 @@ class RequestHandler {
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);
   Result<Reply> OnReload(Request r, const wire::ReloadRequest& m);
+  Result<Reply> OnWriteBegin(Request r, const wire::WriteBeginRequest& m);
+  Result<Reply> OnCommit(Request r, const wire::CommitRequest& m);
+  Result<Reply> OnAcquire(Request r, const wire::AcquireRequest& m);
+  Result<Reply> OnRelease(Request r, const wire::ReleaseRequest& m);
+  // The allocation behind a lease this client holds (writable, if `write`).
+  Result<Allocation*> LeasedAllocation(ClientEntry& client, uint64_t allocation_id, bool write);
+  // Ends the write under way on `a`: its buffer is reclaimed, unpublished.
+  void EndWrite(Allocation& a, bool abandoned);
+  void DropPin(ClientEntry& client, uint64_t allocation_id);
+  // The client let go of the allocation: its pin and its write go too.
+  void ForgetLiveState(ClientEntry& client, uint64_t allocation_id);
+  // A slot as replies show it: with its allocation's committed version.
+  SlotDescriptor Current(const SlotDescriptor& d) const;
   Status AcceptingNewWork() const;
 
   // Who: the creator of a slot (a client, or the broker for pools).

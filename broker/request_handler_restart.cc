@@ -102,7 +102,7 @@ void RequestHandler::AdoptPools(const std::vector<PoolConfig>& pools) {
 }
 
 size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
-                             std::map<uint64_t, UniqueFd> fds) {
+                             const std::map<uint64_t, LiveState>& live, std::map<uint64_t, UniqueFd> fds) {
   size_t adopted = 0;
   uint64_t last_id = 0;
   for (const SlotDescriptor& old : previous) {
@@ -138,11 +138,40 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       fresh.memory = std::move(memory).value();
       fresh.bytes = old.allocation_bytes;
       fresh.perms = AllocationPermissions(old);
+      fresh.nbuffers = old.nbuffers;
+      fresh.buffer_bytes = old.buffer_bytes;
+      // Committed versions carry over; pins and a write under way do not
+      // (their clients reconnect to a broker that never saw them).
+      LiveState state{};
+      if (auto it = live.find(old.allocation_id); it != live.end() && it->second.nbuffers == old.nbuffers) {
+        state = it->second;
+        if (state.writing >= 0) {
+          if (state.nbuffers > 1) state.buffer_version[state.writing] = 0;
+          ++state.writes;
+        }
+      } else {
+        state.version = old.version;
+        state.buffer = old.version != 0 && old.nbuffers == 1 ? 0 : -1;
+        if (state.buffer == 0) state.buffer_version[0] = old.version;
+        if (state.buffer < 0) state.version = 0;
+      }
+      state.allocation_id = old.allocation_id;
+      state.nbuffers = old.nbuffers;
+      std::fill(std::begin(state.pins), std::end(state.pins), 0u);
+      state.writing = -1;
+      state.writer_pid = 0;
+      auto live_index = registry_.AddLive(state);
+      if (!live_index.ok()) {
+        spdlog::warn("dropping slot '{}': {}", name, live_index.status().message());
+        continue;
+      }
+      fresh.live_index = *live_index;
       a = &table_.AddAllocation(std::move(fresh));
       last_id = std::max(last_id, a->id);
     }
     SlotDescriptor d = old;
     d.lease_count = 0;
+    d.live_index = a->live_index;
     auto index = registry_.Insert(d);
     if (!index.ok()) {
       spdlog::warn("dropping slot '{}': {}", name, index.status().message());

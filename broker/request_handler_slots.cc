@@ -35,6 +35,7 @@ SlotSpec SpecFromWire(const wire::CreateRequest& m) {
   s.device.by_uuid = (m.flags & wire::kCreateByUuid) != 0;
   std::memcpy(s.device.uuid.data(), m.device_uuid, sizeof m.device_uuid);
   s.mode = m.mode;
+  s.buffers = m.buffers;
   return s;
 }
 
@@ -87,6 +88,7 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
       return PermissionDenied("no write permission on base slot '" + spec.base + "'");
     }
     if (spec.nbytes != 0) return InvalidArgument("nbytes is only for new allocations");
+    if (spec.buffers != 0) return InvalidArgument("buffers is for new allocations; a view has its allocation's");
     a = table_.FindAllocation(base.allocation_id);
     if (a == nullptr) return Internal("base slot's allocation is missing");
     if ((spec.mode & ~a->perms.mode & 0777) != 0) {
@@ -94,7 +96,12 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
                               " asked, the allocation under '" + spec.base + "' allows " +
                               ModeText(a->perms.mode));
     }
-    GPB_RETURN_IF_ERROR(CheckViewFits(spec.dtype, spec.shape, strides, spec.byte_offset, a->bytes).status());
+    GPB_RETURN_IF_ERROR(CheckViewFits(spec.dtype, spec.shape, strides, spec.byte_offset, a->buffer_bytes)
+                            .status()
+                            .Annotate(a->nbuffers > 1 ? "within one of the allocation's " +
+                                                            std::to_string(a->nbuffers) + " buffers of " +
+                                                            std::to_string(a->buffer_bytes) + " bytes"
+                                                      : std::string("within the allocation")));
   }
 
   SlotDescriptor d{};
@@ -102,9 +109,12 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
   d.allocation_id = a->id;
   d.allocation_bytes = a->bytes;
   d.pool_tag = spec.pool_tag;
+  d.live_index = a->live_index;
+  d.nbuffers = a->nbuffers;
+  d.buffer_bytes = a->buffer_bytes;
   d.byte_offset = spec.byte_offset;
   d.nbytes = extent;
-  d.version = 1;
+  d.version = registry_.GetLive(a->live_index).version;
   d.created_ns = d.updated_ns = NowNs();
   std::copy(spec.shape.begin(), spec.shape.end(), d.shape);
   std::copy(strides.begin(), strides.end(), d.strides);
@@ -178,6 +188,19 @@ Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t
                                                backends_.Get(BackendKind::kCudaVmm).status().message()) +
                            ")");
   }
+  // A live slot of N buffers: N copies of the layout back to back, each
+  // starting on a 512-byte boundary so every view keeps its alignment.
+  const uint32_t nbuffers = spec.buffers == 0 ? 1 : spec.buffers;
+  uint64_t buffer_bytes = bytes;
+  if (nbuffers > 1) {
+    constexpr uint64_t kBufferAlignment = 512;
+    if (bytes > (UINT64_MAX / nbuffers) - kBufferAlignment) {
+      return InvalidArgument(std::to_string(nbuffers) + " buffers of " + std::to_string(bytes) +
+                             " bytes overflow a 64-bit size");
+    }
+    buffer_bytes = (bytes + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
+    bytes = buffer_bytes * nbuffers;
+  }
   GPB_RETURN_IF_ERROR(CheckCaps(kind, bytes, owner));
   GPB_ASSIGN_OR_RETURN(Backend * backend, backends_.Get(kind));
   AllocationRequest request;
@@ -192,6 +215,22 @@ Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t
   a.bytes = bytes;
   a.creator = owner.client_id;
   a.perms = Permissions{owner.uid, owner.gid, spec.mode};
+  a.nbuffers = nbuffers;
+  a.buffer_bytes = buffer_bytes;
+  // A plain slot is version 1 from the start, in its one buffer; a live one
+  // has no version until its first commit.
+  LiveState live{};
+  live.allocation_id = a.id;
+  live.nbuffers = nbuffers;
+  live.buffer = -1;
+  live.writing = -1;
+  if (spec.buffers == 0) {
+    live.version = 1;
+    live.buffer = 0;
+    live.buffer_version[0] = 1;
+    live.committed_ns = NowNs();
+  }
+  GPB_ASSIGN_OR_RETURN(a.live_index, registry_.AddLive(live));
   if (client != nullptr) client->bytes_created += bytes;
   Allocation& added = table_.AddAllocation(std::move(a));
   if (options_.observer != nullptr) options_.observer->Added(added);
@@ -217,12 +256,12 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   uint32_t access = wire::kAccessRead;
   if (!read_only && May(r.client.peer, slot, kMayWrite)) access |= wire::kAccessWrite;
   GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
-  table_.TakeLease(r.client, *a, slot.name);
+  table_.TakeLease(r.client, *a, slot.name, (access & wire::kAccessWrite) != 0);
   SyncLeaseCount(*a);
   spdlog::debug("client {} attached '{}' (allocation {}, {} leases)", r.client.id, slot.name, a->id,
                a->leases);
   wire::AttachReply reply{};
-  reply.slot = registry_.Get(index);
+  reply.slot = Current(registry_.Get(index));
   reply.access = access;
   reply.has_fd = handle.fd.valid() ? 1 : 0;
   if (handle.ipc_handle) {  // over the socket only, after the permission check
@@ -236,6 +275,7 @@ Result<Reply> RequestHandler::OnDetach(Request r, const wire::DetachRequest& m) 
   if (left < 0) {
     return NotFound("client holds no lease on allocation " + std::to_string(m.allocation_id));
   }
+  if (left == 0) ForgetLiveState(r.client, m.allocation_id);
   if (Allocation* a = table_.FindAllocation(m.allocation_id)) {
     SyncLeaseCount(*a);
     spdlog::debug("client {} detached allocation {} ({} leases left)", r.client.id, a->id, a->leases);
@@ -264,7 +304,13 @@ void RequestHandler::DestroySlot(uint32_t index) {
   uint64_t allocation_id = slot.allocation_id;
   table_.CountSlot(slot.owner_uid, -1);
   registry_.Remove(index);
-  if (Allocation* a = table_.FindAllocation(allocation_id)) a->slots.erase(index);
+  if (Allocation* a = table_.FindAllocation(allocation_id)) {
+    a->slots.erase(index);
+    // Readers waiting on it wake and find the name gone (or replaced).
+    if (a->live_index != kNoLiveRecord) {
+      registry_.UpdateLive(a->live_index, registry_.GetLive(a->live_index), true, false);
+    }
+  }
   ReleaseIfUnused(allocation_id);
 }
 
@@ -274,6 +320,7 @@ void RequestHandler::OnDisconnect(uint64_t client_id) {
   uint64_t reclaimed = 0;
   for (const auto& [aid, lease] : c->leases) reclaimed += lease.count;
   table_.CountConnection(c->peer.uid, -1);
+  for (const auto& [aid, lease] : c->leases) ForgetLiveState(*c, aid);
   for (uint64_t allocation_id : table_.RemoveClient(client_id)) {
     if (Allocation* a = table_.FindAllocation(allocation_id)) SyncLeaseCount(*a);
     ReleaseIfUnused(allocation_id);
@@ -351,7 +398,10 @@ void RequestHandler::SyncLeaseCount(const Allocation& a) {
 }
 
 void RequestHandler::ReleaseIfUnused(uint64_t allocation_id) {
+  const Allocation* a = table_.FindAllocation(allocation_id);
+  uint32_t live_index = a != nullptr ? a->live_index : kNoLiveRecord;
   if (table_.FreeIfUnused(allocation_id)) {
+    if (live_index != kNoLiveRecord) registry_.RemoveLive(live_index);
     if (options_.observer != nullptr) options_.observer->Removed(allocation_id);
     spdlog::info("allocation {} freed: no slot and no lease holds it", allocation_id);
   }

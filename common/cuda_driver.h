@@ -45,7 +45,14 @@
   X(cuMemGetAddressRange) \
   X(cuIpcGetMemHandle) \
   X(cuIpcOpenMemHandle) \
-  X(cuIpcCloseMemHandle)
+  X(cuIpcCloseMemHandle) \
+  X(cuEventCreate) \
+  X(cuEventRecord) \
+  X(cuEventSynchronize) \
+  X(cuEventDestroy) \
+  X(cuIpcGetEventHandle) \
+  X(cuIpcOpenEventHandle) \
+  X(cuStreamWaitEvent)
 
 namespace gpubroker {
 

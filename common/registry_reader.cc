@@ -80,6 +80,7 @@ Result<RegistryReader> RegistryReader::FromFd(UniqueFd fd) {
   }
   m->geometry = ComputeGeometry(h.capacity);
   if (h.header_bytes != sizeof(RegistryHeader) || h.slot_bytes != sizeof(SlotRecord) ||
+      h.live_bytes != sizeof(LiveRecord) ||
       h.index_buckets != m->geometry.index_buckets || m->size < m->geometry.total_bytes) {
     return ProtocolError("the registry has a corrupt geometry (its header does not fit its " +
                          std::to_string(m->size) + " bytes)");
@@ -92,6 +93,66 @@ const RegistryHeader& RegistryReader::header() const { return *m_->header; }
 const SlotRecord& RegistryReader::slot(uint32_t index) const {
   auto* base = static_cast<const std::byte*>(m_->base);
   return reinterpret_cast<const SlotRecord*>(base + m_->geometry.slots_offset)[index];
+}
+
+const LiveRecord* RegistryReader::live(uint32_t index) const {
+  if (index >= m_->geometry.capacity) return nullptr;
+  auto* base = static_cast<const std::byte*>(m_->base);
+  return reinterpret_cast<const LiveRecord*>(base + m_->geometry.live_offset) + index;
+}
+
+namespace {
+
+Status ValidateLive(const LiveState& s) {
+  if (s.nbuffers == 0 || s.nbuffers > kMaxBuffers) {
+    return ProtocolError("live record has " + std::to_string(s.nbuffers) + " buffers");
+  }
+  if (s.buffer < -1 || s.buffer >= static_cast<int32_t>(s.nbuffers) || s.writing < -1 ||
+      s.writing >= static_cast<int32_t>(s.nbuffers) || (s.version == 0) != (s.buffer < 0)) {
+    return ProtocolError("live record names buffer " + std::to_string(s.buffer) + " (writing " +
+                         std::to_string(s.writing) + ") of " + std::to_string(s.nbuffers));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<LiveState> RegistryReader::Live(const SlotDescriptor& d) const {
+  const LiveRecord* r = live(d.live_index);
+  if (r == nullptr) return ProtocolError("slot '" + std::string(d.name) + "' names no live record");
+  LiveState s{};
+  if (!r->state.LoadInto(s)) return Unavailable("live record is being rewritten continuously (is the broker stuck?)");
+  if (s.allocation_id != d.allocation_id) {
+    return NotFound("the allocation of slot '" + std::string(d.name) + "' is gone");
+  }
+  GPB_RETURN_IF_ERROR(ValidateLive(s));
+  return s;
+}
+
+void RegistryReader::WithVersion(SlotDescriptor& d) const {
+  if (auto s = Live(d); s.ok()) {
+    d.version = s->version;
+    if (s->version != 0) d.updated_ns = s->committed_ns;
+  }
+}
+
+std::vector<LiveState> RegistryReader::LiveStates() const {
+  std::vector<LiveState> out;
+  for (uint32_t i = 0; i < m_->geometry.capacity; ++i) {
+    LiveState s{};
+    if (live(i)->state.LoadInto(s) && s.allocation_id != 0 && ValidateLive(s).ok()) out.push_back(s);
+  }
+  return out;
+}
+
+const std::atomic<uint32_t>* RegistryReader::CommitsWord(const SlotDescriptor& d) const {
+  const LiveRecord* r = live(d.live_index);
+  return r != nullptr ? &r->commits : nullptr;
+}
+
+const std::atomic<uint32_t>* RegistryReader::ReleasesWord(const SlotDescriptor& d) const {
+  const LiveRecord* r = live(d.live_index);
+  return r != nullptr ? &r->releases : nullptr;
 }
 
 bool RegistryReader::BrokerAlive() const {
@@ -132,7 +193,9 @@ Status RegistryReader::FindInto(std::string_view name, SlotDescriptor& d) const 
       }
       if (d.state == static_cast<uint16_t>(SlotState::kLive) && strnlen(d.name, sizeof d.name) == name.size() &&
           std::memcmp(d.name, name.data(), name.size()) == 0) {
-        return ValidateDescriptor(d);
+        GPB_RETURN_IF_ERROR(ValidateDescriptor(d));
+        WithVersion(d);
+        return Status::Ok();
       }
     }
     std::atomic_thread_fence(std::memory_order_acquire);
@@ -148,6 +211,7 @@ std::vector<SlotDescriptor> RegistryReader::ListLive() const {
   for (uint32_t i = 0; i < m_->geometry.capacity; ++i) {
     std::optional<SlotDescriptor> d = slot(i).Load();
     if (d && d->state == static_cast<uint16_t>(SlotState::kLive) && ValidateDescriptor(*d).ok()) {
+      WithVersion(*d);
       out.push_back(*d);
     }
   }

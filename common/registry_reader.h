@@ -40,6 +40,16 @@ class RegistryReader {
   // snapshot of one instant).
   std::vector<SlotDescriptor> ListLive() const;
 
+  // The version state of the allocation a slot views (`d` as Lookup gave
+  // it); kNotFound once that allocation is gone.
+  Result<LiveState> Live(const SlotDescriptor& d) const;
+  // Every allocation's valid version state (the warm restart's input).
+  std::vector<LiveState> LiveStates() const;
+  // The futex words of a slot's live record (LiveRecord), for FutexWait;
+  // null if the descriptor's index is out of range.
+  const std::atomic<uint32_t>* CommitsWord(const SlotDescriptor& d) const;
+  const std::atomic<uint32_t>* ReleasesWord(const SlotDescriptor& d) const;
+
   const RegistryHeader& header() const;
   uint64_t boot_generation() const { return header().boot_generation; }
   // False once the broker that wrote the segment has stopped or died
@@ -53,6 +63,9 @@ class RegistryReader {
   struct Mapping;
   explicit RegistryReader(std::unique_ptr<Mapping> m);
   const SlotRecord& slot(uint32_t index) const;
+  const LiveRecord* live(uint32_t index) const;
+  // Sets a descriptor's version (and update time) from its live record.
+  void WithVersion(SlotDescriptor& d) const;
   // Lookup's work, reading the record into `d`.
   Status FindInto(std::string_view name, SlotDescriptor& d) const;
   std::unique_ptr<Mapping> m_;

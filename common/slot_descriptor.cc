@@ -22,9 +22,13 @@ Status ValidateDescriptor(const SlotDescriptor& d) {
         d.backend > static_cast<uint16_t>(BackendKind::kCudaIpc)) {
       return ProtocolError("slot descriptor has unknown backend " + std::to_string(d.backend));
     }
+    if (d.nbuffers == 0 || d.nbuffers > kMaxBuffers || d.buffer_bytes == 0 ||
+        d.buffer_bytes > d.allocation_bytes / d.nbuffers) {
+      return ProtocolError("slot descriptor has " + std::to_string(d.nbuffers) + " buffers of " +
+                           std::to_string(d.buffer_bytes) + " bytes in " + std::to_string(d.allocation_bytes));
+    }
     DType dtype{d.dtype_code, d.dtype_bits, d.dtype_lanes};
-    auto fits = CheckViewFits(dtype, {d.shape, d.ndim}, {d.strides, d.ndim}, d.byte_offset,
-                              d.allocation_bytes);
+    auto fits = CheckViewFits(dtype, {d.shape, d.ndim}, {d.strides, d.ndim}, d.byte_offset, d.buffer_bytes);
     if (!fits.ok()) return ProtocolError("slot descriptor: " + fits.status().message());
   }
   return Status::Ok();
@@ -51,6 +55,8 @@ SlotInfo ToSlotInfo(const SlotDescriptor& d) {
   s.mode = d.mode;
   s.lease_count = d.lease_count;
   s.version = d.version;
+  s.buffers = d.nbuffers;
+  s.buffer_bytes = d.buffer_bytes;
   s.created_ns = d.created_ns;
   s.updated_ns = d.updated_ns;
   return s;

@@ -46,8 +46,15 @@ struct SlotDescriptor {
   // that pool's settings, so a restarted broker knows an adopted slot for
   // the pool it is configured with (unchanged: kept) from a changed one.
   uint32_t pool_tag;
+  // Versions (docs/live.md): the allocation holds `nbuffers` buffers of
+  // `buffer_bytes` each, back to back, and the slot's bytes lie at
+  // `byte_offset` within each; `live_index` is the allocation's record in the
+  // registry's live table, where its committed version is.
+  uint32_t live_index;
+  uint32_t nbuffers;
+  uint64_t buffer_bytes;
 };
-static_assert(sizeof(SlotDescriptor) == 448);
+static_assert(sizeof(SlotDescriptor) == 464);
 static_assert(std::is_trivially_copyable_v<SlotDescriptor>);
 
 // Checks a descriptor that came from outside (shared memory, a socket) before

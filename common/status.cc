@@ -16,6 +16,8 @@ std::string_view CodeName(Code code) {
     case Code::kConfig: return "config";
     case Code::kUnsupported: return "unsupported";
     case Code::kInternal: return "internal";
+    case Code::kTimeout: return "timeout";
+    case Code::kBusy: return "busy";
   }
   return "unknown";
 }

@@ -102,6 +102,13 @@ Status Validate(const CreateRequest& m) {
     return InvalidArgument("unknown backend " + std::to_string(m.backend));
   }
   if (m.device_ordinal < -1) return InvalidArgument("device ordinal must be -1 or above");
+  if (m.buffers > kMaxBuffers) {
+    return InvalidArgument("buffers " + std::to_string(m.buffers) + " is above the limit of " +
+                           std::to_string(kMaxBuffers));
+  }
+  if (m.buffers != 0 && !m.base.view().empty()) {
+    return InvalidArgument("buffers is for new allocations; a view has its allocation's");
+  }
   return ValidateDType({m.dtype_code, m.dtype_bits, m.dtype_lanes});
 }
 
@@ -169,9 +176,43 @@ Status Validate(const StatusReply& m) {
 
 Status Validate(const ShutdownReply&) { return Status::Ok(); }
 
+Status Validate(const WriteBeginRequest& m) { return CheckReserved(m.reserved, "write_begin.reserved"); }
+Status Validate(const CommitRequest& m) {
+  if ((m.flags & ~kCommitKnownFlags) != 0) return InvalidArgument("commit has unknown flags");
+  if (m.buffer < 0 || m.buffer >= static_cast<int32_t>(kMaxBuffers)) {
+    return InvalidArgument("commit names buffer " + std::to_string(m.buffer));
+  }
+  if ((m.flags & kCommitHasEvent) == 0) return CheckZero(m.event, "commit.event");
+  return Status::Ok();
+}
+Status Validate(const AcquireRequest& m) { return CheckReserved(m.reserved, "acquire.reserved"); }
+Status Validate(const ReleaseRequest& m) {
+  return m.pin == 0 ? InvalidArgument("release of pin 0") : Status::Ok();
+}
+Status Validate(const WriteBeginReply& m) {
+  if (m.nbuffers == 0 || m.nbuffers > kMaxBuffers || m.buffer < 0 ||
+      m.buffer >= static_cast<int32_t>(m.nbuffers)) {
+    return ProtocolError("write_begin reply names buffer " + std::to_string(m.buffer) + " of " +
+                         std::to_string(m.nbuffers));
+  }
+  return Status::Ok();
+}
+Status Validate(const CommitReply&) { return Status::Ok(); }
+Status Validate(const AcquireReply& m) {
+  if (m.version == 0 || m.pin == 0 || m.buffer < 0 || m.buffer >= static_cast<int32_t>(kMaxBuffers) ||
+      (m.flags & ~uint32_t{kAcquireHasEvent | kAcquireWriting}) != 0) {
+    return ProtocolError("acquire reply names version " + std::to_string(m.version) + " in buffer " +
+                         std::to_string(m.buffer));
+  }
+  return Status::Ok();
+}
+Status Validate(const ReleaseReply& m) {
+  return m.released > 1 ? ProtocolError("release reply is malformed") : Status::Ok();
+}
+
 Status Validate(const ErrorReply& m) {
   GPB_RETURN_IF_ERROR(CheckText(m.message, "error.message"));
-  if (m.code == 0 || m.code > static_cast<uint16_t>(Code::kInternal)) {
+  if (m.code == 0 || m.code > static_cast<uint16_t>(Code::kBusy)) {
     return ProtocolError("error reply has unknown code " + std::to_string(m.code));
   }
   return Status::Ok();
@@ -199,6 +240,10 @@ std::string TypeName(uint16_t type) {
     case MsgType::kDrain: return "drain";
     case MsgType::kReload: return "reload";
     case MsgType::kDevices: return "devices";
+    case MsgType::kWriteBegin: return "write_begin";
+    case MsgType::kCommit: return "commit";
+    case MsgType::kAcquire: return "acquire";
+    case MsgType::kRelease: return "release";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

@@ -22,7 +22,7 @@
 namespace gpubroker::wire {
 
 inline constexpr uint32_t kMagic = 0x4b524247;  // "GBRK"
-inline constexpr uint16_t kProtocolVersion = 2;
+inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kMaxMessageBytes = 64 * 1024;
 inline constexpr uint16_t kReplyBit = 0x8000;
 
@@ -41,6 +41,10 @@ enum class MsgType : uint16_t {
   kDrain = 12,
   kReload = 13,
   kDevices = 14,
+  kWriteBegin = 15,
+  kCommit = 16,
+  kAcquire = 17,
+  kRelease = 18,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -103,7 +107,11 @@ struct CreateRequest {
   uint8_t dtype_bits;
   uint16_t dtype_lanes;
   uint8_t ndim;
-  uint8_t reserved[5];
+  // New allocations: 0 for a plain slot (one buffer, version 1 at once);
+  // 1..kMaxBuffers for a live slot of that many buffers, at version 0 until
+  // its first commit. Views: 0 (they take their allocation's).
+  uint8_t buffers;
+  uint8_t reserved[4];
 };
 static_assert(sizeof(CreateRequest) == 440);
 
@@ -181,6 +189,41 @@ struct DevicesRequest {
   uint32_t max_entries;
 };
 
+// Versions (docs/live.md). Each names an allocation the caller holds a lease
+// on; write_begin needs that lease to be writable.
+struct WriteBeginRequest {
+  static constexpr MsgType kType = MsgType::kWriteBegin;
+  uint64_t allocation_id;
+  uint64_t reserved;
+};
+
+enum CommitFlags : uint32_t {
+  kCommitHasEvent = 1u << 0,  // `event` is a CUDA IPC event recorded after the writes
+  kCommitAbort = 1u << 1,     // give the buffer back unpublished
+};
+inline constexpr uint32_t kCommitKnownFlags = 0x3;
+
+struct CommitRequest {
+  static constexpr MsgType kType = MsgType::kCommit;
+  uint64_t allocation_id;
+  int32_t buffer;  // the one write_begin handed out
+  uint32_t flags;  // CommitFlags
+  uint8_t event[64];
+};
+static_assert(sizeof(CommitRequest) == 80);
+
+struct AcquireRequest {
+  static constexpr MsgType kType = MsgType::kAcquire;
+  uint64_t allocation_id;
+  uint64_t reserved;
+};
+
+struct ReleaseRequest {
+  static constexpr MsgType kType = MsgType::kRelease;
+  uint64_t allocation_id;
+  uint64_t pin;  // the acquire reply's: a later acquire's pin stays
+};
+
 // ---- replies ---------------------------------------------------------------
 
 struct HelloReply {
@@ -205,7 +248,7 @@ struct AttachReply {
   uint32_t access;  // Access bits granted
   uint32_t has_fd;  // 1 if an fd rides with this message
 };
-static_assert(sizeof(AttachReply) == 456);
+static_assert(sizeof(AttachReply) == 472);
 
 // Reply to create (without kCreateAttach) and stat.
 struct SlotReply {
@@ -257,10 +300,13 @@ struct LeaseRecord {
   uint64_t allocation_id;
   uint64_t allocation_bytes;
   uint32_t count;  // attaches of this client on this allocation
-  uint32_t reserved;
+  uint32_t writing;  // 1 while this client writes a buffer of it
   Text<128> slot;  // the slot it was first attached through
+  uint64_t pinned_version;  // the version this client pins; 0: none
+  int32_t pinned_buffer;    // its buffer; -1: none
+  int32_t writing_buffer;   // the buffer it writes; -1: none
 };
-static_assert(sizeof(LeaseRecord) == 160);
+static_assert(sizeof(LeaseRecord) == 176);
 
 struct LeasesReply {
   static constexpr MsgType kType = MsgType::kLeases;
@@ -305,6 +351,42 @@ struct DrainReply {
 struct ReloadReply {
   static constexpr MsgType kType = MsgType::kReload;
   uint64_t reserved;
+};
+
+struct WriteBeginReply {
+  static constexpr MsgType kType = MsgType::kWriteBegin;
+  uint64_t version;  // the newest committed version; the commit makes version + 1
+  uint64_t writes;   // LiveState::writes after this one began
+  int32_t buffer;    // the buffer to write
+  uint32_t nbuffers;
+};
+
+struct CommitReply {
+  static constexpr MsgType kType = MsgType::kCommit;
+  uint64_t version;  // the version committed; 0 after an abort
+};
+
+enum AcquireFlags : uint32_t {
+  kAcquireHasEvent = 1u << 0,  // wait for `event` before reading
+  kAcquireWriting = 1u << 1,   // a one-buffer slot: a write into it is under way
+};
+
+struct AcquireReply {
+  static constexpr MsgType kType = MsgType::kAcquire;
+  uint64_t version;
+  uint64_t writes;  // LiveState::writes when the pin was taken
+  uint64_t committed_ns;
+  int32_t buffer;
+  uint32_t flags;  // AcquireFlags
+  uint8_t event[64];
+  uint64_t pin;  // names this pin in the release
+};
+static_assert(sizeof(AcquireReply) == 104);
+
+struct ReleaseReply {
+  static constexpr MsgType kType = MsgType::kRelease;
+  uint32_t released;  // 1 if that pin was held and is gone
+  uint32_t reserved;
 };
 
 // A CUDA device the broker sees, in its own numbering.
@@ -414,6 +496,14 @@ Status Validate(const ListReply& m);
 Status Validate(const ClientsReply& m);
 Status Validate(const LeasesReply& m);
 Status Validate(const StatusReply& m);
+Status Validate(const WriteBeginRequest& m);
+Status Validate(const CommitRequest& m);
+Status Validate(const AcquireRequest& m);
+Status Validate(const ReleaseRequest& m);
+Status Validate(const WriteBeginReply& m);
+Status Validate(const CommitReply& m);
+Status Validate(const AcquireReply& m);
+Status Validate(const ReleaseReply& m);
 Status Validate(const ShutdownReply& m);
 Status Validate(const ErrorReply& m);
 Status Validate(const Notice& m);

@@ -27,6 +27,12 @@ struct gpb_client {
 struct gpb_view {
   gpubroker::View view;
 };
+struct gpb_writer {
+  gpubroker::Writer writer;
+};
+struct gpb_reader {
+  gpubroker::Reader reader;
+};
 
 namespace {
 
@@ -87,7 +93,9 @@ bool NullArg(const void* p, const char* what, gpb_error* err) {
 // passing these sizes, so they stay fixed numbers, not sizeof.
 constexpr uint32_t kSlotInfoV2 = 384;
 constexpr uint32_t kCreateArgsV2 = 88;
-static_assert(sizeof(gpb_slot_info) == kSlotInfoV2 && sizeof(gpb_create_args) == kCreateArgsV2,
+constexpr uint32_t kSlotInfoV3 = 400;
+constexpr uint32_t kCreateArgsV3 = 96;
+static_assert(sizeof(gpb_slot_info) == kSlotInfoV3 && sizeof(gpb_create_args) == kCreateArgsV3,
               "a public struct changed: bump GPB_ABI_VERSION and add the new size beside these");
 
 // A caller's gpb_slot_info: struct_size must at least reach the fields it has.
@@ -103,7 +111,7 @@ bool BadOut(const gpb_slot_info* out, gpb_error* err) {
 // Writes the slot into the caller's struct, no byte past its struct_size.
 void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
   gpb_slot_info full{};
-  full.struct_size = kSlotInfoV2;
+  full.struct_size = kSlotInfoV3;
   std::strncpy(full.name, s.name.c_str(), sizeof full.name - 1);
   full.generation = s.generation;
   full.allocation_id = s.allocation_id;
@@ -125,7 +133,9 @@ void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
   full.owner_gid = s.owner_gid;
   full.mode = s.mode;
   full.lease_count = s.lease_count;
-  full.struct_size = std::min(out->struct_size, kSlotInfoV2);
+  full.buffers = s.buffers;
+  full.buffer_bytes = s.buffer_bytes;
+  full.struct_size = std::min(out->struct_size, kSlotInfoV3);
   std::memcpy(out, &full, full.struct_size);
 }
 
@@ -166,7 +176,7 @@ int32_t ListCall(gpubroker::Result<std::vector<gpubroker::SlotInfo>> slots, gpb_
   auto* array = static_cast<gpb_slot_info*>(std::calloc(slots->size() + 1, sizeof(gpb_slot_info)));
   if (array == nullptr) return Fail(gpubroker::ResourceExhausted("out of memory"), err);
   for (size_t i = 0; i < slots->size(); ++i) {
-    array[i].struct_size = kSlotInfoV2;
+    array[i].struct_size = kSlotInfoV3;
     Fill((*slots)[i], &array[i]);
   }
   *out = array;
@@ -211,6 +221,9 @@ std::string Layout() {
   GPB_LAYOUT_FIELD(gpb_slot_info, owner_gid);
   GPB_LAYOUT_FIELD(gpb_slot_info, mode);
   GPB_LAYOUT_FIELD(gpb_slot_info, lease_count);
+  GPB_LAYOUT_FIELD(gpb_slot_info, buffers);
+  GPB_LAYOUT_FIELD(gpb_slot_info, reserved);
+  GPB_LAYOUT_FIELD(gpb_slot_info, buffer_bytes);
   GPB_LAYOUT_STRUCT(gpb_create_args);
   GPB_LAYOUT_FIELD(gpb_create_args, struct_size);
   GPB_LAYOUT_FIELD(gpb_create_args, name);
@@ -225,6 +238,13 @@ std::string Layout() {
   GPB_LAYOUT_FIELD(gpb_create_args, device);
   GPB_LAYOUT_FIELD(gpb_create_args, device_uuid);
   GPB_LAYOUT_FIELD(gpb_create_args, mode);
+  GPB_LAYOUT_FIELD(gpb_create_args, buffers);
+  GPB_LAYOUT_FIELD(gpb_create_args, reserved);
+  GPB_LAYOUT_STRUCT(gpb_acquired);
+  GPB_LAYOUT_FIELD(gpb_acquired, version);
+  GPB_LAYOUT_FIELD(gpb_acquired, committed_ns);
+  GPB_LAYOUT_FIELD(gpb_acquired, buffer);
+  GPB_LAYOUT_FIELD(gpb_acquired, writing);
   return out;
 }
 
@@ -253,7 +273,7 @@ const char* gpb_abi_layout(void) noexcept {
 }
 
 const char* gpb_code_name(int32_t code) noexcept {
-  if (code < 0 || code > GPB_INTERNAL) return "unknown";
+  if (code < 0 || code > GPB_BUSY) return "unknown";
   return gpubroker::CodeName(static_cast<gpubroker::Code>(code)).data();
 }
 
@@ -328,6 +348,7 @@ int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** o
       o.device_uuid = u;
     }
     o.mode = args->mode;
+    if (args->struct_size >= kCreateArgsV3) o.buffers = args->buffers;
     if (out_view == nullptr) {
       auto info = client->client.Create(o);
       if (!info.ok()) return Fail(info.status(), err);
@@ -491,3 +512,133 @@ int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, siz
 void gpb_dlpack_delete(void* managed, int32_t versioned) noexcept { gpubroker::DeleteDlpack(managed, versioned != 0); }
 
 }  // extern "C"
+
+void* gpb_view_data_in(const gpb_view* view, uint32_t buffer) noexcept {
+  return view != nullptr ? view->view.data(buffer) : nullptr;
+}
+
+int32_t gpb_view_dlpack_in(const gpb_view* view, uint32_t buffer, int32_t versioned, void** out,
+                           gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(view, "view", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto managed = gpubroker::ExportDlpack(view->view, versioned != 0, buffer);
+    if (!managed.ok()) return Fail(managed.status(), err);
+    *out = *managed;
+    return Done(err);
+  });
+}
+
+int32_t gpb_writer_open(gpb_client* client, const char* name, gpb_writer** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    auto w = client->client.OpenWriter(name);
+    if (!w.ok()) return Fail(w.status(), err);
+    *out = new gpb_writer{std::move(w).value()};
+    return Done(err);
+  });
+}
+
+void gpb_writer_close(gpb_writer* writer) noexcept {
+  try {
+    delete writer;
+  } catch (...) {  // the abort it sends allocates
+  }
+}
+
+int32_t gpb_writer_begin(gpb_writer* writer, int32_t wait_ms, uint32_t* out_buffer, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(writer, "writer", err) || NullArg(out_buffer, "out_buffer", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto b = writer->writer.Begin(wait_ms);
+    if (!b.ok()) return Fail(b.status(), err);
+    *out_buffer = *b;
+    return Done(err);
+  });
+}
+
+int32_t gpb_writer_commit(gpb_writer* writer, void* stream, uint64_t* out_version, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(writer, "writer", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto v = writer->writer.Commit(stream);
+    if (!v.ok()) return Fail(v.status(), err);
+    if (out_version != nullptr) *out_version = *v;
+    return Done(err);
+  });
+}
+
+int32_t gpb_writer_abort(gpb_writer* writer, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(writer, "writer", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    if (Status s = writer->writer.Abort(); !s.ok()) return Fail(s, err);
+    return Done(err);
+  });
+}
+
+int32_t gpb_reader_open(gpb_client* client, const char* name, gpb_reader** out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(client, "client", err) || NullArg(name, "name", err) || NullArg(out, "out", err)) {
+      return int32_t{GPB_INVALID_ARGUMENT};
+    }
+    auto r = client->client.OpenReader(name);
+    if (!r.ok()) return Fail(r.status(), err);
+    *out = new gpb_reader{std::move(r).value()};
+    return Done(err);
+  });
+}
+
+void gpb_reader_close(gpb_reader* reader) noexcept {
+  try {
+    delete reader;
+  } catch (...) {  // the release it sends allocates
+  }
+}
+
+int32_t gpb_reader_latest(gpb_reader* reader, uint64_t* out_version, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(reader, "reader", err) || NullArg(out_version, "out_version", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto v = reader->reader.Latest();
+    if (!v.ok()) return Fail(v.status(), err);
+    *out_version = *v;
+    return Done(err);
+  });
+}
+
+int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, uint64_t* out_version,
+                        gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(reader, "reader", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto v = reader->reader.Wait(after, timeout_ms);
+    if (!v.ok()) return Fail(v.status(), err);
+    if (out_version != nullptr) *out_version = *v;
+    return Done(err);
+  });
+}
+
+int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(reader, "reader", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto a = reader->reader.Acquire(stream);
+    if (!a.ok()) return Fail(a.status(), err);
+    *out = gpb_acquired{a->version, a->committed_ns, a->buffer, a->writing ? 1 : 0};
+    return Done(err);
+  });
+}
+
+int32_t gpb_reader_release(gpb_reader* reader, void* stream, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(reader, "reader", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    if (Status s = reader->reader.Release(stream); !s.ok()) return Fail(s, err);
+    return Done(err);
+  });
+}
+
+int32_t gpb_reader_unchanged(gpb_reader* reader, int32_t* out, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(reader, "reader", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    auto u = reader->reader.Unchanged();
+    if (!u.ok()) return Fail(u.status(), err);
+    *out = *u ? 1 : 0;
+    return Done(err);
+  });
+}

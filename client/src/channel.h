@@ -80,6 +80,13 @@ class Channel {
   // Gives a lease back. Never reconnects: if the broker went away, the lease
   // went with it. Errors are dropped: the caller is a destructor.
   void Detach(uint64_t allocation_id) GPB_EXCLUDES(mu_);
+  // Sends a request and drops its reply, in the same way: for what a
+  // destructor or a background thread gives back (a pin, a write).
+  template <typename Q>
+  void Tell(const Q& request) GPB_EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    (void)SendAndReceiveLocked(wire::EncodeRequest(0, request));
+  }
 
   uint64_t client_id() GPB_EXCLUDES(mu_);
 

@@ -4,43 +4,13 @@
 #include <cstring>
 
 #include "client/src/channel.h"
+#include "client/src/client_core.h"
 #include "client/src/mapping.h"
 #include "client/src/mapping_cache.h"
 #include "common/socket_path.h"
 #include "common/validate.h"
 
 namespace gpubroker {
-
-// What a Client is made of: the mapping side and the socket side, each
-// knowing nothing of the other; Client's methods are where they meet.
-struct Client::Core {
-  std::shared_ptr<MappingCache> cache;
-  std::shared_ptr<Channel> channel;
-
-  // This process's own mapping of the slot's allocation, if it has one:
-  // found through the registry, no message sent. The record is checked
-  // against the mapping itself, not against the sizes the record claims.
-  std::optional<std::pair<std::shared_ptr<MappedAllocation>, SlotDescriptor>> Mapped(std::string_view name,
-                                                                                     AttachMode mode) {
-    auto registry = cache->registry();
-    if (!registry.ok() || !(*registry)->Running()) return std::nullopt;
-    auto slot = (*registry)->Lookup(name);
-    if (!slot.ok()) return std::nullopt;
-    std::shared_ptr<MappedAllocation> mapped = cache->Find(slot->allocation_id);
-    if (!mapped || (mode == AttachMode::kReadWrite && !mapped->writable)) return std::nullopt;
-    if (slot->byte_offset > mapped->size || slot->nbytes > mapped->size - slot->byte_offset) return std::nullopt;
-    return std::make_pair(std::move(mapped), *slot);
-  }
-
-  // Maps what an attach reply hands over, or joins this process's mapping of
-  // it; either way the process keeps one lease per mapping.
-  Result<std::shared_ptr<MappedAllocation>> Map(const wire::AttachReply& reply, UniqueFd fd) {
-    auto mapped = cache->Map(reply, std::move(fd), channel);
-    if (!mapped.ok() || mapped->joined) channel->Detach(reply.slot.allocation_id);
-    if (!mapped.ok()) return mapped.status();
-    return std::move(mapped->mapping);
-  }
-};
 
 std::string DefaultSocketPath() { return ClientDefaultSocketPath(); }
 
@@ -69,6 +39,11 @@ Result<wire::CreateRequest> ToRequest(const CreateOptions& o, bool attach) {
   m.base.set(o.base);
   m.byte_offset = o.byte_offset;
   m.nbytes = o.bytes;
+  if (o.buffers > kMaxBuffers) {
+    return InvalidArgument("buffers " + std::to_string(o.buffers) + " is above the limit of " +
+                           std::to_string(kMaxBuffers));
+  }
+  m.buffers = static_cast<uint8_t>(o.buffers);
   std::copy(o.shape.begin(), o.shape.end(), m.shape);
   std::copy(o.strides.begin(), o.strides.end(), m.strides);
   m.ndim = static_cast<uint8_t>(o.shape.size());

@@ -59,7 +59,7 @@ struct Exported {
 
   static void Delete(Managed* m) { delete static_cast<Exported*>(m->manager_ctx); }
 
-  static Managed* Make(View view) {
+  static Managed* Make(View view, uint32_t buffer) {
     auto* e = new (std::nothrow) Exported{{}, {}, {}, std::move(view)};
     if (e == nullptr) return nullptr;
     const View& v = e->view;
@@ -67,7 +67,7 @@ struct Exported {
     std::copy(s.shape.begin(), s.shape.end(), e->shape);
     std::copy(s.strides.begin(), s.strides.end(), e->strides);
     DLTensor& t = e->managed.dl_tensor;
-    t.data = v.data();
+    t.data = v.data(buffer);
     t.device = s.device.type == Device::kCuda ? DLDevice{kDLCUDA, s.device.ordinal} : DLDevice{kDLCPU, 0};
     t.ndim = static_cast<int32_t>(s.shape.size());
     t.dtype = {s.dtype.code, s.dtype.bits, s.dtype.lanes};
@@ -85,13 +85,17 @@ struct Exported {
 
 }  // namespace
 
-Result<void*> ExportDlpack(View view, bool versioned) {
+Result<void*> ExportDlpack(View view, bool versioned, uint32_t buffer) {
   const SlotInfo& s = view.slot();
+  if (buffer >= s.buffers) {
+    return InvalidArgument("slot '" + s.name + "' has " + std::to_string(s.buffers) + " buffers; there is no buffer " +
+                           std::to_string(buffer));
+  }
   if (s.device.type == Device::kCuda && s.device.ordinal < 0) {
     return NotFound("slot '" + s.name + "' is on a CUDA device this process does not see");
   }
-  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(view)))
-                            : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(view)));
+  void* managed = versioned ? static_cast<void*>(Exported<DLManagedTensorVersioned>::Make(std::move(view), buffer))
+                            : static_cast<void*>(Exported<DLManagedTensor>::Make(std::move(view), buffer));
   if (managed == nullptr) return ResourceExhausted("out of memory");
   return managed;
 }

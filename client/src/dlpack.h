@@ -10,7 +10,8 @@ namespace gpubroker {
 // A DLManagedTensor (or, with `versioned`, a DLManagedTensorVersioned whose
 // read-only flag follows the view) over `view`; NotFound for a slot on a
 // CUDA device this process does not see.
-Result<void*> ExportDlpack(View view, bool versioned);
+// `buffer`: which of a live slot's buffers the tensor shows.
+Result<void*> ExportDlpack(View view, bool versioned, uint32_t buffer = 0);
 
 // Calls the deleter of a tensor from ExportDlpack that no consumer took.
 void DeleteDlpack(void* managed, bool versioned) noexcept;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <optional>
 #include <span>
 #include <string>
@@ -61,6 +62,10 @@ struct CreateOptions {
                         // the broker's numbering where this process has no driver); -1: default
   std::optional<DeviceUuid> device_uuid;  // overrides `device`
   uint32_t mode = 0600;           // like chmod: r = attach, w = write, destroy, add views
+  // New allocations: 0 for a plain slot (version 1 at once); 1..kMaxBuffers
+  // for a live slot of that many buffers, at version 0 until its first
+  // commit (docs/live.md). Views take their allocation's.
+  uint32_t buffers = 0;
 };
 
 enum class AttachMode { kReadWrite, kReadOnly };
@@ -74,6 +79,9 @@ class View {
   // First element: a host pointer for host slots, a device pointer (usable
   // on device().ordinal, in this process's numbering) for CUDA slots.
   void* data() const;
+  // The first element in buffer `buffer` of a live slot (data() is buffer
+  // 0's); null past the last buffer.
+  void* data(uint32_t buffer) const;
   const SlotInfo& slot() const { return slot_; }
   const std::string& name() const { return slot_.name; }
   DType dtype() const { return slot_.dtype; }
@@ -92,6 +100,92 @@ class View {
       : mapping_(std::move(mapping)), slot_(std::move(slot)) {}
   std::shared_ptr<MappedAllocation> mapping_;
   SlotInfo slot_;
+};
+
+
+class Client;
+
+// Writes new versions of a live slot's allocation (docs/live.md): the slot
+// it was opened on and every other view of that allocation change version
+// together, at commit. One writer per allocation at a time.
+class Writer {
+ public:
+  Writer() = default;
+  Writer(Writer&&) noexcept;
+  Writer& operator=(Writer&&) noexcept;
+  ~Writer();  // aborts a write not committed
+
+  bool valid() const { return state_ != nullptr; }
+  const View& view() const;  // the slot it was opened on, mapped writable
+  uint32_t buffers() const;
+
+  // Takes a buffer no reader pins and that does not hold the newest version
+  // (a one-buffer slot: its only buffer, in place). Every buffer pinned:
+  // waits up to `wait_ms` for a reader to release one (0: fails at once;
+  // -1: no limit), then kBusy. Returns the buffer's number: write it at
+  // View::data(buffer) of any view of the allocation.
+  Result<uint32_t> Begin(int wait_ms = 0);
+  // Publishes the begun buffer as the next version, atomically for the whole
+  // allocation. CUDA: first records an interprocess event on `stream` (a
+  // CUstream or cudaStream_t; null: the legacy default stream), so readers'
+  // streams wait for the writes queued before it; nothing waits on the host.
+  // Host memory: a release fence orders the writes before the commit.
+  Result<uint64_t> Commit(void* stream = nullptr);
+  // Gives the begun buffer back unpublished.
+  Status Abort();
+
+ private:
+  friend class Client;
+  struct State;
+  explicit Writer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+// What Reader::Acquire pinned.
+struct Acquired {
+  uint64_t version = 0;
+  uint32_t buffer = 0;  // read it at View::data(buffer)
+  uint64_t committed_ns = 0;
+  // A one-buffer slot only: a write into the buffer was under way when the
+  // pin was taken. Read anyway and ask Unchanged() afterwards.
+  bool writing = false;
+};
+
+// Follows the versions of a slot's allocation: waits for new ones without
+// asking the broker, and pins the one it reads.
+class Reader {
+ public:
+  Reader() = default;
+  Reader(Reader&&) noexcept;
+  Reader& operator=(Reader&&) noexcept;
+  ~Reader();  // releases its pin
+
+  bool valid() const { return state_ != nullptr; }
+  const View& view() const;  // the slot it was opened on
+  // The newest committed version, read from the shared registry (0: none yet).
+  Result<uint64_t> Latest() const;
+  // Blocks (on a futex in the shared registry; no message, no polling) until
+  // a version newer than `after` is committed, at most `timeout_ms` (-1: no
+  // limit); returns it, or kTimeout. kNotFound once the slot's allocation is
+  // gone, kUnavailable once the broker stops.
+  Result<uint64_t> Wait(uint64_t after, int timeout_ms = -1);
+  // Pins the newest committed version (moving this reader's pin from the one
+  // it had) and, for CUDA slots, makes `stream` wait for the writer's event:
+  // work queued on `stream` afterwards sees the whole version. No host wait.
+  Result<Acquired> Acquire(void* stream = nullptr);
+  // Lets the writer reuse the pinned buffer once the work queued on `stream`
+  // so far is done (CUDA: a background thread waits for it, then tells the
+  // broker; the call returns at once). Host memory: at once.
+  Status Release(void* stream = nullptr);
+  // One-buffer slots: true if no write into the buffer began since Acquire,
+  // so what was read is that version, whole. Always true with 2+ buffers.
+  Result<bool> Unchanged() const;
+
+ private:
+  friend class Client;
+  struct State;
+  explicit Reader(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
 };
 
 struct BrokerInfo {
@@ -136,6 +230,9 @@ struct LeaseInfo {
   uint64_t allocation_bytes = 0;
   uint32_t count = 0;
   std::string slot;
+  uint64_t pinned_version = 0;  // the version this client pins; 0: none
+  int32_t pinned_buffer = -1;
+  int32_t writing_buffer = -1;  // the buffer this client writes; -1: none
 };
 
 class Client {
@@ -155,6 +252,10 @@ class Client {
                                        AttachMode mode = AttachMode::kReadWrite);
   // Removes the name at once; the memory goes when the last lease goes.
   Status Destroy(std::string_view name);
+
+  // Versions (docs/live.md). Each attaches the slot (writable for a writer).
+  Result<Writer> OpenWriter(std::string_view name);
+  Result<Reader> OpenReader(std::string_view name);
 
   // Asks the broker.
   Result<SlotInfo> Stat(std::string_view name);

@@ -31,7 +31,7 @@ extern "C" {
 #endif
 #pragma GCC visibility push(default)
 
-#define GPB_ABI_VERSION 2
+#define GPB_ABI_VERSION 3
 #define GPB_MAX_DIMS 8
 #define GPB_NAME_BYTES 128
 
@@ -47,7 +47,9 @@ typedef enum gpb_code {
   GPB_IO = 8,
   GPB_CONFIG = 9,
   GPB_UNSUPPORTED = 10,
-  GPB_INTERNAL = 11
+  GPB_INTERNAL = 11,
+  GPB_TIMEOUT = 12,
+  GPB_BUSY = 13
 } gpb_code;
 
 typedef enum gpb_backend {
@@ -94,6 +96,10 @@ typedef struct gpb_slot_info {
   uint32_t owner_gid;
   uint32_t mode;
   uint32_t lease_count;
+  /* ABI 3: versions (docs/live.md) */
+  uint32_t buffers;      /* buffers of the allocation, each buffer_bytes long */
+  uint32_t reserved;
+  uint64_t buffer_bytes;
 } gpb_slot_info;
 
 typedef struct gpb_create_args {
@@ -110,6 +116,9 @@ typedef struct gpb_create_args {
   int32_t device;         /* CUDA ordinal in this process's numbering, -1: default */
   const uint8_t* device_uuid; /* 16 bytes or NULL; overrides device */
   uint32_t mode;          /* e.g. 0600 */
+  /* ABI 3: 0 plain slot; 1..8 a live slot of that many buffers (docs/live.md) */
+  uint32_t buffers;
+  uint32_t reserved; /* 0 */
 } gpb_create_args;
 
 typedef struct gpb_client gpb_client;
@@ -180,6 +189,59 @@ int32_t gpb_attach_many_dlpack(gpb_client* client, const char* const* names, siz
                                int32_t versioned, void** out, gpb_error* err) GPB_NOEXCEPT;
 /* Calls the deleter of a tensor from gpb_view_dlpack that no consumer took. */
 void gpb_dlpack_delete(void* managed, int32_t versioned) GPB_NOEXCEPT;
+
+/* ---- Versions (docs/live.md) ----------------------------------------------
+ * A live slot's allocation holds `buffers` buffers; a writer begins one,
+ * writes it and commits it as the next version of the whole allocation; a
+ * reader waits for a version (a futex in shared memory, no message), pins
+ * the newest (acquire), reads it and releases it. Streams are CUstream /
+ * cudaStream_t values (NULL: the legacy default stream); host slots ignore
+ * them. */
+
+/* Where `buffer` of the view's allocation holds the view's first element;
+ * NULL past the last buffer. */
+void* gpb_view_data_in(const gpb_view* view, uint32_t buffer) GPB_NOEXCEPT;
+/* gpb_view_dlpack over buffer `buffer`. */
+int32_t gpb_view_dlpack_in(const gpb_view* view, uint32_t buffer, int32_t versioned, void** out,
+                           gpb_error* err) GPB_NOEXCEPT;
+
+typedef struct gpb_writer gpb_writer;
+typedef struct gpb_reader gpb_reader;
+
+typedef struct gpb_acquired {
+  uint64_t version;
+  uint64_t committed_ns;
+  uint32_t buffer;
+  int32_t writing; /* one-buffer slots: a write was under way; check gpb_reader_unchanged after reading */
+} gpb_acquired;
+
+/* Attaches `name` writable and makes a writer of its allocation. */
+int32_t gpb_writer_open(gpb_client* client, const char* name, gpb_writer** out, gpb_error* err) GPB_NOEXCEPT;
+/* Aborts a write not committed. */
+void gpb_writer_close(gpb_writer* writer) GPB_NOEXCEPT;
+/* A buffer to write into; every buffer pinned: waits up to wait_ms (-1: no
+ * limit, 0: none), then GPB_BUSY. */
+int32_t gpb_writer_begin(gpb_writer* writer, int32_t wait_ms, uint32_t* out_buffer, gpb_error* err) GPB_NOEXCEPT;
+/* Publishes the begun buffer; CUDA: after the work queued on `stream`. */
+int32_t gpb_writer_commit(gpb_writer* writer, void* stream, uint64_t* out_version, gpb_error* err) GPB_NOEXCEPT;
+int32_t gpb_writer_abort(gpb_writer* writer, gpb_error* err) GPB_NOEXCEPT;
+
+/* Attaches `name` read-only and makes a reader of its allocation. */
+int32_t gpb_reader_open(gpb_client* client, const char* name, gpb_reader** out, gpb_error* err) GPB_NOEXCEPT;
+/* Releases its pin. */
+void gpb_reader_close(gpb_reader* reader) GPB_NOEXCEPT;
+/* The newest committed version (0: none yet), from shared memory. */
+int32_t gpb_reader_latest(gpb_reader* reader, uint64_t* out_version, gpb_error* err) GPB_NOEXCEPT;
+/* Blocks until a version newer than `after` is committed, at most
+ * timeout_ms (-1: no limit); GPB_TIMEOUT if none came. */
+int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, uint64_t* out_version,
+                        gpb_error* err) GPB_NOEXCEPT;
+/* Pins the newest version; CUDA: `stream` waits for its writes. */
+int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, gpb_error* err) GPB_NOEXCEPT;
+/* Gives the pin back once the work queued on `stream` is done. */
+int32_t gpb_reader_release(gpb_reader* reader, void* stream, gpb_error* err) GPB_NOEXCEPT;
+/* One-buffer slots: 1 if no write began since the acquire (the read was whole). */
+int32_t gpb_reader_unchanged(gpb_reader* reader, int32_t* out, gpb_error* err) GPB_NOEXCEPT;
 
 #pragma GCC visibility pop
 #ifdef __cplusplus

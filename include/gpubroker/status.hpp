@@ -29,6 +29,8 @@ enum class Code : uint16_t {
   kConfig = 9,             // a configuration file or flag is wrong
   kUnsupported = 10,       // a backend or feature is not available here
   kInternal = 11,          // a bug: please report it
+  kTimeout = 12,           // a wait ran out of time (no new version came)
+  kBusy = 13,              // another client writes the slot, or readers pin every buffer
 };
 
 // Short stable name of a code, e.g. "not_found".
@@ -64,6 +66,8 @@ inline Status ProtocolError(std::string m) { return {Code::kProtocol, std::move(
 inline Status ConfigError(std::string m) { return {Code::kConfig, std::move(m)}; }
 inline Status Unsupported(std::string m) { return {Code::kUnsupported, std::move(m)}; }
 inline Status Internal(std::string m) { return {Code::kInternal, std::move(m)}; }
+inline Status Timeout(std::string m) { return {Code::kTimeout, std::move(m)}; }
+inline Status Busy(std::string m) { return {Code::kBusy, std::move(m)}; }
 
 // A value or the Status saying why there is none.
 template <typename T>

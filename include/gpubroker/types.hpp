@@ -17,6 +17,8 @@ namespace gpubroker {
 
 inline constexpr int kMaxDims = 8;
 inline constexpr size_t kMaxNameLength = 127;
+// Most buffers a slot's allocation may hold (CreateOptions::buffers).
+inline constexpr uint32_t kMaxBuffers = 8;
 
 // Element type, in DLPack's terms (code, bits, lanes).
 struct DType {
@@ -73,7 +75,9 @@ struct SlotInfo {
   uint32_t owner_gid = 0;
   uint32_t mode = 0;  // rwx bits as in chmod; r = attach, w = write and destroy
   uint32_t lease_count = 0;  // leases on the slot's allocation
-  uint64_t version = 0;      // publish version
+  uint64_t version = 0;      // newest committed version (0: none yet); docs/live.md
+  uint32_t buffers = 1;      // buffers the allocation holds, each `buffer_bytes` long
+  uint64_t buffer_bytes = 0;
   uint64_t created_ns = 0;   // CLOCK_REALTIME
   uint64_t updated_ns = 0;
 };

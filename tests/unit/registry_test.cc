@@ -36,6 +36,8 @@ SlotDescriptor Slot(const std::string& name, int64_t n = 4) {
   d.strides[0] = 1;
   d.nbytes = static_cast<uint64_t>(n);
   d.allocation_bytes = static_cast<uint64_t>(n);
+  d.nbuffers = 1;
+  d.buffer_bytes = d.allocation_bytes;
   return d;
 }
 

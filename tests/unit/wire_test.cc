@@ -28,6 +28,8 @@ SlotDescriptor SampleSlot() {
   d.backend = static_cast<uint16_t>(BackendKind::kHost);
   d.allocation_id = 7;
   d.allocation_bytes = 4096;
+  d.nbuffers = 1;
+  d.buffer_bytes = 4096;
   d.byte_offset = 512;
   d.dtype_code = DType::kFloat;
   d.dtype_bits = 32;

@@ -1,0 +1,183 @@
+// Versions (docs/live.md): writers begin and commit buffers, readers pin the
+// newest committed one. The rules live here, in the broker's one thread; the
+// registry's live record is how readers see the outcome without asking.
+#include <spdlog/spdlog.h>
+
+#include "broker/request_handler.h"
+
+namespace gpubroker {
+namespace {
+
+std::string Who(const ClientEntry& c) {
+  return "client " + std::to_string(c.id) + " (pid " + std::to_string(c.peer.pid) + ")";
+}
+
+}  // namespace
+
+SlotDescriptor RequestHandler::Current(const SlotDescriptor& d) const {
+  SlotDescriptor out = d;
+  if (d.live_index < registry_.capacity()) {
+    const LiveState& s = registry_.GetLive(d.live_index);
+    if (s.allocation_id == d.allocation_id) {
+      out.version = s.version;
+      if (s.version != 0) out.updated_ns = s.committed_ns;
+    }
+  }
+  return out;
+}
+
+Result<Allocation*> RequestHandler::LeasedAllocation(ClientEntry& client, uint64_t allocation_id,
+                                                     bool write) {
+  auto lease = client.leases.find(allocation_id);
+  if (lease == client.leases.end()) {
+    return NotFound("this client holds no lease on allocation " + std::to_string(allocation_id) +
+                    ": attach one of its slots first");
+  }
+  if (write && !lease->second.writable) {
+    return PermissionDenied("allocation " + std::to_string(allocation_id) + " (slot '" + lease->second.slot +
+                            "') was attached without write access");
+  }
+  Allocation* a = table_.FindAllocation(allocation_id);
+  if (a == nullptr || a->live_index == kNoLiveRecord) return Internal("leased allocation is missing");
+  return a;
+}
+
+Result<Reply> RequestHandler::OnWriteBegin(Request r, const wire::WriteBeginRequest& m) {
+  GPB_ASSIGN_OR_RETURN(Allocation * a, LeasedAllocation(r.client, m.allocation_id, true));
+  LiveState s = registry_.GetLive(a->live_index);
+  if (a->writer == r.client.id) {
+    return InvalidArgument("this client is already writing buffer " + std::to_string(s.writing) +
+                           " of allocation " + std::to_string(a->id) + ": commit or abort it first");
+  }
+  if (a->writer != 0) {
+    const ClientEntry* other = table_.FindClient(a->writer);
+    return Busy("allocation " + std::to_string(a->id) + " is being written by " +
+                (other != nullptr ? Who(*other) : "another client") + "; one writer at a time");
+  }
+  int32_t chosen = -1;
+  if (s.nbuffers == 1) {
+    chosen = 0;  // in place: readers learn from `writes` that their read may be torn
+  } else {
+    // A buffer nobody pins that does not hold the newest version; the
+    // oldest such, so the versions readers may still want go last.
+    for (uint32_t b = 0; b < s.nbuffers; ++b) {
+      if (static_cast<int32_t>(b) == s.buffer || s.pins[b] != 0) continue;
+      if (chosen < 0 || s.buffer_version[b] < s.buffer_version[chosen]) chosen = static_cast<int32_t>(b);
+    }
+    if (chosen < 0) {
+      std::string pins;
+      for (uint32_t b = 0; b < s.nbuffers; ++b) {
+        pins += (b ? ", " : "") + std::to_string(s.pins[b]);
+      }
+      return Busy("every buffer of allocation " + std::to_string(a->id) +
+                  " is pinned by readers or holds the newest version (pins per buffer: " + pins +
+                  "); wait for a release, or create the slot with more buffers");
+    }
+    s.buffer_version[chosen] = 0;
+  }
+  s.writing = chosen;
+  s.writer_pid = r.client.peer.pid;
+  ++s.writes;
+  a->writer = r.client.id;
+  a->events[chosen].reset();
+  registry_.UpdateLive(a->live_index, s, false, false);
+  wire::WriteBeginReply reply{s.version, s.writes, chosen, s.nbuffers};
+  return Reply{wire::EncodeReply(r.id, reply)};
+}
+
+Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) {
+  GPB_ASSIGN_OR_RETURN(Allocation * a, LeasedAllocation(r.client, m.allocation_id, true));
+  LiveState s = registry_.GetLive(a->live_index);
+  if (a->writer != r.client.id || s.writing != m.buffer) {
+    return InvalidArgument("this client is not writing buffer " + std::to_string(m.buffer) + " of allocation " +
+                           std::to_string(a->id) + " (begin a write first)");
+  }
+  if (m.flags & wire::kCommitAbort) {
+    EndWrite(*a, true);
+    return Reply{wire::EncodeReply(r.id, wire::CommitReply{0})};
+  }
+  a->writer = 0;
+  s.writing = -1;
+  s.writer_pid = 0;
+  ++s.version;
+  s.buffer = m.buffer;
+  s.buffer_version[m.buffer] = s.version;
+  s.committed_ns = NowNs();
+  if (m.flags & wire::kCommitHasEvent) {
+    a->events[m.buffer].emplace();
+    std::copy(std::begin(m.event), std::end(m.event), a->events[m.buffer]->begin());
+  } else {
+    a->events[m.buffer].reset();
+  }
+  registry_.UpdateLive(a->live_index, s, true, true);
+  return Reply{wire::EncodeReply(r.id, wire::CommitReply{s.version})};
+}
+
+void RequestHandler::EndWrite(Allocation& a, bool abandoned) {
+  LiveState s = registry_.GetLive(a.live_index);
+  if (s.writing >= 0 && s.nbuffers > 1) s.buffer_version[s.writing] = 0;  // reclaimed, unpublished
+  if (abandoned) spdlog::info("allocation {}: the write into buffer {} was abandoned", a.id, s.writing);
+  s.writing = -1;
+  s.writer_pid = 0;
+  a.writer = 0;
+  registry_.UpdateLive(a.live_index, s, false, true);
+}
+
+Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m) {
+  GPB_ASSIGN_OR_RETURN(Allocation * a, LeasedAllocation(r.client, m.allocation_id, false));
+  LiveState s = registry_.GetLive(a->live_index);
+  if (s.version == 0) {
+    return NotFound("nothing has been committed to allocation " + std::to_string(a->id) + " yet");
+  }
+  Pin& pin = r.client.pins[a->id];
+  bool moved = false;
+  if (pin.version != s.version) {
+    if (pin.version != 0) {
+      --s.pins[pin.buffer];
+      moved = true;
+    }
+    pin = Pin{s.version, s.buffer, 0};
+    ++s.pins[s.buffer];
+    registry_.UpdateLive(a->live_index, s, false, moved);
+  }
+  pin.id = ++r.client.last_pin;
+  wire::AcquireReply reply{};
+  reply.version = s.version;
+  reply.writes = s.writes;
+  reply.committed_ns = s.committed_ns;
+  reply.buffer = s.buffer;
+  reply.pin = pin.id;
+  if (const auto& event = a->events[s.buffer]) {
+    reply.flags |= wire::kAcquireHasEvent;
+    std::copy(event->begin(), event->end(), reply.event);
+  }
+  if (s.nbuffers == 1 && s.writing >= 0) reply.flags |= wire::kAcquireWriting;
+  return Reply{wire::EncodeReply(r.id, reply)};
+}
+
+Result<Reply> RequestHandler::OnRelease(Request r, const wire::ReleaseRequest& m) {
+  auto it = r.client.pins.find(m.allocation_id);
+  bool held = it != r.client.pins.end() && it->second.id == m.pin;
+  if (held) DropPin(r.client, m.allocation_id);
+  return Reply{wire::EncodeReply(r.id, wire::ReleaseReply{held ? 1u : 0u, 0})};
+}
+
+void RequestHandler::DropPin(ClientEntry& client, uint64_t allocation_id) {
+  auto it = client.pins.find(allocation_id);
+  if (it == client.pins.end()) return;
+  Pin pin = it->second;
+  client.pins.erase(it);
+  Allocation* a = table_.FindAllocation(allocation_id);
+  if (a == nullptr || a->live_index == kNoLiveRecord) return;
+  LiveState s = registry_.GetLive(a->live_index);
+  if (pin.buffer >= 0 && s.pins[pin.buffer] > 0) --s.pins[pin.buffer];
+  registry_.UpdateLive(a->live_index, s, false, true);
+}
+
+void RequestHandler::ForgetLiveState(ClientEntry& client, uint64_t allocation_id) {
+  DropPin(client, allocation_id);
+  Allocation* a = table_.FindAllocation(allocation_id);
+  if (a != nullptr && a->writer == client.id) EndWrite(*a, true);
+}
+
+}  // namespace gpubroker

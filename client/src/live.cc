@@ -1,0 +1,296 @@
+// Writers and readers of versions (docs/live.md): the client's half of the
+// rules request_handler_live.cc keeps. Waiting is a futex on the registry's
+// live record; begin, commit, acquire and release are one message each.
+#include <atomic>
+#include <chrono>
+
+#include "client/src/channel.h"
+#include "client/src/client_core.h"
+#include "client/src/live_cuda.h"
+#include "common/futex.h"
+
+namespace gpubroker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Where a slot's live record is in the registry this client has now: after a
+// broker restart the record moves, so it is looked up again by name.
+class LiveLocator {
+ public:
+  LiveLocator(std::shared_ptr<MappingCache> cache, const View& view) : cache_(std::move(cache)), view_(view) {}
+
+  Result<std::pair<std::shared_ptr<const RegistryReader>, SlotDescriptor>> Locate() {
+    GPB_ASSIGN_OR_RETURN(std::shared_ptr<const RegistryReader> registry, cache_->registry());
+    if (registry != registry_) {
+      GPB_ASSIGN_OR_RETURN(SlotDescriptor d, registry->Lookup(view_.name()));
+      if (d.allocation_id != view_.slot().allocation_id) {
+        return NotFound("slot '" + view_.name() + "' now names another allocation (it was replaced): open it again");
+      }
+      registry_ = registry;
+      descriptor_ = d;
+    }
+    return std::make_pair(registry_, descriptor_);
+  }
+
+ private:
+  std::shared_ptr<MappingCache> cache_;
+  const View& view_;
+  std::shared_ptr<const RegistryReader> registry_;
+  SlotDescriptor descriptor_{};
+};
+
+// Milliseconds left until `deadline` (-1 stays "no limit").
+std::chrono::nanoseconds Left(std::optional<Clock::time_point> deadline) {
+  if (!deadline) return std::chrono::nanoseconds(-1);
+  return std::max(std::chrono::nanoseconds(0), *deadline - Clock::now());
+}
+
+std::optional<Clock::time_point> DeadlineAfter(int timeout_ms) {
+  if (timeout_ms < 0) return std::nullopt;
+  return Clock::now() + std::chrono::milliseconds(timeout_ms);
+}
+
+// A wait is cut into slices this long, after each of which the broker's
+// liveness is checked: a broker killed outright wakes nobody.
+constexpr std::chrono::seconds kLivenessSlice{1};
+
+}  // namespace
+
+void* View::data(uint32_t buffer) const {
+  if (!mapping_ || buffer >= slot_.buffers) return nullptr;
+  return static_cast<std::byte*>(mapping_->base) + buffer * slot_.buffer_bytes + slot_.byte_offset;
+}
+
+struct Writer::State {
+  std::shared_ptr<Channel> channel;
+  View view;
+  LiveLocator locator;
+  std::unique_ptr<WriterEvents> events;
+  int32_t begun = -1;
+
+  State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
+      : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
+  uint64_t allocation_id() const { return view.slot().allocation_id; }
+};
+
+Writer::Writer(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Writer::Writer(Writer&&) noexcept = default;
+Writer& Writer::operator=(Writer&& other) noexcept {
+  if (this != &other) {
+    if (state_) (void)Abort();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+Writer::~Writer() {
+  if (state_ && state_->begun >= 0) {
+    wire::CommitRequest m{};
+    m.allocation_id = state_->allocation_id();
+    m.buffer = state_->begun;
+    m.flags = wire::kCommitAbort;
+    state_->channel->Tell(m);
+  }
+}
+
+const View& Writer::view() const {
+  static const View kNone;
+  return state_ ? state_->view : kNone;
+}
+uint32_t Writer::buffers() const { return state_ ? state_->view.slot().buffers : 0; }
+
+Result<uint32_t> Writer::Begin(int wait_ms) {
+  if (!state_) return InvalidArgument("this writer is empty");
+  if (state_->begun >= 0) {
+    return InvalidArgument("buffer " + std::to_string(state_->begun) + " is begun already: commit or abort it");
+  }
+  std::optional<Clock::time_point> deadline = DeadlineAfter(wait_ms);
+  while (true) {
+    // The word first: a release between it and the refusal wakes the wait.
+    GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+    const std::atomic<uint32_t>* releases = where.first->ReleasesWord(where.second);
+    uint32_t seen = releases != nullptr ? releases->load(std::memory_order_acquire) : 0;
+    wire::WriteBeginRequest m{state_->allocation_id(), 0};
+    auto reply = state_->channel->Call<wire::WriteBeginReply>(m);
+    if (reply.ok()) {
+      state_->begun = reply->buffer;
+      return static_cast<uint32_t>(reply->buffer);
+    }
+    if (reply.status().code() != Code::kBusy || wait_ms == 0 || releases == nullptr) return reply.status();
+    std::chrono::nanoseconds left = Left(deadline);
+    if (left.count() == 0) return reply.status().Annotate("after waiting " + std::to_string(wait_ms) + " ms");
+    if (left.count() < 0 || left > kLivenessSlice) left = kLivenessSlice;
+    FutexWait(releases, seen, left);
+  }
+}
+
+Result<uint64_t> Writer::Commit(void* stream) {
+  if (!state_) return InvalidArgument("this writer is empty");
+  if (state_->begun < 0) return InvalidArgument("no buffer is begun: call Begin first");
+  wire::CommitRequest m{};
+  m.allocation_id = state_->allocation_id();
+  m.buffer = state_->begun;
+  if (state_->view.device().type == Device::kCuda) {
+    if (!state_->events) {
+      GPB_ASSIGN_OR_RETURN(state_->events,
+                           WriterEvents::Create(state_->view.device().ordinal, state_->view.slot().buffers));
+    }
+    GPB_ASSIGN_OR_RETURN(IpcEventHandle handle, state_->events->Record(state_->begun, stream));
+    std::copy(handle.begin(), handle.end(), m.event);
+    m.flags = wire::kCommitHasEvent;
+  } else {
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  auto reply = state_->channel->Call<wire::CommitReply>(m);
+  state_->begun = -1;  // committed, or given up by the broker with the connection
+  if (!reply.ok()) return reply.status();
+  return reply->version;
+}
+
+Status Writer::Abort() {
+  if (!state_) return InvalidArgument("this writer is empty");
+  if (state_->begun < 0) return Status::Ok();
+  wire::CommitRequest m{};
+  m.allocation_id = state_->allocation_id();
+  m.buffer = state_->begun;
+  m.flags = wire::kCommitAbort;
+  state_->begun = -1;
+  return state_->channel->Call<wire::CommitReply>(m).status();
+}
+
+struct Reader::State {
+  std::shared_ptr<Channel> channel;
+  View view;
+  LiveLocator locator;
+  std::unique_ptr<ReaderEvents> events;
+  uint64_t pin = 0;  // 0: none held
+  uint64_t pinned_writes = 0;
+  bool pinned_while_writing = false;
+
+  State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
+      : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
+  uint64_t allocation_id() const { return view.slot().allocation_id; }
+};
+
+Reader::Reader(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Reader::Reader(Reader&&) noexcept = default;
+Reader& Reader::operator=(Reader&& other) noexcept {
+  if (this != &other) {
+    if (state_ && state_->pin != 0) state_->channel->Tell(wire::ReleaseRequest{state_->allocation_id(), state_->pin});
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+Reader::~Reader() {
+  if (state_ && state_->pin != 0) state_->channel->Tell(wire::ReleaseRequest{state_->allocation_id(), state_->pin});
+}
+
+const View& Reader::view() const {
+  static const View kNone;
+  return state_ ? state_->view : kNone;
+}
+
+Result<uint64_t> Reader::Latest() const {
+  if (!state_) return InvalidArgument("this reader is empty");
+  GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+  GPB_ASSIGN_OR_RETURN(LiveState s, where.first->Live(where.second));
+  return s.version;
+}
+
+Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
+  if (!state_) return InvalidArgument("this reader is empty");
+  std::optional<Clock::time_point> deadline = DeadlineAfter(timeout_ms);
+  while (true) {
+    GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+    const RegistryReader& registry = *where.first;
+    const std::atomic<uint32_t>* commits = registry.CommitsWord(where.second);
+    if (commits == nullptr) return ProtocolError("slot '" + state_->view.name() + "' names no live record");
+    // The word before the state: a commit after this load changes the word,
+    // so the futex below does not sleep through it.
+    uint32_t seen = commits->load(std::memory_order_acquire);
+    GPB_ASSIGN_OR_RETURN(LiveState s, registry.Live(where.second));
+    if (s.version > after) return s.version;
+    if (!registry.Running() || !registry.BrokerAlive()) {
+      // The broker stopped: one request reconnects (to a restarted broker,
+      // within the connect options' time) and brings its registry.
+      GPB_RETURN_IF_ERROR(
+          state_->channel->Call<wire::StatusReply>(wire::StatusRequest{}).status().Annotate("waiting for a version"));
+      continue;
+    }
+    std::chrono::nanoseconds left = Left(deadline);
+    if (left.count() == 0) {
+      return Timeout("no version after " + std::to_string(after) + " of '" + state_->view.name() + "' within " +
+                     std::to_string(timeout_ms) + " ms (newest: " + std::to_string(s.version) + ")");
+    }
+    if (left.count() < 0 || left > kLivenessSlice) left = kLivenessSlice;
+    FutexWait(commits, seen, left);
+  }
+}
+
+Result<Acquired> Reader::Acquire(void* stream) {
+  if (!state_) return InvalidArgument("this reader is empty");
+  GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply,
+                       state_->channel->Call<wire::AcquireReply>(wire::AcquireRequest{state_->allocation_id(), 0}));
+  if (static_cast<uint32_t>(reply.buffer) >= state_->view.slot().buffers) {
+    return ProtocolError("acquire reply names buffer " + std::to_string(reply.buffer) + " of " +
+                         std::to_string(state_->view.slot().buffers));
+  }
+  state_->pin = reply.pin;
+  state_->pinned_writes = reply.writes;
+  state_->pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;
+  if (state_->view.device().type == Device::kCuda) {
+    if (reply.flags & wire::kAcquireHasEvent) {
+      if (!state_->events) {
+        GPB_ASSIGN_OR_RETURN(state_->events, ReaderEvents::Create(state_->view.device().ordinal));
+      }
+      IpcEventHandle handle;
+      std::copy(std::begin(reply.event), std::end(reply.event), handle.begin());
+      GPB_RETURN_IF_ERROR(state_->events->StreamWait(handle, stream));
+    }
+  } else {
+    std::atomic_thread_fence(std::memory_order_acquire);
+  }
+  Acquired a;
+  a.version = reply.version;
+  a.buffer = static_cast<uint32_t>(reply.buffer);
+  a.committed_ns = reply.committed_ns;
+  a.writing = state_->pinned_while_writing;
+  return a;
+}
+
+Status Reader::Release(void* stream) {
+  if (!state_) return InvalidArgument("this reader is empty");
+  if (state_->pin == 0) return Status::Ok();
+  wire::ReleaseRequest m{state_->allocation_id(), state_->pin};
+  state_->pin = 0;
+  if (state_->view.device().type == Device::kCuda) {
+    std::weak_ptr<Channel> channel = state_->channel;
+    return WhenStreamDone(state_->view.device().ordinal, stream, [channel, m](Status) {
+      if (auto c = channel.lock()) c->Tell(m);
+    });
+  }
+  std::atomic_thread_fence(std::memory_order_release);
+  return state_->channel->Call<wire::ReleaseReply>(m).status();
+}
+
+Result<bool> Reader::Unchanged() const {
+  if (!state_) return InvalidArgument("this reader is empty");
+  if (state_->view.slot().buffers > 1) return true;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+  GPB_ASSIGN_OR_RETURN(LiveState s, where.first->Live(where.second));
+  return !state_->pinned_while_writing && s.writes == state_->pinned_writes;
+}
+
+Result<Writer> Client::OpenWriter(std::string_view name) {
+  GPB_ASSIGN_OR_RETURN(View view, Attach(name, AttachMode::kReadWrite));
+  if (!view.writable()) return PermissionDenied("slot '" + std::string(name) + "' is not writable by this user");
+  return Writer(std::make_unique<Writer::State>(core_->channel, core_->cache, std::move(view)));
+}
+
+Result<Reader> Client::OpenReader(std::string_view name) {
+  GPB_ASSIGN_OR_RETURN(View view, Attach(name, AttachMode::kReadOnly));
+  return Reader(std::make_unique<Reader::State>(core_->channel, core_->cache, std::move(view)));
+}
+
+}  // namespace gpubroker
