@@ -68,6 +68,7 @@ struct Writer::State {
   LiveLocator locator;
   std::unique_ptr<WriterEvents> events;
   int32_t begun = -1;
+  uint64_t next_version = 0;
 
   State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
       : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
@@ -98,6 +99,7 @@ const View& Writer::view() const {
   return state_ ? state_->view : kNone;
 }
 uint32_t Writer::buffers() const { return state_ ? state_->view.slot().buffers : 0; }
+uint64_t Writer::next_version() const { return state_ && state_->begun >= 0 ? state_->next_version : 0; }
 
 Result<uint32_t> Writer::Begin(int wait_ms) {
   if (!state_) return InvalidArgument("this writer is empty");
@@ -114,6 +116,7 @@ Result<uint32_t> Writer::Begin(int wait_ms) {
     auto reply = state_->channel->Call<wire::WriteBeginReply>(m);
     if (reply.ok()) {
       state_->begun = reply->buffer;
+      state_->next_version = reply->version + 1;
       return static_cast<uint32_t>(reply->buffer);
     }
     if (reply.status().code() != Code::kBusy || wait_ms == 0 || releases == nullptr) return reply.status();

@@ -133,6 +133,8 @@ class Writer {
   Result<uint64_t> Commit(void* stream = nullptr);
   // Gives the begun buffer back unpublished.
   Status Abort();
+  // The version the begun buffer will be once committed (0: none begun).
+  uint64_t next_version() const;
 
  private:
   friend class Client;

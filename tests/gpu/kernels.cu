@@ -37,6 +37,20 @@ __global__ void Read(const uint4* p, size_t n, unsigned long long* sink) {
   if (acc == 0x12345678u) atomicAdd(sink, 1ull);  // keeps the loads alive
 }
 
+__global__ void Stamp(uint64_t* p, size_t n, uint64_t seed, uint64_t version) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = (version << 40) | (Mix(seed + i) & ((uint64_t{1} << 40) - 1));
+  }
+}
+
+__global__ void CheckStamp(const uint64_t* p, size_t n, uint64_t seed, uint64_t version, unsigned long long* bad) {
+  unsigned long long local = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    local += p[i] != ((version << 40) | (Mix(seed + i) & ((uint64_t{1} << 40) - 1)));
+  }
+  if (local != 0) atomicAdd(bad, local);
+}
+
 int Blocks() {
   int device = 0, sms = 132;
   cudaGetDevice(&device);
@@ -84,6 +98,30 @@ double ReadBandwidthGBs(const void* p, size_t bytes, int iterations) {
   cudaFree(sink);
   return static_cast<double>(bytes) / (best_ms * 1e-3) / 1e9;
 }
+
+bool StampVersion(void* p, size_t bytes, uint64_t seed, uint64_t version, void* stream) {
+  Stamp<<<Blocks(), 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<uint64_t*>(p), bytes / 8, seed, version);
+  return cudaGetLastError() == cudaSuccess;
+}
+
+int64_t CountVersionMismatches(const void* p, size_t bytes, uint64_t seed, uint64_t version, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  unsigned long long* bad = nullptr;
+  if (cudaMallocAsync(&bad, sizeof *bad, s) != cudaSuccess) return -1;
+  cudaMemsetAsync(bad, 0, sizeof *bad, s);
+  CheckStamp<<<Blocks(), 256, 0, s>>>(static_cast<const uint64_t*>(p), bytes / 8, seed, version, bad);
+  unsigned long long host = 0;
+  cudaMemcpyAsync(&host, bad, sizeof host, cudaMemcpyDeviceToHost, s);
+  cudaFreeAsync(bad, s);
+  return cudaStreamSynchronize(s) == cudaSuccess ? static_cast<int64_t>(host) : -1;
+}
+
+void* NewStream() {
+  cudaStream_t s = nullptr;
+  return cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess ? s : nullptr;
+}
+
+void FreeStream(void* stream) { cudaStreamDestroy(static_cast<cudaStream_t>(stream)); }
 
 bool SetDevice(int ordinal) { return cudaSetDevice(ordinal) == cudaSuccess; }
 

@@ -14,6 +14,25 @@ bool FillPattern(void* p, size_t bytes, uint64_t seed);
 int64_t CountMismatches(const void* p, size_t bytes, uint64_t seed);
 // GB/s of a kernel that reads every byte, best of `iterations`.
 double ReadBandwidthGBs(const void* p, size_t bytes, int iterations);
+// Versions: word i of a buffer stamped with version v is
+// (v << 40) | (mix(seed + i) & (2^40 - 1)), so a checker tells a whole
+// version from a torn or mixed one. Both queue on `stream` (a cudaStream_t)
+// and return at once; Count... synchronises `stream` to give its answer.
+bool StampVersion(void* p, size_t bytes, uint64_t seed, uint64_t version, void* stream);
+int64_t CountVersionMismatches(const void* p, size_t bytes, uint64_t seed, uint64_t version, void* stream);
+// The same stamp, on the host.
+inline uint64_t HostMix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+inline uint64_t VersionWord(uint64_t seed, uint64_t i, uint64_t version) {
+  return (version << 40) | (HostMix(seed + i) & ((uint64_t{1} << 40) - 1));
+}
+// A stream of this process's current device, and its end.
+void* NewStream();
+void FreeStream(void* stream);
 bool SetDevice(int ordinal);
 // Free and total bytes on the current device.
 bool MemInfo(size_t* free_bytes, size_t* total_bytes);

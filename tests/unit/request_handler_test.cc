@@ -1,6 +1,7 @@
 // The broker's logic, driven message by message with a fake backend.
 #include "broker/request_handler.h"
 #include "broker/server.h"
+#include "common/registry_reader.h"
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
@@ -316,6 +317,307 @@ TEST_F(HandlerTest, StoppingRefusesNewWork) {
   handler_->SetStopping();
   EXPECT_EQ(Call<wire::SlotReply>(a, CreateMsg("t", 4)).status().code(), Code::kUnavailable);
   EXPECT_EQ(Attach(a, "s").status().code(), Code::kUnavailable);
+}
+
+
+// ---- versions (docs/live.md) ------------------------------------------------
+
+class LiveTest : public HandlerTest {
+ protected:
+  // A live slot of `buffers` buffers, attached by `client` (writable).
+  uint64_t CreateLive(uint64_t client, const std::string& name, uint8_t buffers, uint32_t mode = 0644) {
+    wire::CreateRequest m = CreateMsg(name, 64, mode, true);
+    m.buffers = buffers;
+    auto created = Call<wire::AttachReply>(client, m);
+    EXPECT_TRUE(created.ok()) << created.status().ToString();
+    return created.ok() ? created->slot.allocation_id : 0;
+  }
+  LiveState Live(const std::string& name) {
+    const SlotDescriptor& d = registry_->Get(*registry_->Find(name));
+    return registry_->GetLive(d.live_index);
+  }
+  Result<wire::WriteBeginReply> Begin(uint64_t client, uint64_t allocation) {
+    return Call<wire::WriteBeginReply>(client, wire::WriteBeginRequest{allocation, 0});
+  }
+  Result<wire::CommitReply> Commit(uint64_t client, uint64_t allocation, int32_t buffer, uint32_t flags = 0) {
+    wire::CommitRequest m{};
+    m.allocation_id = allocation;
+    m.buffer = buffer;
+    m.flags = flags;
+    return Call<wire::CommitReply>(client, m);
+  }
+  Result<wire::AcquireReply> Acquire(uint64_t client, uint64_t allocation) {
+    return Call<wire::AcquireReply>(client, wire::AcquireRequest{allocation, 0});
+  }
+  // Begins and commits; returns the version.
+  uint64_t Publish(uint64_t client, uint64_t allocation) {
+    auto b = Begin(client, allocation);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    if (!b.ok()) return 0;
+    auto c = Commit(client, allocation, b->buffer);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? c->version : 0;
+  }
+};
+
+TEST_F(LiveTest, APlainSlotIsVersionOneInOneBuffer) {
+  uint64_t w = Connect(0, 0);
+  ASSERT_TRUE(Call<wire::SlotReply>(w, CreateMsg("plain", 16)).ok());
+  LiveState s = Live("plain");
+  EXPECT_EQ(s.version, 1u);
+  EXPECT_EQ(s.buffer, 0);
+  EXPECT_EQ(s.nbuffers, 1u);
+  EXPECT_EQ(registry_->Get(*registry_->Find("plain")).version, 1u);
+}
+
+TEST_F(LiveTest, ALiveSlotHasNoVersionUntilItsFirstCommit) {
+  uint64_t w = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 3);
+  const SlotDescriptor& d = registry_->Get(*registry_->Find("live"));
+  EXPECT_EQ(d.nbuffers, 3u);
+  EXPECT_EQ(d.buffer_bytes % 512, 0u);
+  EXPECT_GE(d.allocation_bytes, 3 * d.buffer_bytes);
+  EXPECT_EQ(Live("live").version, 0u);
+  EXPECT_EQ(Acquire(w, a).status().code(), Code::kNotFound);
+  EXPECT_EQ(Publish(w, a), 1u);
+  EXPECT_EQ(Publish(w, a), 2u);
+  wire::StatRequest stat_request{};
+  stat_request.name.set("live");
+  auto stat = Call<wire::SlotReply>(w, stat_request);
+  ASSERT_TRUE(stat.ok());
+  EXPECT_EQ(stat->slot.version, 2u);  // replies show the committed version
+}
+
+TEST_F(LiveTest, ViewsMustFitInOneBuffer) {
+  uint64_t w = Connect(0, 0);
+  CreateLive(w, "arena", 2);
+  const uint64_t buffer_bytes = registry_->Get(*registry_->Find("arena")).buffer_bytes;
+  wire::CreateRequest view = CreateMsg("arena/x", 16);
+  view.base.set("arena");
+  view.byte_offset = buffer_bytes - 32;  // 64 bytes would cross into buffer 1
+  EXPECT_EQ(Call<wire::SlotReply>(w, view).status().code(), Code::kInvalidArgument);
+  view.byte_offset = buffer_bytes - 64;
+  EXPECT_TRUE(Call<wire::SlotReply>(w, view).ok());
+  view.name.set("arena/y");
+  view.buffers = 2;  // a view takes its allocation's buffers
+  EXPECT_EQ(Call<wire::SlotReply>(w, view).status().code(), Code::kInvalidArgument);
+}
+
+TEST_F(LiveTest, AWriterGetsTheOldestBufferNobodyPinsAndNeverTheNewest) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 3);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  for (int i = 0; i < 3; ++i) Publish(w, a);  // v1..v3 in buffers 0, 1, 2
+  LiveState s = Live("live");
+  ASSERT_EQ(s.version, 3u);
+  auto pinned = Acquire(r, a);
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_EQ(pinned->version, 3u);
+  EXPECT_EQ(Live("live").pins[pinned->buffer], 1u);
+  auto b = Begin(w, a);
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(b->buffer, pinned->buffer);
+  EXPECT_EQ(Live("live").buffer_version[b->buffer], 0u);  // being written: holds no version
+  EXPECT_EQ(b->version, 3u);
+  ASSERT_TRUE(Commit(w, a, b->buffer).ok());
+  // v4 is the newest; v3 is pinned; the one left is the oldest.
+  auto next = Begin(w, a);
+  ASSERT_TRUE(next.ok());
+  s = Live("live");
+  EXPECT_NE(next->buffer, s.buffer);
+  EXPECT_NE(next->buffer, pinned->buffer);
+  ASSERT_TRUE(Commit(w, a, next->buffer).ok());
+  // Now v5 is newest, v3 pinned, v4's buffer free: a third begin takes it.
+  auto third = Begin(w, a);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(Live("live").buffer_version[third->buffer], 0u);
+  ASSERT_TRUE(Commit(w, a, third->buffer).ok());
+}
+
+TEST_F(LiveTest, EveryBufferPinnedIsBusyAndAReleaseFreesOne) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  Publish(w, a);
+  auto pin = Acquire(r, a);  // pins v1; v2 will be the newest
+  ASSERT_TRUE(pin.ok());
+  Publish(w, a);
+  auto busy = Begin(w, a);
+  EXPECT_EQ(busy.status().code(), Code::kBusy);
+  EXPECT_NE(busy.status().message().find("pinned"), std::string::npos) << busy.status().message();
+  // A release naming an older pin of this client changes nothing.
+  auto stale = Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, pin->pin + 100});
+  ASSERT_TRUE(stale.ok());
+  EXPECT_EQ(stale->released, 0u);
+  EXPECT_EQ(Begin(w, a).status().code(), Code::kBusy);
+  auto released = Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, pin->pin});
+  ASSERT_TRUE(released.ok());
+  EXPECT_EQ(released->released, 1u);
+  auto b = Begin(w, a);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->buffer, pin->buffer);
+}
+
+TEST_F(LiveTest, AcquireMovesTheClientsOnePinAndAReleaseOfTheOldPinKeepsTheNew) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 3);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  Publish(w, a);
+  auto first = Acquire(r, a);
+  ASSERT_TRUE(first.ok());
+  Publish(w, a);
+  auto second = Acquire(r, a);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->version, 2u);
+  LiveState s = Live("live");
+  EXPECT_EQ(s.pins[first->buffer], 0u);
+  EXPECT_EQ(s.pins[second->buffer], 1u);
+  // The same version again: a new pin id, so a late release of the old id
+  // (a reader's background release) cannot drop the pin it holds now.
+  auto again = Acquire(r, a);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->version, 2u);
+  EXPECT_NE(again->pin, second->pin);
+  EXPECT_EQ(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, second->pin})->released, 0u);
+  EXPECT_EQ(Live("live").pins[again->buffer], 1u);
+}
+
+TEST_F(LiveTest, OneWriterAtATimeAndOnlyItCommits) {
+  uint64_t w = Connect(0, 0);
+  uint64_t other = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2, 0666);
+  ASSERT_TRUE(Attach(other, "live").ok());
+  auto b = Begin(w, a);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(Begin(w, a).status().code(), Code::kInvalidArgument);  // commit or abort first
+  auto second = Begin(other, a);
+  EXPECT_EQ(second.status().code(), Code::kBusy);
+  EXPECT_NE(second.status().message().find("being written"), std::string::npos);
+  EXPECT_EQ(Commit(other, a, b->buffer).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(Commit(w, a, (b->buffer + 1) % 2).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(Commit(w, a, b->buffer)->version, 1u);
+  EXPECT_TRUE(Begin(other, a).ok());
+}
+
+TEST_F(LiveTest, WritingNeedsAWritableLeaseAndAcquiringNeedsALease) {
+  uint64_t w = Connect(1000, 1000);
+  uint64_t reader = Connect(2000, 2000);
+  uint64_t stranger = Connect(3000, 3000);
+  uint64_t a = CreateLive(w, "live", 2, 0644);
+  Publish(w, a);
+  ASSERT_TRUE(Attach(reader, "live").ok());  // read-only: mode 0644
+  EXPECT_EQ(Begin(reader, a).status().code(), Code::kPermissionDenied);
+  EXPECT_TRUE(Acquire(reader, a).ok());
+  EXPECT_EQ(Acquire(stranger, a).status().code(), Code::kNotFound);  // no lease: attach first
+  EXPECT_EQ(Begin(stranger, a).status().code(), Code::kNotFound);
+}
+
+TEST_F(LiveTest, AnAbortedOrAbandonedWriteIsReclaimedUnpublished) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  Publish(w, a);
+  auto b = Begin(w, a);
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ(Commit(w, a, b->buffer, wire::kCommitAbort)->version, 0u);
+  LiveState s = Live("live");
+  EXPECT_EQ(s.version, 1u);
+  EXPECT_EQ(s.writing, -1);
+  EXPECT_EQ(s.buffer_version[b->buffer], 0u);
+  // A writer that goes away mid-write: its buffer is reclaimed, the last
+  // committed version stays the newest, and the next writer may begin.
+  uint64_t w2 = Connect(0, 0);
+  ASSERT_TRUE(Attach(w2, "live").ok());
+  auto begun = Begin(w2, a);
+  ASSERT_TRUE(begun.ok());
+  EXPECT_EQ(Live("live").writer_pid, 100);
+  handler_->OnDisconnect(w2);
+  s = Live("live");
+  EXPECT_EQ(s.writing, -1);
+  EXPECT_EQ(s.writer_pid, 0);
+  EXPECT_EQ(s.version, 1u);
+  auto got = Acquire(r, a);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->version, 1u);
+  EXPECT_TRUE(Begin(w, a).ok());
+}
+
+TEST_F(LiveTest, AReaderThatGoesAwayOrDetachesLosesItsPin) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2);
+  auto lease = Attach(r, "live");
+  ASSERT_TRUE(lease.ok());
+  Publish(w, a);
+  auto pin = Acquire(r, a);
+  ASSERT_TRUE(pin.ok());
+  EXPECT_EQ(Live("live").pins[pin->buffer], 1u);
+  ASSERT_TRUE(Call<wire::DetachReply>(r, wire::DetachRequest{a}).ok());
+  EXPECT_EQ(Live("live").pins[pin->buffer], 0u);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  ASSERT_TRUE(Acquire(r, a).ok());
+  handler_->OnDisconnect(r);
+  LiveState s = Live("live");
+  EXPECT_EQ(s.pins[0] + s.pins[1], 0u);
+}
+
+TEST_F(LiveTest, OneBufferWritesInPlaceAndCountsEveryWrite) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 1);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  Publish(w, a);
+  auto pin = Acquire(r, a);
+  ASSERT_TRUE(pin.ok());
+  EXPECT_EQ(pin->flags & wire::kAcquireWriting, 0u);
+  // The pin does not stop the writer: the reader learns of the write from
+  // the writes counter (and the flag, if it acquires during it).
+  auto b = Begin(w, a);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->buffer, 0);
+  EXPECT_GT(b->writes, pin->writes);
+  auto during = Acquire(r, a);
+  ASSERT_TRUE(during.ok());
+  EXPECT_NE(during->flags & wire::kAcquireWriting, 0u);
+  EXPECT_EQ(during->version, 1u);
+  EXPECT_EQ(Commit(w, a, 0)->version, 2u);
+}
+
+TEST_F(LiveTest, CommitsWakeTheWordReadersWaitOnAndReleasesTheWritersWord) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  auto fd = registry_->Share();
+  ASSERT_TRUE(fd.ok());
+  auto reader = RegistryReader::FromFd(std::move(*fd));
+  ASSERT_TRUE(reader.ok());
+  auto d = reader->Lookup("live");
+  ASSERT_TRUE(d.ok());
+  const std::atomic<uint32_t>* commits = reader->CommitsWord(*d);
+  const std::atomic<uint32_t>* releases = reader->ReleasesWord(*d);
+  ASSERT_NE(commits, nullptr);
+  uint32_t c0 = commits->load(), r0 = releases->load();
+  Publish(w, a);
+  EXPECT_NE(commits->load(), c0);
+  EXPECT_EQ(reader->Live(*d)->version, 1u);
+  EXPECT_EQ(reader->Lookup("live")->version, 1u);
+  auto pin = Acquire(r, a);
+  uint32_t r1 = releases->load();
+  EXPECT_NE(r1, r0);  // the commit ended a write
+  ASSERT_TRUE(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, pin->pin}).ok());
+  EXPECT_NE(releases->load(), r1);
+  // The allocation goes: its record is cleared and its readers woken.
+  uint32_t c1 = commits->load();
+  ASSERT_TRUE(Destroy(w, "live").ok());
+  ASSERT_TRUE(Call<wire::DetachReply>(w, wire::DetachRequest{a}).ok());
+  ASSERT_TRUE(Call<wire::DetachReply>(r, wire::DetachRequest{a}).ok());
+  EXPECT_NE(commits->load(), c1);
+  EXPECT_EQ(reader->Live(*d).status().code(), Code::kNotFound);
 }
 
 }  // namespace

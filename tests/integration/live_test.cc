@@ -1,0 +1,196 @@
+// Versions across processes (docs/live.md): a producer and consumers in
+// processes of their own, on the backend the run names (host in CI; cuda_vmm
+// and cuda_ipc on the GPU machine, where the peers stamp and check with
+// kernels on their own streams).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <sstream>
+
+#include "tests/integration/harness.h"
+
+namespace gpubroker::testing {
+namespace {
+
+constexpr int kTensors = 8;
+
+uint64_t Versions() {
+  const char* v = std::getenv("GPUBROKER_LIVE_VERSIONS");
+  return v != nullptr ? std::strtoull(v, nullptr, 10) : 1000;
+}
+
+class LiveTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = BrokerProcess::Start();
+    ASSERT_NE(broker_, nullptr);
+    auto c = broker_->Connect();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    client_.emplace(std::move(c).value());
+    seed_ = std::random_device{}() | (uint64_t{std::random_device{}()} << 20);
+  }
+
+  // A live arena of `buffers` buffers and kTensors views of different sizes
+  // (GPU runs: up to 8 MiB each, so a version takes the kernels a while).
+  void CreateStateDict(const std::string& name, uint32_t buffers) {
+    const bool gpu = TestBackend() != BackendKind::kHost;
+    std::vector<uint64_t> sizes;
+    uint64_t total = 0;
+    for (int t = 0; t < kTensors; ++t) {
+      uint64_t bytes = (gpu ? uint64_t{1} << 20 : uint64_t{16} << 10) * (t % 4 + 1) + 8 * t;
+      sizes.push_back(bytes);
+      total += (bytes + 255) / 256 * 256;
+    }
+    CreateOptions arena;
+    arena.name = name;
+    arena.shape = {static_cast<int64_t>(total)};
+    arena.backend = TestBackend();
+    arena.buffers = buffers;
+    arena.mode = 0600;
+    auto created = client_->Create(arena);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    uint64_t offset = 0;
+    for (int t = 0; t < kTensors; ++t) {
+      CreateOptions o;
+      o.name = name + "/" + std::to_string(t);
+      o.dtype = DType{DType::kUInt, 64, 1};
+      o.shape = {static_cast<int64_t>(sizes[t] / 8)};
+      o.base = name;
+      o.byte_offset = offset;
+      auto view = client_->Create(o);
+      ASSERT_TRUE(view.ok()) << view.status().ToString();
+      offset += (sizes[t] + 255) / 256 * 256;
+    }
+  }
+
+  std::unique_ptr<ChildProcess> Peer(std::vector<std::string> args) {
+    args.insert(args.begin(), {LIVE_PEER_PATH, broker_->socket()});
+    return ChildProcess::Exec(args);
+  }
+
+  LiveState LiveOf(const std::string& name) {
+    auto registry = broker_->OpenRegistry();
+    EXPECT_TRUE(registry.ok());
+    auto d = registry->Lookup(name);
+    EXPECT_TRUE(d.ok());
+    auto s = registry->Live(*d);
+    EXPECT_TRUE(s.ok());
+    return s.ok() ? *s : LiveState{};
+  }
+
+  std::string S(uint64_t n) { return std::to_string(n); }
+
+  std::unique_ptr<BrokerProcess> broker_;
+  std::optional<Client> client_;
+  uint64_t seed_ = 0;
+};
+
+TEST_F(LiveTest, FourConsumersSeeOnlyWholeVersionsThatOnlyGrow) {
+  CreateStateDict("weights", 2);  // double buffering: every hold of a reader counts
+  const uint64_t versions = Versions();
+  std::vector<std::unique_ptr<ChildProcess>> consumers;
+  for (int i = 0; i < 4; ++i) {
+    consumers.push_back(Peer({"consume", "weights", S(kTensors), S(versions), S(seed_)}));
+  }
+  auto producer = Peer({"produce", "weights", S(kTensors), S(versions), S(seed_)});
+  EXPECT_EQ(producer->channel().ReceiveLine(), "done " + S(versions));
+  EXPECT_EQ(producer->Wait(), 0);
+  uint64_t total_seen = 0;
+  for (auto& c : consumers) {
+    std::istringstream line(c->channel().ReceiveLine());
+    std::string word, last_word;
+    uint64_t seen = 0, last = 0;
+    line >> word >> seen >> last_word >> last;
+    EXPECT_EQ(word, "seen") << line.str();
+    EXPECT_EQ(last, versions);
+    EXPECT_GE(seen, 1u);
+    total_seen += seen;
+    EXPECT_EQ(c->Wait(), 0);
+  }
+  std::printf("  %s: %llu versions, the 4 consumers checked %llu of them whole\n",
+              std::string(BackendName(TestBackend())).c_str(), static_cast<unsigned long long>(versions),
+              static_cast<unsigned long long>(total_seen));
+  LiveState s = LiveOf("weights");
+  EXPECT_EQ(s.version, versions);
+  EXPECT_EQ(s.pins[0] + s.pins[1], 0u);  // every pin given back
+}
+
+TEST_F(LiveTest, AProducerKilledMidWriteLeavesTheLastVersionWholeAndItsBufferReclaimed) {
+  CreateStateDict("weights", 2);
+  auto first = Peer({"produce", "weights", S(kTensors), "5", S(seed_)});
+  ASSERT_EQ(first->channel().ReceiveLine(), "done 5");
+  ASSERT_EQ(first->Wait(), 0);
+  auto stalled = Peer({"stall-writer", "weights", S(kTensors), S(seed_)});
+  std::string begun = stalled->channel().ReceiveLine();
+  ASSERT_EQ(begun.rfind("begun ", 0), 0u) << begun;
+  EXPECT_GE(LiveOf("weights").writing, 0);
+  stalled->Kill(SIGKILL);
+  stalled->Wait();
+  // The broker sees the connection close; until then a new writer is busy.
+  ASSERT_TRUE(WaitFor([&] { return LiveOf("weights").writing == -1; }));
+  LiveState s = LiveOf("weights");
+  EXPECT_EQ(s.version, 5u);
+  EXPECT_EQ(s.writer_pid, 0);
+  // Version 5 reads whole, and the next producer carries on from it.
+  auto check = Peer({"consume", "weights", S(kTensors), "5", S(seed_)});
+  EXPECT_EQ(check->channel().ReceiveLine(), "seen 1 last 5");
+  EXPECT_EQ(check->Wait(), 0);
+  auto next = Peer({"produce", "weights", S(kTensors), "3", S(seed_)});
+  EXPECT_EQ(next->channel().ReceiveLine(), "done 8");
+  EXPECT_EQ(next->Wait(), 0);
+  auto again = Peer({"consume", "weights", S(kTensors), "8", S(seed_)});
+  EXPECT_EQ(again->channel().ReceiveLine(), "seen 1 last 8");
+  EXPECT_EQ(again->Wait(), 0);
+}
+
+TEST_F(LiveTest, AConsumerKilledWhilePinningGivesItsBufferBack) {
+  CreateStateDict("weights", 2);
+  auto first = Peer({"produce", "weights", S(kTensors), "1", S(seed_)});
+  ASSERT_EQ(first->channel().ReceiveLine(), "done 1");
+  ASSERT_EQ(first->Wait(), 0);
+  auto reader = Peer({"stall-reader", "weights"});
+  std::string pinned = reader->channel().ReceiveLine();
+  ASSERT_EQ(pinned.rfind("pinned 1 ", 0), 0u) << pinned;
+  const uint32_t pinned_buffer = static_cast<uint32_t>(std::stoul(pinned.substr(9)));
+  auto second = Peer({"produce", "weights", S(kTensors), "1", S(seed_)});
+  ASSERT_EQ(second->channel().ReceiveLine(), "done 2");
+  ASSERT_EQ(second->Wait(), 0);
+  // Version 2 is the newest and version 1 is pinned: no buffer is free.
+  auto writer = client_->OpenWriter("weights");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy);
+  reader->Kill(SIGKILL);
+  reader->Wait();
+  // The writer waits on the releases word (no polling) for the broker to
+  // take the dead reader's pin back.
+  auto buffer = writer->Begin(30000);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  EXPECT_EQ(*buffer, pinned_buffer);
+  EXPECT_EQ(LiveOf("weights").pins[pinned_buffer], 0u);
+  EXPECT_TRUE(writer->Abort().ok());
+}
+
+TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
+  CreateStateDict("weights", 2);
+  auto reader = client_->OpenReader("weights");
+  ASSERT_TRUE(reader.ok());
+  EXPECT_EQ(*reader->Latest(), 0u);
+  auto timed_out = reader->Wait(0, 50);
+  EXPECT_EQ(timed_out.status().code(), Code::kTimeout);
+  EXPECT_NE(timed_out.status().message().find("50 ms"), std::string::npos) << timed_out.status().message();
+  ConnectOptions options = broker_->Options("waiter");
+  options.reconnect_timeout_ms = 0;
+  auto quick = Client::Connect(options);
+  ASSERT_TRUE(quick.ok());
+  auto waiting = quick->OpenReader("weights");
+  ASSERT_TRUE(waiting.ok());
+  broker_->Stop(SIGTERM);
+  // The stopping broker wakes every waiter; with no broker to reconnect to,
+  // the wait says so instead of sleeping out its time.
+  auto stopped = waiting->Wait(0, 120000);
+  EXPECT_EQ(stopped.status().code(), Code::kUnavailable) << stopped.status().ToString();
+}
+
+}  // namespace
+}  // namespace gpubroker::testing
