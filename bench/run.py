@@ -152,6 +152,7 @@ def main():
     else:
         print("\n=== micro_bench: not built (Google Benchmark missing: apt install libbenchmark-dev)")
     take("scale_bench", [bench("scale_bench"), *(["--quick"] if a.quick else [])], 600)
+    take("live_bench", [bench("live_bench"), *(["--quick"] if a.quick else [])], 300)
     if gpu:
         take("gpu_bench", [bench("gpu_bench"), *(["--quick"] if a.quick else [])], 900)
     if py:
