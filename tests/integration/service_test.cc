@@ -123,6 +123,74 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
   EXPECT_EQ(next->Stop(SIGTERM), 0);
 }
 
+// Versions survive a warm restart: the newest committed version, in its
+// buffer, with its bytes; the pin and the write of the clients that had them
+// do not (a writer's unfinished buffer is reclaimed), and the next commit
+// carries on from the adopted version. A reader waiting through the restart
+// is woken by the stopping broker and finds the new one by itself.
+TEST(Service, WarmRestartKeepsCommittedVersions) {
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client producer = Connect(*broker, 10000);
+  CreateOptions live = Bytes("warm/live", 4096);
+  live.buffers = 2;
+  ASSERT_TRUE(producer.Create(live).ok());
+  auto writer = producer.OpenWriter("warm/live");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  std::vector<uint8_t> committed;
+  uint32_t committed_buffer = 0;
+  for (int v = 1; v <= 3; ++v) {
+    auto b = writer->Begin();
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    committed = RandomBytes(4096);
+    std::memcpy(writer->view().data(*b), committed.data(), committed.size());
+    committed_buffer = *b;
+    ASSERT_EQ(*writer->Commit(), static_cast<uint64_t>(v));
+  }
+  auto unfinished = writer->Begin();  // under way when the broker stops
+  ASSERT_TRUE(unfinished.ok());
+  std::memset(writer->view().data(*unfinished), 0xee, 4096);
+  Client follower = Connect(*broker, 10000);
+  auto reader = follower.OpenReader("warm/live");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_EQ(reader->Acquire()->version, 3u);
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client newcomer = Connect(*next);
+  EXPECT_EQ(newcomer.Stat("warm/live")->version, 3u);
+  EXPECT_EQ(newcomer.Lookup("warm/live")->version, 3u);
+  auto registry = next->OpenRegistry();
+  ASSERT_TRUE(registry.ok());
+  auto d = registry->Lookup("warm/live");
+  ASSERT_TRUE(d.ok());
+  LiveState s = *registry->Live(*d);
+  EXPECT_EQ(s.buffer, static_cast<int32_t>(committed_buffer));
+  EXPECT_EQ(s.writing, -1) << "the write under way is not adopted";
+  EXPECT_EQ(s.pins[0] + s.pins[1], 0u) << "nor the reader's pin";
+  auto fresh = newcomer.OpenReader("warm/live");
+  ASSERT_TRUE(fresh.ok());
+  auto got = fresh->Acquire();
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->version, 3u);
+  auto* p = static_cast<const uint8_t*>(fresh->view().data(got->buffer));
+  EXPECT_TRUE(std::equal(committed.begin(), committed.end(), p)) << "version 3's bytes";
+  // The old reader reconnects on its own and follows the next version.
+  EXPECT_EQ(writer->Commit().status().code(), Code::kInvalidArgument) << "the write went with the old broker";
+  auto b = writer->Begin();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(writer->next_version(), 4u);
+  ASSERT_EQ(*writer->Commit(), 4u);
+  auto waited = reader->Wait(3, 10000);
+  ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+  EXPECT_EQ(*waited, 4u);
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
 // A restart with the configuration's pools already adopted from the fd store
 // keeps each unchanged pool (same allocation, same bytes), and applies what
 // changed meanwhile: a resized pool is made anew, a dropped one goes.
