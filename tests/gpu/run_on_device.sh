@@ -23,10 +23,11 @@ if [ "${GPUBROKER_TESTS:-1}" = 1 ]; then
 (cd "$staged" && ctest -L gpu --output-on-failure -V) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
 grep -q "100% tests passed" "$out/ctest-gpu.log" || rc=1
 # The reliability suite's GPU variants: chaos soak, permission matrix (and the
-# broker-crash and IPC-exposure cases in gpu_backend_test above).
+# broker-crash and IPC-exposure cases in gpu_backend_test above), and versions
+# (live_test: stamped by kernels, checked on the consumers' own streams).
 for backend in cuda_vmm cuda_ipc; do
   (cd "$staged" && GPUBROKER_TEST_BACKEND=$backend GPUBROKER_CHAOS_SECONDS=20 \
-     ctest -R "chaos_test|permission_test" --output-on-failure -V &&
+     ctest -R "chaos_test|permission_test|live_test" --output-on-failure -V &&
    GPUBROKER_TEST_BACKEND=$backend ./tests/security_test --gtest_filter='*ViewsCannotWiden*') 2>&1 | tee "$out/ctest-reliability-$backend.log" || rc=1
   grep -q "100% tests passed" "$out/ctest-reliability-$backend.log" || rc=1
 done
