@@ -100,10 +100,6 @@ struct Allocation {
   uint64_t buffer_bytes = 0;
   uint32_t live_index = kNoLiveRecord;
   uint64_t writer = 0;  // the client writing a buffer of it; 0: none
-  // Per buffer: the CUDA IPC event its last commit recorded, if any. Given
-  // only to clients that hold a lease (in acquire replies), never put in
-  // the registry.
-  std::array<std::optional<std::array<uint8_t, 64>>, kMaxBuffers> events;
 };
 
 class LeaseTable {

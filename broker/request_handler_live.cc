@@ -79,7 +79,6 @@ Result<Reply> RequestHandler::OnWriteBegin(Request r, const wire::WriteBeginRequ
   s.writer_pid = r.client.peer.pid;
   ++s.writes;
   a->writer = r.client.id;
-  a->events[chosen].reset();
   registry_.UpdateLive(a->live_index, s, false, false);
   wire::WriteBeginReply reply{s.version, s.writes, chosen, s.nbuffers};
   return Reply{wire::EncodeReply(r.id, reply)};
@@ -103,12 +102,6 @@ Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) 
   s.buffer = m.buffer;
   s.buffer_version[m.buffer] = s.version;
   s.committed_ns = NowNs();
-  if (m.flags & wire::kCommitHasEvent) {
-    a->events[m.buffer].emplace();
-    std::copy(std::begin(m.event), std::end(m.event), a->events[m.buffer]->begin());
-  } else {
-    a->events[m.buffer].reset();
-  }
   registry_.UpdateLive(a->live_index, s, true, true);
   return Reply{wire::EncodeReply(r.id, wire::CommitReply{s.version})};
 }
@@ -147,10 +140,6 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
   reply.committed_ns = s.committed_ns;
   reply.buffer = s.buffer;
   reply.pin = pin.id;
-  if (const auto& event = a->events[s.buffer]) {
-    reply.flags |= wire::kAcquireHasEvent;
-    std::copy(event->begin(), event->end(), reply.event);
-  }
   if (s.nbuffers == 1 && s.writing >= 0) reply.flags |= wire::kAcquireWriting;
   return Reply{wire::EncodeReply(r.id, reply)};
 }

@@ -182,7 +182,6 @@ Status Validate(const CommitRequest& m) {
   if (m.buffer < 0 || m.buffer >= static_cast<int32_t>(kMaxBuffers)) {
     return InvalidArgument("commit names buffer " + std::to_string(m.buffer));
   }
-  if ((m.flags & kCommitHasEvent) == 0) return CheckZero(m.event, "commit.event");
   return Status::Ok();
 }
 Status Validate(const AcquireRequest& m) { return CheckReserved(m.reserved, "acquire.reserved"); }
@@ -200,7 +199,7 @@ Status Validate(const WriteBeginReply& m) {
 Status Validate(const CommitReply&) { return Status::Ok(); }
 Status Validate(const AcquireReply& m) {
   if (m.version == 0 || m.pin == 0 || m.buffer < 0 || m.buffer >= static_cast<int32_t>(kMaxBuffers) ||
-      (m.flags & ~uint32_t{kAcquireHasEvent | kAcquireWriting}) != 0) {
+      (m.flags & ~uint32_t{kAcquireWriting}) != 0) {
     return ProtocolError("acquire reply names version " + std::to_string(m.version) + " in buffer " +
                          std::to_string(m.buffer));
   }

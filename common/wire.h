@@ -198,19 +198,18 @@ struct WriteBeginRequest {
 };
 
 enum CommitFlags : uint32_t {
-  kCommitHasEvent = 1u << 0,  // `event` is a CUDA IPC event recorded after the writes
-  kCommitAbort = 1u << 1,     // give the buffer back unpublished
+  kCommitAbort = 1u << 0,  // give the buffer back unpublished
 };
-inline constexpr uint32_t kCommitKnownFlags = 0x3;
+inline constexpr uint32_t kCommitKnownFlags = 0x1;
 
+// Sent once the writes into the buffer are complete (for CUDA memory: once
+// the writer's stream has run them), so a committed version is whole.
 struct CommitRequest {
   static constexpr MsgType kType = MsgType::kCommit;
   uint64_t allocation_id;
   int32_t buffer;  // the one write_begin handed out
   uint32_t flags;  // CommitFlags
-  uint8_t event[64];
 };
-static_assert(sizeof(CommitRequest) == 80);
 
 struct AcquireRequest {
   static constexpr MsgType kType = MsgType::kAcquire;
@@ -367,8 +366,7 @@ struct CommitReply {
 };
 
 enum AcquireFlags : uint32_t {
-  kAcquireHasEvent = 1u << 0,  // wait for `event` before reading
-  kAcquireWriting = 1u << 1,   // a one-buffer slot: a write into it is under way
+  kAcquireWriting = 1u << 0,  // a one-buffer slot: a write into it is under way
 };
 
 struct AcquireReply {
@@ -378,10 +376,9 @@ struct AcquireReply {
   uint64_t committed_ns;
   int32_t buffer;
   uint32_t flags;  // AcquireFlags
-  uint8_t event[64];
   uint64_t pin;  // names this pin in the release
 };
-static_assert(sizeof(AcquireReply) == 104);
+static_assert(sizeof(AcquireReply) == 40);
 
 struct ReleaseReply {
   static constexpr MsgType kType = MsgType::kRelease;

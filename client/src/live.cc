@@ -1,8 +1,17 @@
 // Writers and readers of versions (docs/live.md): the client's half of the
 // rules request_handler_live.cc keeps. Waiting is a futex on the registry's
 // live record; begin, commit, acquire and release are one message each.
+//
+// CUDA memory: a commit is sent once the writer's stream has run the writes
+// queued before it (a background thread waits for that, never the caller),
+// so every version a reader can acquire is whole in memory, and a writer
+// that dies before its work finished publishes nothing. A reader's stream
+// therefore waits on nothing of the writer's: a CUDA event of a process
+// that died is never signalled, and a reader queued behind one would hang.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 
 #include "client/src/channel.h"
 #include "client/src/client_core.h"
@@ -62,16 +71,40 @@ void* View::data(uint32_t buffer) const {
   return static_cast<std::byte*>(mapping_->base) + buffer * slot_.buffer_bytes + slot_.byte_offset;
 }
 
+// A commit on its way: sent by the stream watcher once the writes are done.
+struct PendingCommit {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool in_flight = false;
+  Status status;  // of the last one sent
+
+  void Finish(Status s) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      in_flight = false;
+      status = std::move(s);
+    }
+    cv.notify_all();
+  }
+  // Waits for the one in flight, if any; returns (and forgets) its outcome.
+  Status Wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [this] { return !in_flight; });
+    return std::exchange(status, Status::Ok());
+  }
+};
+
 struct Writer::State {
   std::shared_ptr<Channel> channel;
   View view;
   LiveLocator locator;
-  std::unique_ptr<WriterEvents> events;
+  std::shared_ptr<PendingCommit> pending = std::make_shared<PendingCommit>();
   int32_t begun = -1;
   uint64_t next_version = 0;
 
   State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
       : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
+  ~State() { (void)pending->Wait(); }  // a commit on its way still lands
   uint64_t allocation_id() const { return view.slot().allocation_id; }
 };
 
@@ -85,6 +118,7 @@ Writer& Writer::operator=(Writer&& other) noexcept {
   return *this;
 }
 Writer::~Writer() {
+  if (state_) (void)state_->pending->Wait();
   if (state_ && state_->begun >= 0) {
     wire::CommitRequest m{};
     m.allocation_id = state_->allocation_id();
@@ -106,6 +140,8 @@ Result<uint32_t> Writer::Begin(int wait_ms) {
   if (state_->begun >= 0) {
     return InvalidArgument("buffer " + std::to_string(state_->begun) + " is begun already: commit or abort it");
   }
+  // The previous commit first: it is sent once its writes are done.
+  GPB_RETURN_IF_ERROR(state_->pending->Wait().Annotate("the previous commit"));
   std::optional<Clock::time_point> deadline = DeadlineAfter(wait_ms);
   while (true) {
     // The word first: a release between it and the refusal wakes the wait.
@@ -134,16 +170,31 @@ Result<uint64_t> Writer::Commit(void* stream) {
   m.allocation_id = state_->allocation_id();
   m.buffer = state_->begun;
   if (state_->view.device().type == Device::kCuda) {
-    if (!state_->events) {
-      GPB_ASSIGN_OR_RETURN(state_->events,
-                           WriterEvents::Create(state_->view.device().ordinal, state_->view.slot().buffers));
+    std::shared_ptr<PendingCommit> pending = state_->pending;
+    std::weak_ptr<Channel> channel = state_->channel;
+    {
+      std::lock_guard<std::mutex> lock(pending->mu);
+      pending->in_flight = true;
     }
-    GPB_ASSIGN_OR_RETURN(IpcEventHandle handle, state_->events->Record(state_->begun, stream));
-    std::copy(handle.begin(), handle.end(), m.event);
-    m.flags = wire::kCommitHasEvent;
-  } else {
-    std::atomic_thread_fence(std::memory_order_release);
+    Status queued = WhenStreamDone(state_->view.device().ordinal, stream, [pending, channel, m](Status done) {
+      auto c = channel.lock();
+      if (!c) return pending->Finish(Unavailable("the client is gone"));
+      if (!done.ok()) {  // the writes failed: the buffer goes back unpublished
+        wire::CommitRequest abort = m;
+        abort.flags = wire::kCommitAbort;
+        c->Tell(abort);
+        return pending->Finish(done.Annotate("the writer's stream"));
+      }
+      pending->Finish(c->Call<wire::CommitReply>(m).status());
+    });
+    if (!queued.ok()) {
+      pending->Finish(Status::Ok());
+      return queued;
+    }
+    state_->begun = -1;
+    return state_->next_version;
   }
+  std::atomic_thread_fence(std::memory_order_release);
   auto reply = state_->channel->Call<wire::CommitReply>(m);
   state_->begun = -1;  // committed, or given up by the broker with the connection
   if (!reply.ok()) return reply.status();
@@ -165,7 +216,6 @@ struct Reader::State {
   std::shared_ptr<Channel> channel;
   View view;
   LiveLocator locator;
-  std::unique_ptr<ReaderEvents> events;
   uint64_t pin = 0;  // 0: none held
   uint64_t pinned_writes = 0;
   bool pinned_while_writing = false;
@@ -230,7 +280,7 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
   }
 }
 
-Result<Acquired> Reader::Acquire(void* stream) {
+Result<Acquired> Reader::Acquire() {
   if (!state_) return InvalidArgument("this reader is empty");
   GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply,
                        state_->channel->Call<wire::AcquireReply>(wire::AcquireRequest{state_->allocation_id(), 0}));
@@ -241,18 +291,7 @@ Result<Acquired> Reader::Acquire(void* stream) {
   state_->pin = reply.pin;
   state_->pinned_writes = reply.writes;
   state_->pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;
-  if (state_->view.device().type == Device::kCuda) {
-    if (reply.flags & wire::kAcquireHasEvent) {
-      if (!state_->events) {
-        GPB_ASSIGN_OR_RETURN(state_->events, ReaderEvents::Create(state_->view.device().ordinal));
-      }
-      IpcEventHandle handle;
-      std::copy(std::begin(reply.event), std::end(reply.event), handle.begin());
-      GPB_RETURN_IF_ERROR(state_->events->StreamWait(handle, stream));
-    }
-  } else {
-    std::atomic_thread_fence(std::memory_order_acquire);
-  }
+  std::atomic_thread_fence(std::memory_order_acquire);
   Acquired a;
   a.version = reply.version;
   a.buffer = static_cast<uint32_t>(reply.buffer);

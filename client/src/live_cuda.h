@@ -1,41 +1,21 @@
-// The CUDA side of versions (docs/live.md): a writer's interprocess events,
-// one per buffer, recorded at commit; a reader's stream waits on them; and
-// the events that say when a reader's stream is done with a buffer.
+// The CUDA side of versions (docs/live.md): running something once the work
+// queued on a stream so far has finished, without the caller waiting. A
+// writer's commit goes to the broker that way (so a version is visible only
+// once its writes are done, and a writer that dies first publishes nothing);
+// a reader's release too (so the writer never reuses a buffer a reader's
+// kernels still read).
 #pragma once
 
-#include <array>
-#include <cstdint>
 #include <functional>
-#include <memory>
 
 #include "gpubroker/status.hpp"
 
 namespace gpubroker {
 
-using IpcEventHandle = std::array<uint8_t, 64>;
-
-// A writer's events, created on first use, on the device `ordinal` (this
-// process's numbering).
-class WriterEvents {
- public:
-  static Result<std::unique_ptr<WriterEvents>> Create(int ordinal, uint32_t nbuffers);
-  virtual ~WriterEvents() = default;
-  // Records buffer `buffer`'s event on `stream` and returns its handle.
-  virtual Result<IpcEventHandle> Record(uint32_t buffer, void* stream) = 0;
-};
-
-// A reader's opened events, by handle, kept while it lives.
-class ReaderEvents {
- public:
-  static Result<std::unique_ptr<ReaderEvents>> Create(int ordinal);
-  virtual ~ReaderEvents() = default;
-  // Makes `stream` wait for the event behind `handle`.
-  virtual Status StreamWait(const IpcEventHandle& handle, void* stream) = 0;
-};
-
-// Runs `done` on a background thread once the work queued on `stream` so
-// far has finished (device `ordinal`, this process's numbering). The
-// thread never blocks the caller; `done` gets the wait's outcome.
+// Runs `done` on a background thread (one per process, in order) once the
+// work queued on `stream` (a CUstream; null: the legacy default stream) of
+// device `ordinal` (this process's numbering) so far has finished; `done`
+// gets the wait's outcome. Returns at once.
 Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> done);
 
 }  // namespace gpubroker

@@ -126,10 +126,12 @@ class Writer {
   // View::data(buffer) of any view of the allocation.
   Result<uint32_t> Begin(int wait_ms = 0);
   // Publishes the begun buffer as the next version, atomically for the whole
-  // allocation. CUDA: first records an interprocess event on `stream` (a
-  // CUstream or cudaStream_t; null: the legacy default stream), so readers'
-  // streams wait for the writes queued before it; nothing waits on the host.
-  // Host memory: a release fence orders the writes before the commit.
+  // allocation, and returns that version. CUDA: returns at once; the version
+  // becomes visible once `stream` (a CUstream or cudaStream_t; null: the
+  // legacy default stream) has run the writes queued on it before this call
+  // (a background thread waits, then tells the broker), so readers only ever
+  // see whole versions. The next Begin waits for that, and reports a failed
+  // commit. Host memory: the commit is sent at once, after a release fence.
   Result<uint64_t> Commit(void* stream = nullptr);
   // Gives the begun buffer back unpublished.
   Status Abort();
@@ -172,9 +174,9 @@ class Reader {
   // gone, kUnavailable once the broker stops.
   Result<uint64_t> Wait(uint64_t after, int timeout_ms = -1);
   // Pins the newest committed version (moving this reader's pin from the one
-  // it had) and, for CUDA slots, makes `stream` wait for the writer's event:
-  // work queued on `stream` afterwards sees the whole version. No host wait.
-  Result<Acquired> Acquire(void* stream = nullptr);
+  // it had). A committed version is whole in memory: any stream may read it
+  // at once, with no wait on the writer.
+  Result<Acquired> Acquire();
   // Lets the writer reuse the pinned buffer once the work queued on `stream`
   // so far is done (CUDA: a background thread waits for it, then tells the
   // broker; the call returns at once). Host memory: at once.

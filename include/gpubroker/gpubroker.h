@@ -222,7 +222,8 @@ void gpb_writer_close(gpb_writer* writer) GPB_NOEXCEPT;
 /* A buffer to write into; every buffer pinned: waits up to wait_ms (-1: no
  * limit, 0: none), then GPB_BUSY. */
 int32_t gpb_writer_begin(gpb_writer* writer, int32_t wait_ms, uint32_t* out_buffer, gpb_error* err) GPB_NOEXCEPT;
-/* Publishes the begun buffer; CUDA: after the work queued on `stream`. */
+/* Publishes the begun buffer and returns its version at once; CUDA: it
+ * becomes visible once `stream` has run the work queued on it before. */
 int32_t gpb_writer_commit(gpb_writer* writer, void* stream, uint64_t* out_version, gpb_error* err) GPB_NOEXCEPT;
 int32_t gpb_writer_abort(gpb_writer* writer, gpb_error* err) GPB_NOEXCEPT;
 
@@ -236,8 +237,8 @@ int32_t gpb_reader_latest(gpb_reader* reader, uint64_t* out_version, gpb_error* 
  * timeout_ms (-1: no limit); GPB_TIMEOUT if none came. */
 int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, uint64_t* out_version,
                         gpb_error* err) GPB_NOEXCEPT;
-/* Pins the newest version; CUDA: `stream` waits for its writes. */
-int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, gpb_error* err) GPB_NOEXCEPT;
+/* Pins the newest version: whole in memory, readable on any stream at once. */
+int32_t gpb_reader_acquire(gpb_reader* reader, gpb_acquired* out, gpb_error* err) GPB_NOEXCEPT;
 /* Gives the pin back once the work queued on `stream` is done. */
 int32_t gpb_reader_release(gpb_reader* reader, void* stream, gpb_error* err) GPB_NOEXCEPT;
 /* One-buffer slots: 1 if no write began since the acquire (the read was whole). */

@@ -3,11 +3,13 @@
 // (tests/gpu/kernels.h): on the GPU with kernels on its own stream, on the
 // host with loops. Talks line by line on stdout; reads stdin only to hold.
 //
-//   live_peer SOCKET produce NAME COUNT VERSIONS SEED   commit VERSIONS versions of NAME/0..COUNT-1
+//   live_peer SOCKET produce NAME COUNT VERSIONS SEED [die]  commit VERSIONS versions of NAME/0..COUNT-1
+//                                                       (die: SIGKILL itself right after the last commit call)
 //   live_peer SOCKET consume NAME COUNT FINAL SEED      follow versions up to FINAL, checking each whole
 //   live_peer SOCKET stall-writer NAME COUNT SEED       begin a version, write half of it, hold
 //   live_peer SOCKET stall-reader NAME                  pin the newest version, hold
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -124,10 +126,14 @@ int main(int argc, char** argv) {
         Hold();
         return 0;
       }
-      auto committed = writer->Commit(d.stream);  // no host wait: readers' streams wait on the event
+      auto committed = writer->Commit(d.stream);  // no host wait: sent once the stream has run the writes
       if (!committed.ok()) return Fail(committed.status().ToString());
       if (*committed != version) return Fail("committed " + std::to_string(*committed) + ", expected " + std::to_string(version));
       last = *committed;
+      if (i + 1 == versions && argc >= 8 && std::string(argv[7]) == "die") {
+        std::cout << "dying after " << last << std::endl;
+        std::raise(SIGKILL);  // the GPU may not have run the last writes yet
+      }
     }
 #if GPUBROKER_GPU_KERNELS
     if (d.cuda) gpu::FreeStream(d.stream);  // waits for the last writes
@@ -149,7 +155,7 @@ int main(int argc, char** argv) {
     while (last < final_version) {
       auto newer = reader->Wait(last, 60000);
       if (!newer.ok()) return Fail(newer.status().ToString());
-      auto got = reader->Acquire(d.stream);
+      auto got = reader->Acquire();
       if (!got.ok()) return Fail(got.status().ToString());
       if (got->version <= last || got->version < *newer) {
         return Fail("version went from " + std::to_string(last) + " to " + std::to_string(got->version));
@@ -179,7 +185,7 @@ int main(int argc, char** argv) {
     if (!reader.ok()) return Fail(reader.status().ToString());
     auto newer = reader->Wait(0, 60000);
     if (!newer.ok()) return Fail(newer.status().ToString());
-    auto got = reader->Acquire(nullptr);
+    auto got = reader->Acquire();
     if (!got.ok()) return Fail(got.status().ToString());
     std::cout << "pinned " << got->version << " " << got->buffer << std::endl;
     Hold();

@@ -144,6 +144,25 @@ TEST_F(LiveTest, AProducerKilledMidWriteLeavesTheLastVersionWholeAndItsBufferRec
   EXPECT_EQ(again->Wait(), 0);
 }
 
+// Killed right after its last commit call: on the GPU the writes behind it
+// may not have run yet. Readers still only ever see whole versions (the last
+// one, or the one before it) and nobody is left waiting on the dead writer.
+TEST_F(LiveTest, AProducerKilledRightAfterCommittingLeavesOnlyWholeVersions) {
+  CreateStateDict("weights", 2);
+  auto dying = Peer({"produce", "weights", S(kTensors), "20", S(seed_), "die"});
+  ASSERT_EQ(dying->channel().ReceiveLine(), "dying after 20");
+  dying->Wait();
+  auto check = Peer({"consume", "weights", S(kTensors), "19", S(seed_)});
+  std::string seen = check->channel().ReceiveLine();
+  EXPECT_TRUE(seen == "seen 1 last 19" || seen == "seen 1 last 20") << seen;
+  EXPECT_EQ(check->Wait(), 0);
+  ASSERT_TRUE(WaitFor([&] { return LiveOf("weights").writing == -1; }));
+  auto next = Peer({"produce", "weights", S(kTensors), "1", S(seed_)});
+  std::string done = next->channel().ReceiveLine();
+  EXPECT_TRUE(done == "done 20" || done == "done 21") << done;
+  EXPECT_EQ(next->Wait(), 0);
+}
+
 TEST_F(LiveTest, AConsumerKilledWhilePinningGivesItsBufferBack) {
   CreateStateDict("weights", 2);
   auto first = Peer({"produce", "weights", S(kTensors), "1", S(seed_)});
