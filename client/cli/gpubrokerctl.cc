@@ -8,43 +8,15 @@
 
 #include "gpubroker/client.hpp"
 #include "client/cli/doctor.h"
+#include "client/cli/exit_status.h"
+#include "client/cli/leases.h"
 #include "client/cli/output.h"
+#include "client/cli/wait.h"
 #include "common/parse.h"
 #include "common/validate.h"
 
 namespace gpubroker::ctl {
 namespace {
-
-enum Exit : int {
-  kExitOk = 0,
-  kExitFailure = 1,
-  kExitUsage = 2,
-  kExitUnavailable = 3,
-  kExitNotFound = 4,
-  kExitPermission = 5,
-  kExitExists = 6,
-  kExitExhausted = 7,
-  kExitInvalid = 8,
-  kExitNotServing = 9,  // status: the broker answers but is draining or stopping
-};
-
-int ExitFor(const Status& s) {
-  switch (s.code()) {
-    case Code::kOk: return kExitOk;
-    case Code::kUnavailable: return kExitUnavailable;
-    case Code::kNotFound: return kExitNotFound;
-    case Code::kPermissionDenied: return kExitPermission;
-    case Code::kAlreadyExists: return kExitExists;
-    case Code::kResourceExhausted: return kExitExhausted;
-    case Code::kInvalidArgument: return kExitInvalid;
-    default: return kExitFailure;
-  }
-}
-
-int Report(const Status& s) {
-  std::cerr << "gpubrokerctl: " << s.ToString() << "\n";
-  return ExitFor(s);
-}
 
 // Names equal to `prefix` or under `prefix/`; every name for an empty prefix.
 bool UnderPrefix(const std::string& name, const std::string& prefix) {
@@ -84,18 +56,24 @@ int Ls(Client& c, const std::string& prefix, const OutputFlags& o) {
   return kExitOk;
 }
 
+// show NAME: every field; then, where the caller is admin, which clients pin
+// which version of its allocation and who writes it.
 int Show(Client& c, const std::string& name, bool json) {
   auto s = c.Stat(name);
   if (!s.ok()) return Report(s.status());
+  auto holders = ListHolders(c);
+  if (!holders.ok() && holders.status().code() != Code::kPermissionDenied) return Report(holders.status());
   if (json) {
-    std::cout << JsonText(SlotJson(*s)) << "\n";
+    nlohmann::json o = SlotJson(*s);
+    AddPinsJson(o, holders, s->allocation_id);
+    std::cout << JsonText(o) << "\n";
     return kExitOk;
   }
   for (const SlotField& f : SlotFields()) {
     if (f.name == "nbytes") continue;  // "bytes" says it, with the unit
-    std::string label = std::string(f.name) + ":";
-    std::cout << label << std::string(label.size() < 18 ? 18 - label.size() : 1, ' ') << f.text(*s) << "\n";
+    std::cout << ShowLine(f.name, f.text(*s));
   }
+  std::cout << PinsText(holders, s->allocation_id);
   return kExitOk;
 }
 
@@ -231,7 +209,7 @@ Result<std::vector<int64_t>> ParseShape(const std::string& text) {
 }
 
 struct CreateFlags {
-  std::string name, dtype = "uint8", shape, bytes, backend, device, mode = "0600", base;
+  std::string name, dtype = "uint8", shape, bytes, backend, device, mode = "0600", base, buffers;
   uint64_t offset = 0;
 };
 
@@ -269,6 +247,13 @@ Result<CreateOptions> ToCreateOptions(const CreateFlags& f) {
   o.mode = *mode;
   o.base = f.base;
   o.byte_offset = f.offset;
+  if (!f.buffers.empty()) {
+    GPB_ASSIGN_OR_RETURN(uint64_t buffers, ParseUnsigned(f.buffers, kMaxBuffers, "--buffers"));
+    if (buffers != 0 && !o.base.empty()) {
+      return InvalidArgument("--buffers is for a new allocation; a view (--base) has its base's buffers");
+    }
+    o.buffers = static_cast<uint32_t>(buffers);
+  }
   return o;
 }
 
@@ -310,7 +295,7 @@ std::string BashCompletion(CLI::App& app) {
          "  esac\n"
          "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); return; fi\n"
          "  case $cmd in\n"
-         "    ls|show|rm) local name; COMPREPLY=()\n"
+         "    ls|show|rm|wait) local name; COMPREPLY=()\n"
          "      # a stopped broker must not freeze the shell: two seconds at most\n"
          "      while IFS= read -r name; do [[ $name == \"$cur\"* ]] && COMPREPLY+=(\"$name\"); done < <(timeout 2 \\\n"
          "        gpubrokerctl \"${socket[@]}\" ls --format csv,noheader --fields name 2>/dev/null) ;;\n"
@@ -361,14 +346,30 @@ int main(int argc, char** argv) {
   create->add_option("--mode", cf.mode, "permission bits, octal (default 0600)");
   create->add_option("--base", cf.base, "make a view into this slot's allocation");
   create->add_option("--offset", cf.offset, "byte offset of the view within the base");
+  create->add_option("--buffers", cf.buffers,
+                     "1.." + std::to_string(kMaxBuffers) + ": a live slot of that many buffers, at version 0 until "
+                     "a writer commits; 0 (default): a plain slot, version 1")
+      ->type_name("N");
   create->add_flag("--json", json, "machine-readable output");
   auto* rm = app.add_subcommand("rm", "destroy slots (their memory goes with the last lease)");
   std::vector<std::string> names;
   bool recursive = false;
   rm->add_option("names", names, "slot names")->required();
   rm->add_flag("-r,--recursive", recursive, "each NAME and everything under NAME/ (a state dict)");
+  WaitFlags wf;
+  auto* wait = app.add_subcommand("wait", "block until a slot has a version newer than N (default: the current "
+                                          "one) and print it; exit 10 on --timeout");
+  wait->add_option("name", wf.name, "slot name")->required();
+  wait->add_option("--version", wf.version, "wait for a version newer than this (0: any committed one)")
+      ->type_name("N");
+  wait->add_option("--timeout", wf.timeout, "give up after this many seconds (fractions allowed; default: never)")
+      ->type_name("SECONDS");
+  wait->add_flag("--json", wf.json, "machine-readable output");
   auto* clients = app.add_subcommand("clients", "connected clients and what they hold (admin)");
   clients->add_flag("--json", json, "machine-readable output");
+  auto* leases = app.add_subcommand("leases", "every lease: client, slot, the version it pins, the buffer it "
+                                              "writes (admin)");
+  leases->add_flag("--json", json, "machine-readable output");
   auto* shutdown = app.add_subcommand("shutdown", "stop the broker (admin)");
   bool drain_off = false;
   auto* drain = app.add_subcommand("drain", "refuse new creates and attaches; leases keep working (admin)");
@@ -383,8 +384,9 @@ int main(int argc, char** argv) {
   app.footer(
       "Exit status: 0 success, 1 another error, 2 usage, 3 broker unavailable, 4 no such slot, 5 permission "
       "denied, 6 name exists, 7 a limit or memory exhausted, 8 invalid argument, 9 (status) the broker is "
-      "draining, stopping or degraded.\nThe socket: --socket, else $GPUBROKER_SOCKET, else your own broker's "
-      "($XDG_RUNTIME_DIR/gpubroker/gpubroker.sock) if it runs, else /run/gpubroker/gpubroker.sock.");
+      "draining, stopping or degraded, 10 (wait) no new version within --timeout.\nThe socket: --socket, else "
+      "$GPUBROKER_SOCKET, else your own broker's ($XDG_RUNTIME_DIR/gpubroker/gpubroker.sock) if it runs, else "
+      "/run/gpubroker/gpubroker.sock.");
 
   try {
     app.parse(argc, argv);
@@ -410,7 +412,9 @@ int main(int argc, char** argv) {
   if (ls->parsed()) return Ls(c, prefix, out);
   if (show->parsed()) return Show(c, name, json);
   if (rm->parsed()) return Remove(c, names, recursive);
+  if (wait->parsed()) return WaitCmd(c, wf);
   if (clients->parsed()) return Clients(c, json);
+  if (leases->parsed()) return LeasesCmd(c, json);
   if (shutdown->parsed()) {
     Status s = c.Shutdown();
     return s.ok() ? kExitOk : Report(s);
@@ -430,7 +434,9 @@ int main(int argc, char** argv) {
     if (!info.ok()) return Report(info.status());
     if (json) std::cout << JsonText(SlotJson(*info)) << "\n";
     else std::cout << "created " << info->name << ": " << DTypeName(info->dtype) << " "
-                   << ShapeText(info->shape) << ", " << HumanBytes(info->nbytes) << "\n";
+                   << ShapeText(info->shape) << ", " << HumanBytes(info->nbytes)
+                   << (o->buffers != 0 ? ", " + std::to_string(info->buffers) + " buffer(s), no version yet" : "")
+                   << "\n";
     return kExitOk;
   }
   return kExitUsage;

@@ -58,8 +58,13 @@ constexpr SlotField kFields[] = {
      [](const SlotInfo& s) { return ModeText(s.mode); }},
     {"leases", "lease_count", "leases on the allocation", [](const SlotInfo& s) -> json { return s.lease_count; },
      [](const SlotInfo& s) { return std::to_string(s.lease_count); }},
-    {"version", "version", "publish version", [](const SlotInfo& s) -> json { return s.version; },
-     [](const SlotInfo& s) { return std::to_string(s.version); }},
+    {"version", "version", "newest committed version (0: none yet; a slot made without buffers is 1)",
+     [](const SlotInfo& s) -> json { return s.version; }, [](const SlotInfo& s) { return std::to_string(s.version); }},
+    {"buffers", "buffers", "buffers its allocation holds (more than 1: readers keep a version while one is written)",
+     [](const SlotInfo& s) -> json { return s.buffers; }, [](const SlotInfo& s) { return std::to_string(s.buffers); }},
+    {"buffer_bytes", "buffer_bytes", "bytes of each buffer",
+     [](const SlotInfo& s) -> json { return s.buffer_bytes; },
+     [](const SlotInfo& s) { return std::to_string(s.buffer_bytes); }},
     {"generation", "generation", "table entry generation", [](const SlotInfo& s) -> json { return s.generation; },
      [](const SlotInfo& s) { return std::to_string(s.generation); }},
     {"created", "created_ns", "when it was created (JSON: ns since the epoch)",
@@ -130,6 +135,13 @@ std::string RenderSlots(const std::vector<SlotInfo>& slots, const std::vector<co
     t.Add(std::move(row));
   }
   return format == Format::kTable ? t.Render() : t.RenderCsv(format == Format::kCsv);
+}
+
+std::string ShowLine(std::string_view label, std::string_view value) {
+  constexpr size_t kColumn = 18;
+  std::string line = label.empty() ? std::string() : std::string(label) + ":";
+  line.append(line.size() < kColumn ? kColumn - line.size() : 1, ' ');
+  return line.append(value) + "\n";
 }
 
 std::string HumanBytes(uint64_t bytes) {

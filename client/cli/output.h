@@ -30,7 +30,8 @@ std::span<const SlotField> SlotFields();
 // "name,bytes,version" → those fields, in that order; an unknown name is an
 // error listing the known ones.
 Result<std::vector<const SlotField*>> SelectFields(const std::string& list);
-inline constexpr const char* kDefaultLsFields = "name,backend,device,dtype,shape,bytes,mode,owner,leases,version";
+inline constexpr const char* kDefaultLsFields =
+    "name,backend,device,dtype,shape,bytes,mode,owner,leases,version,buffers";
 
 enum class Format { kTable, kCsv, kCsvNoHeader, kJson };
 // table | csv | csv,noheader | json
@@ -43,6 +44,10 @@ nlohmann::json SlotJson(const SlotInfo& s);  // every field
 // One line of JSON; bytes that are not UTF-8 (a client's name is anyone's
 // to choose) become U+FFFD instead of an exception.
 std::string JsonText(const nlohmann::json& j);
+
+// One line of `show`: "label:" padded to a column, then the value. An
+// empty label continues the line above it.
+std::string ShowLine(std::string_view label, std::string_view value);
 
 std::string HumanBytes(uint64_t bytes);
 std::string ShapeText(const std::vector<int64_t>& v);

@@ -215,7 +215,8 @@ Result<std::vector<LeaseInfo>> Client::Leases() {
                        core_->channel->CallList<wire::LeasesReply>(wire::LeasesRequest{}));
   std::vector<LeaseInfo> out;
   for (const auto& r : records) {
-    out.push_back({r.client_id, r.allocation_id, r.allocation_bytes, r.count, std::string(r.slot.view())});
+    out.push_back({r.client_id, r.allocation_id, r.allocation_bytes, r.count, std::string(r.slot.view()),
+                   r.pinned_version, r.pinned_buffer, r.writing_buffer});
   }
   return out;
 }

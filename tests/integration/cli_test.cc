@@ -5,7 +5,9 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -31,15 +33,37 @@ class CliTest : public ::testing::Test {
     ASSERT_NE(broker_, nullptr);
   }
   CtlRun Ctl(const std::string& args, const std::string& socket = "") {
-    std::string cmd = std::string(GPUBROKERCTL_PATH) + " --socket " +
-                      (socket.empty() ? broker_->socket() : socket) + " " + args + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
+    return Shell(std::string(GPUBROKERCTL_PATH) + " --socket " + (socket.empty() ? broker_->socket() : socket) +
+                 " " + args);
+  }
+  // As nobody: neither root nor in the broker's admin group.
+  CtlRun CtlAsNobody(const std::string& args) {
+    return Shell("setpriv --reuid=65534 --regid=65534 --clear-groups " + std::string(GPUBROKERCTL_PATH) +
+                 " --socket " + broker_->socket() + " " + args);
+  }
+  static CtlRun Shell(const std::string& command) {
+    FILE* p = ::popen((command + " 2>&1").c_str(), "r");
     std::string out;
     char buf[4096];
     size_t n;
     while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
     int status = ::pclose(p);
     return {WEXITSTATUS(status), out};
+  }
+  // gpubrokerctl in the background; its stdout and stderr come on the
+  // child's channel.
+  std::unique_ptr<ChildProcess> StartCtl(const std::string& args) {
+    return ChildProcess::Exec({"/bin/sh", "-c",
+                               "exec " + std::string(GPUBROKERCTL_PATH) + " --socket " + broker_->socket() + " " +
+                                   args + " 2>&1"});
+  }
+  // What a background gpubrokerctl printed, once it has exited, and its status.
+  static CtlRun Finish(ChildProcess& ctl) {
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(ctl.channel().in(), buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    return {ctl.Wait(), out};
   }
   std::unique_ptr<BrokerProcess> broker_;
 };
@@ -196,6 +220,8 @@ TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
   EXPECT_EQ(complete("gpubrokerctl dr", 1), "drain\n");
   EXPECT_EQ(complete("gpubrokerctl rm --r", 2), "--recursive\n");
   EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " show weights/", 4), "weights/l0\n");
+  EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " wait weights/", 4), "weights/l0\n");
+  EXPECT_EQ(complete("gpubrokerctl wait --t", 2), "--timeout\n");
 }
 
 TEST_F(CliTest, DoctorSaysOkOrWhatToDoAndItsStatusSaysWhetherAnythingFailed) {
@@ -251,6 +277,218 @@ TEST(CheckConfig, ChecksWhatAStartWouldAndTouchesNothing) {
   EXPECT_EQ(key.status, 2);
   EXPECT_NE(key.out.find("c.yaml:4:3: unknown key 'levle'"), std::string::npos) << key.out;
   std::filesystem::remove_all(dir);
+}
+
+// A live slot of `buffers` buffers in host memory, made by `c`.
+void CreateLive(Client& c, const std::string& name, uint32_t buffers, uint32_t mode = 0600) {
+  CreateOptions o;
+  o.name = name;
+  o.shape = {64};
+  o.backend = BackendKind::kHost;
+  o.buffers = buffers;
+  o.mode = mode;
+  ASSERT_TRUE(c.Create(o).ok());
+}
+
+// Leases on `name`'s allocation, as the broker counts them (0 if it has none).
+uint32_t LeasesOn(Client& c, const std::string& name) {
+  auto s = c.Stat(name);
+  return s.ok() ? s->lease_count : 0;
+}
+
+// A version committed by a writer in this process (gpubrokerctl is another):
+// `wait` prints exactly the version reached; it takes the version current
+// when it starts as its baseline before it attaches, so once its lease shows,
+// the next commit is the one it waits for.
+TEST_F(CliTest, WaitPrintsTheVersionAWriterCommits) {
+  auto producer = broker_->Connect("producer");
+  ASSERT_TRUE(producer.ok());
+  CreateLive(*producer, "feed", 2);
+  CtlRun none = Ctl("wait feed --version 0 --timeout 0");
+  EXPECT_EQ(none.status, 10) << "nothing committed yet: " << none.out;
+
+  auto first = StartCtl("wait feed");
+  ASSERT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed") == 1; })) << "gpubrokerctl never attached";
+  auto writer = producer->OpenWriter("feed");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  ASSERT_TRUE(writer->Begin().ok());
+  auto v1 = writer->Commit();
+  ASSERT_TRUE(v1.ok() && *v1 == 1u);
+  CtlRun reached = Finish(*first);
+  EXPECT_EQ(reached.status, 0) << reached.out;
+  EXPECT_EQ(reached.out, "1\n");
+
+  // Default baseline now 1: a commit of 2 ends it, and --json says so.
+  auto second = StartCtl("wait feed --json");
+  ASSERT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed") == 2; })) << "gpubrokerctl never attached";
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_TRUE(writer->Commit().ok());
+  CtlRun json = Finish(*second);
+  EXPECT_EQ(json.status, 0) << json.out;
+  EXPECT_EQ(json.out, "{\"after\":1,\"name\":\"feed\",\"version\":2}\n");
+
+  // --version 0 on a committed slot: at once (--timeout 0: not one wait).
+  CtlRun at_once = Ctl("wait feed --version 0 --timeout 0");
+  EXPECT_EQ(at_once.status, 0) << at_once.out;
+  EXPECT_EQ(at_once.out, "2\n");
+  EXPECT_EQ(Ctl("wait feed --version 1").out, "2\n");
+
+  auto started = std::chrono::steady_clock::now();
+  CtlRun timeout = Ctl("wait feed --timeout 0.2");
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(200));
+  EXPECT_EQ(timeout.status, 10) << timeout.out;
+  EXPECT_NE(timeout.out.find("timeout: no version of 'feed' after 2 within 0.2 s (newest: 2)"), std::string::npos)
+      << timeout.out;
+  EXPECT_EQ(Ctl("wait feed --version 7 --timeout 0").status, 10);
+  EXPECT_EQ(Ctl("wait feed --timeout -1").status, 8);
+  EXPECT_EQ(Ctl("wait feed --timeout 1s").status, 8);
+  EXPECT_EQ(Ctl("wait feed --version x").status, 8);
+  EXPECT_EQ(Ctl("wait no/such --timeout 1").status, 4);
+
+  // A plain slot is version 1: --version 0 returns at once there too.
+  EXPECT_EQ(Ctl("create plain --bytes 16").status, 0);
+  EXPECT_EQ(Ctl("wait plain --version 0 --timeout 0").out, "1\n");
+}
+
+// The name goes while gpubrokerctl waits: its own lease keeps the memory, so
+// no version would ever come; it notices, says so and exits 4. Ctrl-C ends it
+// at once, and its lease with it; a broker that stops ends it with 3.
+TEST_F(CliTest, WaitEndsWhenTheSlotGoesOnSigintAndWhenTheBrokerStops) {
+  auto producer = broker_->Connect("producer");
+  ASSERT_TRUE(producer.ok());
+  CreateLive(*producer, "feed", 2);
+  auto removed = StartCtl("wait feed");
+  ASSERT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed") == 1; }));
+  ASSERT_EQ(Ctl("rm feed").status, 0);
+  CtlRun gone = Finish(*removed);
+  EXPECT_EQ(gone.status, 4) << gone.out;
+  EXPECT_NE(gone.out.find("not_found: slot 'feed' was destroyed"), std::string::npos) << gone.out;
+
+  CreateLive(*producer, "feed2", 1);
+  auto interrupted = StartCtl("wait feed2");
+  ASSERT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed2") == 1; }));
+  interrupted->Kill(SIGINT);
+  EXPECT_EQ(Finish(*interrupted).status, 128 + SIGINT);
+  EXPECT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed2") == 0; })) << "its lease went with it";
+
+  auto orphaned = StartCtl("wait feed2");
+  ASSERT_TRUE(WaitFor([&] { return LeasesOn(*producer, "feed2") == 1; }));
+  broker_->Stop();
+  CtlRun stopped = Finish(*orphaned);
+  EXPECT_EQ(stopped.status, 3) << stopped.out;
+  EXPECT_NE(stopped.out.find("unavailable: waiting for a version"), std::string::npos) << stopped.out;
+}
+
+TEST_F(CliTest, CreateBuffersAndLsShowVersionsAndBuffers) {
+  CtlRun live = Ctl("create live --bytes 64 --buffers 3");
+  ASSERT_EQ(live.status, 0) << live.out;
+  EXPECT_EQ(live.out, "created live: uint8 (64,), 64 B, 3 buffer(s), no version yet\n");
+  ASSERT_EQ(Ctl("create plain --bytes 16").status, 0);
+  EXPECT_EQ(Ctl("ls --format json --fields name,version,buffers").out,
+            "[{\"buffers\":3,\"name\":\"live\",\"version\":0},{\"buffers\":1,\"name\":\"plain\",\"version\":1}]\n");
+  CtlRun json = Ctl("ls --format json");
+  EXPECT_NE(json.out.find("\"buffer_bytes\":512,\"buffers\":3,"), std::string::npos) << json.out;
+  CtlRun table = Ctl("ls");
+  EXPECT_EQ(table.out.rfind("NAME ", 0), 0u);
+  EXPECT_NE(table.out.find("  VERSION  BUFFERS\n"), std::string::npos) << table.out;
+
+  auto c = broker_->Connect("producer");
+  ASSERT_TRUE(c.ok());
+  auto writer = c->OpenWriter("live");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_TRUE(writer->Commit().ok());
+  EXPECT_EQ(Ctl("ls live --format csv,noheader --fields name,version,buffers").out, "live,1,3\n")
+      << "the committed version, not the one the slot was made with";
+  EXPECT_NE(Ctl("show live --json").out.find("\"version\":1,"), std::string::npos);
+
+  CtlRun too_many = Ctl("create x --bytes 16 --buffers 9");
+  EXPECT_EQ(too_many.status, 8);
+  EXPECT_NE(too_many.out.find("--buffers must be an integer 0..8"), std::string::npos) << too_many.out;
+  CtlRun view = Ctl("create live/v --base live --offset 0 --bytes 8 --buffers 2");
+  EXPECT_EQ(view.status, 8);
+  EXPECT_NE(view.out.find("a view (--base) has its base's buffers"), std::string::npos) << view.out;
+  ASSERT_EQ(Ctl("create live/v --base live --offset 0 --shape 8").status, 0);
+  EXPECT_EQ(Ctl("ls live/v --format csv,noheader --fields name,version,buffers").out, "live/v,1,3\n")
+      << "a view has its allocation's versions and buffers";
+}
+
+// show: who pins which version in which buffer, and who writes; `leases`
+// lists the same per client. Both need admin rights; show without them
+// still shows the slot and says what it leaves out.
+TEST_F(CliTest, ShowAndLeasesSayWhoPinsAndWhoWrites) {
+  auto producer = broker_->Connect("producer");
+  auto consumer = broker_->Connect("consumer");
+  ASSERT_TRUE(producer.ok() && consumer.ok());
+  CreateLive(*producer, "feed", 2, 0644);
+  auto writer = producer->OpenWriter("feed");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_TRUE(writer->Commit().ok());
+  auto reader = consumer->OpenReader("feed");
+  ASSERT_TRUE(reader.ok());
+  auto pinned = reader->Acquire();
+  ASSERT_TRUE(pinned.ok() && pinned->version == 1u);
+  auto writing = writer->Begin();
+  ASSERT_TRUE(writing.ok());
+  ASSERT_NE(*writing, pinned->buffer);
+  const std::string pid = std::to_string(::getpid());
+  const std::string r = std::to_string(consumer->client_id()), w = std::to_string(producer->client_id());
+  const std::string b = std::to_string(pinned->buffer), wb = std::to_string(*writing);
+
+  CtlRun show = Ctl("show feed");
+  ASSERT_EQ(show.status, 0) << show.out;
+  EXPECT_NE(show.out.find("\nversion:          1\nbuffers:          2\n"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("\npins:             version 1 in buffer " + b + ": client " + r + " (consumer, pid " +
+                          pid + ")\nwriter:           buffer " + wb + ": client " + w + " (producer, pid " + pid +
+                          ")\n"),
+            std::string::npos)
+      << show.out;
+  CtlRun json = Ctl("show feed --json");
+  EXPECT_NE(json.out.find("\"pins\":[{\"buffer\":" + b + ",\"client_id\":" + r +
+                          ",\"client_name\":\"consumer\",\"pid\":" + pid + ",\"version\":1}]"),
+            std::string::npos)
+      << json.out;
+  EXPECT_NE(json.out.find("\"writer\":{\"buffer\":" + wb + ",\"client_id\":" + w +
+                          ",\"client_name\":\"producer\",\"pid\":" + pid + "}"),
+            std::string::npos)
+      << json.out;
+
+  auto slot = producer->Stat("feed");
+  ASSERT_TRUE(slot.ok());
+  const std::string allocation = "\"allocation_bytes\":" + std::to_string(slot->allocation_bytes) +
+                                 ",\"allocation_id\":" + std::to_string(slot->allocation_id);
+  CtlRun leases = Ctl("leases --json");
+  ASSERT_EQ(leases.status, 0) << leases.out;
+  EXPECT_NE(leases.out.find("{" + allocation + ",\"client_id\":" + r + ",\"client_name\":\"consumer\",\"count\":1," +
+                            "\"pid\":" + pid + ",\"pinned_buffer\":" + b + ",\"pinned_version\":1,\"self\":false," +
+                            "\"slot\":\"feed\",\"writing_buffer\":null}"),
+            std::string::npos)
+      << leases.out;
+  EXPECT_NE(leases.out.find("{" + allocation + ",\"client_id\":" + w + ",\"client_name\":\"producer\",\"count\":1," +
+                            "\"pid\":" + pid + ",\"pinned_buffer\":null,\"pinned_version\":null,\"self\":false," +
+                            "\"slot\":\"feed\",\"writing_buffer\":" + wb + "}"),
+            std::string::npos)
+      << leases.out;
+  CtlRun table = Ctl("leases");
+  EXPECT_NE(table.out.find("PINNED_VERSION  PINNED_BUFFER  WRITING_BUFFER\n"), std::string::npos) << table.out;
+
+  ASSERT_TRUE(reader->Release().ok());
+  ASSERT_TRUE(writer->Abort().ok());
+  CtlRun after = Ctl("show feed");
+  EXPECT_NE(after.out.find("\npins:             none\nwriter:           none\n"), std::string::npos) << after.out;
+
+  if (::geteuid() != 0 || std::system("command -v setpriv >/dev/null") != 0) {
+    GTEST_SKIP() << "needs root and setpriv to run gpubrokerctl as another user";
+  }
+  CtlRun not_admin = CtlAsNobody("show feed");
+  EXPECT_EQ(not_admin.status, 0) << not_admin.out;
+  EXPECT_NE(not_admin.out.find("\nversion:          1\n"), std::string::npos) << not_admin.out;
+  EXPECT_NE(not_admin.out.find("\npins:             not shown: the broker tells only root or its admin group\n"),
+            std::string::npos)
+      << not_admin.out;
+  EXPECT_NE(CtlAsNobody("show feed --json").out.find("\"pins_error\":\"permission_denied: "), std::string::npos);
+  EXPECT_EQ(CtlAsNobody("leases").status, 5);
 }
 
 TEST_F(CliTest, ShutdownStopsTheBroker) {
