@@ -60,6 +60,15 @@ std::optional<Clock::time_point> DeadlineAfter(int timeout_ms) {
   return Clock::now() + std::chrono::milliseconds(timeout_ms);
 }
 
+// NotFound once the view's name is gone or names another allocation (the
+// slot was destroyed, or replaced by a new one of that name).
+Status StillNamed(const RegistryReader& registry, const View& view) {
+  Result<SlotDescriptor> d = registry.Lookup(view.name());
+  if (d.ok() && d->allocation_id == view.slot().allocation_id) return Status::Ok();
+  if (!d.ok() && d.status().code() != Code::kNotFound) return Status::Ok();  // unreadable now: not a verdict
+  return NotFound("slot '" + view.name() + "' was " + (d.ok() ? "replaced" : "destroyed") + ": open it again");
+}
+
 // A wait is cut into slices this long, after each of which the broker's
 // liveness is checked: a broker killed outright wakes nobody.
 constexpr std::chrono::seconds kLivenessSlice{1};
@@ -270,6 +279,11 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
           state_->channel->Call<wire::StatusReply>(wire::StatusRequest{}).status().Annotate("waiting for a version"));
       continue;
     }
+    // Destroying the name wakes this wait, but the record stays (this
+    // reader's own lease keeps the allocation): the name tells. Read after
+    // `seen`, so a destroy after this check changes the word and the futex
+    // below returns at once.
+    GPB_RETURN_IF_ERROR(StillNamed(registry, state_->view));
     std::chrono::nanoseconds left = Left(deadline);
     if (left.count() == 0) {
       return Timeout("no version after " + std::to_string(after) + " of '" + state_->view.name() + "' within " +

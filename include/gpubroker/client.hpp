@@ -170,8 +170,10 @@ class Reader {
   Result<uint64_t> Latest() const;
   // Blocks (on a futex in the shared registry; no message, no polling) until
   // a version newer than `after` is committed, at most `timeout_ms` (-1: no
-  // limit); returns it, or kTimeout. kNotFound once the slot's allocation is
-  // gone, kUnavailable once the broker stops.
+  // limit); returns it, or kTimeout. kNotFound once the slot's name is gone
+  // or names another allocation (destroyed, or replaced: open a new reader),
+  // unless a newer version of this one is there; kUnavailable once the
+  // broker stops.
   Result<uint64_t> Wait(uint64_t after, int timeout_ms = -1);
   // Pins the newest committed version (moving this reader's pin from the one
   // it had). A committed version is whole in memory: any stream may read it

@@ -234,7 +234,8 @@ void gpb_reader_close(gpb_reader* reader) GPB_NOEXCEPT;
 /* The newest committed version (0: none yet), from shared memory. */
 int32_t gpb_reader_latest(gpb_reader* reader, uint64_t* out_version, gpb_error* err) GPB_NOEXCEPT;
 /* Blocks until a version newer than `after` is committed, at most
- * timeout_ms (-1: no limit); GPB_TIMEOUT if none came. */
+ * timeout_ms (-1: no limit); GPB_TIMEOUT if none came, GPB_NOT_FOUND once
+ * `name` is destroyed or names another allocation (open a new reader). */
 int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, uint64_t* out_version,
                         gpb_error* err) GPB_NOEXCEPT;
 /* Pins the newest version: whole in memory, readable on any stream at once. */

@@ -10,7 +10,8 @@ import os
 import pathlib
 
 MAX_DIMS = 8
-ABI_VERSION = 2  # GPB_ABI_VERSION of the header these bindings restate
+MAX_BUFFERS = 8  # a live slot's buffers, at most
+ABI_VERSION = 3  # GPB_ABI_VERSION of the header these bindings restate
 
 
 class Error(Exception):
@@ -63,8 +64,19 @@ class Unsupported(Error):
     code, code_name = 10, "unsupported"
 
 
+class Timeout(Error, TimeoutError):
+    """A wait ran out of time: no new version came, or no buffer came free."""
+    code, code_name = 12, "timeout"
+
+
+class Busy(Error):
+    """Every buffer of a live slot is pinned by readers or holds the newest
+    version, or another client is writing it."""
+    code, code_name = 13, "busy"
+
+
 _ERRORS = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, PermissionDenied,
-                                     ResourceExhausted, Unavailable, ProtocolError, Unsupported)}
+                                     ResourceExhausted, Unavailable, ProtocolError, Unsupported, Timeout, Busy)}
 
 
 class gpb_error(ctypes.Structure):
@@ -99,6 +111,10 @@ class gpb_slot_info(ctypes.Structure):
         ("owner_gid", ctypes.c_uint32),
         ("mode", ctypes.c_uint32),
         ("lease_count", ctypes.c_uint32),
+        # ABI 3: versions
+        ("buffers", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("buffer_bytes", ctypes.c_uint64),
     ]
 
 
@@ -117,6 +133,18 @@ class gpb_create_args(ctypes.Structure):
         ("device", ctypes.c_int32),
         ("device_uuid", ctypes.POINTER(ctypes.c_uint8)),
         ("mode", ctypes.c_uint32),
+        # ABI 3: 0 a plain slot, 1..8 a live slot of that many buffers
+        ("buffers", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class gpb_acquired(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint64),
+        ("committed_ns", ctypes.c_uint64),
+        ("buffer", ctypes.c_uint32),
+        ("writing", ctypes.c_int32),
     ]
 
 
@@ -134,6 +162,8 @@ def _find_library():
 def _load():
     path = _find_library()
     try:
+        # CDLL, not PyDLL: every call releases the GIL, so a thread blocked in
+        # gpb_reader_wait or gpb_writer_begin leaves the others running.
         lib = ctypes.CDLL(path)
     except OSError as e:
         raise ImportError(
@@ -173,6 +203,22 @@ def _load():
         "gpb_dlpack_delete": (None, [p, ctypes.c_int32]),
         "gpb_attach_many_dlpack": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t,
                                                     ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(p), err]),
+        # Versions. Streams are CUstream values (None: the legacy default stream).
+        "gpb_view_data_in": (p, [p, ctypes.c_uint32]),
+        "gpb_view_dlpack_in": (ctypes.c_int32, [p, ctypes.c_uint32, ctypes.c_int32, ctypes.POINTER(p), err]),
+        "gpb_writer_open": (ctypes.c_int32, [p, ctypes.c_char_p, ctypes.POINTER(p), err]),
+        "gpb_writer_close": (None, [p]),
+        "gpb_writer_begin": (ctypes.c_int32, [p, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint32), err]),
+        "gpb_writer_commit": (ctypes.c_int32, [p, p, ctypes.POINTER(ctypes.c_uint64), err]),
+        "gpb_writer_abort": (ctypes.c_int32, [p, err]),
+        "gpb_reader_open": (ctypes.c_int32, [p, ctypes.c_char_p, ctypes.POINTER(p), err]),
+        "gpb_reader_close": (None, [p]),
+        "gpb_reader_latest": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_uint64), err]),
+        "gpb_reader_wait": (ctypes.c_int32, [p, ctypes.c_uint64, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64),
+                                             err]),
+        "gpb_reader_acquire": (ctypes.c_int32, [p, ctypes.POINTER(gpb_acquired), err]),
+        "gpb_reader_release": (ctypes.c_int32, [p, p, err]),
+        "gpb_reader_unchanged": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_int32), err]),
     }
     try:
         version = lib.gpb_abi_version

@@ -2,9 +2,10 @@
 import ctypes
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import _publish
+from . import _live, _publish
 from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, integer as _int, name as _name
-from ._capi import InvalidArgument, NotFound, Unavailable, check, gpb_create_args, gpb_dtype, gpb_slot_info, lib
+from ._capi import (MAX_BUFFERS, InvalidArgument, NotFound, Unavailable, check, gpb_create_args, gpb_dtype,
+                    gpb_slot_info, lib)
 from ._devices import device_args
 from ._dtypes import DTYPES, dtype_name
 from ._slot import SlotInfo, new_info
@@ -53,12 +54,15 @@ class Client:
     def create(self, name: str, shape: Iterable[int] = (), dtype: str = "float32", device: str = "cpu", *,
                strides: Optional[Iterable[int]] = None, nbytes: int = 0, base: Optional[str] = None,
                offset: int = 0, backend: Optional[str] = None, mode: int = 0o600,
-               attach: bool = True) -> Union[View, SlotInfo]:
+               attach: bool = True, buffers: int = 0) -> Union[View, SlotInfo]:
         """Creates slot `name` and (by default) attaches it.
 
         device: "cpu", "cuda", "cuda:N" (this process's numbering) or "GPU-<uuid>".
         base/offset: make the slot a view into slot `base`'s allocation.
         backend: "host", "cuda_vmm" or "cuda_ipc"; default by device.
+        buffers: 0 for a plain slot; 1..8 for a live slot of that many
+        buffers, at version 0 until a Publisher (or a writer) commits one.
+        Views (base=...) take their allocation's.
         Returns a View, or a SlotInfo with attach=False."""
         shape = tuple(_int(s, 0, _INT64_MAX, "shape entry") for s in shape)
         if len(shape) > 8:
@@ -70,6 +74,7 @@ class Client:
         nbytes = _int(nbytes, 0, _UINT64_MAX, "nbytes")
         offset = _int(offset, 0, _UINT64_MAX, "offset")
         mode = _int(mode, 0, 0o777, "mode")
+        buffers = _int(buffers, 0, MAX_BUFFERS, "buffers")
         name_b = _name(name)
         base_b = _name(base, "base") if base else None
         name_d = dtype_name(dtype)
@@ -83,7 +88,7 @@ class Client:
             struct_size=ctypes.sizeof(gpb_create_args), name=name_b, dtype=gpb_dtype(code, bits, 1), ndim=n,
             shape=shape_arr, strides=strides_arr, bytes=nbytes,
             base=base_b, byte_offset=offset, backend=backend_code,
-            device=ordinal, device_uuid=uuid_arr, mode=mode)
+            device=ordinal, device_uuid=uuid_arr, mode=mode, buffers=buffers)
         info = new_info()
         if not attach:
             check(lib.gpb_create, self._h(), ctypes.byref(args), None, ctypes.byref(info))
@@ -132,13 +137,16 @@ class Client:
               len(encoded), 1 if readonly else 0, out)
         return [out[i] for i in range(len(encoded))]
 
-    def _keys_under(self, prefix):
+    def _keys_under(self, prefix, allocation_id=None):
+        """The keys of the slots `prefix/<key>` in publishing order, only those
+        of allocation `allocation_id` if it is given."""
         arr = ctypes.POINTER(gpb_slot_info)()
         count = ctypes.c_size_t()
         check(lib.gpb_list_registry, self._h(), ctypes.byref(arr), ctypes.byref(count))
         try:
             start = prefix.encode() + b"/"
-            found = [(arr[i].created_ns, arr[i].name) for i in range(count.value)]
+            found = [(arr[i].created_ns, arr[i].name) for i in range(count.value)
+                     if allocation_id is None or arr[i].allocation_id == allocation_id]
         finally:
             lib.gpb_free(arr)
         return [name[len(start):].decode() for _, name in sorted(found) if name.startswith(start)]
@@ -173,12 +181,37 @@ class Client:
         return _publish.publish(self, name, tensor, mode=mode, backend=backend)
 
     def publish_state_dict(self, prefix: str, tensors: Mapping[str, Any], *, mode: int = 0o600,
-                           backend: Optional[str] = None, alignment: int = 256) -> Dict[str, View]:
+                           backend: Optional[str] = None, alignment: int = 256,
+                           buffers: int = 0) -> Dict[str, View]:
         """Publishes a mapping of tensors, all on one device, as one arena:
         slot `prefix` holds the bytes, slot `prefix/<key>` each tensor. One
         allocation, so a consumer maps it once however many tensors it takes.
-        Returns {key: View}."""
-        return _publish.publish_state_dict(self, prefix, tensors, mode=mode, backend=backend, alignment=alignment)
+        Returns {key: View}.
+
+        buffers: 0 copies the tensors in (version 1, final). 1..8 makes a live
+        arena of that many buffers at version 0 and copies nothing: write its
+        versions with a Writer on `prefix`, or use publisher() instead."""
+        return _publish.publish_state_dict(self, prefix, tensors, mode=mode, backend=backend, alignment=alignment,
+                                           buffers=buffers)
+
+    def publisher(self, prefix: str, state_dict: Mapping[str, Any], *, buffers: int = 2, mode: int = 0o600,
+                  backend: Optional[str] = None, alignment: int = 256,
+                  replace: bool = False) -> "_live.Publisher":
+        """A Publisher of new versions of `state_dict` (torch or NumPy, one
+        device) under `prefix`: the live arena and its views as
+        publish_state_dict lays them out, with `state_dict`'s values
+        committed as version 1. replace: an existing tree under `prefix` is
+        replaced (its subscribers follow) rather than refused with
+        AlreadyExists."""
+        return _live.Publisher(self, prefix, state_dict, buffers=buffers, mode=mode, backend=backend,
+                               alignment=alignment, replace=replace)
+
+    def subscriber(self, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0) -> "_live.Subscriber":
+        """A Subscriber to the versions published under `prefix`. to: "torch"
+        for torch.Tensors, "numpy" for NumPy arrays (host slots only).
+        timeout: how long to wait for `prefix` to appear (None: no limit;
+        0: NotFound at once if it is not there)."""
+        return _live.Subscriber(self, prefix, to=to, timeout=timeout)
 
 
 def connect(socket: Optional[str] = None, name: Optional[str] = None) -> Client:

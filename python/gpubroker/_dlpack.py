@@ -50,3 +50,12 @@ def capsule(view_handle, versioned=False):
     if versioned:
         return api.PyCapsule_New(managed, NAME_VERSIONED, _destroy_versioned)
     return api.PyCapsule_New(managed, NAME, _destroy_legacy)
+
+
+def capsule_in(view_handle, buffer, versioned=False):
+    """Like capsule(), over buffer `buffer` of a live slot's allocation."""
+    managed = ctypes.c_void_p()
+    check(lib.gpb_view_dlpack_in, view_handle, buffer, 1 if versioned else 0, ctypes.byref(managed))
+    if versioned:
+        return api.PyCapsule_New(managed, NAME_VERSIONED, _destroy_versioned)
+    return api.PyCapsule_New(managed, NAME, _destroy_legacy)

@@ -13,7 +13,10 @@ def publish(client, name, tensor, *, mode, backend):
     return view
 
 
-def publish_state_dict(client, prefix, tensors, *, mode, backend, alignment):
+def publish_state_dict(client, prefix, tensors, *, mode, backend, alignment, buffers=0):
+    """The arena `prefix` and its views `prefix/<key>`. A plain arena
+    (buffers=0) is filled and synchronised here; a live one is left at
+    version 0 for a writer (a Publisher) to fill."""
     sources = {key: _Source(t) for key, t in tensors.items()}
     devices = {s.device for s in sources.values()}
     if len(devices) > 1:
@@ -24,12 +27,15 @@ def publish_state_dict(client, prefix, tensors, *, mode, backend, alignment):
         total = (total + alignment - 1) // alignment * alignment
         offsets[key] = total
         total += s.nbytes
-    client.create(prefix, (max(total, 1),), "uint8", device, mode=mode, backend=backend, attach=False)
+    client.create(prefix, (max(total, 1),), "uint8", device, mode=mode, backend=backend, attach=False,
+                  buffers=buffers)
     views = {}
     for key, s in sources.items():
         views[key] = client.create(f"{prefix}/{key}", s.shape, s.dtype, base=prefix, offset=offsets[key], mode=mode)
-        s.copy_into(views[key], sync=False)
-    _Source.synchronize(device)
+        if buffers == 0:
+            s.copy_into(views[key], sync=False)
+    if buffers == 0:
+        _Source.synchronize(device)
     return views
 
 

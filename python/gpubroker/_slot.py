@@ -19,7 +19,6 @@ def uuid_text(raw):
     return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-
 @dataclasses.dataclass(frozen=True)
 class SlotInfo:
     name: str
@@ -39,6 +38,8 @@ class SlotInfo:
     lease_count: int
     version: int
     generation: int
+    buffers: int         # a live slot's buffers (1 for a plain slot)
+    buffer_bytes: int    # each buffer's length; a view's data in buffer b is at b * buffer_bytes + byte_offset
 
     @staticmethod
     def _from(info):
@@ -51,4 +52,5 @@ class SlotInfo:
             shape=tuple(info.shape[: info.ndim]), strides=tuple(info.strides[: info.ndim]),
             nbytes=info.nbytes, byte_offset=info.byte_offset, allocation_id=info.allocation_id,
             allocation_bytes=info.allocation_bytes, owner_uid=info.owner_uid, owner_gid=info.owner_gid,
-            mode=info.mode, lease_count=info.lease_count, version=info.version, generation=info.generation)
+            mode=info.mode, lease_count=info.lease_count, version=info.version, generation=info.generation,
+            buffers=info.buffers, buffer_bytes=info.buffer_bytes)

@@ -113,13 +113,18 @@ class View:
     def __array_interface__(self):
         if self.is_cuda:
             raise AttributeError("a CUDA slot has no __array_interface__; use __cuda_array_interface__")
+        return self._host_interface(self.data_ptr, self.writable)
+
+    def _host_interface(self, data_ptr, writable):
+        """The array interface of this view's data at `data_ptr` (the view's
+        own, or where another buffer of a live slot holds it)."""
         d = self._interface()
         # The data as a buffer object rather than a bare address: NumPy makes
         # it the array's base, and it holds a reference to the mapping of its
         # own, so the array stays valid after release() and after the View goes.
-        buf = (ctypes.c_char * self.nbytes).from_address(self.data_ptr) if self.nbytes else bytearray()
+        buf = (ctypes.c_char * self.nbytes).from_address(data_ptr) if self.nbytes else bytearray()
         buf._gpubroker_mapping = _Mapping(self._handle) if self.nbytes else None
-        d["data"] = memoryview(buf) if self.writable else memoryview(buf).toreadonly()
+        d["data"] = memoryview(buf) if writable else memoryview(buf).toreadonly()
         return d
 
     def __dlpack_device__(self):

@@ -10,10 +10,60 @@
   hold NAME             attach, print "holding", wait for EOF
   state-dict PREFIX TO  attach_state_dict(PREFIX, to=TO): print the keys, write
                         every tensor's bytes in that order, wait for EOF
+  live-publish PREFIX BUFFERS SEED K KIND [LAYOUT]
+                        a Publisher of stamped_base(SEED, LAYOUT or "a") as KIND
+                        (numpy, cpu: torch on the host, cuda: torch on GPU 0):
+                        versions 1..K, each stamped with its number; print
+                        "published K". Then per line of stdin "replace SEED2
+                        K2": replace() with layout "b" of SEED2, versions
+                        1..K2, print "replaced K2". Close at EOF.
 """
 import sys
 
 import gpubroker
+
+LAYOUTS = {
+    "a": [("layers.0.weight", (33, 17), "float32"), ("layers.0.bias", (17,), "float64"),
+          ("embed", (129, 8), "int64"), ("layers.1.weight", (5, 3, 7), "float32"), ("scale", (1,), "int32")],
+    "b": [("encoder.weight", (64, 9), "float32"), ("encoder.bias", (9,), "int64"), ("head", (300,), "float64")],
+    "big": [("first", (256, 1024), "float32"), ("second", (512, 1024), "float32"), ("last", (1024,), "int64")],
+}
+
+
+def stamped_base(seed, layout):
+    """{key: NumPy array} random from `seed`; version v of the state dict is
+    base + v in every element (integers below 2**20: exact in float32)."""
+    import numpy
+    rng = numpy.random.default_rng(seed)
+    return {key: rng.integers(0, 1 << 20, size=shape).astype(dtype) for key, shape, dtype in LAYOUTS[layout]}
+
+
+def as_kind(base, kind):
+    if kind == "numpy":
+        return base
+    import torch
+    return {k: torch.from_numpy(v).to("cuda:0" if kind == "cuda" else "cpu") for k, v in base.items()}
+
+
+def stamp(base, version):
+    return {k: v + version for k, v in base.items()}
+
+
+def live_publish(c, prefix, buffers, seed, count, kind, layout):
+    base = as_kind(stamped_base(seed, layout), kind)
+    pub = c.publisher(prefix, stamp(base, 1), buffers=buffers)
+    for v in range(2, count + 1):
+        assert pub.update(stamp(base, v)) == v
+    out(f"published {pub.version}")
+    for line in sys.stdin:
+        cmd, seed2, count2 = line.split()
+        assert cmd == "replace", line
+        base = as_kind(stamped_base(int(seed2), "b"), kind)
+        assert pub.replace(stamp(base, 1)) == 1
+        for v in range(2, int(count2) + 1):
+            assert pub.update(stamp(base, v)) == v
+        out(f"replaced {pub.version}")
+    pub.close()
 
 
 def out(line):
@@ -29,6 +79,10 @@ def cupy_bytes(view):
 def main():
     sock, cmd, name = sys.argv[1], sys.argv[2], sys.argv[3]
     c = gpubroker.connect(sock, name="peer")
+    if cmd == "live-publish":
+        live_publish(c, name, int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7],
+                     sys.argv[8] if len(sys.argv) > 8 else "a")
+        return
     if cmd == "state-dict":
         import numpy
         tensors = c.attach_state_dict(name, to=sys.argv[4])

@@ -6,6 +6,7 @@ import unittest
 
 import gpubroker
 from broker import Broker, finish
+from peer import stamped_base
 
 try:
     import torch
@@ -135,6 +136,86 @@ class CudaTest(unittest.TestCase):
         t = torch.from_dlpack(view.__dlpack__(stream=s.cuda_stream))
         self.assertEqual(t.data_ptr(), view.data_ptr)
         self.assertEqual(view.__dlpack_device__(), (2, 0))
+
+
+@unittest.skipUnless(HAVE_CUDA, WHY)
+class LiveCudaTest(unittest.TestCase):
+    """Publisher and Subscriber on GPU memory, the publisher in another process."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.broker.stop() == 0
+
+    def setUp(self):
+        self.c = gpubroker.connect(self.broker.socket, name="live-cuda-test")
+        self.stream = torch.cuda.Stream()  # the consumer's own stream, not the default one
+
+    def tearDown(self):
+        self.c.close()
+
+    def wrong_elements(self, tensors, base, version):
+        """How many elements are not base + version, counted on the consumer's
+        stream (the .item() waits for it)."""
+        self.assertEqual(list(tensors), list(base))
+        with torch.cuda.stream(self.stream):
+            wrong = sum(int((t != base[k] + version).sum().item()) for k, t in tensors.items())
+        for t in tensors.values():
+            self.assertTrue(t.is_cuda)
+        return wrong
+
+    def start(self, prefix, buffers, count):
+        seed = int.from_bytes(os.urandom(8), "little")
+        peer = self.broker.peer("live-publish", prefix, str(buffers), str(seed), str(count), "cuda")
+        self.addCleanup(finish, peer)
+        return peer, {k: torch.from_numpy(v).to("cuda:0") for k, v in stamped_base(seed, "a").items()}
+
+    def follow(self, sub, base, until):
+        seen = [0]
+        while seen[-1] < until:
+            tensors = sub.latest(timeout=60, stream=self.stream)
+            self.assertGreaterEqual(sub.version, seen[-1], "versions only grow")
+            self.assertEqual(self.wrong_elements(tensors, base, sub.version), 0, f"version {sub.version}")
+            seen.append(sub.version)
+        return seen[1:]
+
+    def test_stamped_versions_from_a_publisher_process(self):
+        for buffers in (2, 3):
+            with self.subTest(buffers=buffers):
+                prefix, count = f"cuda/live/{buffers}", 200
+                peer, base = self.start(prefix, buffers, count)
+                sub = self.c.subscriber(prefix, timeout=60)
+                self.assertEqual(self.follow(sub, base, count)[-1], count)
+                self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+                with torch.cuda.stream(self.stream):  # made where they are copied into
+                    params = {k: torch.zeros_like(v) for k, v in base.items()}
+                fresh = self.c.subscriber(prefix)
+                self.assertEqual(fresh.copy_into(params, timeout=60, stream=self.stream), count)
+                self.assertEqual(self.wrong_elements(params, base, count), 0)
+                fresh.close()
+                sub.close()
+
+    def test_replace_on_the_gpu_is_followed(self):
+        prefix = "cuda/live/replace"
+        peer, base = self.start(prefix, 2, 20)
+        sub = self.c.subscriber(prefix, timeout=60)
+        self.follow(sub, base, 20)
+        self.assertEqual(peer.stdout.readline(), b"published 20\n")
+        seed2 = int.from_bytes(os.urandom(8), "little")
+        base2 = {k: torch.from_numpy(v).to("cuda:0") for k, v in stamped_base(seed2, "b").items()}
+        peer.stdin.write(f"replace {seed2} 10\n".encode())
+        peer.stdin.flush()
+        while True:
+            tensors = sub.latest(timeout=60, stream=self.stream)
+            if list(tensors) == list(base2):
+                self.assertEqual(self.wrong_elements(tensors, base2, sub.version), 0, f"version {sub.version}")
+                if sub.version == 10:
+                    break
+        self.assertEqual(peer.stdout.readline(), b"replaced 10\n")
+        sub.close()
 
 
 if __name__ == "__main__":

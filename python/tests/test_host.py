@@ -8,6 +8,7 @@ import numpy
 
 import gpubroker
 from broker import Broker, finish
+from peer import stamp, stamped_base
 
 try:
     import torch
@@ -325,6 +326,297 @@ class HostTest(unittest.TestCase):
         self.assertEqual(self.c.stat("py/listed"), info)
 
 
+WAIT_S = 120  # the longest a live test waits for the other process: a bound on failure, never a pause
+
+
+def fresh_seed():
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def as_numpy(t):
+    return t if isinstance(t, numpy.ndarray) else t.numpy()
+
+
+class LiveHostTest(unittest.TestCase):
+    """Publisher and Subscriber on host memory, the publisher in another
+    process where it matters."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker("--max-host-bytes", "64MiB")
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.broker.stop() == 0
+
+    def setUp(self):
+        self.c = gpubroker.connect(self.broker.socket, name="live-test")
+
+    def tearDown(self):
+        self.c.close()
+
+    def assert_stamped(self, tensors, base, version):
+        """Every element of every tensor is base + version: one version, whole."""
+        self.assertEqual(list(tensors), list(base))
+        for key, t in tensors.items():
+            numpy.testing.assert_array_equal(as_numpy(t), base[key] + version, err_msg=f"{key} of version {version}")
+
+    def start_publisher(self, prefix, buffers, count, kind, layout="a"):
+        seed = fresh_seed()
+        peer = self.broker.peer("live-publish", prefix, str(buffers), str(seed), str(count), kind, layout)
+        self.addCleanup(finish, peer)
+        return peer, stamped_base(seed, layout)
+
+    def follow(self, sub, base, until, timeout=WAIT_S):
+        """latest() until version `until`, checking every version taken; returns them."""
+        seen = []
+        while not seen or seen[-1] < until:
+            tensors = sub.latest(timeout=timeout)
+            self.assertGreaterEqual(sub.version, seen[-1] if seen else 1, "versions only grow")
+            self.assert_stamped(tensors, base, sub.version)
+            seen.append(sub.version)
+        return seen
+
+    def check_publisher_in_another_process(self, kind, to, buffers=2, count=200, layout="a"):
+        prefix = f"py/live/{kind}-{buffers}-{layout}"
+        peer, base = self.start_publisher(prefix, buffers, count, kind, layout)
+        sub = self.c.subscriber(prefix, to=to, timeout=WAIT_S)
+        seen = self.follow(sub, base, count)
+        self.assertEqual(seen[-1], count)
+        self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+        self.assertEqual(sub.keys, list(base))
+        sub.close()
+
+    def test_subscriber_sees_whole_growing_versions_from_a_numpy_publisher(self):
+        self.check_publisher_in_another_process("numpy", "numpy")
+
+    def test_three_buffers_and_large_tensors(self):
+        self.check_publisher_in_another_process("numpy", "numpy", buffers=3)
+        self.check_publisher_in_another_process("numpy", "numpy", buffers=2, layout="big")
+
+    @unittest.skipUnless(torch is not None, "torch is not installed")
+    def test_subscriber_sees_whole_growing_versions_from_a_torch_publisher(self):
+        self.check_publisher_in_another_process("cpu", "torch")
+
+    def test_copy_into_gives_exact_values_and_releases(self):
+        prefix = "py/live/copy"
+        count = 20
+        peer, base = self.start_publisher(prefix, 2, count, "numpy")
+        self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+        sub = self.c.subscriber(prefix, to="numpy")
+        with self.assertRaisesRegex(gpubroker.InvalidArgument, "nope"):
+            sub.copy_into({"nope": numpy.zeros(1)})
+        sub.release()
+        sub = self.c.subscriber(prefix, to="numpy")
+        params = {k: numpy.zeros_like(v) for k, v in base.items()}
+        self.assertEqual(sub.copy_into(params, timeout=WAIT_S), count)
+        self.assert_stamped(params, base, count)
+        self.assertIsNone(sub.copy_into(params, timeout=0), "nothing newer: nothing copied")
+        some = {"embed": numpy.zeros((129, 8), numpy.float64)}  # a subset, converted to float64
+        self.assertIsNone(sub.copy_into(some, timeout=0))
+        sub.close()
+        fresh = self.c.subscriber(prefix, to="numpy")
+        self.assertEqual(fresh.copy_into(some, timeout=0), count)
+        numpy.testing.assert_array_equal(some["embed"], base["embed"] + count)
+        fresh.close()
+
+    def test_one_buffer_copies_are_whole_under_a_busy_writer(self):
+        """With one buffer the writer writes in place while readers copy: every
+        copy copy_into returns is one version, whole (torn ones are made again)."""
+        prefix, count = "py/live/one-busy", 300
+        peer, base = self.start_publisher(prefix, 1, count, "numpy", "big")  # copies long enough to overlap
+        sub = self.c.subscriber(prefix, to="numpy", timeout=WAIT_S)
+        params = {k: numpy.zeros_like(v) for k, v in base.items()}
+        copied = [0]
+        while copied[-1] < count:
+            version = sub.copy_into(params, timeout=WAIT_S)
+            self.assertGreater(version, copied[-1])
+            self.assert_stamped(params, base, version)
+            copied.append(version)
+        self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+        sub.close()
+
+    def test_wait_runs_out_with_timeout(self):
+        prefix = "py/live/timeout"
+        peer, base = self.start_publisher(prefix, 2, 3, "numpy")
+        self.assertEqual(peer.stdout.readline(), b"published 3\n")
+        sub = self.c.subscriber(prefix, to="numpy")
+        self.assertEqual(sub.wait(after=0, timeout=0), 3)
+        self.assert_stamped(sub.latest(timeout=0), base, 3)
+        with self.assertRaises(gpubroker.Timeout) as e:
+            sub.wait(timeout=0.05)
+        self.assertIsInstance(e.exception, TimeoutError)
+        self.assertEqual(e.exception.code_name, "timeout")
+        with self.assertRaises(gpubroker.Timeout):
+            sub.wait(after=3, timeout=0)
+        again = sub.latest(timeout=0.01)  # nothing newer: the version held
+        self.assertEqual(sub.version, 3)
+        self.assert_stamped(again, base, 3)
+        sub.close()
+        with self.assertRaises(gpubroker.NotFound):
+            self.c.subscriber("py/live/never", to="numpy")
+        with self.assertRaises(gpubroker.NotFound):
+            self.c.subscriber("py/live/never", to="numpy", timeout=0.02)
+
+    def test_replace_is_followed_without_knowing_the_new_names(self):
+        prefix = "py/live/replace"
+        count = 30
+        peer, base = self.start_publisher(prefix, 2, count, "numpy")
+        sub = self.c.subscriber(prefix, to="numpy", timeout=WAIT_S)
+        self.follow(sub, base, count)
+        self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+        seed2, count2 = fresh_seed(), 25
+        base2 = stamped_base(seed2, "b")
+        peer.stdin.write(f"replace {seed2} {count2}\n".encode())
+        peer.stdin.flush()
+        versions = []
+        while True:
+            tensors = sub.latest(timeout=WAIT_S)  # blocks past version `count` of the old tree into the new one
+            if list(tensors) == list(base):
+                self.fail(f"the old tree again, version {sub.version}")
+            self.assert_stamped(tensors, base2, sub.version)
+            versions.append(sub.version)
+            if sub.version == count2:
+                break
+        self.assertEqual(versions, sorted(versions))
+        self.assertEqual(sub.keys, list(base2))
+        self.assertEqual(peer.stdout.readline(), f"replaced {count2}\n".encode())
+        old = [s.name for s in self.c.list() if s.name.startswith(prefix + "/")]
+        self.assertEqual(sorted(old), sorted(f"{prefix}/{k}" for k in base2), "the old views are gone")
+        sub.close()
+
+    def test_replace_while_the_subscriber_waits(self):
+        """A subscriber asleep in wait() wakes for the replacement, not at its timeout."""
+        prefix = "py/live/replace-wait"
+        peer, base = self.start_publisher(prefix, 2, 2, "numpy")
+        self.assertEqual(peer.stdout.readline(), b"published 2\n")
+        sub = self.c.subscriber(prefix, to="numpy")
+        self.assert_stamped(sub.latest(timeout=WAIT_S), base, 2)
+        seed2 = fresh_seed()
+        result = {}
+
+        def waiter():
+            result["version"] = sub.wait(timeout=WAIT_S)
+
+        import threading
+        t = threading.Thread(target=waiter)
+        t.start()
+        peer.stdin.write(f"replace {seed2} 1\n".encode())
+        peer.stdin.flush()
+        self.assertEqual(peer.stdout.readline(), b"replaced 1\n")
+        t.join(timeout=WAIT_S)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(result["version"], 1)
+        self.assert_stamped(sub.latest(timeout=0), stamped_base(seed2, "b"), 1)
+        sub.close()
+
+    def test_writer_finds_every_buffer_pinned(self):
+        base = stamped_base(fresh_seed(), "a")
+        with self.c.publisher("py/live/busy", stamp(base, 1), buffers=2) as pub:
+            reader = gpubroker.connect(self.broker.socket, name="reader")
+            sub = reader.subscriber("py/live/busy", to="numpy")
+            self.assert_stamped(sub.latest(), base, 1)  # pins buffer of version 1
+            self.assertEqual(pub.update(stamp(base, 2), wait=0), 2)  # the other buffer
+            with self.assertRaises(gpubroker.Busy) as e:
+                pub.update(stamp(base, 3), wait=0)  # one pinned, the other the newest
+            self.assertIn("pinned", str(e.exception))
+            self.assert_stamped(sub.latest(), base, 2)  # the pin moves to version 2
+            self.assertEqual(pub.update(stamp(base, 3), wait=0), 3)
+            sub.release()
+            self.assertEqual(pub.update(stamp(base, 4), wait=0), 4)
+            self.assertEqual(pub.update(stamp(base, 5), wait=0), 5)
+            self.assert_stamped(sub.latest(), base, 5)
+            sub.close()
+            reader.close()
+
+    def test_a_blocked_writer_leaves_other_threads_running(self):
+        """begin() waits in the library with the GIL released; a release in this thread frees it."""
+        import threading
+        base = stamped_base(fresh_seed(), "a")
+        with self.c.publisher("py/live/gil", stamp(base, 1), buffers=2) as pub:
+            reader = gpubroker.connect(self.broker.socket, name="reader")
+            sub = reader.subscriber("py/live/gil", to="numpy")
+            sub.latest()
+            pub.update(stamp(base, 2))
+            done = {}
+            t = threading.Thread(target=lambda: done.setdefault("v", pub.update(stamp(base, 3), wait=WAIT_S)))
+            t.start()
+            self.assert_stamped(sub.latest(), base, 2)  # frees version 1's buffer for the writer
+            t.join(timeout=WAIT_S)
+            self.assertEqual(done.get("v"), 3)
+            self.assert_stamped(sub.latest(timeout=WAIT_S), base, 3)
+            sub.close()
+            reader.close()
+
+    def test_one_buffer_is_written_in_place_and_says_so(self):
+        base = stamped_base(fresh_seed(), "a")
+        with self.c.publisher("py/live/one", stamp(base, 1), buffers=1) as pub:
+            sub = self.c.subscriber("py/live/one", to="numpy")
+            tensors = sub.latest()
+            self.assertTrue(sub.unchanged())
+            back = pub.begin(wait=0)  # no wait for readers: the one buffer, in place
+            back["embed"][...] = -1
+            self.assertFalse(sub.unchanged(), "a write began since the acquire")
+            self.assertTrue((tensors["embed"] == -1).all(), "the reader's tensors are that buffer")
+            self.assertEqual(pub.commit(), 2)
+            self.assertTrue((sub.latest()["embed"] == -1).all())
+            self.assertTrue(sub.unchanged())
+            params = {k: numpy.zeros_like(v) for k, v in base.items()}
+            pub.update(stamp(base, 3))
+            self.assertEqual(sub.copy_into(params, timeout=0), 3)
+            self.assert_stamped(params, base, 3)
+            sub.close()
+
+    def test_publisher_rules(self):
+        base = stamped_base(fresh_seed(), "a")
+        pub = self.c.publisher("py/live/rules", stamp(base, 1))
+        self.assertEqual((pub.version, pub.buffers, pub.keys), (1, 2, list(base)))
+        info = self.c.stat("py/live/rules")
+        self.assertEqual(info.buffers, 2)
+        self.assertEqual(info.allocation_bytes, 2 * info.buffer_bytes)
+        self.assertEqual(self.c.stat("py/live/rules/embed").buffers, 2, "views take their allocation's")
+        with self.assertRaises(gpubroker.AlreadyExists):
+            self.c.publisher("py/live/rules", stamp(base, 1))
+        wrong = dict(stamp(base, 2))
+        wrong["embed"] = numpy.zeros((128, 8), numpy.int64)
+        with self.assertRaisesRegex(gpubroker.InvalidArgument, "embed"):
+            pub.update(wrong)
+        del wrong["embed"]
+        with self.assertRaisesRegex(gpubroker.InvalidArgument, "replace"):
+            pub.update(wrong)
+        self.assertEqual(pub.update(stamp(base, 2)), 2, "a refused update leaves nothing begun")
+        pub.close()
+        self.assertEqual(self.c.lookup("py/live/rules").version, 2, "close() keeps the tree")
+        sub = self.c.subscriber("py/live/rules", to="numpy")
+        self.assert_stamped(sub.latest(), base, 2)
+        base2 = stamped_base(fresh_seed(), "b")
+        again = self.c.publisher("py/live/rules", stamp(base2, 1), buffers=3, replace=True)  # a restarted trainer
+        self.assertEqual(self.c.stat("py/live/rules").buffers, 3)
+        self.assert_stamped(sub.latest(timeout=WAIT_S), base2, 1)
+        self.assertEqual(sub.buffers, 3)
+        sub.close()
+        again.close(destroy=True)
+        self.assertEqual([s.name for s in self.c.list() if s.name.startswith("py/live/rules")], [])
+        with self.assertRaises(ValueError):
+            self.c.publisher("py/live/rules", stamp(base, 1), buffers=9)
+        with self.assertRaises(ValueError):
+            self.c.create("py/live/nine", (4,), buffers=9)
+
+    def test_live_state_dict_is_not_filled_by_publish_state_dict(self):
+        base = stamped_base(fresh_seed(), "b")
+        views = self.c.publish_state_dict("py/live/raw", base, buffers=2)
+        self.assertEqual(list(views), list(base))
+        self.assertEqual(self.c.lookup("py/live/raw").version, 0, "nothing committed")
+        for key, view in views.items():
+            self.assertFalse(numpy.asarray(view).any(), f"{key} was copied in")
+        sub = self.c.subscriber("py/live/raw", to="numpy")
+        with self.assertRaises(gpubroker.Timeout):
+            sub.latest(timeout=0)
+        sub.close()
+        plain = self.c.create("py/live/plain", (4,), "float32", buffers=0)
+        self.assertEqual((plain.version, plain.slot.buffers), (1, 1))
+
+
 class AbiTest(unittest.TestCase):
     """The ctypes restatements of the C structs agree with the compiled library."""
 
@@ -339,7 +631,8 @@ class AbiTest(unittest.TestCase):
                 current = structs[words[1]] = {"size": int(words[2]), "fields": {}}
             else:
                 current["fields"][words[0]] = (int(words[1]), int(words[2]))
-        self.assertEqual(set(structs), {"gpb_error", "gpb_dtype", "gpb_slot_info", "gpb_create_args"})
+        self.assertEqual(set(structs), {"gpb_error", "gpb_dtype", "gpb_slot_info", "gpb_create_args",
+                                        "gpb_acquired"})
         for name, layout in structs.items():
             cls = getattr(_capi, name)
             with self.subTest(struct=name):

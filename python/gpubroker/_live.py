@@ -1,0 +1,472 @@
+"""Versions of a state dict (docs/python.md, "Weight sync"): a Publisher
+writes each new version into a free buffer of a live arena and commits it;
+a Subscriber waits for versions, pins the newest and reads it in place or
+copies it into tensors of its own, and follows the publisher through a
+replace() without being told the new names.
+
+A tree is the arena slot `prefix` (the live allocation) and its views
+`prefix/<key>`. Two rules make a tree safe to read from its names alone:
+every view exists before the tree's first commit, and replace() removes the
+arena's name before any view's. So a subscriber that lists the views after
+seeing version 1, and then still finds `prefix` naming the same allocation,
+has them all.
+"""
+import ctypes
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+from . import _buffers
+from ._args import UINT64_MAX, integer as _int, name as _name
+from ._capi import MAX_BUFFERS, InvalidArgument, NotFound, Timeout, Unavailable, check, gpb_acquired, lib
+from ._publish import _Source, publish_state_dict
+
+
+def _destroy_tree(client, prefix):
+    """Removes the tree `prefix` names now: the arena's name first (see the
+    module's docstring), then its views'. Gone already is not an error."""
+    try:
+        allocation_id = client.lookup(prefix).allocation_id
+    except NotFound:
+        return
+    keys = client._keys_under(prefix, allocation_id)
+    for name in [prefix] + [f"{prefix}/{k}" for k in keys]:
+        try:
+            client.destroy(name)
+        except NotFound:
+            pass
+
+
+class Publisher:
+    """Writes new versions of a state dict under one prefix, for Subscribers
+    in any process. Made by Client.publisher(); the tree stays after close()
+    (its last version readable) unless close(destroy=True).
+
+    Each version goes into a buffer no subscriber pins (with buffers=1, the
+    only one, in place: subscribers may read it torn). Not thread-safe: one
+    thread at a time."""
+
+    def __init__(self, client, prefix: str, state_dict: Mapping[str, Any], *, buffers: int, mode: int,
+                 backend: Optional[str], alignment: int, replace: bool) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._buffers = _int(buffers, 1, MAX_BUFFERS, "buffers")
+        self._options = dict(mode=mode, backend=backend, alignment=alignment)
+        self._writer = None
+        self._views: Dict[str, Any] = {}
+        self._arrays: Dict[int, List[Any]] = {}  # buffer -> one array per key, made once
+        self._begun: Optional[int] = None
+        self._version = 0
+        _name(prefix, "prefix")
+        if replace:
+            _destroy_tree(client, prefix)
+        self._build(state_dict)
+        self.update(state_dict)
+
+    prefix = property(lambda self: self._prefix)
+    buffers = property(lambda self: self._buffers)
+    version = property(lambda self: self._version, doc="The last version committed (0: none).")
+    keys = property(lambda self: list(self._keys), doc="The published keys, in publishing order.")
+
+    def _build(self, state_dict):
+        sources = [_Source(t) for t in state_dict.values()]
+        if any(s.kind == "cupy" for s in sources):
+            raise InvalidArgument("a Publisher takes torch tensors or NumPy arrays")
+        self._views = publish_state_dict(self._client, self._prefix, state_dict, buffers=self._buffers,
+                                         **self._options)
+        self._keys = list(self._views)
+        self._shapes = [s.shape for s in sources]
+        self._to = "torch" if any(s.kind == "torch" for s in sources) else "numpy"
+        first = next(iter(self._views.values()), None)
+        self._cuda = first is not None and first.is_cuda
+        self._device_index = first.device_id if self._cuda else None
+        writer = ctypes.c_void_p()
+        check(lib.gpb_writer_open, self._client._h(), _name(self._prefix), ctypes.byref(writer))
+        self._writer = writer
+        self._arrays = {}
+        self._version = 0
+
+    def _w(self):
+        if not self._writer:
+            raise Unavailable("publisher is closed")
+        return self._writer
+
+    def _buffer_arrays(self, buffer):
+        arrays = self._arrays.get(buffer)
+        if arrays is None:
+            views = [self._views[k] for k in self._keys]
+            arrays = self._arrays[buffer] = _buffers.arrays_in(views, buffer, self._to, readonly=False)
+        return arrays
+
+    def _stream(self, stream, srcs):
+        """CUDA: the torch stream to copy on and commit with; host: None. A
+        stream other than the current one (which made the sources) is
+        ordered after it, and the sources' memory is kept from reuse until
+        it has read them."""
+        if not self._cuda:
+            return None
+        import torch
+        s = _buffers.cuda_stream(stream, self._device_index)
+        current = torch.cuda.current_stream(self._device_index)
+        if s != current:
+            s.wait_stream(current)
+            for t in srcs:
+                if _buffers.is_torch(t) and t.is_cuda:
+                    t.record_stream(s)
+        return s
+
+    def begin(self, wait: Optional[float] = None) -> Dict[str, Any]:
+        """Takes a buffer to write the next version into and returns its
+        arrays {key: tensor} (the same objects each time that buffer comes
+        round). wait: seconds to wait for a subscriber to release a buffer
+        when every one is pinned (None: no limit, 0: not at all), then Busy.
+        CUDA: first waits for the previous commit's stream to finish."""
+        if self._begun is not None:
+            raise InvalidArgument(f"buffer {self._begun} is begun already: commit() or abort() it")
+        buffer = ctypes.c_uint32()
+        check(lib.gpb_writer_begin, self._w(), _buffers.ms_left(_buffers.deadline(wait, "wait")),
+              ctypes.byref(buffer))
+        self._begun = buffer.value
+        return dict(zip(self._keys, self._buffer_arrays(buffer.value)))
+
+    def commit(self, stream: Any = None) -> int:
+        """Publishes the begun buffer as the next version and returns it.
+        CUDA: subscribers see it once `stream` (default: the current one)
+        has run the writes queued on it; nothing waits here."""
+        if self._begun is None:
+            raise InvalidArgument("no buffer is begun: call begin() first")
+        s = _buffers.cuda_stream(stream, self._device_index) if self._cuda else None
+        version = ctypes.c_uint64()
+        try:
+            check(lib.gpb_writer_commit, self._w(), s.cuda_stream if s is not None else None,
+                  ctypes.byref(version))
+        finally:
+            self._begun = None  # committed, or given back by the library
+        self._version = version.value
+        return self._version
+
+    def abort(self) -> None:
+        """Gives the begun buffer back unpublished."""
+        if self._begun is None:
+            return
+        self._begun = None
+        check(lib.gpb_writer_abort, self._w())
+
+    def update(self, state_dict: Mapping[str, Any], *, stream: Any = None, wait: Optional[float] = None) -> int:
+        """Publishes `state_dict` (the published keys and shapes) as the next
+        version: begin(wait), one batched copy into the buffer on `stream`
+        (CUDA; default: the current stream), commit. Returns the version."""
+        srcs = self._sources(state_dict)
+        s = self._stream(stream, srcs)
+        self.begin(wait)
+        try:
+            with _buffers.on_stream(s):
+                _buffers.copy_all(self._buffer_arrays(self._begun), srcs)
+        except BaseException:
+            self.abort()
+            raise
+        return self.commit(s)
+
+    def _sources(self, state_dict):
+        if len(state_dict) != len(self._keys):
+            raise InvalidArgument(f"{len(state_dict)} tensors where {len(self._keys)} are published; "
+                                  "use replace() for another set")
+        try:
+            srcs = [state_dict[k] for k in self._keys]
+        except KeyError as e:
+            raise InvalidArgument(f"'{e.args[0]}' is published but not in the state dict; "
+                                  "use replace() for another set") from None
+        if [tuple(t.shape) for t in srcs] != self._shapes:
+            _buffers.check_shapes(self._keys, self._buffer_arrays(0), srcs)
+        return srcs
+
+    def replace(self, state_dict: Mapping[str, Any], *, stream: Any = None) -> int:
+        """Publishes a new set of tensors (other names, shapes, dtypes) under
+        the same prefix: removes this tree, makes a new one and commits
+        `state_dict` as its version 1, which it returns. Subscribers follow.
+        If making the new tree fails, the publisher is left closed."""
+        self._close_writer()
+        _destroy_tree(self._client, self._prefix)
+        self._build(state_dict)
+        return self.update(state_dict, stream=stream)
+
+    def _close_writer(self):
+        writer, self._writer = self._writer, None
+        self._begun = None
+        if writer:
+            lib.gpb_writer_close(writer)  # aborts a write not committed
+        self._arrays, self._views = {}, {}
+
+    def close(self, destroy: bool = False) -> None:
+        """Stops writing; destroy=True also removes the tree."""
+        self._close_writer()
+        if destroy:
+            _destroy_tree(self._client, self._prefix)
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self._close_writer()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class _Tree:
+    """One allocation a Subscriber follows: its reader, and the views under
+    the prefix once a version shows they are all there."""
+
+    def __init__(self, client, prefix, reader, info):
+        self.client, self.prefix, self.reader = client, prefix, reader
+        self.allocation_id = info.allocation_id
+        self.buffers = info.buffers
+        self.cuda = info.device.startswith("cuda")
+        self.device_index = int(info.device[5:]) if info.device[5:].isdigit() else None
+        self.keys: Optional[List[str]] = None
+        self.views: List[Any] = []
+        self.arrays: Dict[int, Dict[str, Any]] = {}
+
+    @staticmethod
+    def open(client, prefix):
+        """A reader on the allocation `prefix` names; NotFound if none."""
+        while True:
+            before = client.lookup(prefix)
+            reader = ctypes.c_void_p()
+            check(lib.gpb_reader_open, client._h(), _name(prefix), ctypes.byref(reader))
+            try:
+                after = client.lookup(prefix)
+            except BaseException:
+                lib.gpb_reader_close(reader)
+                raise
+            # Allocation ids are never reused: the same one before and after
+            # the open is the one the reader was opened on.
+            if after.allocation_id == before.allocation_id:
+                return _Tree(client, prefix, reader, after)
+            lib.gpb_reader_close(reader)
+
+    def load(self):
+        """The views, attached once; NotFound if `prefix` names another
+        allocation by now (the module's docstring says why that check makes
+        the list whole)."""
+        if self.keys is not None:
+            return
+        keys = self.client._keys_under(self.prefix, self.allocation_id)
+        views = self.client.attach_many([f"{self.prefix}/{k}" for k in keys], readonly=True)
+        if self.client.lookup(self.prefix).allocation_id != self.allocation_id:
+            raise NotFound(f"'{self.prefix}' was replaced")
+        self.keys, self.views = keys, views
+
+    def arrays_in(self, buffer, to):
+        arrays = self.arrays.get(buffer)
+        if arrays is None:
+            self.load()
+            arrays = self.arrays[buffer] = dict(zip(self.keys, _buffers.arrays_in(self.views, buffer, to, True)))
+        return arrays
+
+    def close(self):
+        reader, self.reader = self.reader, None
+        if reader:
+            lib.gpb_reader_close(reader)  # gives back its pin
+        self.views, self.arrays = [], {}
+
+
+class Subscriber:
+    """Follows the versions published under one prefix. Made by
+    Client.subscriber(). Each acquired version stays pinned (no writer
+    touches its buffer, with 2+ buffers) until the next acquire, release()
+    or close(). Not thread-safe: one thread at a time.
+
+    Versions count from 1 in each tree: after the publisher's replace() the
+    subscriber moves to the new tree and its version starts again."""
+
+    def __init__(self, client, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0) -> None:
+        if to not in ("torch", "numpy"):
+            raise InvalidArgument(f"to={to!r}: expected 'torch' or 'numpy'")
+        self._client, self._prefix, self._to = client, prefix, to
+        self._tree: Optional[_Tree] = None
+        self._version = 0      # the last acquired, in the current tree
+        self._buffer = None    # the pinned buffer, None when nothing is pinned
+        self._fence = None     # CUDA: the end of the work a stream-ordered release waits for
+        _name(prefix, "prefix")
+        self._tree = self._open(_buffers.deadline(timeout), NotFound)
+
+    prefix = property(lambda self: self._prefix)
+    version = property(lambda self: self._version,
+                       doc="The version last acquired (0: none yet); counts again from 1 after a replace().")
+    buffers = property(lambda self: self._live().buffers)
+    keys = property(lambda self: list(self._live().keys or []),
+                    doc="The keys of the tree followed, once a version of it was acquired.")
+
+    def _live(self):
+        if self._tree is None:
+            raise Unavailable("subscriber is closed")
+        return self._tree
+
+    def _open(self, end, error):
+        # Nothing wakes a waiter when a name appears, so this one looks
+        # again, ever less often: it is a publisher's replace() in progress
+        # (two requests long) or a publisher that has not started yet.
+        delay = 0.0005
+        while True:
+            try:
+                tree = _Tree.open(self._client, self._prefix)
+            except NotFound:
+                left = _buffers.seconds_left(end)
+                if left == 0:
+                    raise error(f"nothing is published under '{self._prefix}' (Client.publisher makes it)") from None
+                time.sleep(delay if left is None else min(delay, left))
+                delay = min(delay * 2, 0.05)
+                continue
+            if tree.cuda and self._to == "numpy":
+                tree.close()
+                raise InvalidArgument(f"'{self._prefix}' is in GPU memory: NumPy reads host memory only; "
+                                      "use to='torch'")
+            return tree
+
+    def _follow(self, end):
+        """Moves to the tree `prefix` names now; Timeout if none by `end`."""
+        tree = self._open(end, Timeout)
+        old, self._tree = self._tree, tree
+        old.close()
+        self._version, self._buffer, self._fence = 0, None, None
+
+    def _wait(self, after, end):
+        while True:
+            out = ctypes.c_uint64()
+            try:
+                check(lib.gpb_reader_wait, self._live().reader, after, _buffers.ms_left(end), ctypes.byref(out))
+                return out.value
+            except NotFound:  # `prefix` was destroyed or replaced
+                self._follow(end)
+                after = 0
+
+    def wait(self, after: Optional[int] = None, timeout: Optional[float] = None) -> int:
+        """Blocks until a version newer than `after` (default: the one last
+        acquired) is committed and returns it; Timeout after `timeout`
+        seconds (None: no limit, 0: do not wait). After a replace() every
+        version of the new tree counts as newer."""
+        after = self._version if after is None else _int(after, 0, UINT64_MAX, "after")
+        return self._wait(after, _buffers.deadline(timeout))
+
+    def latest(self, timeout: Optional[float] = None, stream: Any = None) -> Dict[str, Any]:
+        """Waits up to `timeout` seconds (None: no limit, 0: not at all) for
+        a version newer than the one last acquired, pins the newest and
+        returns its {key: tensor}, in place, no copy. If nothing newer came,
+        that is the version held (the same tensors); Timeout only if nothing
+        was ever committed.
+
+        The tensors show the pinned buffer: read them before the next
+        latest(), copy_into(), release() or close(). CUDA: read them on
+        `stream` (default: the current stream), whose queued work the next
+        acquire waits for before the pin moves. Read-only: never write them."""
+        end = _buffers.deadline(timeout)
+        try:
+            self._wait(self._version, end)
+        except Timeout:
+            if self._version == 0:
+                raise
+            if self._buffer is not None:
+                return dict(self._live().arrays_in(self._buffer, self._to))
+        return self._take(stream, end)
+
+    def _take(self, stream, end):
+        while True:
+            tree = self._live()
+            if tree.cuda and self._buffer is not None:
+                # An acquire moves this reader's pin at once: what `stream`
+                # still reads of the pinned buffer must be done before.
+                _buffers.cuda_stream(stream, tree.device_index).synchronize()
+            elif self._fence is not None:
+                self._fence.synchronize()  # the release it stands for may not have reached the broker
+            self._fence = None
+            acquired = gpb_acquired()
+            check(lib.gpb_reader_acquire, tree.reader, ctypes.byref(acquired))
+            self._version, self._buffer = acquired.version, acquired.buffer
+            try:
+                return dict(tree.arrays_in(acquired.buffer, self._to))
+            except NotFound:  # replaced before its views were listed
+                self._follow(end)
+                self._wait(0, end)
+
+    def copy_into(self, params: Mapping[str, Any], timeout: Optional[float] = None,
+                  stream: Any = None) -> Optional[int]:
+        """Waits like latest() for a version newer than the one last
+        acquired, copies it into `params` ({key: tensor} of the caller's own,
+        any subset of the published keys, same shapes; the element type is
+        converted) in one batched copy on `stream` (CUDA; default: the
+        current stream), and releases it once that copy is done. Returns the
+        version, or None if nothing newer came within `timeout` (params
+        untouched). One-buffer trees: a copy that a write overlapped is made
+        again from the version that write commits (Timeout if none comes)."""
+        end = _buffers.deadline(timeout)
+        try:
+            self._wait(self._version, end)
+        except Timeout:
+            return None
+        keys = list(params)
+        dsts = list(params.values())
+        while True:
+            arrays = self._take(stream, end)
+            missing = [k for k in keys if k not in arrays]
+            if missing:
+                raise InvalidArgument(f"not published under '{self._prefix}': {', '.join(missing)}")
+            srcs = [arrays[k] for k in keys]
+            _buffers.check_shapes(keys, dsts, srcs)
+            tree = self._live()
+            s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
+            with _buffers.on_stream(s):
+                _buffers.copy_all(dsts, srcs)
+            if tree.buffers > 1 or self._whole(s):
+                self.release(s)
+                return self._version
+            # A write into the one buffer overlapped the copy: what is there
+            # is whole again only once that write is committed.
+            self._wait(self._version, end)
+
+    def _whole(self, s):
+        if s is not None:
+            s.synchronize()  # the copy has read the buffer
+        return self.unchanged()
+
+    def unchanged(self) -> bool:
+        """One-buffer trees: whether no write began since the last acquire,
+        so what was read since is that version, whole. Always True with 2+."""
+        out = ctypes.c_int32()
+        check(lib.gpb_reader_unchanged, self._live().reader, ctypes.byref(out))
+        return bool(out.value)
+
+    def release(self, stream: Any = None) -> None:
+        """Unpins the version held once the work queued on `stream` (CUDA;
+        default: the current stream) is done: the writer may reuse its buffer."""
+        if self._buffer is None or self._tree is None:
+            return
+        tree = self._tree
+        s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
+        check(lib.gpb_reader_release, tree.reader, s.cuda_stream if s is not None else None)
+        self._buffer = None
+        if s is not None:
+            import torch
+            self._fence = torch.cuda.Event()
+            self._fence.record(s)
+
+    def close(self) -> None:
+        """Unpins and stops following; tensors already returned stay mapped."""
+        tree, self._tree = self._tree, None
+        self._buffer = self._fence = None
+        if tree is not None:
+            tree.close()
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
