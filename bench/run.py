@@ -161,6 +161,8 @@ def main():
                  600, env)
         device = ["--device", "cuda"] if gpu else ["--device", "cpu", "--tensors", "20" if a.quick else "200"]
         take("weight_sync_bench", [py, os.path.join(HERE, "weight_sync_bench.py"), *device], 900, env)
+        take("live_sync_bench", [py, os.path.join(HERE, "live_sync_bench.py"), *device,
+                                 *(["--quick"] if a.quick else [])], 900, env)
     elif not a.no_python:
         print("\n=== Python benchmarks: skipped (no interpreter with numpy and torch)")
 
