@@ -62,8 +62,9 @@ struct Lease {
 };
 
 // A reader's hold on one committed version of an allocation (docs/live.md):
-// the writer never reuses its buffer while it stands. One per client and
-// allocation; acquiring again moves it.
+// the writer never reuses its buffer while it stands. Each acquire takes a
+// new one; a release names the one it ends (a reader lets go of the version
+// it read only once its GPU work on it is done, after taking the next).
 struct Pin {
   uint64_t version = 0;
   int32_t buffer = -1;
@@ -78,7 +79,7 @@ struct ClientEntry {
   uint64_t connected_ns = 0;
   uint64_t bytes_created = 0;  // live allocations this client created
   std::map<uint64_t, Lease> leases;  // by allocation id
-  std::map<uint64_t, Pin> pins;      // by allocation id
+  std::map<uint64_t, std::map<uint64_t, Pin>> pins;  // by allocation id, then pin id
   uint64_t last_pin = 0;
 };
 

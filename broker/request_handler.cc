@@ -242,9 +242,12 @@ Result<Reply> RequestHandler::OnLeases(Request r, const wire::LeasesRequest& m) 
         rec.slot.set(lease.slot);
         rec.pinned_buffer = -1;
         rec.writing_buffer = -1;
-        if (auto pin = c.pins.find(aid); pin != c.pins.end()) {
-          rec.pinned_version = pin->second.version;
-          rec.pinned_buffer = pin->second.buffer;
+        if (auto pins = c.pins.find(aid); pins != c.pins.end()) {
+          for (const auto& [id, pin] : pins->second) {  // the newest version it pins
+            if (pin.version < rec.pinned_version) continue;
+            rec.pinned_version = pin.version;
+            rec.pinned_buffer = pin.buffer;
+          }
         }
         if (a != nullptr && a->writer == id) {
           rec.writing = 1;

@@ -162,7 +162,9 @@ class RequestHandler {
   Result<Allocation*> LeasedAllocation(ClientEntry& client, uint64_t allocation_id, bool write);
   // Ends the write under way on `a`: its buffer is reclaimed, unpublished.
   void EndWrite(Allocation& a, bool abandoned);
-  void DropPin(ClientEntry& client, uint64_t allocation_id);
+  // Drops the client's pin `pin_id` on the allocation (every pin it holds
+  // there, if none is named); returns how many went.
+  size_t DropPins(ClientEntry& client, uint64_t allocation_id, std::optional<uint64_t> pin_id);
   // The client let go of the allocation: its pin and its write go too.
   void ForgetLiveState(ClientEntry& client, uint64_t allocation_id);
   // A slot as replies show it: with its allocation's committed version.

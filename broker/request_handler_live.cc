@@ -122,18 +122,17 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
   if (s.version == 0) {
     return NotFound("nothing has been committed to allocation " + std::to_string(a->id) + " yet");
   }
-  Pin& pin = r.client.pins[a->id];
-  bool moved = false;
-  if (pin.version != s.version) {
-    if (pin.version != 0) {
-      --s.pins[pin.buffer];
-      moved = true;
-    }
-    pin = Pin{s.version, s.buffer, 0};
-    ++s.pins[s.buffer];
-    registry_.UpdateLive(a->live_index, s, false, moved);
+  std::map<uint64_t, Pin>& held = r.client.pins[a->id];
+  // A reader holds the version it reads and the next; a bound keeps a
+  // client that never releases from growing the table.
+  if (held.size() > s.nbuffers) {
+    return Busy("this connection holds " + std::to_string(held.size()) + " pins on allocation " +
+                std::to_string(a->id) + ", one more than it has buffers: release one first");
   }
-  pin.id = ++r.client.last_pin;
+  Pin pin{s.version, s.buffer, ++r.client.last_pin};
+  held.emplace(pin.id, pin);
+  ++s.pins[s.buffer];
+  registry_.UpdateLive(a->live_index, s, false, false);
   wire::AcquireReply reply{};
   reply.version = s.version;
   reply.writes = s.writes;
@@ -145,26 +144,35 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
 }
 
 Result<Reply> RequestHandler::OnRelease(Request r, const wire::ReleaseRequest& m) {
-  auto it = r.client.pins.find(m.allocation_id);
-  bool held = it != r.client.pins.end() && it->second.id == m.pin;
-  if (held) DropPin(r.client, m.allocation_id);
+  bool held = DropPins(r.client, m.allocation_id, m.pin) != 0;
   return Reply{wire::EncodeReply(r.id, wire::ReleaseReply{held ? 1u : 0u, 0})};
 }
 
-void RequestHandler::DropPin(ClientEntry& client, uint64_t allocation_id) {
+size_t RequestHandler::DropPins(ClientEntry& client, uint64_t allocation_id, std::optional<uint64_t> pin_id) {
   auto it = client.pins.find(allocation_id);
-  if (it == client.pins.end()) return;
-  Pin pin = it->second;
-  client.pins.erase(it);
+  if (it == client.pins.end()) return 0;
+  std::vector<Pin> dropped;
+  for (auto p = it->second.begin(); p != it->second.end();) {
+    if (pin_id && p->first != *pin_id) {
+      ++p;
+      continue;
+    }
+    dropped.push_back(p->second);
+    p = it->second.erase(p);
+  }
+  if (it->second.empty()) client.pins.erase(it);
   Allocation* a = table_.FindAllocation(allocation_id);
-  if (a == nullptr || a->live_index == kNoLiveRecord) return;
+  if (dropped.empty() || a == nullptr || a->live_index == kNoLiveRecord) return dropped.size();
   LiveState s = registry_.GetLive(a->live_index);
-  if (pin.buffer >= 0 && s.pins[pin.buffer] > 0) --s.pins[pin.buffer];
+  for (const Pin& pin : dropped) {
+    if (pin.buffer >= 0 && s.pins[pin.buffer] > 0) --s.pins[pin.buffer];
+  }
   registry_.UpdateLive(a->live_index, s, false, true);
+  return dropped.size();
 }
 
 void RequestHandler::ForgetLiveState(ClientEntry& client, uint64_t allocation_id) {
-  DropPin(client, allocation_id);
+  DropPins(client, allocation_id, std::nullopt);
   Allocation* a = table_.FindAllocation(allocation_id);
   if (a != nullptr && a->writer == client.id) EndWrite(*a, true);
 }

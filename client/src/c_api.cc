@@ -615,10 +615,10 @@ int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, 
   });
 }
 
-int32_t gpb_reader_acquire(gpb_reader* reader, gpb_acquired* out, gpb_error* err) noexcept {
+int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, gpb_error* err) noexcept {
   return Guard(err, [&] {
     if (NullArg(reader, "reader", err) || NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
-    auto a = reader->reader.Acquire();
+    auto a = reader->reader.Acquire(stream);
     if (!a.ok()) return Fail(a.status(), err);
     *out = gpb_acquired{a->version, a->committed_ns, a->buffer, a->writing ? 1 : 0};
     return Done(err);

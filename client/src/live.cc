@@ -294,7 +294,7 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
   }
 }
 
-Result<Acquired> Reader::Acquire() {
+Result<Acquired> Reader::Acquire(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
   GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply,
                        state_->channel->Call<wire::AcquireReply>(wire::AcquireRequest{state_->allocation_id(), 0}));
@@ -302,6 +302,8 @@ Result<Acquired> Reader::Acquire() {
     return ProtocolError("acquire reply names buffer " + std::to_string(reply.buffer) + " of " +
                          std::to_string(state_->view.slot().buffers));
   }
+  // The version read so far stays pinned until `stream` is done with it.
+  if (state_->pin != 0) GPB_RETURN_IF_ERROR(Release(stream));
   state_->pin = reply.pin;
   state_->pinned_writes = reply.writes;
   state_->pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;

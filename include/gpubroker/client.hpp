@@ -175,10 +175,11 @@ class Reader {
   // unless a newer version of this one is there; kUnavailable once the
   // broker stops.
   Result<uint64_t> Wait(uint64_t after, int timeout_ms = -1);
-  // Pins the newest committed version (moving this reader's pin from the one
-  // it had). A committed version is whole in memory: any stream may read it
-  // at once, with no wait on the writer.
-  Result<Acquired> Acquire();
+  // Pins the newest committed version. A committed version is whole in
+  // memory: any stream may read it at once, with no wait on the writer. The
+  // version this reader held before stays pinned until the work queued on
+  // `stream` so far is done, as Release(stream) does.
+  Result<Acquired> Acquire(void* stream = nullptr);
   // Lets the writer reuse the pinned buffer once the work queued on `stream`
   // so far is done (CUDA: a background thread waits for it, then tells the
   // broker; the call returns at once). Host memory: at once.

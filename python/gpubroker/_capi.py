@@ -216,7 +216,7 @@ def _load():
         "gpb_reader_latest": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_uint64), err]),
         "gpb_reader_wait": (ctypes.c_int32, [p, ctypes.c_uint64, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64),
                                              err]),
-        "gpb_reader_acquire": (ctypes.c_int32, [p, ctypes.POINTER(gpb_acquired), err]),
+        "gpb_reader_acquire": (ctypes.c_int32, [p, ctypes.c_void_p, ctypes.POINTER(gpb_acquired), err]),
         "gpb_reader_release": (ctypes.c_int32, [p, p, err]),
         "gpb_reader_unchanged": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_int32), err]),
     }

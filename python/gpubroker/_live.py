@@ -276,8 +276,8 @@ class _Tree:
 class Subscriber:
     """Follows the versions published under one prefix. Made by
     Client.subscriber(). Each acquired version stays pinned (no writer
-    touches its buffer, with 2+ buffers) until the next acquire, release()
-    or close(). Not thread-safe: one thread at a time.
+    touches its buffer, with 2+ buffers) until the stream that reads it is
+    done with it after the next acquire or release(), or until close(). Not thread-safe: one thread at a time.
 
     Versions count from 1 in each tree: after the publisher's replace() the
     subscriber moves to the new tree and its version starts again."""
@@ -289,7 +289,6 @@ class Subscriber:
         self._tree: Optional[_Tree] = None
         self._version = 0      # the last acquired, in the current tree
         self._buffer = None    # the pinned buffer, None when nothing is pinned
-        self._fence = None     # CUDA: the end of the work a stream-ordered release waits for
         _name(prefix, "prefix")
         self._tree = self._open(_buffers.deadline(timeout), NotFound)
 
@@ -331,7 +330,7 @@ class Subscriber:
         tree = self._open(end, Timeout)
         old, self._tree = self._tree, tree
         old.close()
-        self._version, self._buffer, self._fence = 0, None, None
+        self._version, self._buffer = 0, None
 
     def _wait(self, after, end):
         while True:
@@ -360,8 +359,9 @@ class Subscriber:
 
         The tensors show the pinned buffer: read them before the next
         latest(), copy_into(), release() or close(). CUDA: read them on
-        `stream` (default: the current stream), whose queued work the next
-        acquire waits for before the pin moves. Read-only: never write them."""
+        `stream` (default: the current stream): the next acquire keeps this
+        version pinned until the work queued on it is done. Read-only: never
+        write them."""
         end = _buffers.deadline(timeout)
         try:
             self._wait(self._version, end)
@@ -375,15 +375,12 @@ class Subscriber:
     def _take(self, stream, end):
         while True:
             tree = self._live()
-            if tree.cuda and self._buffer is not None:
-                # An acquire moves this reader's pin at once: what `stream`
-                # still reads of the pinned buffer must be done before.
-                _buffers.cuda_stream(stream, tree.device_index).synchronize()
-            elif self._fence is not None:
-                self._fence.synchronize()  # the release it stands for may not have reached the broker
-            self._fence = None
+            # The version held so far stays pinned until `stream` has done
+            # the work queued on it (the library releases it then).
+            s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
             acquired = gpb_acquired()
-            check(lib.gpb_reader_acquire, tree.reader, ctypes.byref(acquired))
+            check(lib.gpb_reader_acquire, tree.reader, s.cuda_stream if s is not None else None,
+                  ctypes.byref(acquired))
             self._version, self._buffer = acquired.version, acquired.buffer
             try:
                 return dict(tree.arrays_in(acquired.buffer, self._to))
@@ -447,15 +444,11 @@ class Subscriber:
         s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
         check(lib.gpb_reader_release, tree.reader, s.cuda_stream if s is not None else None)
         self._buffer = None
-        if s is not None:
-            import torch
-            self._fence = torch.cuda.Event()
-            self._fence.record(s)
 
     def close(self) -> None:
         """Unpins and stops following; tensors already returned stay mapped."""
         tree, self._tree = self._tree, None
-        self._buffer = self._fence = None
+        self._buffer = None
         if tree is not None:
             tree.close()
 

@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
     while (last < final_version) {
       auto newer = reader->Wait(last, 60000);
       if (!newer.ok()) return Fail(newer.status().ToString());
-      auto got = reader->Acquire();
+      auto got = reader->Acquire(d.stream);
       if (!got.ok()) return Fail(got.status().ToString());
       if (got->version <= last || got->version < *newer) {
         return Fail("version went from " + std::to_string(last) + " to " + std::to_string(got->version));

@@ -460,7 +460,7 @@ TEST_F(LiveTest, EveryBufferPinnedIsBusyAndAReleaseFreesOne) {
   EXPECT_EQ(b->buffer, pin->buffer);
 }
 
-TEST_F(LiveTest, AcquireMovesTheClientsOnePinAndAReleaseOfTheOldPinKeepsTheNew) {
+TEST_F(LiveTest, EveryAcquireIsAPinOfItsOwnAndAReleaseEndsOnlyTheOneItNames) {
   uint64_t w = Connect(0, 0);
   uint64_t r = Connect(0, 0);
   uint64_t a = CreateLive(w, "live", 3);
@@ -469,20 +469,29 @@ TEST_F(LiveTest, AcquireMovesTheClientsOnePinAndAReleaseOfTheOldPinKeepsTheNew) 
   auto first = Acquire(r, a);
   ASSERT_TRUE(first.ok());
   Publish(w, a);
-  auto second = Acquire(r, a);
+  auto second = Acquire(r, a);  // the reader's kernels may still read version 1
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->version, 2u);
   LiveState s = Live("live");
+  EXPECT_EQ(s.pins[first->buffer], 1u);
+  EXPECT_EQ(s.pins[second->buffer], 1u);
+  ASSERT_EQ(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, first->pin})->released, 1u);
+  s = Live("live");
   EXPECT_EQ(s.pins[first->buffer], 0u);
   EXPECT_EQ(s.pins[second->buffer], 1u);
-  // The same version again: a new pin id, so a late release of the old id
-  // (a reader's background release) cannot drop the pin it holds now.
+  // The same version again is another pin: a late release of the earlier
+  // one (a reader's background release) leaves the later one standing.
   auto again = Acquire(r, a);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->version, 2u);
   EXPECT_NE(again->pin, second->pin);
+  EXPECT_EQ(Live("live").pins[again->buffer], 2u);
+  EXPECT_EQ(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, second->pin})->released, 1u);
   EXPECT_EQ(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, second->pin})->released, 0u);
   EXPECT_EQ(Live("live").pins[again->buffer], 1u);
+  // A connection holds at most one pin more than the slot has buffers.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Acquire(r, a).ok());
+  EXPECT_EQ(Acquire(r, a).status().code(), Code::kBusy);
 }
 
 TEST_F(LiveTest, OneWriterAtATimeAndOnlyItCommits) {
