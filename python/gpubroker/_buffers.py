@@ -44,7 +44,8 @@ def copy_all(dsts, srcs):
         return
     if is_torch(dsts[0]):
         import torch
-        srcs = [s if is_torch(s) else torch.from_numpy(s) for s in srcs]
+        if not is_torch(srcs[0]) or not is_torch(srcs[-1]):
+            srcs = [s if is_torch(s) else torch.from_numpy(s) for s in srcs]
         with torch.no_grad():  # a source that requires grad must not tie our buffers into its graph
             if hasattr(torch, "_foreach_copy_"):
                 torch._foreach_copy_(dsts, srcs)
@@ -60,7 +61,7 @@ def copy_all(dsts, srcs):
 def check_shapes(keys, dsts, srcs):
     """Copies never broadcast: a shape that differs is an error, named."""
     for key, d, s in zip(keys, dsts, srcs):
-        if tuple(d.shape) != tuple(s.shape):
+        if d.shape != s.shape and tuple(d.shape) != tuple(s.shape):  # torch.Size and tuple are both tuples
             raise InvalidArgument(f"'{key}': shape {tuple(s.shape)} where {tuple(d.shape)} is published")
 
 
