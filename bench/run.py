@@ -3,6 +3,7 @@
 measured in the same run, the aim, and whether it is met.
 
     python3 bench/run.py [--build build] [--out DIR] [--quick] [--gpu auto|on|off] [--no-python]
+                         [--only NAME,...]   (e.g. --only live_bench,live_sync_bench)
 
 Each benchmark's own output is printed as it runs and kept in DIR (default
 <build>/bench-results). Benchmarks report their figures as lines
@@ -123,6 +124,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
     p.add_argument("--gpu", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--no-python", action="store_true", help="skip the Python benchmarks")
+    p.add_argument("--only", help="run only these benchmarks (comma-separated names)")
     a = p.parse_args()
     build = os.path.abspath(a.build)
     out = a.out or os.path.join(build, "bench-results")
@@ -134,14 +136,20 @@ def main():
 
     rows, failed = [], []
 
+    only = set(a.only.split(",")) if a.only else None
+
     def take(name, argv, timeout, extra_env=None):
+        if only is not None and name not in only:
+            return
         ok, text = run(name, argv, out, timeout, extra_env)
         if not ok:
             failed.append(name)
         rows.extend(summary_rows(text))
 
     take("control_bench", [bench("control_bench"), "--iterations", "500" if a.quick else "20000"], 300)
-    if os.path.exists(bench("micro_bench")):
+    if only is not None and "micro_bench" not in only:
+        pass
+    elif os.path.exists(bench("micro_bench")):
         json_path = os.path.join(out, "micro_bench.json")
         ok, _ = run("micro_bench", [bench("micro_bench"), f"--benchmark_out={json_path}", "--benchmark_out_format=json",
                                     *(["--benchmark_min_time=0.001"] if a.quick else [])], out, 600)

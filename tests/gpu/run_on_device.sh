@@ -34,6 +34,8 @@ done
 fi
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then
   # Every benchmark, then the one table of figures, baselines and aims.
-  python3 bench/run.py --build "$staged" --out "$out/bench" 2>&1 | tee "$out/bench.txt" || rc=1
+  # GPUBROKER_BENCH_ONLY=live_bench,live_sync_bench runs just those.
+  python3 bench/run.py --build "$staged" --out "$out/bench" ${GPUBROKER_BENCH_ONLY:+--only "$GPUBROKER_BENCH_ONLY"} \
+    2>&1 | tee "$out/bench.txt" || rc=1
 fi
 exit $rc
