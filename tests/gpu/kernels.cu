@@ -123,6 +123,8 @@ void* NewStream() {
 
 void FreeStream(void* stream) { cudaStreamDestroy(static_cast<cudaStream_t>(stream)); }
 
+bool SyncStream(void* stream) { return cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) == cudaSuccess; }
+
 bool SetDevice(int ordinal) { return cudaSetDevice(ordinal) == cudaSuccess; }
 
 bool MemInfo(size_t* free_bytes, size_t* total_bytes) {
