@@ -80,7 +80,7 @@ struct ClientEntry {
   uint64_t bytes_created = 0;  // live allocations this client created
   std::map<uint64_t, Lease> leases;  // by allocation id
   std::map<uint64_t, std::map<uint64_t, Pin>> pins;  // by allocation id, then pin id
-  uint64_t last_pin = 0;
+  uint64_t last_pin = 0;  // pin ids count up from here
 };
 
 // No live record yet (Allocation::live_index).

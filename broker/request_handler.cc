@@ -68,7 +68,10 @@ Result<uint64_t> RequestHandler::Admit(const PeerCredentials& peer) {
                              std::to_string(l.max_connections_per_uid) + ")");
   }
   uint64_t id = ++last_client_id_;
-  table_.AddClient(id, peer, NowNs());
+  ClientEntry& client = table_.AddClient(id, peer, NowNs());
+  // Pin ids of a broker start from its boot generation: a pin a client held
+  // before a restart, released late, cannot name one the new broker gave.
+  client.last_pin = (registry_.boot_generation() & 0x7fffffffu) << 32;
   table_.CountConnection(peer.uid, +1);
   spdlog::info("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
   return id;

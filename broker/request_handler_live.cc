@@ -124,15 +124,19 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
   }
   std::map<uint64_t, Pin>& held = r.client.pins[a->id];
   // A reader holds the version it reads and the next; a bound keeps a
-  // client that never releases from growing the table.
-  if (held.size() > s.nbuffers) {
-    return Busy("this connection holds " + std::to_string(held.size()) + " pins on allocation " +
+  // client that never releases from growing the table. The pin this acquire
+  // releases does not count.
+  const size_t holding = held.size() - (m.release_pin != 0 && held.count(m.release_pin) != 0 ? 1 : 0);
+  if (holding > s.nbuffers) {
+    return Busy("this connection holds " + std::to_string(holding) + " pins on allocation " +
                 std::to_string(a->id) + ", one more than it has buffers: release one first");
   }
   Pin pin{s.version, s.buffer, ++r.client.last_pin};
   held.emplace(pin.id, pin);
   ++s.pins[s.buffer];
   registry_.UpdateLive(a->live_index, s, false, false);
+  // The new pin first: the version the reader moves to is never unpinned.
+  if (m.release_pin != 0 && m.release_pin != pin.id) DropPins(r.client, a->id, m.release_pin);
   wire::AcquireReply reply{};
   reply.version = s.version;
   reply.writes = s.writes;

@@ -214,7 +214,10 @@ struct CommitRequest {
 struct AcquireRequest {
   static constexpr MsgType kType = MsgType::kAcquire;
   uint64_t allocation_id;
-  uint64_t reserved;
+  // 0, or a pin of this connection's on the allocation to drop once the new
+  // one is taken: a reader's release of the version it read, in the same
+  // message, when its stream is done with it already.
+  uint64_t release_pin;
 };
 
 struct ReleaseRequest {

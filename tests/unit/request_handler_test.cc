@@ -346,8 +346,8 @@ class LiveTest : public HandlerTest {
     m.flags = flags;
     return Call<wire::CommitReply>(client, m);
   }
-  Result<wire::AcquireReply> Acquire(uint64_t client, uint64_t allocation) {
-    return Call<wire::AcquireReply>(client, wire::AcquireRequest{allocation, 0});
+  Result<wire::AcquireReply> Acquire(uint64_t client, uint64_t allocation, uint64_t release_pin = 0) {
+    return Call<wire::AcquireReply>(client, wire::AcquireRequest{allocation, release_pin});
   }
   // Begins and commits; returns the version.
   uint64_t Publish(uint64_t client, uint64_t allocation) {
@@ -492,6 +492,44 @@ TEST_F(LiveTest, EveryAcquireIsAPinOfItsOwnAndAReleaseEndsOnlyTheOneItNames) {
   // A connection holds at most one pin more than the slot has buffers.
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Acquire(r, a).ok());
   EXPECT_EQ(Acquire(r, a).status().code(), Code::kBusy);
+}
+
+TEST_F(LiveTest, AnAcquireCanReleaseThePinBeforeItInTheSameMessage) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t other = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 2);
+  ASSERT_TRUE(Attach(r, "live").ok());
+  ASSERT_TRUE(Attach(other, "live").ok());
+  Publish(w, a);
+  auto first = Acquire(r, a);
+  auto others = Acquire(other, a);
+  ASSERT_TRUE(first.ok() && others.ok());
+  Publish(w, a);
+  auto second = Acquire(r, a, first->pin);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->version, 2u);
+  LiveState s = Live("live");
+  EXPECT_EQ(s.pins[first->buffer], 1u);  // the other connection's pin stays
+  EXPECT_EQ(s.pins[second->buffer], 1u);
+  EXPECT_EQ(Call<wire::ReleaseReply>(r, wire::ReleaseRequest{a, first->pin})->released, 0u);  // gone already
+  // Re-acquiring the same version while releasing its pin keeps it pinned.
+  auto again = Acquire(r, a, second->pin);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(Live("live").pins[again->buffer], 1u);
+  // Another connection's pin, or one never given, is not this one's to drop.
+  auto third = Acquire(r, a, others->pin);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(Live("live").pins[others->buffer], 1u);
+  EXPECT_TRUE(Acquire(r, a, 0xdeadbeef).ok());
+  // The pin an acquire releases does not count against the bound: a reader
+  // that always moves on never runs into it.
+  uint64_t pin = others->pin;
+  for (int i = 0; i < 10; ++i) {
+    auto next = Acquire(other, a, pin);
+    ASSERT_TRUE(next.ok()) << next.status().ToString();
+    pin = next->pin;
+  }
 }
 
 TEST_F(LiveTest, OneWriterAtATimeAndOnlyItCommits) {
