@@ -52,7 +52,8 @@
   X(cuEventDestroy) \
   X(cuIpcGetEventHandle) \
   X(cuIpcOpenEventHandle) \
-  X(cuStreamWaitEvent)
+  X(cuStreamWaitEvent) \
+  X(cuStreamQuery)
 
 namespace gpubroker {
 

@@ -3,11 +3,14 @@
 // live record; begin, commit, acquire and release are one message each.
 //
 // CUDA memory: a commit is sent once the writer's stream has run the writes
-// queued before it (a background thread waits for that, never the caller),
-// so every version a reader can acquire is whole in memory, and a writer
-// that dies before its work finished publishes nothing. A reader's stream
-// therefore waits on nothing of the writer's: a CUDA event of a process
-// that died is never signalled, and a reader queued behind one would hang.
+// queued before it (at once if it has already, else from a background
+// thread that waits for it; never the caller), so every version a reader
+// can acquire is whole in memory, and a writer that dies before its work
+// finished publishes nothing. A reader's stream therefore waits on nothing
+// of the writer's: a CUDA event of a process that died is never signalled,
+// and a reader queued behind one would hang. A reader's release of the
+// version it read goes the same way: in its next acquire's message if its
+// stream is done with the version already, else from the background thread.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -178,7 +181,15 @@ Result<uint64_t> Writer::Commit(void* stream) {
   wire::CommitRequest m{};
   m.allocation_id = state_->allocation_id();
   m.buffer = state_->begun;
-  if (state_->view.device().type == Device::kCuda) {
+  const bool cuda = state_->view.device().type == Device::kCuda;
+  Result<bool> done = cuda ? StreamIdle(state_->view.device().ordinal, stream) : Result<bool>(true);
+  if (!done.ok()) {  // the writes failed: the buffer goes back unpublished
+    m.flags = wire::kCommitAbort;
+    state_->channel->Tell(m);
+    state_->begun = -1;
+    return done.status().Annotate("the writer's stream");
+  }
+  if (!*done) {
     std::shared_ptr<PendingCommit> pending = state_->pending;
     std::weak_ptr<Channel> channel = state_->channel;
     {
@@ -203,6 +214,7 @@ Result<uint64_t> Writer::Commit(void* stream) {
     state_->begun = -1;
     return state_->next_version;
   }
+  // Host memory, or a stream that has run the writes already: now.
   std::atomic_thread_fence(std::memory_order_release);
   auto reply = state_->channel->Call<wire::CommitReply>(m);
   state_->begun = -1;  // committed, or given up by the broker with the connection
@@ -296,13 +308,25 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
 
 Result<Acquired> Reader::Acquire(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
-  GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply,
-                       state_->channel->Call<wire::AcquireReply>(wire::AcquireRequest{state_->allocation_id(), 0}));
+  // The version read so far stays pinned until `stream` is done with it: if
+  // it is already, the acquire's own message releases it.
+  uint64_t release_pin = 0;
+  if (state_->pin != 0) {
+    Result<bool> idle = state_->view.device().type == Device::kCuda
+                            ? StreamIdle(state_->view.device().ordinal, stream)
+                            : Result<bool>(true);
+    if (idle.ok() && *idle) {
+      std::atomic_thread_fence(std::memory_order_release);
+      release_pin = state_->pin;
+    }
+  }
+  GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply, state_->channel->Call<wire::AcquireReply>(
+                                                     wire::AcquireRequest{state_->allocation_id(), release_pin}));
+  if (release_pin != 0) state_->pin = 0;
   if (static_cast<uint32_t>(reply.buffer) >= state_->view.slot().buffers) {
     return ProtocolError("acquire reply names buffer " + std::to_string(reply.buffer) + " of " +
                          std::to_string(state_->view.slot().buffers));
   }
-  // The version read so far stays pinned until `stream` is done with it.
   if (state_->pin != 0) GPB_RETURN_IF_ERROR(Release(stream));
   state_->pin = reply.pin;
   state_->pinned_writes = reply.writes;

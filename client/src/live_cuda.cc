@@ -2,13 +2,29 @@
 
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "common/cuda_driver.h"
 
 namespace gpubroker {
 namespace {
+
+// The context the caller's work on device `ordinal` was queued in: the
+// current one if it is on that device (the stream passed in is one of its
+// own), else the device's primary context, made current for the scope.
+Result<std::optional<ScopedDeviceContext>> OnDevice(const CudaDriver& d, int ordinal) {
+  CUcontext current = nullptr;
+  CUdevice want = 0, have = 0;
+  if (d.cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != nullptr &&
+      d.cuDeviceGet(&want, ordinal) == CUDA_SUCCESS && d.cuCtxGetDevice(&have) == CUDA_SUCCESS && have == want) {
+    return std::optional<ScopedDeviceContext>();
+  }
+  GPB_ASSIGN_OR_RETURN(ScopedDeviceContext entered, ScopedDeviceContext::Enter(d, ordinal));
+  return std::optional<ScopedDeviceContext>(std::move(entered));
+}
 
 // One thread per process waits for writers' and readers' streams, in order,
 // and runs what was to happen after each.
@@ -39,6 +55,25 @@ class StreamWatcher {
     std::function<void(Status)> done;
   };
 
+  // Makes the primary context of `ordinal` current on this thread. Each is
+  // retained once and kept: this thread lives as long as the process, and
+  // the process already holds the context (it queued work in it).
+  Status UseDevice(const CudaDriver& d, int ordinal) {
+    auto it = contexts_.find(ordinal);
+    if (it == contexts_.end()) {
+      CUdevice device = 0;
+      CUcontext ctx = nullptr;
+      GPB_RETURN_IF_ERROR(d.Check(d.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
+      GPB_RETURN_IF_ERROR(d.Check(d.cuDevicePrimaryCtxRetain(&ctx, device), "cuDevicePrimaryCtxRetain"));
+      it = contexts_.emplace(ordinal, ctx).first;
+    }
+    if (current_ != it->second) {
+      GPB_RETURN_IF_ERROR(d.Check(d.cuCtxSetCurrent(it->second), "cuCtxSetCurrent"));
+      current_ = it->second;
+    }
+    return Status::Ok();
+  }
+
   void Run() {
     while (true) {
       Item item;
@@ -48,13 +83,10 @@ class StreamWatcher {
         item = std::move(queue_.front());
         queue_.pop_front();
       }
-      Status s = Status::Ok();
-      {
-        auto ctx = ScopedDeviceContext::Enter(*item.driver, item.ordinal);
-        s = ctx.ok() ? item.driver->Check(item.driver->cuEventSynchronize(item.event), "cuEventSynchronize")
-                     : ctx.status();
-        item.driver->cuEventDestroy(item.event);
-      }
+      const CudaDriver& d = *item.driver;
+      Status s = UseDevice(d, item.ordinal);
+      if (s.ok()) s = d.Check(d.cuEventSynchronize(item.event), "cuEventSynchronize");
+      d.cuEventDestroy(item.event);
       item.done(s);
     }
   }
@@ -63,16 +95,30 @@ class StreamWatcher {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   bool started_ = false;
+  // Touched by the watcher thread alone.
+  std::map<int, CUcontext> contexts_;
+  CUcontext current_ = nullptr;
 };
 
 }  // namespace
 
+Result<bool> StreamIdle(int ordinal, void* stream) {
+  auto s = static_cast<CUstream>(stream);
+  if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) return false;
+  GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
+  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, OnDevice(*driver, ordinal));
+  CUresult r = driver->cuStreamQuery(s);
+  if (r == CUDA_ERROR_NOT_READY) return false;
+  GPB_RETURN_IF_ERROR(driver->Check(r, "cuStreamQuery"));
+  return true;
+}
+
 Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> done) {
   GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
-  GPB_ASSIGN_OR_RETURN(ScopedDeviceContext ctx, ScopedDeviceContext::Enter(*driver, ordinal));
+  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, OnDevice(*driver, ordinal));
   CUevent e = nullptr;
   GPB_RETURN_IF_ERROR(driver->Check(driver->cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate"));
-  if (Status s = driver->Check(driver->cuEventRecord(e, static_cast<CUstream>(stream)), "cuEventRecord on the reader's stream");
+  if (Status s = driver->Check(driver->cuEventRecord(e, static_cast<CUstream>(stream)), "cuEventRecord on the stream");
       !s.ok()) {
     driver->cuEventDestroy(e);
     return s;

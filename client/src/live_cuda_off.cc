@@ -3,6 +3,8 @@
 
 namespace gpubroker {
 
+Result<bool> StreamIdle(int, void*) { return Unsupported("this client library was built without CUDA support"); }
+
 Status WhenStreamDone(int, void*, std::function<void(Status)>) {
   return Unsupported("this client library was built without CUDA support");
 }

@@ -126,12 +126,14 @@ class Writer {
   // View::data(buffer) of any view of the allocation.
   Result<uint32_t> Begin(int wait_ms = 0);
   // Publishes the begun buffer as the next version, atomically for the whole
-  // allocation, and returns that version. CUDA: returns at once; the version
-  // becomes visible once `stream` (a CUstream or cudaStream_t; null: the
-  // legacy default stream) has run the writes queued on it before this call
-  // (a background thread waits, then tells the broker), so readers only ever
-  // see whole versions. The next Begin waits for that, and reports a failed
-  // commit. Host memory: the commit is sent at once, after a release fence.
+  // allocation, and returns that version. CUDA: the version becomes visible
+  // once `stream` (a CUstream or cudaStream_t; null: the legacy default
+  // stream) has run the writes queued on it before this call, so readers
+  // only ever see whole versions. If it has already, the commit is sent at
+  // once (one round trip); else this returns at once and a background
+  // thread waits for the stream, then tells the broker; the next Begin waits
+  // for that, and reports a failed commit. Host memory: the commit is sent at
+  // once, after a release fence.
   Result<uint64_t> Commit(void* stream = nullptr);
   // Gives the begun buffer back unpublished.
   Status Abort();
