@@ -175,8 +175,7 @@ class Publisher:
         except KeyError as e:
             raise InvalidArgument(f"'{e.args[0]}' is published but not in the state dict; "
                                   "use replace() for another set") from None
-        if [tuple(t.shape) for t in srcs] != self._shapes:
-            _buffers.check_shapes(self._keys, self._buffer_arrays(0), srcs)
+        _buffers.check_shapes(self._keys, srcs, self._shapes)
         return srcs
 
     def replace(self, state_dict: Mapping[str, Any], *, stream: Any = None) -> int:
@@ -289,7 +288,7 @@ class Subscriber:
         self._tree: Optional[_Tree] = None
         self._version = 0      # the last acquired, in the current tree
         self._buffer = None    # the pinned buffer, None when nothing is pinned
-        self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> (those arrays, sources in order)
+        self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> (those arrays, sources, their shapes)
         _name(prefix, "prefix")
         self._tree = self._open(_buffers.deadline(timeout), NotFound)
 
@@ -415,17 +414,16 @@ class Subscriber:
             # engine copies the same parameters every step.
             # (The plan holds `arrays` itself, so its id names no other dict.)
             plan = self._copy_plans.get((id(arrays), keys))
-            if plan is not None and plan[0] is arrays:
-                srcs = plan[1]
-            else:
+            if plan is None or plan[0] is not arrays:
                 missing = [k for k in keys if k not in arrays]
                 if missing:
                     raise InvalidArgument(f"not published under '{self._prefix}': {', '.join(missing)}")
                 srcs = [arrays[k] for k in keys]
                 if len(self._copy_plans) >= 16:
                     self._copy_plans.clear()
-                self._copy_plans[(id(arrays), keys)] = (arrays, srcs)
-            _buffers.check_shapes(keys, dsts, srcs)
+                plan = self._copy_plans[(id(arrays), keys)] = (arrays, srcs, [tuple(s.shape) for s in srcs])
+            _, srcs, shapes = plan
+            _buffers.check_shapes(keys, dsts, shapes)
             tree = self._live()
             s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
             with _buffers.on_stream(s):

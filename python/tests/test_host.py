@@ -407,6 +407,14 @@ class LiveHostTest(unittest.TestCase):
         with self.assertRaisesRegex(gpubroker.InvalidArgument, "nope"):
             sub.copy_into({"nope": numpy.zeros(1)})
         sub.release()
+        # A shape the published one would broadcast into is refused, not filled.
+        wide = numpy.full((2,) + base["embed"].shape, -7.0)
+        odd = self.c.subscriber(prefix, to="numpy")
+        with self.assertRaisesRegex(gpubroker.InvalidArgument,
+                                    r"'embed': shape \(2, 129, 8\) where \(129, 8\) is published"):
+            odd.copy_into({"embed": wide}, timeout=0)
+        self.assertTrue((wide == -7.0).all(), "nothing was copied")
+        odd.close()
         sub = self.c.subscriber(prefix, to="numpy")
         params = {k: numpy.zeros_like(v) for k, v in base.items()}
         self.assertEqual(sub.copy_into(params, timeout=WAIT_S), count)
