@@ -30,9 +30,28 @@ Limits ResolveLimits(Limits limits) {
   return limits;
 }
 
+namespace {
+
+// Where a broker's allocation ids start. Clients know what they have mapped
+// by allocation id, also across a reconnect (a lease is taken again by name
+// and kept if the name still leads to that id), so a broker must never hand
+// out an id an earlier one did: one started afresh would otherwise give a
+// new slot the id of memory its clients still map from before. The start is
+// drawn from the boot generation, in [2^32, 2^53 - 2^32): below 2^53, where
+// JSON readers keep every digit, with room for 2^32 allocations above it.
+// Adopted allocations (a warm restart) keep their ids; new ones come after.
+uint64_t FirstAllocationId(uint64_t boot_generation) {
+  constexpr uint64_t kLow = uint64_t{1} << 32;
+  constexpr uint64_t kSpan = (uint64_t{1} << 53) - 2 * kLow;
+  return kLow + boot_generation % kSpan;
+}
+
+}  // namespace
+
 RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, HandlerOptions options)
     : registry_(registry), backends_(backends), options_(std::move(options)) {
   SetLimits(options_.limits);
+  table_.ReserveAllocationIds(FirstAllocationId(registry_.boot_generation()));
 }
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {

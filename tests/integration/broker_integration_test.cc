@@ -315,6 +315,40 @@ TEST_F(BrokerTest, KilledBrokerLeavesViewsReadableAndANewBrokerTakesOver) {
   EXPECT_EQ(WEXITSTATUS(next->Stop(SIGTERM)), 0);
 }
 
+// Allocation ids are how a client knows what it has mapped, across a
+// reconnect too: a broker started afresh must not give a new slot the id of
+// memory an old client still maps, or that client, once it has reconnected,
+// is handed its old mapping for the new slot.
+TEST_F(BrokerTest, AClientOfAStoppedBrokerIsNeverHandedItsOldMemoryForANewSlot) {
+  ConnectOptions o = broker_->Options("from before");
+  o.reconnect_timeout_ms = 10000;
+  auto old_client = Client::Connect(o);
+  ASSERT_TRUE(old_client.ok());
+  auto held = old_client->CreateAndAttach(Bytes("x", 8192, 0666));
+  ASSERT_TRUE(held.ok());
+  auto before = RandomBytes(8192);
+  std::memcpy(held->data(), before.data(), before.size());
+  broker_->Stop(SIGKILL);
+  auto next = BrokerProcess::Restart(*broker_);
+  ASSERT_NE(next, nullptr);
+  auto c2 = next->Connect();
+  ASSERT_TRUE(c2.ok());
+  auto fresh = c2->CreateAndAttach(Bytes("x", 8192, 0666));  // same name, same size, same order
+  ASSERT_TRUE(fresh.ok());
+  auto after = RandomBytes(8192);
+  std::memcpy(fresh->data(), after.data(), after.size());
+  EXPECT_NE(fresh->slot().allocation_id, held->slot().allocation_id);
+  // The old client's next request reconnects and takes its leases again by name.
+  auto stat = old_client->Stat("x");
+  ASSERT_TRUE(stat.ok()) << stat.status().ToString();
+  auto again = old_client->Attach("x");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->slot().allocation_id, fresh->slot().allocation_id);
+  EXPECT_TRUE(Contents(*again) == after) << "the old client read its old memory under the new slot";
+  EXPECT_TRUE(Contents(*held) == before);  // what it held stays readable
+  EXPECT_EQ(WEXITSTATUS(next->Stop(SIGTERM)), 0);
+}
+
 TEST(BrokerLimits, EachLimitHasItsOwnErrorAndServiceGoesOn) {
   auto broker = BrokerProcess::Start(
       {"--max-slots", "2", "--max-host-bytes", "8192", "--max-connections", "3", "--reserved-admin-connections", "0"});

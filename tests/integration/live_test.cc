@@ -211,5 +211,46 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
   EXPECT_EQ(stopped.status().code(), Code::kUnavailable) << stopped.status().ToString();
 }
 
+// A broker started afresh after a crash knows none of the old names; a
+// producer makes its tree again under the same name. A reader of the old
+// tree must learn that it is another allocation, never take the new versions
+// for its own (its mapping is the old memory).
+TEST_F(LiveTest, AReaderOfAKilledBrokerTakesNoVersionOfTheTreeMadeAgainAfterIt) {
+  ConnectOptions options = broker_->Options("reader from before");
+  options.reconnect_timeout_ms = 10000;
+  auto old_client = Client::Connect(options);
+  ASSERT_TRUE(old_client.ok());
+  CreateStateDict("weights", 2);
+  auto writer = client_->OpenWriter("weights");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin(0).ok());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  auto reader = old_client->OpenReader("weights");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_EQ(*reader->Wait(0, 1000), 1u);
+  broker_->Stop(SIGKILL);
+  auto next = BrokerProcess::Restart(*broker_);
+  ASSERT_NE(next, nullptr);
+  auto again = next->Connect("producer, again");
+  ASSERT_TRUE(again.ok());
+  client_.emplace(std::move(again).value());
+  CreateStateDict("weights", 2);  // the same layout, made in the same order
+  auto second = client_->OpenWriter("weights");
+  ASSERT_TRUE(second.ok());
+  for (uint64_t v = 1; v <= 3; ++v) {
+    ASSERT_TRUE(second->Begin(0).ok());
+    ASSERT_EQ(*second->Commit(), v);
+  }
+  auto seen = reader->Wait(1, 10000);
+  ASSERT_FALSE(seen.ok()) << "the old reader took version " << *seen << " of the new tree for its own";
+  EXPECT_EQ(seen.status().code(), Code::kNotFound) << seen.status().ToString();
+  EXPECT_NE(seen.status().message().find("open it again"), std::string::npos) << seen.status().message();
+  // Opened again, the reader follows the new tree.
+  auto fresh = old_client->OpenReader("weights");
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  EXPECT_EQ(*fresh->Wait(0, 1000), 3u);
+  EXPECT_EQ(WEXITSTATUS(next->Stop(SIGTERM)), 0);
+}
+
 }  // namespace
 }  // namespace gpubroker::testing
