@@ -288,6 +288,7 @@ class Subscriber:
         self._tree: Optional[_Tree] = None
         self._version = 0      # the last acquired, in the current tree
         self._buffer = None    # the pinned buffer, None when nothing is pinned
+        self._previous = None  # after a replace: (old tree, its pinned buffer) until the new tree's first version
         self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> (those arrays, sources, their shapes)
         _name(prefix, "prefix")
         self._tree = self._open(_buffers.deadline(timeout), NotFound)
@@ -326,12 +327,24 @@ class Subscriber:
             return tree
 
     def _follow(self, end):
-        """Moves to the tree `prefix` names now; Timeout if none by `end`."""
+        """Moves to the tree `prefix` names now; Timeout if none by `end`.
+        The old tree's last version stays pinned, and is what latest()
+        returns, until the new tree's first version is acquired: a serving
+        loop keeps its weights through a publisher's replace()."""
         tree = self._open(end, Timeout)
         old, self._tree = self._tree, tree
-        old.close()
+        self._drop_previous()
+        if self._buffer is not None and self._buffer in old.arrays:
+            self._previous = (old, self._buffer)
+        else:
+            old.close()
         self._version, self._buffer = 0, None
         self._copy_plans.clear()
+
+    def _drop_previous(self):
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            previous[0].close()
 
     def _wait(self, after, end):
         while True:
@@ -356,7 +369,9 @@ class Subscriber:
         a version newer than the one last acquired, pins the newest and
         returns its {key: tensor}, in place, no copy. If nothing newer came,
         that is the version held (the same tensors); Timeout only if nothing
-        was ever committed.
+        was ever committed. While a publisher's replace() is under way (the
+        new tree made, its first version not yet committed), that is the old
+        tree's last version.
 
         The tensors show the pinned buffer: read them before the next
         latest(), copy_into(), release() or close(). CUDA: read them on
@@ -367,11 +382,19 @@ class Subscriber:
         try:
             self._wait(self._version, end)
         except Timeout:
+            if self._buffer is not None:  # nothing newer: the version held
+                return dict(self._live().arrays_in(self._buffer, self._to))
+            if self._previous is not None:  # the old tree's last, through a replace
+                return dict(self._previous[0].arrays[self._previous[1]])
             if self._version == 0:
                 raise
-            if self._buffer is not None:
-                return dict(self._live().arrays_in(self._buffer, self._to))
-        return dict(self._take(stream, end))
+            # Released since, and nothing newer: the newest again, below.
+        try:
+            return dict(self._take(stream, end))
+        except Timeout:  # replaced as it acquired; the new tree has no version yet
+            if self._previous is None:
+                raise
+            return dict(self._previous[0].arrays[self._previous[1]])
 
     def _take(self, stream, end):
         """Acquires the newest version; returns the tree's own {key: array}
@@ -386,10 +409,13 @@ class Subscriber:
                   ctypes.byref(acquired))
             self._version, self._buffer = acquired.version, acquired.buffer
             try:
-                return tree.arrays_in(acquired.buffer, self._to)
+                arrays = tree.arrays_in(acquired.buffer, self._to)
             except NotFound:  # replaced before its views were listed
                 self._follow(end)
                 self._wait(0, end)
+                continue
+            self._drop_previous()
+            return arrays
 
     def copy_into(self, params: Mapping[str, Any], timeout: Optional[float] = None,
                   stream: Any = None) -> Optional[int]:
@@ -462,6 +488,7 @@ class Subscriber:
         tree, self._tree = self._tree, None
         self._buffer = None
         self._copy_plans = {}
+        self._drop_previous()
         if tree is not None:
             tree.close()
 

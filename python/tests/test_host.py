@@ -518,6 +518,28 @@ class LiveHostTest(unittest.TestCase):
         self.assert_stamped(sub.latest(timeout=0), stamped_base(seed2, "b"), 1)
         sub.close()
 
+    def test_latest_keeps_the_old_weights_while_a_replace_is_under_way(self):
+        """Between a replace's new tree and its first commit, latest(timeout=0)
+        serves the old tree's last version, not Timeout."""
+        prefix = "py/live/swap"
+        base = stamped_base(fresh_seed(), "a")
+        pub = self.c.publisher(prefix, stamp(base, 1), buffers=2)
+        sub = self.c.subscriber(prefix, to="numpy")
+        self.assert_stamped(sub.latest(timeout=WAIT_S), base, 1)
+        # A replace half way: the old tree gone, the new one made, nothing committed.
+        pub.close(destroy=True)
+        base2 = stamped_base(fresh_seed(), "b")
+        self.c.publish_state_dict(prefix, stamp(base2, 1), buffers=2)
+        for _ in range(3):
+            self.assert_stamped(sub.latest(timeout=0), base, 1)
+        self.assertEqual(sub.version, 0)  # versions count again in the new tree: none yet
+        # Replaced once more, and committed: the subscriber moves to that tree.
+        base3 = stamped_base(fresh_seed(), "a")
+        with self.c.publisher(prefix, stamp(base3, 1), buffers=2, replace=True):
+            self.assert_stamped(sub.latest(timeout=WAIT_S), base3, 1)
+            self.assertEqual(sub.version, 1)
+        sub.close()
+
     def test_writer_finds_every_buffer_pinned(self):
         base = stamped_base(fresh_seed(), "a")
         with self.c.publisher("py/live/busy", stamp(base, 1), buffers=2) as pub:
