@@ -167,6 +167,14 @@ Result<uint32_t> Writer::Begin(int wait_ms) {
       state_->next_version = reply->version + 1;
       return static_cast<uint32_t>(reply->buffer);
     }
+    if (reply.status().code() == Code::kNotFound) {
+      // The lease is gone: the slot was destroyed, or the broker restarted
+      // without it. The registry now (after a reconnect, the new broker's)
+      // says which, by name.
+      GPB_ASSIGN_OR_RETURN(auto now, state_->locator.Locate());
+      GPB_RETURN_IF_ERROR(StillNamed(*now.first, state_->view));
+      return reply.status();
+    }
     if (reply.status().code() != Code::kBusy || wait_ms == 0 || releases == nullptr) return reply.status();
     std::chrono::nanoseconds left = Left(deadline);
     if (left.count() == 0) return reply.status().Annotate("after waiting " + std::to_string(wait_ms) + " ms");

@@ -214,14 +214,15 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
 // A broker started afresh after a crash knows none of the old names; a
 // producer makes its tree again under the same name. A reader of the old
 // tree must learn that it is another allocation, never take the new versions
-// for its own (its mapping is the old memory).
+// for its own (its mapping is the old memory), and the old writer is told
+// the same.
 TEST_F(LiveTest, AReaderOfAKilledBrokerTakesNoVersionOfTheTreeMadeAgainAfterIt) {
-  ConnectOptions options = broker_->Options("reader from before");
+  ConnectOptions options = broker_->Options("reader and writer from before");
   options.reconnect_timeout_ms = 10000;
   auto old_client = Client::Connect(options);
   ASSERT_TRUE(old_client.ok());
   CreateStateDict("weights", 2);
-  auto writer = client_->OpenWriter("weights");
+  auto writer = old_client->OpenWriter("weights");
   ASSERT_TRUE(writer.ok());
   ASSERT_TRUE(writer->Begin(0).ok());
   ASSERT_EQ(*writer->Commit(), 1u);
@@ -245,6 +246,10 @@ TEST_F(LiveTest, AReaderOfAKilledBrokerTakesNoVersionOfTheTreeMadeAgainAfterIt) 
   ASSERT_FALSE(seen.ok()) << "the old reader took version " << *seen << " of the new tree for its own";
   EXPECT_EQ(seen.status().code(), Code::kNotFound) << seen.status().ToString();
   EXPECT_NE(seen.status().message().find("open it again"), std::string::npos) << seen.status().message();
+  auto begun = writer->Begin(0);
+  ASSERT_FALSE(begun.ok()) << "the old writer began buffer " << *begun << " of the new tree";
+  EXPECT_EQ(begun.status().code(), Code::kNotFound) << begun.status().ToString();
+  EXPECT_NE(begun.status().message().find("'weights'"), std::string::npos) << begun.status().message();
   // Opened again, the reader follows the new tree.
   auto fresh = old_client->OpenReader("weights");
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
