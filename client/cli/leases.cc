@@ -82,7 +82,8 @@ int LeasesCmd(Client& c, bool json_out) {
            OrDash(static_cast<int64_t>(l.pinned_version), Pins(l)), OrDash(l.pinned_buffer, Pins(l)),
            OrDash(l.writing_buffer, Writes(l))});
   }
-  std::cout << t.Render() << "(* this gpubrokerctl)\n";
+  bool mine = std::any_of(holders->begin(), holders->end(), [](const Holder& h) { return h.self; });
+  std::cout << t.Render() << (mine ? "(* this gpubrokerctl)\n" : "");
   return kExitOk;
 }
 
