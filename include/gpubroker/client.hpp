@@ -180,7 +180,8 @@ class Reader {
   // Pins the newest committed version. A committed version is whole in
   // memory: any stream may read it at once, with no wait on the writer. The
   // version this reader held before stays pinned until the work queued on
-  // `stream` so far is done, as Release(stream) does.
+  // `stream` so far is done, as Release(stream) does. NotFound if nothing
+  // has been committed yet (Wait first).
   Result<Acquired> Acquire(void* stream = nullptr);
   // Lets the writer reuse the pinned buffer once the work queued on `stream`
   // so far is done (CUDA: a background thread waits for it, then tells the

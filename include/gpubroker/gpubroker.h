@@ -239,7 +239,8 @@ int32_t gpb_reader_latest(gpb_reader* reader, uint64_t* out_version, gpb_error* 
 int32_t gpb_reader_wait(gpb_reader* reader, uint64_t after, int32_t timeout_ms, uint64_t* out_version,
                         gpb_error* err) GPB_NOEXCEPT;
 /* Pins the newest version: whole in memory, readable on any stream at once.
- * The version held before is released once the work queued on `stream` is done. */
+ * The version held before is released once the work queued on `stream` is done.
+ * GPB_NOT_FOUND if nothing has been committed yet (wait first). */
 int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, gpb_error* err) GPB_NOEXCEPT;
 /* Gives the pin back once the work queued on `stream` is done. */
 int32_t gpb_reader_release(gpb_reader* reader, void* stream, gpb_error* err) GPB_NOEXCEPT;
