@@ -206,12 +206,15 @@ class Client:
         return _live.Publisher(self, prefix, state_dict, buffers=buffers, mode=mode, backend=backend,
                                alignment=alignment, replace=replace)
 
-    def subscriber(self, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0) -> "_live.Subscriber":
+    def subscriber(self, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0,
+                   owner: Union[int, str, None] = None) -> "_live.Subscriber":
         """A Subscriber to the versions published under `prefix`. to: "torch"
         for torch.Tensors, "numpy" for NumPy arrays (host slots only).
         timeout: how long to wait for `prefix` to appear (None: no limit;
-        0: NotFound at once if it is not there)."""
-        return _live.Subscriber(self, prefix, to=to, timeout=timeout)
+        0: NotFound at once if it is not there). owner: the uid or user
+        name whose trees to follow (default: the owner of the first one
+        opened); a tree of anyone else raises PermissionDenied."""
+        return _live.Subscriber(self, prefix, to=to, timeout=timeout, owner=owner)
 
 
 def connect(socket: Optional[str] = None, name: Optional[str] = None) -> Client:

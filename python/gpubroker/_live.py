@@ -13,12 +13,26 @@ has them all.
 """
 import ctypes
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from . import _buffers
 from ._args import UINT64_MAX, integer as _int, name as _name
-from ._capi import MAX_BUFFERS, InvalidArgument, NotFound, Timeout, Unavailable, check, gpb_acquired, lib
+from ._capi import (MAX_BUFFERS, InvalidArgument, NotFound, PermissionDenied, Timeout, Unavailable, check,
+                    gpb_acquired, lib)
 from ._publish import _Source, publish_state_dict
+
+
+def _uid_of(owner):
+    """A uid from a uid or a user name; None stays None."""
+    if owner is None:
+        return None
+    if isinstance(owner, str):
+        import pwd
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise InvalidArgument(f"owner={owner!r}: no such user") from None
+    return _int(owner, 0, (1 << 32) - 1, "owner")
 
 
 def _destroy_tree(client, prefix):
@@ -221,6 +235,7 @@ class _Tree:
     def __init__(self, client, prefix, reader, info):
         self.client, self.prefix, self.reader = client, prefix, reader
         self.allocation_id = info.allocation_id
+        self.owner_uid = info.owner_uid
         self.buffers = info.buffers
         self.cuda = info.device.startswith("cuda")
         self.device_index = int(info.device[5:]) if info.device[5:].isdigit() else None
@@ -279,11 +294,18 @@ class Subscriber:
     done with it after the next acquire or release(), or until close(). Not thread-safe: one thread at a time.
 
     Versions count from 1 in each tree: after the publisher's replace() the
-    subscriber moves to the new tree and its version starts again."""
+    subscriber moves to the new tree and its version starts again.
 
-    def __init__(self, client, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0) -> None:
+    Names are first come, first served, and a replace() leaves the prefix
+    free for a moment: a subscriber follows only trees of one owner, the
+    `owner` given (a uid or a user name), else the owner of the first tree
+    it opens, and raises PermissionDenied for a tree of anyone else."""
+
+    def __init__(self, client, prefix: str, *, to: str = "torch", timeout: Optional[float] = 0,
+                 owner: Union[int, str, None] = None) -> None:
         if to not in ("torch", "numpy"):
             raise InvalidArgument(f"to={to!r}: expected 'torch' or 'numpy'")
+        self._owner = _uid_of(owner)
         self._client, self._prefix, self._to = client, prefix, to
         self._tree: Optional[_Tree] = None
         self._version = 0      # the last acquired, in the current tree
@@ -324,6 +346,14 @@ class Subscriber:
                 tree.close()
                 raise InvalidArgument(f"'{self._prefix}' is in GPU memory: NumPy reads host memory only; "
                                       "use to='torch'")
+            if self._owner is None:
+                self._owner = tree.owner_uid
+            elif tree.owner_uid != self._owner:
+                tree.close()
+                raise PermissionDenied(f"'{self._prefix}' is now a tree of uid {tree.owner_uid}, not of uid "
+                                       f"{self._owner} whose trees this subscriber follows: not following it "
+                                       "(another user took the name; Client.subscriber(owner=...) names "
+                                       "whose trees to follow)")
             return tree
 
     def _follow(self, end):

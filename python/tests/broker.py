@@ -38,11 +38,13 @@ class Broker:
             return self.proc.wait(timeout=30)
         return self.proc.returncode
 
-    def peer(self, *args):
-        """Starts tests/peer.py in a new interpreter, talking over pipes."""
+    def peer(self, *args, uid=None):
+        """Starts tests/peer.py in a new interpreter, talking over pipes; as
+        user and group `uid` if given (root only)."""
         here = os.path.dirname(os.path.abspath(__file__))
+        as_user = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
         return subprocess.Popen([sys.executable, os.path.join(here, "peer.py"), self.socket, *args],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, **as_user)
 
 
 def finish(proc):

@@ -540,6 +540,29 @@ class LiveHostTest(unittest.TestCase):
             self.assertEqual(sub.version, 1)
         sub.close()
 
+    @unittest.skipUnless(os.getuid() == 0, "needs root to run a peer as another user")
+    def test_a_subscriber_follows_no_tree_of_another_user(self):
+        """A replace frees the prefix for a moment; another user who takes it
+        must not feed the subscriber its weights."""
+        prefix = "py/live/owned"
+        base = stamped_base(fresh_seed(), "a")
+        pub = self.c.publisher(prefix, stamp(base, 1), buffers=2, mode=0o644)
+        sub = self.c.subscriber(prefix, to="numpy")
+        self.assert_stamped(sub.latest(timeout=WAIT_S), base, 1)
+        pub.close(destroy=True)  # the tree goes, as in a replace, and someone else is first
+        seed2 = fresh_seed()
+        squatter = self.broker.peer("live-publish", prefix, "2", str(seed2), "3", "numpy", uid=65534)
+        self.assertEqual(squatter.stdout.readline(), b"published 3\n")
+        with self.assertRaisesRegex(gpubroker.PermissionDenied, "uid 65534, not of uid 0"):
+            sub.latest(timeout=WAIT_S)
+        with self.assertRaises(gpubroker.PermissionDenied):
+            self.c.subscriber(prefix, to="numpy", owner="root")
+        theirs = self.c.subscriber(prefix, to="numpy", owner=65534)  # told whose trees to follow
+        self.assert_stamped(theirs.latest(timeout=WAIT_S), stamped_base(seed2, "a"), 3)
+        theirs.close()
+        sub.close()
+        self.assertEqual(finish(squatter), 0)
+
     def test_writer_finds_every_buffer_pinned(self):
         base = stamped_base(fresh_seed(), "a")
         with self.c.publisher("py/live/busy", stamp(base, 1), buffers=2) as pub:
