@@ -37,6 +37,7 @@ std::vector<uint64_t> LeaseTable::RemoveClient(uint64_t id) {
     if (Allocation* a = FindAllocation(allocation_id)) {
       a->leases -= lease.count;
       total_leases_ -= lease.count;
+      ReleaseHolder(*a, it->second.peer.uid);
       touched.push_back(allocation_id);
     }
   }
@@ -59,7 +60,10 @@ Allocation* LeaseTable::FindAllocation(uint64_t id) {
 
 void LeaseTable::TakeLease(ClientEntry& client, Allocation& a, const std::string& slot, bool writable) {
   Lease& lease = client.leases[a.id];
-  if (lease.count == 0) lease.slot = slot;
+  if (lease.count == 0) {
+    lease.slot = slot;
+    if (++a.holders[client.peer.uid] == 1 && a.slots.empty()) ++usage_[client.peer.uid].orphans;
+  }
   lease.writable = lease.writable || writable;
   ++lease.count;
   ++a.leases;
@@ -74,8 +78,28 @@ int64_t LeaseTable::DropLease(ClientEntry& client, uint64_t allocation_id) {
   if (Allocation* a = FindAllocation(allocation_id)) {
     --a->leases;
     --total_leases_;
+    if (left == 0) ReleaseHolder(*a, client.peer.uid);
   }
   return left;
+}
+
+void LeaseTable::AddSlot(Allocation& a, uint32_t index) {
+  if (a.slots.empty()) {
+    for (const auto& [uid, connections] : a.holders) --usage_[uid].orphans;
+  }
+  a.slots.insert(index);
+}
+
+void LeaseTable::RemoveSlot(Allocation& a, uint32_t index) {
+  if (a.slots.erase(index) == 0 || !a.slots.empty()) return;
+  for (const auto& [uid, connections] : a.holders) ++usage_[uid].orphans;
+}
+
+void LeaseTable::ReleaseHolder(Allocation& a, uid_t uid) {
+  auto h = a.holders.find(uid);
+  if (h == a.holders.end() || --h->second != 0) return;
+  a.holders.erase(h);
+  if (a.slots.empty()) --usage_[uid].orphans;
 }
 
 bool LeaseTable::FreeIfUnused(uint64_t allocation_id) {

@@ -53,6 +53,10 @@ struct UidUsage {
   uint64_t bytes = 0;
   uint32_t slots = 0;
   uint32_t connections = 0;
+  // Allocations no slot names any more that this uid's leases keep alive
+  // (its own or anyone's): counted with its slots, so that holding on to
+  // destroyed memory cannot fill the broker's tables.
+  uint32_t orphans = 0;
 };
 
 struct Lease {
@@ -101,6 +105,7 @@ struct Allocation {
   uint64_t buffer_bytes = 0;
   uint32_t live_index = kNoLiveRecord;
   uint64_t writer = 0;  // the client writing a buffer of it; 0: none
+  std::map<uid_t, uint32_t> holders;  // connections of each uid holding a lease on it
 };
 
 class LeaseTable {
@@ -121,6 +126,10 @@ class LeaseTable {
   void TakeLease(ClientEntry& client, Allocation& a, const std::string& slot, bool writable = false);
   // Returns the client's remaining count, or -1 if it held no lease on it.
   int64_t DropLease(ClientEntry& client, uint64_t allocation_id);
+  // Registry entry `index` views `a` now / no longer. An allocation no slot
+  // views is an orphan of every uid holding a lease on it.
+  void AddSlot(Allocation& a, uint32_t index);
+  void RemoveSlot(Allocation& a, uint32_t index);
 
   // Frees the allocation if no slot and no lease keeps it; true if freed.
   bool FreeIfUnused(uint64_t allocation_id);
@@ -140,6 +149,9 @@ class LeaseTable {
   std::map<uint64_t, Allocation> allocations_;
   uint64_t last_allocation_id_ = 0;
   uint64_t total_leases_ = 0;
+  // One connection of `uid` holds no lease on `a` any more.
+  void ReleaseHolder(Allocation& a, uid_t uid);
+
   std::map<Device::Type, uint64_t> bytes_;  // memory->size() of live allocations, by device type
   std::map<uid_t, UidUsage> usage_;
 };

@@ -182,6 +182,9 @@ class RequestHandler {
   Result<Allocation*> NewAllocation(const SlotSpec& spec, uint64_t bytes, const Owner& owner,
                                     ClientEntry* client);
   Status CheckCaps(BackendKind kind, uint64_t bytes, const Owner& owner) const;
+  // Refuses `client` a new lease on `a` while its uid keeps as many
+  // destroyed allocations alive as limits.max_slots_per_uid.
+  Status CheckOrphans(const ClientEntry& client, const Allocation& a) const;
   Result<SlotSpec> PoolSpec(const PoolConfig& pool, Owner& owner) const;
   // The one way a slot goes: the name at once, the memory with the last lease.
   void DestroySlot(uint32_t index);

@@ -178,7 +178,7 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       ReleaseIfUnused(a->id);
       continue;
     }
-    a->slots.insert(*index);
+    table_.AddSlot(*a, *index);
     table_.CountSlot(d.owner_uid, +1);
     ++adopted;
     spdlog::info("adopted slot '{}' (allocation {}, version {})", name, a->id, d.version);

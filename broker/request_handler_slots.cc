@@ -62,12 +62,12 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
                              " slots, limits.max_slots)");
   }
   const Limits& l = options_.limits;
-  if (!owner.quota_exempt && l.max_slots_per_uid != 0 &&
-      table_.Usage(owner.uid).slots >= l.max_slots_per_uid) {
-    return ResourceExhausted("uid " + std::to_string(owner.uid) + " owns " +
-                             std::to_string(table_.Usage(owner.uid).slots) +
-                             " slots, its quota (limits.max_slots_per_uid " +
-                             std::to_string(l.max_slots_per_uid) + ")");
+  const UidUsage& usage = table_.Usage(owner.uid);
+  if (!owner.quota_exempt && l.max_slots_per_uid != 0 && usage.slots + usage.orphans >= l.max_slots_per_uid) {
+    return ResourceExhausted("uid " + std::to_string(owner.uid) + " owns " + std::to_string(usage.slots) +
+                             " slots and keeps " + std::to_string(usage.orphans) +
+                             " destroyed allocations alive through its leases, its quota "
+                             "(limits.max_slots_per_uid " + std::to_string(l.max_slots_per_uid) + ")");
   }
   std::vector<int64_t> strides = spec.strides;
   if (strides.empty()) { GPB_ASSIGN_OR_RETURN(strides, ContiguousStrides(spec.shape)); }
@@ -147,12 +147,27 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
     ReleaseIfUnused(a->id);
     return index.status();
   }
-  a->slots.insert(*index);
+  table_.AddSlot(*a, *index);
   table_.CountSlot(owner.uid, +1);
   spdlog::info("slot '{}' created by client {} (uid {}): {} {} bytes at offset {} of allocation {} ({}), mode {}",
                spec.name, owner.client_id, owner.uid, DTypeName(spec.dtype), extent, spec.byte_offset, a->id,
                BackendName(a->backend), ModeText(spec.mode));
   return *index;
+}
+
+// A new lease may outlive its slot (destroy is like unlink), and each
+// allocation takes a record in the registry's live table while it lives:
+// a uid that keeps as many destroyed allocations alive as it may own slots
+// takes no lease on another until it lets some go.
+Status RequestHandler::CheckOrphans(const ClientEntry& client, const Allocation& a) const {
+  const Limits& l = options_.limits;
+  if (l.max_slots_per_uid == 0 || IsAdmin(client.peer) || client.leases.count(a.id) != 0) return Status::Ok();
+  const uint32_t orphans = table_.Usage(client.peer.uid).orphans;
+  if (orphans < l.max_slots_per_uid) return Status::Ok();
+  return ResourceExhausted("uid " + std::to_string(client.peer.uid) + " keeps " + std::to_string(orphans) +
+                           " allocations alive that no slot names any more (destroyed while its views held "
+                           "them), its quota (limits.max_slots_per_uid " + std::to_string(l.max_slots_per_uid) +
+                           "): let go of those views first");
 }
 
 Status RequestHandler::CheckCaps(BackendKind kind, uint64_t bytes, const Owner& owner) const {
@@ -253,6 +268,7 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   }
   Allocation* a = table_.FindAllocation(slot.allocation_id);
   if (a == nullptr) return Internal("slot's allocation is missing");
+  GPB_RETURN_IF_ERROR(CheckOrphans(r.client, *a));
   uint32_t access = wire::kAccessRead;
   if (!read_only && May(r.client.peer, slot, kMayWrite)) access |= wire::kAccessWrite;
   GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
@@ -305,7 +321,7 @@ void RequestHandler::DestroySlot(uint32_t index) {
   table_.CountSlot(slot.owner_uid, -1);
   registry_.Remove(index);
   if (Allocation* a = table_.FindAllocation(allocation_id)) {
-    a->slots.erase(index);
+    table_.RemoveSlot(*a, index);
     // Readers waiting on it wake and find the name gone (or replaced).
     if (a->live_index != kNoLiveRecord) {
       registry_.UpdateLive(a->live_index, registry_.GetLive(a->live_index), true, false);

@@ -222,6 +222,57 @@ TEST(Security, QuotasFollowTheUidAcrossConnections) {
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 }
 
+// Destroy is like unlink: a view keeps its memory after the name goes. Each
+// allocation also takes a record of the registry's live table while it
+// lives, so a user that kept destroyed allocations alive without limit (its
+// own, or others' it may read) filled the table and every create failed,
+// root's too. They count with the uid's slots now.
+TEST(Security, DestroyedMemoryKeptByViewsCannotFillTheBroker) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  auto broker = BrokerProcess::Start({"--max-slots-per-uid", "4", "--capacity", "32"});
+  ASSERT_NE(broker, nullptr);
+  auto root = broker->Connect("root");
+  ASSERT_TRUE(root.ok());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(root->Create(Slot("pub/" + std::to_string(i), 64, 0644)).ok());
+  ChildProcess hoarder([&](Channel& ch) {
+    if (!Become(kOther)) return 90;
+    auto c = broker->Connect("hoarder");
+    if (!c.ok()) return 91;
+    std::vector<View> held;
+    Status refused;
+    for (int i = 0; i < 32 && refused.ok(); ++i) {  // its own slots, destroyed, their views kept
+      auto v = c->CreateAndAttach(Slot("mine/" + std::to_string(i), 64, 0600));
+      if (!v.ok()) {
+        refused = v.status();
+        break;
+      }
+      held.push_back(std::move(v).value());
+      (void)c->Destroy("mine/" + std::to_string(i));
+    }
+    ch.SendLine(std::to_string(held.size()) + " " + refused.ToString());
+    ch.SendLine(c->Attach("pub/0").status().ToString());  // a lease on a slot of someone else's
+    (void)ch.ReceiveLine();                                // until root has created more
+    held.clear();
+    ch.SendLine(Code(c->Attach("pub/0").status()));
+    return 0;
+  });
+  std::string own = hoarder.channel().ReceiveLine();
+  EXPECT_EQ(own.rfind("4 resource_exhausted", 0), 0u) << own;
+  EXPECT_NE(own.find("destroyed allocations"), std::string::npos) << own;
+  EXPECT_NE(own.find("limits.max_slots_per_uid"), std::string::npos) << own;
+  std::string theirs = hoarder.channel().ReceiveLine();
+  EXPECT_NE(theirs.find("let go of those views first"), std::string::npos) << theirs;
+  // Meanwhile everyone else creates as before.
+  for (int i = 8; i < 24; ++i) {
+    auto made = root->Create(Slot("pub/" + std::to_string(i), 64, 0644));
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+  }
+  hoarder.channel().SendLine("go");
+  EXPECT_EQ(hoarder.channel().ReceiveLine(), "ok");  // views let go: leases again
+  EXPECT_EQ(hoarder.Wait(), 0);
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+}
+
 // The fd a reader receives: every way to write through it fails, and the
 // owner's bytes are unchanged afterwards, every one of them.
 TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {

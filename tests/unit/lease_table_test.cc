@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
+#include <set>
 
 namespace gpubroker {
 namespace {
@@ -23,13 +25,21 @@ class FakeMemory final : public BackendMemory {
 
 void ExpectTotalsMatchARecount(const LeaseTable& t) {
   uint64_t leases = 0, host = 0, cuda = 0;
+  std::map<uid_t, uint32_t> orphans;  // allocations no slot views, by the uids leasing them
   for (const auto& [id, a] : t.allocations()) {
     leases += a.leases;
     (a.memory->device().type == Device::kCuda ? cuda : host) += a.memory->size();
+    if (!a.slots.empty()) continue;
+    std::set<uid_t> holders;
+    for (const auto& [cid, c] : t.clients()) {
+      if (c.leases.count(id) != 0) holders.insert(c.peer.uid);
+    }
+    for (uid_t uid : holders) ++orphans[uid];
   }
   ASSERT_EQ(t.total_leases(), leases);
   ASSERT_EQ(t.BytesOn(Device::kCpu), host);
   ASSERT_EQ(t.BytesOn(Device::kCuda), cuda);
+  for (uid_t uid = 0; uid < 4; ++uid) ASSERT_EQ(t.Usage(uid).orphans, orphans[uid]) << "uid " << uid;
 }
 
 TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
@@ -37,18 +47,23 @@ TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
   LeaseTable t;
   std::vector<uint64_t> clients, allocations;
   uint64_t next_client = 1;
+  bool saw_orphans = false;
   for (int step = 0; step < 20000; ++step) {
     switch (rng() % 6) {
-      case 0:
+      case 0: {
+        PeerCredentials peer;
+        peer.uid = static_cast<uid_t>(rng() % 4);  // several connections of one uid
         clients.push_back(next_client);
-        t.AddClient(next_client++, {}, 0);
+        t.AddClient(next_client++, peer, 0);
         break;
+      }
       case 1: {
         Allocation a;
         a.id = t.NextAllocationId();
         a.memory = std::make_unique<FakeMemory>(1 + rng() % 4096, rng() % 2 ? Device::kCuda : Device::kCpu);
-        if (rng() % 2) a.slots.insert(0);
-        allocations.push_back(t.AddAllocation(std::move(a)).id);
+        Allocation& added = t.AddAllocation(std::move(a));
+        if (rng() % 2) t.AddSlot(added, 0);
+        allocations.push_back(added.id);
         break;
       }
       case 2:
@@ -74,15 +89,24 @@ TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
         }
         break;
     }
-    if (!allocations.empty() && rng() % 8 == 0) {  // a slot goes: unnamed and unleased ones are freed
+    if (!allocations.empty() && rng() % 8 == 0) {  // a slot comes or goes: unnamed, unleased ones are freed
       uint64_t id = allocations[rng() % allocations.size()];
-      if (Allocation* a = t.FindAllocation(id)) a->slots.clear();
+      if (Allocation* a = t.FindAllocation(id)) {
+        uint32_t index = static_cast<uint32_t>(rng() % 3);
+        if (rng() % 3 == 0) {
+          t.AddSlot(*a, index);
+        } else {
+          t.RemoveSlot(*a, index);
+        }
+      }
       t.FreeIfUnused(id);
     }
     ExpectTotalsMatchARecount(t);
     if (HasFatalFailure()) return;
+    for (uid_t uid = 0; uid < 4; ++uid) saw_orphans = saw_orphans || t.Usage(uid).orphans > 0;
   }
   EXPECT_GT(t.total_leases(), 0u);  // the sequence did exercise leases
+  EXPECT_TRUE(saw_orphans);         // and leases on allocations no slot names
 }
 
 }  // namespace
