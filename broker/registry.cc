@@ -78,6 +78,7 @@ Registry::~Registry() {
     header_->state.store(wire::kStateStopping, std::memory_order_release);
     WakeAllLive();
   }
+  waker_.Stop();
   if (base_ != nullptr) ::munmap(base_, geometry_.total_bytes);
 }
 
@@ -190,11 +191,11 @@ void Registry::UpdateLive(uint32_t index, const LiveState& s, bool committed, bo
   // is woken; one that reads the new word sees the new state.
   if (committed) {
     r.commits.fetch_add(1, std::memory_order_release);
-    FutexWakeAll(&r.commits);
+    waker_.WakeAll(&r.commits);
   }
   if (released) {
     r.releases.fetch_add(1, std::memory_order_release);
-    FutexWakeAll(&r.releases);
+    waker_.WakeAll(&r.releases);
   }
 }
 
@@ -208,9 +209,9 @@ void Registry::WakeAllLive() {
     if (live_[i].allocation_id == 0) continue;
     LiveRecord& r = live_record(i);
     r.commits.fetch_add(1, std::memory_order_release);
-    FutexWakeAll(&r.commits);
+    waker_.WakeAll(&r.commits);
     r.releases.fetch_add(1, std::memory_order_release);
-    FutexWakeAll(&r.releases);
+    waker_.WakeAll(&r.releases);
   }
 }
 

@@ -21,9 +21,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "gpubroker/status.hpp"
+#include "broker/futex_waker.h"
 #include "common/posix.h"
 #include "common/registry_layout.h"
+#include "gpubroker/status.hpp"
 
 namespace gpubroker {
 
@@ -100,6 +101,7 @@ class Registry {
   std::vector<LiveState> live_;       // private copy of the live table
   std::vector<uint32_t> live_free_;   // free live records, used LIFO
   uint32_t tombstones_ = 0;
+  FutexWaker waker_;  // for the live records' words; stopped before the segment is unmapped
 };
 
 }  // namespace gpubroker

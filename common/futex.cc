@@ -27,8 +27,11 @@ FutexWaitResult FutexWait(const std::atomic<uint32_t>* word, uint32_t expected, 
   return FutexWaitResult::kInterrupted;
 }
 
-void FutexWakeAll(std::atomic<uint32_t>* word) {
-  ::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+void FutexWakeAll(std::atomic<uint32_t>* word) { (void)FutexWake(word, INT_MAX); }
+
+int FutexWake(std::atomic<uint32_t>* word, int n) {
+  long woken = ::syscall(SYS_futex, word, FUTEX_WAKE, n, nullptr, nullptr, 0);
+  return woken < 0 ? 0 : static_cast<int>(woken);
 }
 
 }  // namespace gpubroker

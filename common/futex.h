@@ -20,5 +20,7 @@ FutexWaitResult FutexWait(const std::atomic<uint32_t>* word, uint32_t expected,
 
 // Wakes every waiter on the word.
 void FutexWakeAll(std::atomic<uint32_t>* word);
+// Wakes at most `n` waiters on the word; returns how many it woke.
+int FutexWake(std::atomic<uint32_t>* word, int n);
 
 }  // namespace gpubroker
