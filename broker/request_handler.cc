@@ -92,7 +92,7 @@ Result<uint64_t> RequestHandler::Admit(const PeerCredentials& peer) {
   // before a restart, released late, cannot name one the new broker gave.
   client.last_pin = (registry_.boot_generation() & 0x7fffffffu) << 32;
   table_.CountConnection(peer.uid, +1);
-  spdlog::info("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
+  spdlog::debug("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
   return id;
 }
 
@@ -112,7 +112,18 @@ Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> mess
     if (message.size() >= sizeof(wire::Header)) {
       std::memcpy(&request_id, message.data() + offsetof(wire::Header, request_id), sizeof request_id);
     }
-    spdlog::warn("client {}: rejected message: {}", client_id, frame.status().message());
+    // At most one line a second per connection: garbage cannot flood the log.
+    const uint64_t now = NowNs();
+    if (now - client->rejected_logged_ns >= 1'000'000'000ull) {
+      spdlog::warn("client {}: rejected message: {}{}", client_id, frame.status().message(),
+                   client->rejected_unlogged == 0
+                       ? std::string()
+                       : " (and " + std::to_string(client->rejected_unlogged) + " more since the last line)");
+      client->rejected_logged_ns = now;
+      client->rejected_unlogged = 0;
+    } else {
+      ++client->rejected_unlogged;
+    }
     return Reply{wire::EncodeError(request_id, frame.status()), UniqueFd(), false};
   }
   const auto started = std::chrono::steady_clock::now();
@@ -183,7 +194,8 @@ Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
   }
   r.client.greeted = true;
   r.client.name = std::string(m.client_name.view());
-  spdlog::info("client {} is '{}' (pid {})", r.client.id, Printable(r.client.name), r.client.peer.pid);
+  spdlog::info("client {} is '{}' (pid {} uid {} gid {})", r.client.id, Printable(r.client.name), r.client.peer.pid,
+               r.client.peer.uid, r.client.peer.gid);
   wire::HelloReply reply{};
   reply.protocol_version = wire::kProtocolVersion;
   reply.broker_pid = ::getpid();

@@ -92,7 +92,7 @@ Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) 
                            std::to_string(a->id) + " (begin a write first)");
   }
   if (m.flags & wire::kCommitAbort) {
-    spdlog::info("allocation {}: {} gave buffer {} back unpublished", a->id, Who(r.client), m.buffer);
+    spdlog::debug("allocation {}: {} gave buffer {} back unpublished", a->id, Who(r.client), m.buffer);
     EndWrite(*a, false);
     return Reply{wire::EncodeReply(r.id, wire::CommitReply{0})};
   }

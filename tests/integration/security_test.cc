@@ -643,6 +643,43 @@ TEST(Security, AClientNameCannotForgeALogLine) {
   std::filesystem::remove_all(dir);
 }
 
+// A connection that sends nothing but garbage gets an error for each
+// record, and the log gets at most a line a second from it, saying how many
+// it left out.
+TEST(Security, GarbageCannotFloodTheLog) {
+  auto dir = std::filesystem::temp_directory_path() / ("gpbtest-spam-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  LaunchOptions launch;
+  launch.args = {"--log-level", "info"};
+  launch.log_file = (dir / "log").string();
+  auto broker = BrokerProcess::Start(launch);
+  ASSERT_NE(broker, nullptr);
+  constexpr int kRecords = 2000;
+  const auto started = std::chrono::steady_clock::now();
+  {
+    Raw raw = Raw::Dial(broker->socket());
+    ASSERT_TRUE(raw.Hello());
+    std::vector<std::byte> garbage(64, std::byte{0x5a}), buffer(wire::kMaxMessageBytes);
+    for (int i = 0; i < kRecords; ++i) {
+      ASSERT_TRUE(SendRecord(raw.fd.get(), garbage, -1, false).ok());
+      auto reply = raw.Receive(buffer);
+      ASSERT_TRUE(reply.ok());
+      ASSERT_FALSE(ErrorText(std::span(buffer).first(reply->size)).empty()) << "record " << i;
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  auto c = broker->Connect();
+  ASSERT_TRUE(c.ok());  // still serving
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  std::ifstream in(dir / "log");
+  int lines = 0;
+  for (std::string line; std::getline(in, line);) lines += line.find("rejected message") != std::string::npos;
+  EXPECT_GE(lines, 1);
+  EXPECT_LE(lines, 1 + static_cast<int>(seconds) + 1) << lines << " lines for " << kRecords << " records in "
+                                                       << seconds << " s";
+  std::filesystem::remove_all(dir);
+}
+
 // Errors that name the real problem.
 TEST(Security, MisuseGetsAClearError) {
   auto broker = BrokerProcess::Start({"--default-backend", "host", "--max-host-bytes", "1GiB"});
