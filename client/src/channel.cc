@@ -69,9 +69,20 @@ Status Channel::HelloLocked() {
 
 // The broker went away (a restart, a crash): dial again until it answers or
 // the reconnect timeout passes, then re-take this client's leases.
-Status Channel::ReconnectLocked() {
+Status Channel::Reconnect(std::chrono::milliseconds limit) {
+  MutexLock lock(mu_);
+  if (!broken_) {
+    auto probe = SendAndReceiveLocked(wire::EncodeRequest(0, wire::StatusRequest{}));
+    if (probe.ok() || !broken_) return probe.status();
+  }
+  return ReconnectLocked(limit);
+}
+
+Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
   if (options_.reconnect_timeout_ms <= 0) return *broken_;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.reconnect_timeout_ms);
+  std::chrono::milliseconds allowed(options_.reconnect_timeout_ms);
+  if (limit.count() >= 0 && limit < allowed) allowed = limit;
+  auto deadline = std::chrono::steady_clock::now() + allowed;
   while (true) {
     auto fd = Dial(options_);
     if (fd.ok()) {
@@ -81,7 +92,7 @@ Status Channel::ReconnectLocked() {
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       broken_ = Unavailable("broker unavailable: no broker answered at " + options_.socket_path +
-                            " within " + std::to_string(options_.reconnect_timeout_ms) + " ms");
+                            " within " + std::to_string(allowed.count()) + " ms");
       return *broken_;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // waiting for a restart

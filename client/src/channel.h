@@ -8,6 +8,7 @@
 // lock, then MappingCache's (the hooks); never the other way.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -90,6 +91,11 @@ class Channel {
 
   uint64_t client_id() GPB_EXCLUDES(mu_);
 
+  // Makes sure the broker answers: asks it (a status request) and, if it went
+  // away, reconnects to a restarted one, trying for at most `limit`
+  // (negative: as long as the connect options allow).
+  Status Reconnect(std::chrono::milliseconds limit) GPB_EXCLUDES(mu_);
+
  private:
   Channel() = default;
   // Sends and waits for the reply; reconnects first if the broker went away.
@@ -98,7 +104,8 @@ class Channel {
   Result<ReplyWithFd> SendAndReceiveLocked(std::vector<std::byte> request, bool* delivered = nullptr)
       GPB_REQUIRES(mu_);
   Status HelloLocked() GPB_REQUIRES(mu_);
-  Status ReconnectLocked() GPB_REQUIRES(mu_);
+  // `limit` (if not negative) shortens the connect options' reconnect time.
+  Status ReconnectLocked(std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) GPB_REQUIRES(mu_);
   void RetakeLeasesLocked() GPB_REQUIRES(mu_);
   static Status ExpectType(const wire::Frame& frame, uint16_t type);
 

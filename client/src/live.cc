@@ -73,8 +73,11 @@ Status StillNamed(const RegistryReader& registry, const View& view) {
 }
 
 // A wait is cut into slices this long, after each of which the broker's
-// liveness is checked: a broker killed outright wakes nobody.
+// liveness is checked: a broker killed outright wakes nobody. While a
+// stopping broker still answers, the slices are shorter (its successor is
+// looked for as often as a reconnect tries).
 constexpr std::chrono::seconds kLivenessSlice{1};
+constexpr std::chrono::milliseconds kStoppingSlice{20};
 
 }  // namespace
 
@@ -292,12 +295,24 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
     uint32_t seen = commits->load(std::memory_order_acquire);
     GPB_ASSIGN_OR_RETURN(LiveState s, registry.Live(where.second));
     if (s.version > after) return s.version;
+    std::chrono::nanoseconds slice = kLivenessSlice;
     if (!registry.Running() || !registry.BrokerAlive()) {
-      // The broker stopped: one request reconnects (to a restarted broker,
-      // within the connect options' time) and brings its registry.
-      GPB_RETURN_IF_ERROR(
-          state_->channel->Call<wire::StatusReply>(wire::StatusRequest{}).status().Annotate("waiting for a version"));
-      continue;
+      // The broker stopped: reconnect to a restarted one (its hello brings
+      // its registry), for no longer than this wait may last.
+      std::chrono::nanoseconds left = Left(deadline);
+      Status up = state_->channel->Reconnect(left.count() < 0 ? std::chrono::milliseconds(-1)
+                                                             : std::chrono::ceil<std::chrono::milliseconds>(left));
+      if (!up.ok()) {
+        if (deadline && Clock::now() >= *deadline) {
+          return Timeout("no version after " + std::to_string(after) + " of '" + state_->view.name() +
+                         "' within " + std::to_string(timeout_ms) + " ms: the broker is not answering (" +
+                         up.message() + ")");
+        }
+        return up.Annotate("waiting for a version");
+      }
+      GPB_ASSIGN_OR_RETURN(auto now, state_->locator.Locate());
+      if (now.first != where.first) continue;  // a restarted broker's registry
+      slice = kStoppingSlice;  // a stopping broker that still answers: look again soon
     }
     // Destroying the name wakes this wait, but the record stays (this
     // reader's own lease keeps the allocation): the name tells. Read after
@@ -309,7 +324,7 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
       return Timeout("no version after " + std::to_string(after) + " of '" + state_->view.name() + "' within " +
                      std::to_string(timeout_ms) + " ms (newest: " + std::to_string(s.version) + ")");
     }
-    if (left.count() < 0 || left > kLivenessSlice) left = kLivenessSlice;
+    if (left.count() < 0 || left > slice) left = slice;
     FutexWait(commits, seen, left);
   }
 }

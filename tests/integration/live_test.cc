@@ -211,6 +211,22 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
   EXPECT_EQ(stopped.status().code(), Code::kUnavailable) << stopped.status().ToString();
 }
 
+// A wait for a broker that is gone looks for a restarted one no longer than
+// the wait may last: its timeout holds, whatever the reconnect time.
+TEST_F(LiveTest, AWaitForAKilledBrokerEndsAtItsOwnTimeout) {
+  CreateStateDict("weights", 2);
+  ConnectOptions options = broker_->Options("patient");
+  options.reconnect_timeout_ms = 600000;
+  auto c = Client::Connect(options);
+  ASSERT_TRUE(c.ok());
+  auto reader = c->OpenReader("weights");
+  ASSERT_TRUE(reader.ok());
+  broker_->Stop(SIGKILL);
+  auto waited = reader->Wait(0, 200);
+  EXPECT_EQ(waited.status().code(), Code::kTimeout) << waited.status().ToString();
+  EXPECT_NE(waited.status().message().find("not answering"), std::string::npos) << waited.status().message();
+}
+
 // A broker started afresh after a crash knows none of the old names; a
 // producer makes its tree again under the same name. A reader of the old
 // tree must learn that it is another allocation, never take the new versions
