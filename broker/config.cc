@@ -339,6 +339,14 @@ Status ValidateConfig(const Config& c) {
     return ConfigError("limits.max_slots (" + std::to_string(c.limits.max_slots) +
                        ") exceeds registry.capacity (" + std::to_string(c.registry_capacity) + ")");
   }
+  // The registry's capacity bounds slots and live allocations alike; a
+  // per-user quota that reaches it lets one user take them all.
+  if (c.limits.max_slots_per_uid != 0 && c.limits.max_slots_per_uid >= c.registry_capacity) {
+    return ConfigError("limits.max_slots_per_uid (" + std::to_string(c.limits.max_slots_per_uid) +
+                       ") is not below registry.capacity (" + std::to_string(c.registry_capacity) +
+                       "): one user could fill the registry; set it lower (a quarter of the capacity is a "
+                       "fair share), or to 0 for no per-user quota");
+  }
   if (c.pools.size() > c.registry_capacity) return ConfigError("more pools than registry.capacity");
   return Status::Ok();
 }

@@ -172,7 +172,8 @@ int Worker(const BrokerProcess& broker, int spawn, Shared* shared, std::chrono::
 TEST(Chaos, RandomClientsAndKillsLeaveNothingBehind) {
   const int seconds = EnvInt("GPUBROKER_CHAOS_SECONDS", 15);
   const int clients = EnvInt("GPUBROKER_CHAOS_CLIENTS", 32);
-  auto broker = BrokerProcess::Start({"--capacity", "1024", "--max-connections", "256"});
+  auto broker =
+      BrokerProcess::Start({"--capacity", "1024", "--max-slots-per-uid", "256", "--max-connections", "256"});
   ASSERT_NE(broker, nullptr);
   auto* shared = static_cast<Shared*>(
       ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
