@@ -65,6 +65,25 @@ std::vector<std::string> RunAs(uid_t uid, const std::function<void(Channel&)>& b
   return lines;
 }
 
+// A directory of the test's own, removed with everything in it when it goes.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag)
+      : path(std::filesystem::temp_directory_path() / ("gpbtest-" + tag + "-" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+// A broker that logs at info level into `log`.
+std::unique_ptr<BrokerProcess> BrokerLoggingTo(const std::filesystem::path& log, std::vector<std::string> args = {}) {
+  LaunchOptions launch;
+  launch.args = std::move(args);
+  launch.args.insert(launch.args.end(), {"--log-level", "info"});
+  launch.log_file = log.string();
+  return BrokerProcess::Start(launch);
+}
+
 // A raw connection that speaks the protocol by hand.
 struct Raw {
   UniqueFd fd;
@@ -587,14 +606,11 @@ TEST(Security, TheSocketPathIsNeverClobbered) {
 
 // A reload either applies the whole new configuration or none of it.
 TEST(Security, AFailedReloadChangesNothing) {
-  auto dir = std::filesystem::temp_directory_path() / ("gpbtest-reload-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  TempDir tmp("reload");
+  const std::filesystem::path dir = tmp.path;
   std::string config = (dir / "gpubroker.yaml").string();
   std::ofstream(config) << "limits:\n  max_slots: 10\n";
-  LaunchOptions launch;
-  launch.args = {"--config", config, "--log-level", "info"};
-  launch.log_file = (dir / "log").string();
-  auto broker = BrokerProcess::Start(launch);
+  auto broker = BrokerLoggingTo(dir / "log", {"--config", config});
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();
   ASSERT_TRUE(c.ok());
@@ -616,23 +632,18 @@ TEST(Security, AFailedReloadChangesNothing) {
   EXPECT_EQ(log.str().find("configuration reloaded"), log.str().rfind("configuration reloaded"))
       << "one successful reload, one log line";
   EXPECT_GT(log.str().find("configuration reloaded"), rejected) << log.str();
-  std::filesystem::remove_all(dir);
 }
 
 TEST(Security, AClientNameCannotForgeALogLine) {
-  auto dir = std::filesystem::temp_directory_path() / ("gpbtest-log-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  LaunchOptions launch;
-  launch.args = {"--log-level", "info"};
-  launch.log_file = (dir / "log").string();
-  auto broker = BrokerProcess::Start(launch);
+  TempDir dir("log");
+  auto broker = BrokerLoggingTo(dir.path / "log");
   ASSERT_NE(broker, nullptr);
   {
     auto c = broker->Connect("evil\n2026-01-01 00:00:00.000 [info] forged line");
     ASSERT_TRUE(c.ok());
   }
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
-  std::ifstream in(dir / "log");
+  std::ifstream in(dir.path / "log");
   std::string line;
   bool escaped = false;
   while (std::getline(in, line)) {
@@ -640,19 +651,14 @@ TEST(Security, AClientNameCannotForgeALogLine) {
     escaped = escaped || line.find("evil\\x0a2026-01-01") != std::string::npos;
   }
   EXPECT_TRUE(escaped);
-  std::filesystem::remove_all(dir);
 }
 
 // A connection that sends nothing but garbage gets an error for each
 // record, and the log gets at most a line a second from it, saying how many
 // it left out.
 TEST(Security, GarbageCannotFloodTheLog) {
-  auto dir = std::filesystem::temp_directory_path() / ("gpbtest-spam-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  LaunchOptions launch;
-  launch.args = {"--log-level", "info"};
-  launch.log_file = (dir / "log").string();
-  auto broker = BrokerProcess::Start(launch);
+  TempDir dir("spam");
+  auto broker = BrokerLoggingTo(dir.path / "log");
   ASSERT_NE(broker, nullptr);
   constexpr int kRecords = 2000;
   const auto started = std::chrono::steady_clock::now();
@@ -671,13 +677,12 @@ TEST(Security, GarbageCannotFloodTheLog) {
   auto c = broker->Connect();
   ASSERT_TRUE(c.ok());  // still serving
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
-  std::ifstream in(dir / "log");
+  std::ifstream in(dir.path / "log");
   int lines = 0;
   for (std::string line; std::getline(in, line);) lines += line.find("rejected message") != std::string::npos;
   EXPECT_GE(lines, 1);
   EXPECT_LE(lines, 1 + static_cast<int>(seconds) + 1) << lines << " lines for " << kRecords << " records in "
                                                        << seconds << " s";
-  std::filesystem::remove_all(dir);
 }
 
 // Errors that name the real problem.
