@@ -341,7 +341,8 @@ Status ValidateConfig(const Config& c) {
   }
   // The registry's capacity bounds slots and live allocations alike; a
   // per-user quota that reaches it lets one user take them all.
-  if (c.limits.max_slots_per_uid != 0 && c.limits.max_slots_per_uid >= c.registry_capacity) {
+  const uint32_t quota = c.limits.max_slots_per_uid;
+  if (quota != 0 && quota != kSlotsPerUidFromCapacity && quota >= c.registry_capacity) {
     return ConfigError("limits.max_slots_per_uid (" + std::to_string(c.limits.max_slots_per_uid) +
                        ") is not below registry.capacity (" + std::to_string(c.registry_capacity) +
                        "): one user could fill the registry; set it lower (a quarter of the capacity is a "

@@ -28,6 +28,10 @@ struct PoolConfig {
   std::string group;  // owner group of the slot; empty: the broker's
 };
 
+// limits.max_slots_per_uid when the configuration does not give it: a
+// quarter of the registry's capacity, at most 1024 (RequestHandler::SetLimits).
+inline constexpr uint32_t kSlotsPerUidFromCapacity = 0xffffffffu;
+
 // Every cap is checked before memory is committed or a connection is kept.
 // docs/SECURITY.md says which threat each one answers.
 struct Limits {
@@ -36,7 +40,7 @@ struct Limits {
   uint64_t max_host_bytes = 0;         // 0: half of the machine's or the cgroup's memory
   uint64_t max_bytes_per_device = 0;   // per CUDA device; 0: unlimited
   uint64_t max_bytes_per_uid = 0;      // bytes a uid's slots may hold; 0: unlimited
-  uint32_t max_slots_per_uid = 1024;   // 0: unlimited
+  uint32_t max_slots_per_uid = kSlotsPerUidFromCapacity;  // 0: unlimited
   uint32_t max_connections = 1024;
   uint32_t max_connections_per_uid = 64;   // 0: unlimited
   uint32_t reserved_admin_connections = 8;  // of max_connections, kept for root and admins

@@ -367,6 +367,9 @@ void RequestHandler::SetLimits(const Limits& limits) {
   if (options_.limits.max_slots == 0 || options_.limits.max_slots > registry_.capacity()) {
     options_.limits.max_slots = registry_.capacity();
   }
+  if (options_.limits.max_slots_per_uid == kSlotsPerUidFromCapacity) {
+    options_.limits.max_slots_per_uid = std::clamp(registry_.capacity() / 4, 1u, 1024u);
+  }
 }
 
 bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {

@@ -124,11 +124,12 @@ TEST(Config, PoolDeviceIsAnOrdinalOrAUuid) {
 }
 
 TEST(Config, CrossFieldRules) {
-  Status quota = Parse("registry:\n  capacity: 64\n");  // the default quota, 1024, reaches it
+  Status quota = Parse("registry:\n  capacity: 64\nlimits:\n  max_slots_per_uid: 64\n");
   EXPECT_EQ(quota.code(), Code::kConfig);
-  EXPECT_NE(quota.message().find("limits.max_slots_per_uid (1024) is not below registry.capacity (64)"),
+  EXPECT_NE(quota.message().find("limits.max_slots_per_uid (64) is not below registry.capacity (64)"),
             std::string::npos)
       << quota.message();
+  EXPECT_TRUE(Parse("registry:\n  capacity: 64\n").ok());  // not given: a quarter of the capacity
   EXPECT_TRUE(Parse("registry:\n  capacity: 64\nlimits:\n  max_slots_per_uid: 16\n").ok());
   EXPECT_TRUE(Parse("registry:\n  capacity: 64\nlimits:\n  max_slots_per_uid: 0\n").ok());
   Status s = Parse("registry:\n  capacity: 4\nlimits:\n  max_slots: 8\n");

@@ -282,6 +282,15 @@ TEST_F(HandlerTest, OutOfMemoryIsAClearErrorAndServiceGoesOn) {
   EXPECT_TRUE(Call<wire::SlotReply>(a, CreateMsg("small", 10)).ok());
 }
 
+TEST_F(HandlerTest, TheSlotQuotaNotGivenIsAQuarterOfTheRegistry) {
+  uint64_t a = Connect(1000, 1000);  // the fixture's registry holds 16
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Call<wire::SlotReply>(a, CreateMsg("q" + std::to_string(i), 4)).ok());
+  Status fifth = Call<wire::SlotReply>(a, CreateMsg("q4", 4)).status();
+  EXPECT_EQ(fifth.code(), Code::kResourceExhausted);
+  EXPECT_NE(fifth.message().find("(limits.max_slots_per_uid 4)"), std::string::npos) << fifth.message();
+  EXPECT_TRUE(Call<wire::SlotReply>(Connect(1001, 1001), CreateMsg("theirs", 4)).ok());
+}
+
 TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
   Rebuild(Limits{.max_slots = 2, .max_bytes_per_uid = 100, .max_connections = 3, .reserved_admin_connections = 0});
   uint64_t a = Connect(1000, 1000);
