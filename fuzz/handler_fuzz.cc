@@ -1,17 +1,21 @@
 // libFuzzer target: the broker's request handler fed decoded-or-not messages
 // from several clients that connect and disconnect at will. Nothing may crash,
 // every reply must parse, and the lease bookkeeping must stay consistent:
-// every lease belongs to a live client, and once everyone is gone none remain.
+// every lease belongs to a live client, each uid's count of allocations no
+// slot names that its leases keep matches a recount, a live record's pins
+// match the connections' pins, and once everyone is gone none remain.
 //
 // Input: records of [op u8][client u8][length u16][length bytes]. op & 3:
 // 0 connect, 1 disconnect, 2 raw bytes, 3 a valid header of type bytes[0]
 // around the rest (so payload decoders are reached often).
 #include <unistd.h>
 
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "broker/registry.h"
 #include "broker/request_handler.h"
@@ -41,16 +45,40 @@ class SmallBackend final : public Backend {
   }
 };
 
-void CheckLeases(const RequestHandler& h) {
+void CheckLeases(const RequestHandler& h, const Registry& registry) {
+  const LeaseTable& t = h.leases();
   uint64_t by_clients = 0;
-  for (const auto& [id, c] : h.leases().clients()) {
+  std::map<uid_t, uint32_t> orphans;
+  std::map<uint64_t, std::array<uint32_t, kMaxBuffers>> pins;  // by allocation, from the connections
+  for (const auto& [id, c] : t.clients()) {
     for (const auto& [aid, lease] : c.leases) {
       Require(lease.count > 0);
-      Require(h.leases().allocations().count(aid) == 1);
+      Require(t.allocations().count(aid) == 1);
       by_clients += lease.count;
     }
+    for (const auto& [aid, held] : c.pins) {
+      for (const auto& [pin_id, pin] : held) {
+        Require(pin.buffer >= 0 && pin.buffer < static_cast<int32_t>(kMaxBuffers));
+        ++pins[aid][static_cast<size_t>(pin.buffer)];
+      }
+    }
   }
-  Require(by_clients == h.leases().total_leases());
+  Require(by_clients == t.total_leases());
+  for (const auto& [aid, a] : t.allocations()) {
+    if (a.live_index != kNoLiveRecord) {
+      const LiveState& s = registry.GetLive(a.live_index);
+      Require(s.allocation_id == aid);
+      std::array<uint32_t, kMaxBuffers> expected = pins.count(aid) != 0 ? pins[aid] : std::array<uint32_t, kMaxBuffers>{};
+      for (size_t b = 0; b < kMaxBuffers; ++b) Require(s.pins[b] == expected[b]);
+    }
+    if (!a.slots.empty()) continue;
+    std::set<uid_t> holders;
+    for (const auto& [id, c] : t.clients()) {
+      if (c.leases.count(aid) != 0) holders.insert(c.peer.uid);
+    }
+    for (uid_t uid : holders) ++orphans[uid];
+  }
+  for (uid_t uid : {0u, 1000u, 1001u, 2000u, 65534u}) Require(t.Usage(uid).orphans == orphans[uid]);
 }
 
 }  // namespace
@@ -66,6 +94,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   backends.Add(std::make_unique<SmallBackend>());
   HandlerOptions ho;
   ho.limits.max_connections = 8;
+  ho.limits.reserved_admin_connections = 2;  // the default (8) would keep every user but root and admins out
   ho.limits.max_bytes_per_uid = 4u << 20;
   ho.limits.max_host_bytes = 64u << 20;
   ho.admin_group = 4242;
@@ -102,7 +131,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (it == clients.end()) break;
         std::vector<std::byte> message;
         if ((op & 3) == 3 && len > 0) {
-          message = wire::EncodeRaw(body[0] % 16, 1, std::as_bytes(std::span(body + 1, len - 1u)));
+          message = wire::EncodeRaw(body[0] % 20, 1, std::as_bytes(std::span(body + 1, len - 1u)));
         } else {
           message.assign(reinterpret_cast<const std::byte*>(body), reinterpret_cast<const std::byte*>(body) + len);
         }
@@ -111,7 +140,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
     }
-    CheckLeases(handler);
+    CheckLeases(handler, **registry);
   }
   for (auto& [who, id] : clients) handler.OnDisconnect(id);
   Require(handler.leases().total_leases() == 0);

@@ -58,6 +58,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case MsgType::kShutdown: Try<ShutdownRequest>(f); Try<ShutdownReply>(f); break;
     case MsgType::kDrain: Try<DrainRequest>(f); Try<DrainReply>(f); break;
     case MsgType::kReload: Try<ReloadRequest>(f); Try<ReloadReply>(f); break;
+    case MsgType::kWriteBegin: Try<WriteBeginRequest>(f); Try<WriteBeginReply>(f); break;
+    case MsgType::kCommit: Try<CommitRequest>(f); Try<CommitReply>(f); break;
+    case MsgType::kAcquire: Try<AcquireRequest>(f); Try<AcquireReply>(f); break;
+    case MsgType::kRelease: Try<ReleaseRequest>(f); Try<ReleaseReply>(f); break;
     case MsgType::kNotice: Try<Notice>(f); break;
     case MsgType::kError: Try<ErrorReply>(f); break;
   }
