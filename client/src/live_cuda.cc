@@ -35,44 +35,40 @@ class StreamWatcher {
     return *watcher;
   }
 
-  void Add(const CudaDriver& driver, int ordinal, CUevent event, std::function<void(Status)> done) {
+  // Retains the device's primary context here, on the caller's thread, while
+  // the caller still holds it: a caller whose only reference is its own scope
+  // (a cuda_vmm client maps without keeping a context) would otherwise drop
+  // the last one on return, and the context, with the event recorded in it,
+  // would go before the watcher's thread retained it.
+  Status Add(const CudaDriver& driver, int ordinal, CUevent event, std::function<void(Status)> done) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(Item{&driver, ordinal, event, std::move(done)});
+      auto it = contexts_.find(ordinal);
+      if (it == contexts_.end()) {
+        CUdevice device = 0;
+        CUcontext ctx = nullptr;
+        GPB_RETURN_IF_ERROR(driver.Check(driver.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
+        GPB_RETURN_IF_ERROR(
+            driver.Check(driver.cuDevicePrimaryCtxRetain(&ctx, device), "cuDevicePrimaryCtxRetain"));
+        it = contexts_.emplace(ordinal, ctx).first;  // kept: the watcher lives as long as the process
+      }
+      queue_.push_back(Item{&driver, it->second, event, std::move(done)});
       if (!started_) {
         std::thread([this] { Run(); }).detach();
         started_ = true;
       }
     }
     cv_.notify_one();
+    return Status::Ok();
   }
 
  private:
   struct Item {
     const CudaDriver* driver;
-    int ordinal;
+    CUcontext context;  // the device's primary context, retained by Add
     CUevent event;
     std::function<void(Status)> done;
   };
-
-  // Makes the primary context of `ordinal` current on this thread. Each is
-  // retained once and kept: this thread lives as long as the process, and
-  // the process already holds the context (it queued work in it).
-  Status UseDevice(const CudaDriver& d, int ordinal) {
-    auto it = contexts_.find(ordinal);
-    if (it == contexts_.end()) {
-      CUdevice device = 0;
-      CUcontext ctx = nullptr;
-      GPB_RETURN_IF_ERROR(d.Check(d.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
-      GPB_RETURN_IF_ERROR(d.Check(d.cuDevicePrimaryCtxRetain(&ctx, device), "cuDevicePrimaryCtxRetain"));
-      it = contexts_.emplace(ordinal, ctx).first;
-    }
-    if (current_ != it->second) {
-      GPB_RETURN_IF_ERROR(d.Check(d.cuCtxSetCurrent(it->second), "cuCtxSetCurrent"));
-      current_ = it->second;
-    }
-    return Status::Ok();
-  }
 
   void Run() {
     while (true) {
@@ -84,7 +80,11 @@ class StreamWatcher {
         queue_.pop_front();
       }
       const CudaDriver& d = *item.driver;
-      Status s = UseDevice(d, item.ordinal);
+      Status s = Status::Ok();
+      if (current_ != item.context) {
+        s = d.Check(d.cuCtxSetCurrent(item.context), "cuCtxSetCurrent");
+        if (s.ok()) current_ = item.context;
+      }
       if (s.ok()) s = d.Check(d.cuEventSynchronize(item.event), "cuEventSynchronize");
       d.cuEventDestroy(item.event);
       item.done(s);
@@ -95,8 +95,8 @@ class StreamWatcher {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   bool started_ = false;
+  std::map<int, CUcontext> contexts_;  // by ordinal, under mu_
   // Touched by the watcher thread alone.
-  std::map<int, CUcontext> contexts_;
   CUcontext current_ = nullptr;
 };
 
@@ -117,13 +117,18 @@ Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> don
   GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
   GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, OnDevice(*driver, ordinal));
   CUevent e = nullptr;
-  GPB_RETURN_IF_ERROR(driver->Check(driver->cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate"));
+  // Blocking sync: the watcher sleeps until the stream gets there, never spins a core.
+  GPB_RETURN_IF_ERROR(driver->Check(driver->cuEventCreate(&e, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC),
+                                    "cuEventCreate"));
   if (Status s = driver->Check(driver->cuEventRecord(e, static_cast<CUstream>(stream)), "cuEventRecord on the stream");
       !s.ok()) {
     driver->cuEventDestroy(e);
     return s;
   }
-  StreamWatcher::Get().Add(*driver, ordinal, e, std::move(done));
+  if (Status s = StreamWatcher::Get().Add(*driver, ordinal, e, std::move(done)); !s.ok()) {
+    driver->cuEventDestroy(e);
+    return s;
+  }
   return Status::Ok();
 }
 

@@ -126,7 +126,7 @@ def main():
     elif cmd == "snippet":
         import torch
         t = torch.as_tensor(c.attach(name), device="cuda")
-        out(f"{t.dtype} {tuple(t.shape)} {t.device} {float(t.float().sum())}")
+        out(f"{t.dtype} {tuple(t.shape)} {t.device}")
     elif cmd == "hold":
         out("holding")
         sys.stdin.buffer.read()

@@ -18,6 +18,11 @@ try:
     import cupy
 except ImportError:
     cupy = None
+if os.environ.get("GPUBROKER_REQUIRE_GPU", "0") not in ("", "0"):  # a GPU run: no skip (docs/testing.md)
+    if not HAVE_CUDA:
+        raise RuntimeError(f"GPUBROKER_REQUIRE_GPU is set, but {WHY}")
+    if cupy is None:
+        raise RuntimeError("GPUBROKER_REQUIRE_GPU is set, but CuPy is not installed")
 
 
 def seed():
@@ -80,15 +85,22 @@ class CudaTest(unittest.TestCase):
         self.assertEqual(cupy.asarray(view).data.ptr, view.data_ptr)
 
     def test_readme_snippet_in_two_processes(self):
+        shape, s1, s2 = (4096, 4096), seed(), seed()
         with gpubroker.connect(self.broker.socket) as c:
-            c.create("weights/layer0", shape=(4096, 4096), dtype="bfloat16", device="cuda:0")
+            c.create("weights/layer0", shape=shape, dtype="bfloat16", device="cuda:0")
             t = torch.as_tensor(c.attach("weights/layer0"), device="cuda")   # zero copy
-            t.fill_(1)
+            t.copy_(randn(shape, s1, torch.bfloat16).cuda())
             torch.cuda.synchronize()
-        peer = self.broker.peer("snippet", "weights/layer0")
-        line = peer.stdout.readline().decode().strip()
-        self.assertEqual(finish(peer), 0)
-        self.assertEqual(line, "torch.bfloat16 (4096, 4096) cuda:0 16777216.0")
+            peer = self.broker.peer("snippet", "weights/layer0")
+            line = peer.stdout.readline().decode().strip()
+            self.assertEqual(finish(peer), 0)
+            self.assertEqual(line, "torch.bfloat16 (4096, 4096) cuda:0")
+            # Every element, both ways: the other process checks s1 and writes s2.
+            peer = self.broker.peer("check-torch", "weights/layer0", str(s1), str(s2), "from_dlpack")
+            line = peer.stdout.readline().decode().strip()
+            self.assertEqual(finish(peer), 0, line)
+            self.assertEqual(line, "ok 0")
+            self.assertTrue(torch.equal(t.cpu(), randn(shape, s2, torch.bfloat16)), "the other process's values are not here")
 
     def test_lease_lives_while_a_cuda_tensor_does(self):
         self.c.create("cuda/lease", (256,), "float32", "cuda:0", attach=False)

@@ -53,9 +53,12 @@ def check(what, condition, detail=""):
 
 
 def skip(why, required=True):
-    """Exit 77, or 1 where CI requires containers (never for a missing GPU)."""
+    """Exit 77, or 1 where the run requires what is missing: containers in CI
+    (GPUBROKER_REQUIRE_CONTAINERS=1), a GPU on the GPU machine
+    (GPUBROKER_REQUIRE_GPU=1, for --gpu)."""
     print(f"skipped: {why}")
-    sys.exit(1 if required and os.environ.get("GPUBROKER_REQUIRE_CONTAINERS") == "1" else 77)
+    need = "GPUBROKER_REQUIRE_GPU" if GPU else "GPUBROKER_REQUIRE_CONTAINERS"
+    sys.exit(1 if (required or GPU) and os.environ.get(need, "0") not in ("", "0") else 77)
 
 
 def find_python():

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <fstream>
 #include "tests/integration/service_harness.h"
+#include "tests/support/require.h"
 
 namespace gpubroker::testing {
 namespace {
@@ -29,7 +30,7 @@ class GpuTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     auto driver = CudaDriver::Get();
-    if (!driver.ok()) GTEST_SKIP() << "no GPU here: " << driver.status().message();
+    GPUBROKER_NEEDS_GPU(driver.ok(), driver.status().message());
     broker_ = BrokerProcess::Start();
     ASSERT_NE(broker_, nullptr);
     auto c = broker_->Connect("gpu-test");
@@ -159,7 +160,7 @@ TEST_P(GpuTest, OutOfDeviceMemoryIsAClearErrorAndServiceGoesOn) {
 }
 
 TEST_P(GpuTest, BufferOnOneGpuIsReadFromTheOther) {
-  if (gpu::DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  GPUBROKER_NEEDS_GPUS(gpu::DeviceCount(), 2);
   const size_t bytes = 16u << 20;
   auto v = client_->CreateAndAttach(Words("on-gpu1", bytes, 1));
   ASSERT_TRUE(v.ok()) << v.status().ToString();
@@ -174,7 +175,7 @@ TEST_P(GpuTest, BufferOnOneGpuIsReadFromTheOther) {
 }
 
 TEST_P(GpuTest, ProcessesWithDifferentVisibleDevicesAgreeByUuid) {
-  if (gpu::DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  GPUBROKER_NEEDS_GPUS(gpu::DeviceCount(), 2);
   const size_t bytes = 8u << 20;
   auto v = client_->CreateAndAttach(Words("by-uuid", bytes, 1));
   ASSERT_TRUE(v.ok()) << v.status().ToString();
@@ -241,7 +242,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, GpuTest, ::testing::Values("cuda_vmm", "cuda_
 // Legacy IPC handles are bearer tokens: in the shared registry only for
 // slots every local user may read.
 TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
-  if (!CudaDriver::Get().ok()) GTEST_SKIP() << "no GPU here";
+  GPUBROKER_NEEDS_GPU(CudaDriver::Get().ok(), "no CUDA driver here");
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();
@@ -290,7 +291,7 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
 // lives on (a bare exported fd keeps it), a holder's mapping stays valid, a
 // new consumer reads every element; legacy cuda_ipc slots cannot survive.
 TEST(GpuService, WarmRestartKeepsVmmBuffers) {
-  if (!CudaDriver::Get().ok()) GTEST_SKIP() << "no GPU here";
+  GPUBROKER_NEEDS_GPU(CudaDriver::Get().ok(), "no CUDA driver here");
   ServiceHarness manager;
   auto broker = BrokerProcess::Start(manager.Options());
   ASSERT_NE(broker, nullptr);
@@ -338,7 +339,7 @@ TEST(GpuService, WarmRestartKeepsVmmBuffers) {
 }
 
 TEST(GpuDriver, WithoutADriverGpuRequestsFailCleanly) {
-  if (CudaDriver::Get().ok()) GTEST_SKIP() << "a CUDA driver is present";
+  GPUBROKER_NEEDS(!CudaDriver::Get().ok(), false, "a machine without a CUDA driver");
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
   auto c = broker->Connect();

@@ -29,10 +29,22 @@
 namespace gpubroker::testing {
 namespace {
 
+// What was last written into a shared slot's allocation, under a seqlock:
+// whoever writes holds `seq` odd meanwhile; a check of every byte counts only
+// if `seq` was even and the same before and after it.
+struct Published {
+  std::atomic<uint64_t> seq;
+  std::atomic<uint64_t> allocation;
+  std::atomic<uint64_t> key;
+  std::atomic<pid_t> writer;
+};
+
 struct Shared {  // in MAP_SHARED memory, written by every worker
   std::atomic<uint64_t> ops;
   std::atomic<uint64_t> data_checks;
+  std::atomic<uint64_t> cross_checks;  // shared slots checked whole in a process that did not write them
   std::atomic<uint64_t> client_id[4096];  // by spawn number
+  Published published[64];                // by allocation id, modulo
 };
 
 int EnvInt(const char* name, int fallback) {
@@ -83,6 +95,38 @@ bool MatchesOn(bool host, const void* p, size_t n, uint64_t key) {
 #endif
 }
 
+// Writes fresh random bytes (a pattern of a fresh key) into a shared slot's
+// view and publishes the key. False if the data could not be written.
+bool Publish(bool host, const View& v, Shared* shared, uint64_t key) {
+  Published& p = shared->published[v.slot().allocation_id % 64];
+  uint64_t seq = p.seq.load(std::memory_order_acquire);
+  if (seq % 2 == 1 || !p.seq.compare_exchange_strong(seq, seq + 1, std::memory_order_acq_rel)) {
+    return true;  // another process is writing through this entry: leave it be
+  }
+  p.allocation.store(v.slot().allocation_id, std::memory_order_relaxed);
+  p.key.store(key, std::memory_order_relaxed);
+  p.writer.store(::getpid(), std::memory_order_relaxed);
+  const bool wrote = FillOn(host, v.data(), v.nbytes(), key);
+  p.seq.store(seq + 2, std::memory_order_release);
+  return wrote;
+}
+
+// Checks a shared slot's every byte against what its last writer published.
+// False only for a mismatch that no write overlapped.
+bool CheckPublished(bool host, const View& v, Shared* shared) {
+  Published& p = shared->published[v.slot().allocation_id % 64];
+  const uint64_t before = p.seq.load(std::memory_order_acquire);
+  if (before == 0 || before % 2 == 1 || p.allocation.load(std::memory_order_relaxed) != v.slot().allocation_id) {
+    return true;  // nothing published for this allocation, or a write under way
+  }
+  const uint64_t key = p.key.load(std::memory_order_relaxed);
+  const bool mine = p.writer.load(std::memory_order_relaxed) == ::getpid();
+  const bool whole = MatchesOn(host, v.data(), v.nbytes(), key);
+  if (p.seq.load(std::memory_order_acquire) != before) return true;  // rewritten meanwhile: no verdict
+  if (whole && !mine) shared->cross_checks.fetch_add(1, std::memory_order_relaxed);
+  return whole;
+}
+
 // One worker's life. Exit codes: 0 fine, 3 data mismatch, 4 unexpected error
 // kind, 5 broker unavailable, 6 could not connect, 7 could not write (no
 // kernels in this build for a CUDA backend).
@@ -127,21 +171,27 @@ int Worker(const BrokerProcess& broker, int spawn, Shared* shared, std::chrono::
         if (!c->Destroy(name).ok()) return 4;
         break;
       }
-      case 1: {
+      case 1: {  // a shared slot, written with fresh random bytes for others to check
         CreateOptions o;
         o.name = shared_name;
-        o.shape = {static_cast<int64_t>(1 + rng() % 8192)};
+        o.shape = {static_cast<int64_t>((1 + rng() % 8192) * (host ? 1 : 8))};
         o.mode = 0666;
         o.backend = backend;
-        Status s = c->Create(o).status();
-        if (s.code() == Code::kUnavailable) return 5;
-        if (!expected(s)) return 4;
+        auto v = c->CreateAndAttach(o);
+        if (!v.ok()) {
+          if (v.status().code() == Code::kUnavailable) return 5;
+          if (!expected(v.status())) return 4;
+          break;
+        }
+        if (!Publish(host, *v, shared, rng())) return 7;
         break;
       }
       case 2:
-      case 3: {
+      case 3: {  // attach a shared slot another worker wrote: check it, and at times write it back anew
         auto v = c->Attach(shared_name);
         if (v.ok()) {
+          if (!CheckPublished(host, *v, shared)) return 3;
+          if (rng() % 2 == 0 && !Publish(host, *v, shared, rng())) return 7;
           if (held.size() < 8) held.push_back(*v);
         } else if (v.status().code() == Code::kUnavailable) {
           return 5;
@@ -246,10 +296,12 @@ TEST(Chaos, RandomClientsAndKillsLeaveNothingBehind) {
   EXPECT_LT(rss_end, rss_early + (32u << 20)) << "broker RSS grew from " << rss_early << " to " << rss_end;
 
   EXPECT_GT(shared->data_checks.load(), 0u) << "no buffer was written and read back";
-  std::printf("chaos (%s): %d s, %d workers spawned, %d killed, %llu ops, %llu data checks, %llu leases held by "
+  EXPECT_GT(shared->cross_checks.load(), 0u) << "no shared slot was checked in a process that did not write it";
+  std::printf("chaos (%s): %d s, %d workers spawned, %d killed, %llu ops, %llu data checks, %llu across processes, %llu leases held by "
               "killed clients reclaimed, broker RSS %.1f -> %.1f MiB\n",
               std::string(BackendName(TestBackend())).c_str(), seconds, spawned, killed, static_cast<unsigned long long>(shared->ops.load()),
               static_cast<unsigned long long>(shared->data_checks.load()),
+              static_cast<unsigned long long>(shared->cross_checks.load()),
               static_cast<unsigned long long>(leases_of_killed), rss_early / 1048576.0, rss_end / 1048576.0);
   ::munmap(shared, sizeof(Shared));
   EXPECT_EQ(broker->Stop(SIGTERM), 0);

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -34,7 +36,11 @@ std::vector<uint8_t> RandomBytes(size_t n) {
 BackendKind TestBackend() {
   const char* v = std::getenv("GPUBROKER_TEST_BACKEND");
   auto kind = ParseBackend(v != nullptr ? v : "host");
-  return kind.ok() ? *kind : BackendKind::kHost;
+  if (!kind.ok()) {  // a typo must not test host memory under a GPU run's name
+    std::fprintf(stderr, "GPUBROKER_TEST_BACKEND=%s: %s\n", v, kind.status().ToString().c_str());
+    std::exit(2);
+  }
+  return *kind;
 }
 
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {
@@ -44,6 +50,12 @@ bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // polling a condition
   }
   return true;
+}
+
+int ExitCode(int wait_status) {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return -1;
 }
 
 int CountMemfds(pid_t pid, const std::string& label) {
@@ -197,9 +209,9 @@ int BrokerProcess::Stop(int signo) {
   if (pid_ <= 0) return -1;
   ::kill(pid_, signo);
   int status = 0;
-  ::waitpid(pid_, &status, 0);
+  if (::waitpid(pid_, &status, 0) != pid_) status = -1;
   pid_ = -1;
-  return status;
+  return status == -1 ? -1 : ExitCode(status);
 }
 
 void Channel::Send(const void* data, size_t n) {
@@ -287,10 +299,9 @@ ChildProcess::~ChildProcess() {
 
 int ChildProcess::Wait() {
   int status = 0;
-  ::waitpid(pid_, &status, 0);
+  if (::waitpid(pid_, &status, 0) != pid_) return -1;
   reaped_ = true;
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return WEXITSTATUS(status);
+  return ExitCode(status);
 }
 
 void ChildProcess::Kill(int signo) { ::kill(pid_, signo); }

@@ -27,6 +27,10 @@ BackendKind TestBackend();
 bool WaitFor(const std::function<bool()>& done,
              std::chrono::milliseconds limit = std::chrono::seconds(10));
 
+// A wait status as a shell shows it: the exit code, or 128 + the signal that
+// ended the process (a crash is never 0). -1 for a status that is neither.
+int ExitCode(int wait_status);
+
 // Open memfds of a process whose name contains `label`.
 int CountMemfds(pid_t pid, const std::string& label);
 
@@ -66,7 +70,7 @@ class BrokerProcess {
   // The registry, as a client receives it at hello (a raw hello of its own).
   Result<RegistryReader> OpenRegistry() const;
   Result<UniqueFd> RegistryFd() const;
-  // Sends `signo` and reaps the broker; returns its wait status.
+  // Sends `signo` and reaps the broker; returns its ExitCode.
   int Stop(int signo = SIGTERM);
 
  private:

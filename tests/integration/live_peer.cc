@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
     auto tensors = Tensors(*client, name, count);
     if (!tensors.ok()) return Fail(tensors.status().ToString());
     Gpu d = Open(reader->view());
-    uint64_t last = 0, seen = 0;
+    uint64_t first = 0, last = 0, seen = 0;
     while (last < final_version) {
       auto newer = reader->Wait(last, 60000);
       if (!newer.ok()) return Fail(newer.status().ToString());
@@ -173,10 +173,10 @@ int main(int argc, char** argv) {
         }
       }
       if (Status s = reader->Release(d.stream); !s.ok()) return Fail(s.ToString());
+      if (seen++ == 0) first = got->version;
       last = got->version;
-      ++seen;
     }
-    std::cout << "seen " << seen << " last " << last << std::endl;
+    std::cout << "seen " << seen << " first " << first << " last " << last << std::endl;
     return 0;
   }
 

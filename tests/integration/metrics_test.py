@@ -24,12 +24,12 @@ ENV = {**os.environ, "GPUBROKER_LIBRARY": os.path.join(BUILD, "client", "libgpub
        "PYTHONPATH": os.path.join(SOURCE, "python")}
 PYTHON = "/usr/bin/python3"
 failures = []
+passes = []
 
 
 def check(what, condition, detail=""):
     print(f"{'PASS' if condition else 'FAIL'}: {what}" + ("" if condition else f" ({detail})"))
-    if not condition:
-        failures.append(what)
+    (passes if condition else failures).append(what)
 
 
 def scrape(port):
@@ -197,9 +197,9 @@ def main():
     finally:
         broker.terminate()
         broker.wait()
-    print(f"{len(failures)} failed")
-    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
-    main()
+    main()  # returns early on a failed check it cannot go past; the verdict is here
+    print(f"metrics_test: {len(passes)} passed, {len(failures)} failed")
+    sys.exit(1 if failures or not passes else 0)

@@ -1,15 +1,23 @@
 // The permission matrix: owner / group / other / admin group / root, times
 // attach / write access / destroy, for every interesting mode. Clients run as
 // real other uids (needs root, as CI is); a refused attach leaves no new fd.
-// GPUBROKER_TEST_BACKEND runs the same matrix on CUDA slots.
+// Write access is tried for real, by a write through the view in a process
+// of its own (a refused write kills it). GPUBROKER_TEST_BACKEND runs the same
+// matrix on CUDA slots, written by a kernel.
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 
 #include "tests/integration/harness.h"
+#include "tests/support/require.h"
+#if GPUBROKER_GPU_KERNELS
+#include "tests/gpu/kernels.h"
+#endif
 
 namespace gpubroker::testing {
 namespace {
@@ -61,8 +69,36 @@ std::string Slot(uint32_t mode, const std::string& what) {
   return buf;
 }
 
+// Whether a write through a fresh attach of `name` lands, tried in a process
+// of its own (forked before this one touches CUDA): "yes", "no" (the write
+// faulted or failed), or why it could not be tried.
+std::string TryWrite(const BrokerProcess& broker, const std::string& name, const std::string& who) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    auto c = Client::Connect(broker.Options(who + "-writer"));
+    if (!c.ok()) ::_exit(2);
+    auto v = c->Attach(name);
+    if (!v.ok()) ::_exit(3);
+    if (v->device().type == Device::kCpu) {
+      *static_cast<volatile uint8_t*>(v->data()) = 0x5a;  // SIGSEGV where the mapping is read-only
+      ::_exit(0);
+    }
+#if GPUBROKER_GPU_KERNELS
+    ::_exit(gpu::FillPattern(v->data(), v->nbytes(), 0x5a5a) ? 0 : 1);
+#else
+    ::_exit(4);
+#endif
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return "NOT-TRIED";
+  const int code = ExitCode(status);
+  if (code == 0) return "yes";
+  if (code == 1 || code == 128 + SIGSEGV || code == 128 + SIGBUS) return "no";
+  return "FAILED-" + std::to_string(code);
+}
+
 TEST(Permissions, ModeBitsAdminGroupAndRoot) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start({"--admin-group", std::to_string(kAdminGroup)});
   ASSERT_NE(broker, nullptr);
 
@@ -90,6 +126,10 @@ TEST(Permissions, ModeBitsAdminGroupAndRoot) {
     SCOPED_TRACE(who.name);
     ChildProcess client([&](Channel& ch) {
       if (!Become(who)) return 30;
+      std::map<uint32_t, std::string> wrote;  // before this process maps anything
+      for (uint32_t mode : kModes) {
+        if (Allowed(who, mode, 4)) wrote[mode] = TryWrite(*broker, Slot(mode, "attach"), who.name);
+      }
       auto c = Client::Connect(broker->Options(who.name));
       if (!c.ok()) return 31;
       for (uint32_t mode : kModes) {
@@ -97,7 +137,10 @@ TEST(Permissions, ModeBitsAdminGroupAndRoot) {
         auto v = c->Attach(Slot(mode, "attach"));
         int after = OpenFds();
         std::string line = Slot(mode, "") + " attach=" + (v.ok() ? "ok" : std::string(CodeName(v.status().code())));
-        if (v.ok()) line += std::string(" write=") + (v->writable() ? "yes" : "no");
+        if (v.ok()) {
+          line += " write=" + wrote[mode];
+          if ((wrote[mode] == "yes") != v->writable()) line += " BUT-writable()-SAYS-OTHERWISE";
+        }
         else if (after != before) line += " LEAKED-FD";
         Status d = c->Destroy(Slot(mode, std::string("destroy-") + who.name));
         line += std::string(" destroy=") + (d.ok() ? "ok" : std::string(CodeName(d.code())));

@@ -19,6 +19,7 @@
 #include "tests/integration/harness.h"
 #include "common/seqpacket.h"
 #include "common/wire.h"
+#include "tests/support/require.h"
 
 namespace gpubroker::testing {
 namespace {
@@ -172,9 +173,10 @@ class MemoryCgroup {
 // its own cap (half the cgroup) long before the kernel's OOM killer would
 // pick the broker; the broker serves on and nothing already held is lost.
 TEST(Security, MemoryCapsHoldInsideACgroup) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root for a cgroup and other uids";
+  GPUBROKER_NEEDS_ROOT("for a cgroup and other uids");
   auto cgroup = MemoryCgroup::Make(256u << 20);
-  if (!cgroup) GTEST_SKIP() << "no writable memory cgroup here";
+  // Not a requirement of any run: a container may have no cgroup to give.
+  GPUBROKER_NEEDS(cgroup != nullptr, false, "a writable memory cgroup");
   LaunchOptions launch;
   launch.cgroup = cgroup->dir();
   auto broker = BrokerProcess::Start(launch);
@@ -211,7 +213,7 @@ TEST(Security, MemoryCapsHoldInsideACgroup) {
 // Quotas belong to the uid that owns the slots, not to a connection: a new
 // connection starts nowhere fresh, and one uid's use leaves others theirs.
 TEST(Security, QuotasFollowTheUidAcrossConnections) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start({"--max-bytes-per-uid", "1MiB", "--max-slots-per-uid", "3"});
   ASSERT_NE(broker, nullptr);
   auto lines = RunAs(kOther, [&](Channel& ch) {
@@ -247,7 +249,7 @@ TEST(Security, QuotasFollowTheUidAcrossConnections) {
 // own, or others' it may read) filled the table and every create failed,
 // root's too. They count with the uid's slots now.
 TEST(Security, DestroyedMemoryKeptByViewsCannotFillTheBroker) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start({"--max-slots-per-uid", "4", "--capacity", "32"});
   ASSERT_NE(broker, nullptr);
   auto root = broker->Connect("root");
@@ -295,7 +297,7 @@ TEST(Security, DestroyedMemoryKeptByViewsCannotFillTheBroker) {
 // The fd a reader receives: every way to write through it fails, and the
 // owner's bytes are unchanged afterwards, every one of them.
 TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
   const size_t n = 1 << 20;
@@ -364,7 +366,7 @@ TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {
 // A view can narrow access to its allocation, never widen it: not by its own
 // mode, not by being owned by someone else, not by write-only access.
 TEST(Security, ViewsCannotWidenTheirAllocation) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
   const BackendKind backend = TestBackend();  // the GPU runner repeats this on CUDA slots
@@ -415,7 +417,7 @@ TEST(Security, ViewsCannotWidenTheirAllocation) {
 // One uid opening connections it never uses: capped per uid, silent ones are
 // closed, and root and the admin group always find a connection.
 TEST(Security, AConnectionFloodLocksNobodyOut) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   auto broker = BrokerProcess::Start({"--max-connections", "40", "--max-connections-per-uid", "8",
                                       "--reserved-admin-connections", "4", "--hello-timeout-ms", "60000"});
   ASSERT_NE(broker, nullptr);
@@ -514,7 +516,7 @@ TEST(Security, AClientThatDoesNotReadCannotHoardDescriptors) {
 // Nothing to squat: no name in /dev/shm is used, and the registry a client
 // receives is read-only for it by every road.
 TEST(Security, TheRegistryCannotBeSquattedOrWritten) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other users";
+  GPUBROKER_NEEDS_ROOT("to run clients as other users");
   std::string name = "gpbtest-squat-" + std::to_string(::getpid());
   ChildProcess squatter([&](Channel&) {
     if (!Become(kOther)) return 90;
@@ -529,20 +531,19 @@ TEST(Security, TheRegistryCannotBeSquattedOrWritten) {
   auto lines = RunAs(kOther, [&](Channel& ch) {
     auto reader = broker->OpenRegistry();
     ch.SendLine(reader.ok() && reader->Lookup("reg/a").ok() ? "reads" : "CANNOT READ");
-    int fd = -1;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-      std::error_code ec;
-      if (std::filesystem::read_symlink(e.path(), ec).string().find("gpubroker-registry") != std::string::npos) {
-        fd = std::stoi(e.path().filename());
-      }
-    }
+    // The registry's fd exactly as a client receives it at hello.
+    auto received = broker->RegistryFd();
+    ch.SendLine(received.ok() && received->valid() ? "received" : "NO FD: " + received.status().ToString());
+    if (!received.ok()) return;
+    const int fd = received->get();
     std::string proc = "/proc/self/fd/" + std::to_string(fd);
     ch.SendLine(std::string("reopen-rw=") + (::open(proc.c_str(), O_RDWR) >= 0 ? "OPENED" : "refused"));
     void* w = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     ch.SendLine(std::string("mmap-rw=") + (w != MAP_FAILED ? "MAPPED" : "refused"));
     ch.SendLine(std::string("write=") + (::pwrite(fd, "x", 1, 0) == 1 ? "WROTE" : "refused"));
   });
-  EXPECT_EQ(lines, (std::vector<std::string>{"reads", "reopen-rw=refused", "mmap-rw=refused", "write=refused"}));
+  EXPECT_EQ(lines,
+            (std::vector<std::string>{"reads", "received", "reopen-rw=refused", "mmap-rw=refused", "write=refused"}));
   ::shm_unlink(("/" + name).c_str());
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 }
@@ -560,7 +561,7 @@ TEST(Security, TheSocketPathIsNeverClobbered) {
   launch.log_file = (dir / "log1").string();
   auto broker = BrokerProcess::Start(launch);
   ASSERT_NE(broker, nullptr);
-  EXPECT_EQ(WEXITSTATUS(broker->Stop(0)), 1);
+  EXPECT_EQ(broker->Stop(0), 1);
   std::ifstream in(file);
   std::string content;
   in >> content;
@@ -584,7 +585,7 @@ TEST(Security, TheSocketPathIsNeverClobbered) {
     launch.log_file = (dir / "log2").string();
     auto second = BrokerProcess::Start(launch);
     ASSERT_NE(second, nullptr);
-    EXPECT_EQ(WEXITSTATUS(second->Stop(0)), 1);
+    EXPECT_EQ(second->Stop(0), 1);
     EXPECT_TRUE(std::filesystem::is_socket(theirs));
     std::stringstream log2;
     log2 << std::ifstream(dir / "log2").rdbuf();
@@ -597,7 +598,7 @@ TEST(Security, TheSocketPathIsNeverClobbered) {
   launch.log_file = (dir / "log3").string();
   auto third = BrokerProcess::Start(launch);
   ASSERT_NE(third, nullptr);
-  EXPECT_EQ(WEXITSTATUS(third->Stop(0)), 1);
+  EXPECT_EQ(third->Stop(0), 1);
   std::stringstream log3;
   log3 << std::ifstream(dir / "log3").rdbuf();
   EXPECT_NE(log3.str().find("has mode 0777: others may write to it"), std::string::npos) << log3.str();

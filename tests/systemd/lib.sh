@@ -31,6 +31,10 @@ ok() { echo "PASS: $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi; }
 prop() { $C show -p "$2" --value "$1"; }
+# Two outputs compared: never equal when either is empty (a reader that
+# printed nothing must not match a digest that was never taken).
+same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+differ() { [ -n "$1" ] && [ -n "$2" ] && [ "$1" != "$2" ]; }
 summary() { echo "$pass passed, $fail failed"; [ "$fail" = 0 ]; }
 # Polls a condition (not a sleep: it returns as soon as the condition holds).
 until_true() {

@@ -36,8 +36,8 @@ echo "== the same slot name in both, each with its own bytes"
 a=$(as alice python3 /share/fill.py model/w 1048576)
 b=$(as bob python3 /share/fill.py model/w 1048576)
 check "two fills made different bytes" test -n "$a" -a -n "$b" -a "$a" != "$b"
-check "alice reads alice's bytes in a new process" test "$(as alice python3 /share/reader.py model/w)" = "$a"
-check "bob reads bob's bytes in a new process" test "$(as bob python3 /share/reader.py model/w)" = "$b"
+check "alice reads alice's bytes in a new process" same "$(as alice python3 /share/reader.py model/w)" "$a"
+check "bob reads bob's bytes in a new process" same "$(as bob python3 /share/reader.py model/w)" "$b"
 out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="$(sock alice)" \
       /usr/local/bin/gpubrokerctl ls 2>&1); rc=$?
 check "bob cannot reach alice's broker even by naming it (exit 5)" test "$rc" = 5
@@ -51,8 +51,8 @@ check "doctor for alice: every check passes" as alice gpubrokerctl doctor
 echo "== systemctl --user restart keeps the bytes"
 pid=$(as alice systemctl --user show -p MainPID --value gpubroker)
 check "alice: systemctl --user restart" as alice systemctl --user restart gpubroker
-check "alice: a new main process" test "$(as alice systemctl --user show -p MainPID --value gpubroker)" != "$pid"
-check "alice reads the same bytes after the restart" test "$(as alice python3 /share/reader.py model/w)" = "$a"
+check "alice: a new main process" differ "$(as alice systemctl --user show -p MainPID --value gpubroker)" "$pid"
+check "alice reads the same bytes after the restart" same "$(as alice python3 /share/reader.py model/w)" "$a"
 check "alice: systemctl --user reload" as alice systemctl --user reload gpubroker
 
 echo "== gpubrokerd with no flags, run by hand"

@@ -42,18 +42,18 @@ read -r -t 30 line <&8
 check "holder created and filled its slot" test "$line" = ready
 ask() { echo "$1" >&7 && read -r -t 30 answer <&8 && echo "$answer"; }
 digest=$(ask digest)
-check "a new client reads the holder's bytes" test "$(inside python3 /share/reader.py held/data)" = "$digest"
+check "a new client reads the holder's bytes" same "$(inside python3 /share/reader.py held/data)" "$digest"
 pool_before=$(ctl show --json staging/input | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocation_id"])')
 
 echo "== restart keeps every buffer"
 pid0=$(prop gpubroker.service MainPID)
 check "systemctl restart succeeds with the example config's pools" $C restart gpubroker.service
-check "a new main process" test "$(prop gpubroker.service MainPID)" != "$pid0"
+check "a new main process" differ "$(prop gpubroker.service MainPID)" "$pid0"
 check "no automatic restart was needed" test "$(prop gpubroker.service NRestarts)" = 0
 check "the held view kept its bytes" test "$(ask check)" = same
-check "a new client reads the same bytes after the restart" test "$(inside python3 /share/reader.py held/data)" = "$digest"
+check "a new client reads the same bytes after the restart" same "$(inside python3 /share/reader.py held/data)" "$digest"
 pool_after=$(ctl show --json staging/input | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocation_id"])')
-check "the pool is the same allocation" test "$pool_before" = "$pool_after"
+check "the pool is the same allocation" same "$pool_before" "$pool_after"
 
 echo "== reload"
 conf=/usr/local/etc/gpubroker/gpubroker.yaml
@@ -98,7 +98,7 @@ check "the watchdog killed it and systemd restarted it" until_true 30 \
 check "the journal says why" bash -c "$C -x journalctl -u gpubroker --no-pager | grep -q 'Watchdog timeout'"
 check "the held view kept its bytes" test "$(ask check)" = same
 check "a new client reads the same bytes after the watchdog restart" \
-  test "$(inside python3 /share/reader.py held/data)" = "$digest"
+  same "$(inside python3 /share/reader.py held/data)" "$digest"
 
 echo "== drain, then stop"
 check "gpubrokerctl drain" ctl drain
