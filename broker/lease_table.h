@@ -84,7 +84,6 @@ struct ClientEntry {
   uint64_t bytes_created = 0;  // live allocations this client created
   std::map<uint64_t, Lease> leases;  // by allocation id
   std::map<uint64_t, std::map<uint64_t, Pin>> pins;  // by allocation id, then pin id
-  uint64_t last_pin = 0;  // pin ids count up from here
   uint64_t rejected_logged_ns = 0;  // malformed messages: when one was last logged
   uint32_t rejected_unlogged = 0;   // and how many since
 };

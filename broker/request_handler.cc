@@ -52,6 +52,7 @@ RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, Handler
     : registry_(registry), backends_(backends), options_(std::move(options)) {
   SetLimits(options_.limits);
   table_.ReserveAllocationIds(FirstAllocationId(registry_.boot_generation()));
+  last_pin_ = (registry_.boot_generation() & 0x7fffffffu) << 32;
 }
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
@@ -87,10 +88,7 @@ Result<uint64_t> RequestHandler::Admit(const PeerCredentials& peer) {
                              std::to_string(l.max_connections_per_uid) + ")");
   }
   uint64_t id = ++last_client_id_;
-  ClientEntry& client = table_.AddClient(id, peer, NowNs());
-  // Pin ids of a broker start from its boot generation: a pin a client held
-  // before a restart, released late, cannot name one the new broker gave.
-  client.last_pin = (registry_.boot_generation() & 0x7fffffffu) << 32;
+  table_.AddClient(id, peer, NowNs());
   table_.CountConnection(peer.uid, +1);
   spdlog::debug("client {} connected: pid {} uid {} gid {}", id, peer.pid, peer.uid, peer.gid);
   return id;

@@ -203,6 +203,10 @@ class RequestHandler {
   HandlerOptions options_;
   LeaseTable table_;
   uint64_t last_client_id_ = 0;
+  // Pin ids are unique for the broker's life, across connections, and start
+  // from its boot generation: a release sent late (after a reconnect, or
+  // from before a restart) can name no pin it did not take.
+  uint64_t last_pin_ = 0;
   bool stopping_ = false;
   bool draining_ = false;
   std::set<std::string> degraded_;

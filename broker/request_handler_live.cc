@@ -109,7 +109,12 @@ Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) 
 
 void RequestHandler::EndWrite(Allocation& a, bool abandoned) {
   LiveState s = registry_.GetLive(a.live_index);
-  if (s.writing >= 0 && s.nbuffers > 1) s.buffer_version[s.writing] = 0;  // reclaimed, unpublished
+  if (s.writing >= 0) {
+    s.buffer_version[s.writing] = 0;  // reclaimed, unpublished
+    // One buffer is written in place: a write that ends uncommitted leaves
+    // no whole version until the next commit (readers wait for it).
+    if (s.nbuffers == 1) s.buffer = -1;
+  }
   if (abandoned) spdlog::info("allocation {}: the write into buffer {} was abandoned", a.id, s.writing);
   s.writing = -1;
   s.writer_pid = 0;
@@ -123,6 +128,11 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
   if (s.version == 0) {
     return NotFound("nothing has been committed to allocation " + std::to_string(a->id) + " yet");
   }
+  if (s.buffer < 0) {
+    return NotFound("allocation " + std::to_string(a->id) + " holds no whole version: a write into its one buffer " +
+                    "ended without a commit (version " + std::to_string(s.version) +
+                    " was overwritten in place); the next commit makes one");
+  }
   std::map<uint64_t, Pin>& held = r.client.pins[a->id];
   // A reader holds the version it reads and the next; a bound keeps a
   // client that never releases from growing the table. The pin this acquire
@@ -132,7 +142,7 @@ Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m
     return Busy("this connection holds " + std::to_string(holding) + " pins on allocation " +
                 std::to_string(a->id) + ", one more than it has buffers: release one first");
   }
-  Pin pin{s.version, s.buffer, ++r.client.last_pin};
+  Pin pin{s.version, s.buffer, ++last_pin_};
   held.emplace(pin.id, pin);
   ++s.pins[s.buffer];
   registry_.UpdateLive(a->live_index, s, false, false);

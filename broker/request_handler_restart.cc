@@ -145,8 +145,9 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       LiveState state{};
       if (auto it = live.find(old.allocation_id); it != live.end() && it->second.nbuffers == old.nbuffers) {
         state = it->second;
-        if (state.writing >= 0) {
-          if (state.nbuffers > 1) state.buffer_version[state.writing] = 0;
+        if (state.writing >= 0) {  // the write under way is abandoned, as at a disconnect
+          state.buffer_version[state.writing] = 0;
+          if (state.nbuffers == 1) state.buffer = -1;  // written in place: nothing whole until a commit
           ++state.writes;
         }
       } else {

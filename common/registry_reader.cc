@@ -108,7 +108,8 @@ Status ValidateLive(const LiveState& s) {
     return ProtocolError("live record has " + std::to_string(s.nbuffers) + " buffers");
   }
   if (s.buffer < -1 || s.buffer >= static_cast<int32_t>(s.nbuffers) || s.writing < -1 ||
-      s.writing >= static_cast<int32_t>(s.nbuffers) || (s.version == 0) != (s.buffer < 0)) {
+      s.writing >= static_cast<int32_t>(s.nbuffers) || (s.version == 0 && s.buffer >= 0) ||
+      (s.version != 0 && s.buffer < 0 && s.nbuffers != 1)) {
     return ProtocolError("live record names buffer " + std::to_string(s.buffer) + " (writing " +
                          std::to_string(s.writing) + ") of " + std::to_string(s.nbuffers));
   }

@@ -1,5 +1,6 @@
 #include "client/src/channel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,6 +45,7 @@ Result<std::shared_ptr<Channel>> Channel::Open(const ConnectOptions& options, Ho
   }
   MutexLock lock(c->mu_);
   GPB_ASSIGN_OR_RETURN(c->socket_, Dial(c->options_));
+  c->socket_fd_.store(c->socket_.get(), std::memory_order_release);
   GPB_RETURN_IF_ERROR(c->HelloLocked());
   return c;
 }
@@ -78,6 +80,12 @@ Status Channel::Reconnect(std::chrono::milliseconds limit) {
   return ReconnectLocked(limit);
 }
 
+bool Channel::PeerHungUp() const {
+  pollfd p{socket_fd_.load(std::memory_order_acquire), POLLRDHUP, 0};
+  if (p.fd < 0) return true;
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
   if (options_.reconnect_timeout_ms <= 0) return *broken_;
   std::chrono::milliseconds allowed(options_.reconnect_timeout_ms);
@@ -87,6 +95,7 @@ Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
     auto fd = Dial(options_);
     if (fd.ok()) {
       socket_ = std::move(fd).value();
+      socket_fd_.store(socket_.get(), std::memory_order_release);
       broken_.reset();
       if (HelloLocked().ok()) break;
     }

@@ -8,6 +8,7 @@
 // lock, then MappingCache's (the hooks); never the other way.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -91,6 +92,11 @@ class Channel {
 
   uint64_t client_id() GPB_EXCLUDES(mu_);
 
+  // Whether the broker's end of the connection hung up (it exited, or was
+  // killed): a poll of the socket, no message, no lock. What a waiter asks
+  // instead of the broker's pid, which means nothing in another pid namespace.
+  bool PeerHungUp() const;
+
   // Makes sure the broker answers: asks it (a status request) and, if it went
   // away, reconnects to a restarted one, trying for at most `limit`
   // (negative: as long as the connect options allow).
@@ -113,6 +119,7 @@ class Channel {
   Hooks hooks_;             // fixed after Open
   Mutex mu_;
   UniqueFd socket_ GPB_GUARDED_BY(mu_);
+  std::atomic<int> socket_fd_{-1};  // socket_'s descriptor, for PeerHungUp
   uint32_t next_id_ GPB_GUARDED_BY(mu_) = 0;
   std::optional<Status> broken_ GPB_GUARDED_BY(mu_);  // set once the broker is gone
   wire::HelloReply hello_ GPB_GUARDED_BY(mu_){};

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "client/src/channel.h"
 #include "client/src/client_core.h"
@@ -79,6 +80,30 @@ Status StillNamed(const RegistryReader& registry, const View& view) {
 constexpr std::chrono::seconds kLivenessSlice{1};
 constexpr std::chrono::milliseconds kStoppingSlice{20};
 
+// Sleeps until `word` moves from `seen` or `until` passes. Anyone who maps
+// the registry can wake the word's waiters at will; a wake that changed
+// nothing costs a load and goes back to sleep, and a flood of them (more
+// than kWakesBeforeBackoff in a row) turns the futex into a check every
+// kBackoff until the word moves: a neighbour's wakes cost this process at
+// most ~1,000 loads a second, and a commit at most kBackoff of latency
+// while the flood lasts.
+constexpr int kWakesBeforeBackoff = 64;
+constexpr std::chrono::milliseconds kBackoff{1};
+
+void SleepWhileUnchanged(const std::atomic<uint32_t>* word, uint32_t seen, Clock::time_point until) {
+  int empty_wakes = 0;
+  while (word->load(std::memory_order_acquire) == seen) {
+    auto left = until - Clock::now();
+    if (left <= Clock::duration::zero()) return;
+    if (empty_wakes < kWakesBeforeBackoff) {
+      FutexWait(word, seen, left);
+      ++empty_wakes;
+    } else {
+      std::this_thread::sleep_for(std::min<Clock::duration>(left, kBackoff));  // under a flood of wakes
+    }
+  }
+}
+
 }  // namespace
 
 void* View::data(uint32_t buffer) const {
@@ -107,15 +132,28 @@ struct PendingCommit {
     cv.wait(lock, [this] { return !in_flight; });
     return std::exchange(status, Status::Ok());
   }
+  // The same, until `deadline` at most (none: no limit); kBusy if it is
+  // still waiting for its stream then.
+  Status Wait(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    if (!deadline) return Wait();
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_until(lock, *deadline, [this] { return !in_flight; })) {
+      return Busy("the previous commit is still waiting for the writer's stream to run its writes");
+    }
+    return std::exchange(status, Status::Ok());
+  }
 };
 
+// Calls on one Writer are serialised by its lock (a Begin that waits holds
+// off the others): safe from any thread, and meant for one.
 struct Writer::State {
   std::shared_ptr<Channel> channel;
-  View view;
-  LiveLocator locator;
+  const View view;
   std::shared_ptr<PendingCommit> pending = std::make_shared<PendingCommit>();
-  int32_t begun = -1;
-  uint64_t next_version = 0;
+  Mutex mu;
+  LiveLocator locator GPB_GUARDED_BY(mu);
+  int32_t begun GPB_GUARDED_BY(mu) = -1;
+  uint64_t next_version GPB_GUARDED_BY(mu) = 0;
 
   State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
       : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
@@ -133,8 +171,10 @@ Writer& Writer::operator=(Writer&& other) noexcept {
   return *this;
 }
 Writer::~Writer() {
-  if (state_) (void)state_->pending->Wait();
-  if (state_ && state_->begun >= 0) {
+  if (!state_) return;
+  (void)state_->pending->Wait();
+  MutexLock lock(state_->mu);
+  if (state_->begun >= 0) {
     wire::CommitRequest m{};
     m.allocation_id = state_->allocation_id();
     m.buffer = state_->begun;
@@ -148,16 +188,22 @@ const View& Writer::view() const {
   return state_ ? state_->view : kNone;
 }
 uint32_t Writer::buffers() const { return state_ ? state_->view.slot().buffers : 0; }
-uint64_t Writer::next_version() const { return state_ && state_->begun >= 0 ? state_->next_version : 0; }
+uint64_t Writer::next_version() const {
+  if (!state_) return 0;
+  MutexLock lock(state_->mu);
+  return state_->begun >= 0 ? state_->next_version : 0;
+}
 
 Result<uint32_t> Writer::Begin(int wait_ms) {
   if (!state_) return InvalidArgument("this writer is empty");
+  MutexLock lock(state_->mu);
   if (state_->begun >= 0) {
     return InvalidArgument("buffer " + std::to_string(state_->begun) + " is begun already: commit or abort it");
   }
-  // The previous commit first: it is sent once its writes are done.
-  GPB_RETURN_IF_ERROR(state_->pending->Wait().Annotate("the previous commit"));
   std::optional<Clock::time_point> deadline = DeadlineAfter(wait_ms);
+  // The previous commit first (it is sent once its writes are done), within
+  // the same wait.
+  GPB_RETURN_IF_ERROR(state_->pending->Wait(deadline).Annotate("the previous commit"));
   while (true) {
     // The word first: a release between it and the refusal wakes the wait.
     GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
@@ -188,6 +234,7 @@ Result<uint32_t> Writer::Begin(int wait_ms) {
 
 Result<uint64_t> Writer::Commit(void* stream) {
   if (!state_) return InvalidArgument("this writer is empty");
+  MutexLock lock(state_->mu);
   if (state_->begun < 0) return InvalidArgument("no buffer is begun: call Begin first");
   wire::CommitRequest m{};
   m.allocation_id = state_->allocation_id();
@@ -218,9 +265,12 @@ Result<uint64_t> Writer::Commit(void* stream) {
       }
       pending->Finish(c->Call<wire::CommitReply>(m).status());
     });
-    if (!queued.ok()) {
+    if (!queued.ok()) {  // as for failed writes: the buffer goes back unpublished, the write ends
       pending->Finish(Status::Ok());
-      return queued;
+      m.flags = wire::kCommitAbort;
+      state_->channel->Tell(m);
+      state_->begun = -1;
+      return queued.Annotate("the writer's stream");
     }
     state_->begun = -1;
     return state_->next_version;
@@ -235,6 +285,7 @@ Result<uint64_t> Writer::Commit(void* stream) {
 
 Status Writer::Abort() {
   if (!state_) return InvalidArgument("this writer is empty");
+  MutexLock lock(state_->mu);
   if (state_->begun < 0) return Status::Ok();
   wire::CommitRequest m{};
   m.allocation_id = state_->allocation_id();
@@ -244,30 +295,77 @@ Status Writer::Abort() {
   return state_->channel->Call<wire::CommitReply>(m).status();
 }
 
+// Every call on a Reader takes its lock (the C ABI promises any thread), but
+// a Wait holds it only to read where the record is, never while it sleeps.
 struct Reader::State {
   std::shared_ptr<Channel> channel;
-  View view;
-  LiveLocator locator;
-  uint64_t pin = 0;  // 0: none held
-  uint64_t pinned_writes = 0;
-  bool pinned_while_writing = false;
+  const View view;
+  Mutex mu;
+  LiveLocator locator GPB_GUARDED_BY(mu);
+  uint64_t pin GPB_GUARDED_BY(mu) = 0;  // 0: none held
+  uint64_t pinned_writes GPB_GUARDED_BY(mu) = 0;
+  bool pinned_while_writing GPB_GUARDED_BY(mu) = false;
+  // The stream of the last acquire: what closing the reader waits for.
+  void* last_stream GPB_GUARDED_BY(mu) = nullptr;
+  // Pins whose release could not be sent: sent again before the next call.
+  std::vector<uint64_t> unreleased GPB_GUARDED_BY(mu);
 
   State(std::shared_ptr<Channel> ch, std::shared_ptr<MappingCache> cache, View v)
       : channel(std::move(ch)), view(std::move(v)), locator(std::move(cache), view) {}
   uint64_t allocation_id() const { return view.slot().allocation_id; }
+  bool cuda() const { return view.device().type == Device::kCuda; }
+
+  Result<std::pair<std::shared_ptr<const RegistryReader>, SlotDescriptor>> Locate() GPB_EXCLUDES(mu) {
+    MutexLock lock(mu);
+    return locator.Locate();
+  }
+
+  // Releases `pin` once the work queued on `stream` so far is done (CUDA:
+  // from the stream watcher), else at once; an error leaves it held.
+  Status ReleaseLocked(uint64_t pin_id, void* stream) GPB_REQUIRES(mu) {
+    wire::ReleaseRequest m{allocation_id(), pin_id};
+    if (cuda()) {
+      std::weak_ptr<Channel> weak = channel;
+      Status queued = WhenStreamDone(view.device().ordinal, stream, [weak, m](Status) {
+        if (auto c = weak.lock()) c->Tell(m);
+      });
+      if (queued.ok()) return queued;
+      // The stream cannot be waited on (gone, or broken): nothing more will
+      // run on it, so the version can go now.
+    }
+    std::atomic_thread_fence(std::memory_order_release);
+    return channel->Call<wire::ReleaseReply>(m).status();
+  }
+
+  void RetryReleasesLocked() GPB_REQUIRES(mu) {
+    for (auto it = unreleased.begin(); it != unreleased.end();) {
+      it = channel->Call<wire::ReleaseReply>(wire::ReleaseRequest{allocation_id(), *it}).ok() ? unreleased.erase(it)
+                                                                                              : it + 1;
+    }
+  }
+
+  // At close: the pin held goes once the last acquire's stream is done with it.
+  void Close() GPB_EXCLUDES(mu) {
+    MutexLock lock(mu);
+    for (uint64_t p : unreleased) channel->Tell(wire::ReleaseRequest{allocation_id(), p});
+    unreleased.clear();
+    if (pin == 0) return;
+    if (!ReleaseLocked(pin, last_stream).ok()) channel->Tell(wire::ReleaseRequest{allocation_id(), pin});
+    pin = 0;
+  }
 };
 
 Reader::Reader(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Reader::Reader(Reader&&) noexcept = default;
 Reader& Reader::operator=(Reader&& other) noexcept {
   if (this != &other) {
-    if (state_ && state_->pin != 0) state_->channel->Tell(wire::ReleaseRequest{state_->allocation_id(), state_->pin});
+    if (state_) state_->Close();
     state_ = std::move(other.state_);
   }
   return *this;
 }
 Reader::~Reader() {
-  if (state_ && state_->pin != 0) state_->channel->Tell(wire::ReleaseRequest{state_->allocation_id(), state_->pin});
+  if (state_) state_->Close();
 }
 
 const View& Reader::view() const {
@@ -277,7 +375,7 @@ const View& Reader::view() const {
 
 Result<uint64_t> Reader::Latest() const {
   if (!state_) return InvalidArgument("this reader is empty");
-  GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+  GPB_ASSIGN_OR_RETURN(auto where, state_->Locate());
   GPB_ASSIGN_OR_RETURN(LiveState s, where.first->Live(where.second));
   return s.version;
 }
@@ -285,8 +383,12 @@ Result<uint64_t> Reader::Latest() const {
 Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
   if (!state_) return InvalidArgument("this reader is empty");
   std::optional<Clock::time_point> deadline = DeadlineAfter(timeout_ms);
+  // When the broker's liveness is looked at next: a broker killed outright
+  // wakes nobody. Its connection tells (a hang-up), never its pid, which
+  // means nothing in another pid namespace; no message is sent for it.
+  Clock::time_point check_liveness = Clock::now();  // at once, then every slice
   while (true) {
-    GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+    GPB_ASSIGN_OR_RETURN(auto where, state_->Locate());
     const RegistryReader& registry = *where.first;
     const std::atomic<uint32_t>* commits = registry.CommitsWord(where.second);
     if (commits == nullptr) return ProtocolError("slot '" + state_->view.name() + "' names no live record");
@@ -294,9 +396,11 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
     // so the futex below does not sleep through it.
     uint32_t seen = commits->load(std::memory_order_acquire);
     GPB_ASSIGN_OR_RETURN(LiveState s, registry.Live(where.second));
-    if (s.version > after) return s.version;
+    // A version newer than `after` that is whole: a one-buffer tree whose
+    // last write ended uncommitted has none until the next commit.
+    if (s.version > after && s.buffer >= 0) return s.version;
     std::chrono::nanoseconds slice = kLivenessSlice;
-    if (!registry.Running() || !registry.BrokerAlive()) {
+    if (!registry.Running() || (Clock::now() >= check_liveness && state_->channel->PeerHungUp())) {
       // The broker stopped: reconnect to a restarted one (its hello brings
       // its registry), for no longer than this wait may last.
       std::chrono::nanoseconds left = Left(deadline);
@@ -310,7 +414,7 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
         }
         return up.Annotate("waiting for a version");
       }
-      GPB_ASSIGN_OR_RETURN(auto now, state_->locator.Locate());
+      GPB_ASSIGN_OR_RETURN(auto now, state_->Locate());
       if (now.first != where.first) continue;  // a restarted broker's registry
       slice = kStoppingSlice;  // a stopping broker that still answers: look again soon
     }
@@ -319,71 +423,74 @@ Result<uint64_t> Reader::Wait(uint64_t after, int timeout_ms) {
     // `seen`, so a destroy after this check changes the word and the futex
     // below returns at once.
     GPB_RETURN_IF_ERROR(StillNamed(registry, state_->view));
-    std::chrono::nanoseconds left = Left(deadline);
-    if (left.count() == 0) {
+    if (Left(deadline).count() == 0) {
       return Timeout("no version after " + std::to_string(after) + " of '" + state_->view.name() + "' within " +
                      std::to_string(timeout_ms) + " ms (newest: " + std::to_string(s.version) + ")");
     }
-    if (left.count() < 0 || left > slice) left = slice;
-    FutexWait(commits, seen, left);
+    check_liveness = Clock::now() + slice;
+    SleepWhileUnchanged(commits, seen, std::min(deadline.value_or(check_liveness), check_liveness));
   }
 }
 
 Result<Acquired> Reader::Acquire(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
+  State& st = *state_;
+  MutexLock lock(st.mu);
+  st.RetryReleasesLocked();
   // The version read so far stays pinned until `stream` is done with it: if
   // it is already, the acquire's own message releases it.
   uint64_t release_pin = 0;
-  if (state_->pin != 0) {
-    Result<bool> idle = state_->view.device().type == Device::kCuda
-                            ? StreamIdle(state_->view.device().ordinal, stream)
-                            : Result<bool>(true);
-    if (idle.ok() && *idle) {
+  if (st.pin != 0) {
+    bool idle = true;
+    if (st.cuda()) {
+      GPB_ASSIGN_OR_RETURN(idle, StreamIdle(st.view.device().ordinal, stream));
+    }
+    if (idle) {
       std::atomic_thread_fence(std::memory_order_release);
-      release_pin = state_->pin;
+      release_pin = st.pin;
     }
   }
-  GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply, state_->channel->Call<wire::AcquireReply>(
-                                                     wire::AcquireRequest{state_->allocation_id(), release_pin}));
-  if (release_pin != 0) state_->pin = 0;
-  if (static_cast<uint32_t>(reply.buffer) >= state_->view.slot().buffers) {
+  GPB_ASSIGN_OR_RETURN(wire::AcquireReply reply,
+                       st.channel->Call<wire::AcquireReply>(wire::AcquireRequest{st.allocation_id(), release_pin}));
+  if (release_pin != 0) st.pin = 0;
+  if (static_cast<uint32_t>(reply.buffer) >= st.view.slot().buffers) {
+    st.channel->Tell(wire::ReleaseRequest{st.allocation_id(), reply.pin});
     return ProtocolError("acquire reply names buffer " + std::to_string(reply.buffer) + " of " +
-                         std::to_string(state_->view.slot().buffers));
+                         std::to_string(st.view.slot().buffers));
   }
-  if (state_->pin != 0) GPB_RETURN_IF_ERROR(Release(stream));
-  state_->pin = reply.pin;
-  state_->pinned_writes = reply.writes;
-  state_->pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;
+  const uint64_t previous = st.pin;  // still read by `stream`: released once it is done
+  st.pin = reply.pin;
+  st.pinned_writes = reply.writes;
+  st.pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;
+  st.last_stream = stream;
+  if (previous != 0 && !st.ReleaseLocked(previous, stream).ok()) st.unreleased.push_back(previous);
   std::atomic_thread_fence(std::memory_order_acquire);
   Acquired a;
   a.version = reply.version;
   a.buffer = static_cast<uint32_t>(reply.buffer);
   a.committed_ns = reply.committed_ns;
-  a.writing = state_->pinned_while_writing;
+  a.writing = st.pinned_while_writing;
   return a;
 }
 
 Status Reader::Release(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
-  if (state_->pin == 0) return Status::Ok();
-  wire::ReleaseRequest m{state_->allocation_id(), state_->pin};
-  state_->pin = 0;
-  if (state_->view.device().type == Device::kCuda) {
-    std::weak_ptr<Channel> channel = state_->channel;
-    return WhenStreamDone(state_->view.device().ordinal, stream, [channel, m](Status) {
-      if (auto c = channel.lock()) c->Tell(m);
-    });
-  }
-  std::atomic_thread_fence(std::memory_order_release);
-  return state_->channel->Call<wire::ReleaseReply>(m).status();
+  State& st = *state_;
+  MutexLock lock(st.mu);
+  st.RetryReleasesLocked();
+  if (st.pin == 0) return Status::Ok();
+  GPB_RETURN_IF_ERROR(st.ReleaseLocked(st.pin, stream));  // on an error the pin stays held, and known
+  st.pin = 0;
+  return Status::Ok();
 }
 
 Result<bool> Reader::Unchanged() const {
   if (!state_) return InvalidArgument("this reader is empty");
   if (state_->view.slot().buffers > 1) return true;
   std::atomic_thread_fence(std::memory_order_acquire);
-  GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());
+  GPB_ASSIGN_OR_RETURN(auto where, state_->Locate());
   GPB_ASSIGN_OR_RETURN(LiveState s, where.first->Live(where.second));
+  MutexLock lock(state_->mu);
   return !state_->pinned_while_writing && s.writes == state_->pinned_writes;
 }
 

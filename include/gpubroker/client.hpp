@@ -108,6 +108,8 @@ class Client;
 // Writes new versions of a live slot's allocation (docs/live.md): the slot
 // it was opened on and every other view of that allocation change version
 // together, at commit. One writer per allocation at a time.
+// Thread-safety: calls on one Writer may come from any thread; they are
+// serialised (a Begin that waits for a buffer holds off the others).
 class Writer {
  public:
   Writer() = default;
@@ -159,12 +161,17 @@ struct Acquired {
 
 // Follows the versions of a slot's allocation: waits for new ones without
 // asking the broker, and pins the one it reads.
+// Thread-safety: calls on one Reader may come from any thread. Acquire,
+// Release and Unchanged are serialised; a Wait sleeps without holding the
+// Reader, so another thread's Acquire or Latest goes on meanwhile.
 class Reader {
  public:
   Reader() = default;
   Reader(Reader&&) noexcept;
   Reader& operator=(Reader&&) noexcept;
-  ~Reader();  // releases its pin
+  // Releases its pin once the stream given to the last Acquire has done the
+  // work queued on it so far (CUDA; host memory: at once).
+  ~Reader();
 
   bool valid() const { return state_ != nullptr; }
   const View& view() const;  // the slot it was opened on
@@ -172,7 +179,11 @@ class Reader {
   Result<uint64_t> Latest() const;
   // Blocks (on a futex in the shared registry; no message, no polling) until
   // a version newer than `after` is committed, at most `timeout_ms` (-1: no
-  // limit); returns it, or kTimeout. kNotFound once the slot's name is gone
+  // limit), and whole (a one-buffer slot whose last write ended without a
+  // commit has no whole version until the next commit); returns it, or
+  // kTimeout. A wake by anyone else costs a load; the broker's death is
+  // learnt from the connection hanging up, never from its pid (so waiting in
+  // another pid namespace sends nothing). kNotFound once the slot's name is gone
   // or names another allocation (destroyed, or replaced: open a new reader),
   // unless a newer version of this one is there; kUnavailable once the
   // broker stops.
@@ -181,11 +192,12 @@ class Reader {
   // memory: any stream may read it at once, with no wait on the writer. The
   // version this reader held before stays pinned until the work queued on
   // `stream` so far is done, as Release(stream) does. NotFound if nothing
-  // has been committed yet (Wait first).
+  // whole has been committed yet (Wait first).
   Result<Acquired> Acquire(void* stream = nullptr);
   // Lets the writer reuse the pinned buffer once the work queued on `stream`
   // so far is done (CUDA: a background thread waits for it, then tells the
-  // broker; the call returns at once). Host memory: at once.
+  // broker; the call returns at once). Host memory: at once. On an error the
+  // pin stays held, and a later Release or Acquire sends it again.
   Status Release(void* stream = nullptr);
   // One-buffer slots: true if no write into the buffer began since Acquire,
   // so what was read is that version, whole. Always true with 2+ buffers.

@@ -429,14 +429,25 @@ class Subscriber:
     def _take(self, stream, end):
         """Acquires the newest version; returns the tree's own {key: array}
         of its buffer (not a copy: callers must not change it)."""
+        torn = None
         while True:
             tree = self._live()
             # The version held so far stays pinned until `stream` has done
             # the work queued on it (the library releases it then).
             s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
             acquired = gpb_acquired()
-            check(lib.gpb_reader_acquire, tree.reader, s.cuda_stream if s is not None else None,
-                  ctypes.byref(acquired))
+            try:
+                check(lib.gpb_reader_acquire, tree.reader, s.cuda_stream if s is not None else None,
+                      ctypes.byref(acquired))
+            except NotFound:
+                # Nothing whole to take: a one-buffer tree whose last write
+                # ended uncommitted. Wait for the commit that makes one (a
+                # tree that went raises from the wait); twice is an error.
+                newest = self._wait(self._version, end)
+                if newest == torn:
+                    raise
+                torn = newest
+                continue
             self._version, self._buffer = acquired.version, acquired.buffer
             try:
                 arrays = tree.arrays_in(acquired.buffer, self._to)

@@ -1,5 +1,6 @@
 """A real gpubrokerd for the Python tests, on a temporary socket and registry."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -8,19 +9,41 @@ import time
 
 
 class Broker:
-    def __init__(self, *extra_args):
+    def __init__(self, *extra_args, metrics=False):
+        """metrics=True: with its Prometheus endpoint on a free loopback port
+        (requests() reads it)."""
         self.dir = tempfile.mkdtemp(prefix="gpbpy-")
         os.chmod(self.dir, 0o755)
         self.socket = os.path.join(self.dir, "broker.sock")
         self.registry = f"gpbpy-{os.getpid()}-{id(self) & 0xffff}"
         exe = os.environ["GPUBROKERD"]
-        self.proc = subprocess.Popen([exe, "--socket", self.socket, "--registry", self.registry,
-                                      "--log-level", "warn", *extra_args])
+        args = ["--log-level", "warn"]
+        self.log = None
+        if metrics:
+            args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
+            self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen([exe, "--socket", self.socket, "--registry", self.registry, *args, *extra_args],
+                                     stderr=self.log)
         deadline = time.monotonic() + 10
         while not self._answers():  # polls a condition: the socket accepting
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("gpubrokerd did not start")
             time.sleep(0.005)
+        self.metrics_port = None
+        while metrics and self.metrics_port is None:  # polls for the log line
+            self.log.seek(0)
+            m = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", self.log.read())
+            self.metrics_port = int(m.group(1)) if m else None
+            if time.monotonic() > deadline:
+                raise RuntimeError("gpubrokerd did not say where its metrics are")
+            time.sleep(0.005)
+
+    def requests(self):
+        """Requests the broker has answered so far, of every type (its metrics)."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(r"^gpubroker_requests_total\{[^}]*\} (\S+)$", text, re.M))
 
     def _answers(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

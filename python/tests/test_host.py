@@ -329,6 +329,26 @@ class HostTest(unittest.TestCase):
 WAIT_S = 120  # the longest a live test waits for the other process: a bound on failure, never a pause
 
 
+# A subscriber in a new pid namespace: ready once it holds version 1; then,
+# told to, waits 3 s for nothing newer; then waits for version 2.
+PIDNS_WAITER = r"""
+import sys, gpubroker
+c = gpubroker.connect(sys.argv[1], name="pidns-waiter")
+sub = c.subscriber("py/pidns", to="numpy")
+sub.latest(timeout=60)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    sub.wait(timeout=3)
+    print("woke early", flush=True)
+except gpubroker.Timeout:
+    print("timed out", flush=True)
+sys.stdin.readline()
+print("waiting", flush=True)
+print("woke at", sub.wait(timeout=60), flush=True)
+"""
+
+
 def asleep_on_the_registry(native_id, limit=WAIT_S):
     """Polls until thread native_id() of this process sleeps in futex() on a
     word of the broker's registry (its mapping is the memfd the broker names)."""
@@ -449,6 +469,60 @@ class LiveHostTest(unittest.TestCase):
         self.assertEqual(fresh.copy_into(some, timeout=0), count)
         numpy.testing.assert_array_equal(some["embed"], base["embed"] + count)
         fresh.close()
+
+    def test_a_one_buffer_write_that_ends_uncommitted_leaves_nothing_whole(self):
+        """One buffer, written in place: after a write that was given back half
+        done, no subscriber takes version 1 (its bytes are half version 2); the
+        next commit is whole again."""
+        base = stamped_base(fresh_seed(), "a")
+        keys = list(base)
+        with self.c.publisher("py/live/one-abort", stamp(base, 1), buffers=1) as pub:
+            arrays = pub.begin()
+            for k in keys[:len(keys) // 2]:
+                arrays[k][...] = stamp(base, 2)[k]
+            pub.abort()
+            sub = self.c.subscriber("py/live/one-abort", to="numpy")
+            with self.assertRaises(gpubroker.Timeout):
+                torn = sub.latest(timeout=0)
+                self.fail(f"latest() returned the torn buffer: {next(iter(torn.values()))}")
+            params = {k: numpy.zeros_like(v) for k, v in base.items()}
+            self.assertIsNone(sub.copy_into(params, timeout=0), "copy_into copied a torn version")
+            self.assertEqual(pub.update(stamp(base, 2)), 2)
+            self.assert_stamped(sub.latest(timeout=WAIT_S), base, 2)
+            self.assertEqual(sub.version, 2)
+            sub.close()
+
+    @unittest.skipUnless(os.getuid() == 0 or os.environ.get("GPUBROKER_REQUIRE_ROOT", "0") not in ("", "0"),
+                         "needs root for a pid namespace")
+    def test_a_waiter_in_its_own_pid_namespace_sends_no_request(self):
+        """A subscriber in a container's pid namespace (the broker's pid means
+        nothing there) waits on the futex alone: the broker answers no request
+        of it while it waits, and it still wakes at a commit."""
+        import subprocess
+        import sys
+        broker = Broker(metrics=True)
+        self.addCleanup(broker.stop)
+        c = gpubroker.connect(broker.socket, name="pidns-publisher")
+        self.addCleanup(c.close)
+        base = stamped_base(fresh_seed(), "a")
+        pub = c.publisher("py/pidns", stamp(base, 1), buffers=2)
+        waiter = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PIDNS_WAITER, broker.socket],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(finish, waiter)
+        self.assertEqual(waiter.stdout.readline(), "ready\n")
+        before = broker.requests()
+        waiter.stdin.write("idle\n")
+        waiter.stdin.flush()
+        self.assertEqual(waiter.stdout.readline(), "timed out\n")  # 3 s of waiting
+        idle = broker.requests() - before
+        waiter.stdin.write("wake\n")
+        waiter.stdin.flush()
+        self.assertEqual(waiter.stdout.readline(), "waiting\n")
+        pub.update(stamp(base, 2))
+        self.assertEqual(waiter.stdout.readline(), "woke at 2\n")
+        self.assertEqual(idle, 0, "requests the broker answered while the namespaced subscriber waited idle")
+        pub.close()
 
     def test_a_write_that_overlaps_a_copy_makes_it_again(self):
         """One buffer: a write that begins while copy_into copies (half of it

@@ -4,10 +4,16 @@
 // kernels on their own streams).
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <random>
 #include <sstream>
+#include <thread>
 
+#include "common/futex.h"
 #include "tests/integration/harness.h"
 
 namespace gpubroker::testing {
@@ -216,6 +222,55 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
   // the wait says so instead of sleeping out its time.
   auto stopped = waiting->Wait(0, 120000);
   EXPECT_EQ(stopped.status().code(), Code::kUnavailable) << stopped.status().ToString();
+}
+
+// Anyone who maps the registry can wake a record's waiters at will. A
+// waiter woken for nothing goes back to sleep at the cost of a load, and
+// under a flood of such wakes checks its word at most every millisecond: a
+// neighbour waking it in a loop (as fast as one core can) costs it little.
+TEST_F(LiveTest, AWaiterWokenForNothingByANeighbourStaysCheap) {
+  CreateStateDict("weights", 2);
+  auto registry = broker_->OpenRegistry();
+  ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+  auto d = registry->Lookup("weights");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  auto* word = const_cast<std::atomic<uint32_t>*>(registry->CommitsWord(*d));
+  ASSERT_NE(word, nullptr);
+  ChildProcess waiter([&](Channel& ch) {
+    auto c = broker_->Connect("waiter");
+    if (!c.ok()) return 1;
+    auto reader = c->OpenReader("weights");
+    if (!reader.ok()) return 2;
+    ch.SendLine("ready");
+    rusage before{}, after{};
+    ::getrusage(RUSAGE_SELF, &before);
+    auto w = reader->Wait(0, 2000);  // nothing is committed: it times out
+    ::getrusage(RUSAGE_SELF, &after);
+    auto us = [](const rusage& r) {
+      return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1000000LL + r.ru_utime.tv_usec + r.ru_stime.tv_usec;
+    };
+    ch.SendLine(w.ok() ? "WOKE at " + std::to_string(*w) : std::string(CodeName(w.status().code())));
+    ch.SendLine(std::to_string(us(after) - us(before)));
+    return 0;
+  });
+  ASSERT_EQ(waiter.channel().ReceiveLine(), "ready");
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> wakes{0};
+  std::thread neighbour([&] {
+    while (!stop.load()) {
+      FutexWake(word, INT_MAX);
+      wakes.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  EXPECT_EQ(waiter.channel().ReceiveLine(), "timeout");
+  stop = true;
+  neighbour.join();
+  const long long cpu_us = std::stoll("0" + waiter.channel().ReceiveLine());
+  EXPECT_EQ(waiter.Wait(), 0);
+  std::printf("  a 2 s wait under %llu wakes by a neighbour took %lld us of the waiter's CPU\n",
+              static_cast<unsigned long long>(wakes.load()), cpu_us);
+  EXPECT_GT(wakes.load(), 10000u) << "the neighbour hardly woke anyone: the test proves nothing";
+  EXPECT_LT(cpu_us, 400000) << "the waiter spun: " << cpu_us << " us of CPU in a 2 s wait";
 }
 
 // A wait for a broker that is gone looks for a restarted one no longer than

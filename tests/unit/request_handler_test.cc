@@ -4,6 +4,8 @@
 #include "common/registry_reader.h"
 
 #include <gtest/gtest.h>
+
+#include <set>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -501,6 +503,53 @@ TEST_F(LiveTest, EveryAcquireIsAPinOfItsOwnAndAReleaseEndsOnlyTheOneItNames) {
   // A connection holds at most one pin more than the slot has buffers.
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Acquire(r, a).ok());
   EXPECT_EQ(Acquire(r, a).status().code(), Code::kBusy);
+}
+
+// One buffer is written in place: a write that ends without a commit (an
+// abort, or the writer's connection gone) leaves no whole version, and no
+// acquire hands out the torn buffer as the last committed version.
+TEST_F(LiveTest, AOneBufferWriteEndedUncommittedLeavesNoVersionToAcquire) {
+  uint64_t w = Connect(0, 0);
+  uint64_t r = Connect(0, 0);
+  uint64_t a = CreateLive(w, "one", 1);
+  ASSERT_TRUE(Attach(r, "one").ok());
+  ASSERT_EQ(Publish(w, a), 1u);
+  ASSERT_TRUE(Acquire(r, a).ok());
+  auto begun = Begin(w, a);
+  ASSERT_TRUE(begun.ok());
+  ASSERT_TRUE(Commit(w, a, begun->buffer, wire::kCommitAbort).ok());
+  LiveState s = Live("one");
+  EXPECT_EQ(s.version, 1u);
+  EXPECT_EQ(s.buffer, -1) << "the torn buffer is still marked as holding version 1";
+  auto torn = Acquire(r, a);
+  ASSERT_FALSE(torn.ok()) << "acquired version " << torn->version << " of a buffer written over";
+  EXPECT_EQ(torn.status().code(), Code::kNotFound);
+  EXPECT_NE(torn.status().message().find("no whole version"), std::string::npos) << torn.status().message();
+  ASSERT_EQ(Publish(w, a), 2u);
+  auto whole = Acquire(r, a);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  EXPECT_EQ(whole->version, 2u);
+  // The same when the writer goes away mid-write.
+  ASSERT_TRUE(Begin(w, a).ok());
+  handler_->OnDisconnect(w);
+  EXPECT_EQ(Live("one").buffer, -1);
+  EXPECT_EQ(Acquire(r, a).status().code(), Code::kNotFound);
+}
+
+// Pin ids are the broker's, not a connection's: a release sent late on a
+// new connection (after a reconnect) names none of another's pins.
+TEST_F(LiveTest, PinIdsAreUniqueAcrossConnections) {
+  uint64_t w = Connect(0, 0);
+  uint64_t a = CreateLive(w, "live", 3);
+  ASSERT_EQ(Publish(w, a), 1u);
+  std::set<uint64_t> ids;
+  for (int c = 0; c < 4; ++c) {
+    uint64_t r = Connect(0, 0);
+    ASSERT_TRUE(Attach(r, "live").ok());
+    auto pin = Acquire(r, a);
+    ASSERT_TRUE(pin.ok()) << pin.status().ToString();
+    EXPECT_TRUE(ids.insert(pin->pin).second) << "pin id " << pin->pin << " given twice";
+  }
 }
 
 TEST_F(LiveTest, AnAcquireCanReleaseThePinBeforeItInTheSameMessage) {
