@@ -31,6 +31,12 @@ struct PoolConfig {
 // limits.max_slots_per_uid when the configuration does not give it: a
 // quarter of the registry's capacity, at most 1024 (RequestHandler::SetLimits).
 inline constexpr uint32_t kSlotsPerUidFromCapacity = 0xffffffffu;
+// limits.max_bytes_per_uid when the configuration does not give it: each uid
+// (but root and the admin group) may hold a quarter of each cap: of
+// max_host_bytes in host memory, and of max_bytes_per_device (where set) on
+// the devices together (RequestHandler::CheckCaps).
+inline constexpr uint64_t kBytesPerUidFromCaps = UINT64_MAX;
+inline constexpr uint64_t kShareOfACap = 4;  // the default share is 1/4 of the cap
 
 // Every cap is checked before memory is committed or a connection is kept.
 // docs/SECURITY.md says which threat each one answers.
@@ -39,7 +45,7 @@ struct Limits {
   uint32_t max_slots = 0;              // 0: the registry capacity
   uint64_t max_host_bytes = 0;         // 0: half of the machine's or the cgroup's memory
   uint64_t max_bytes_per_device = 0;   // per CUDA device; 0: unlimited
-  uint64_t max_bytes_per_uid = 0;      // bytes a uid's slots may hold; 0: unlimited
+  uint64_t max_bytes_per_uid = kBytesPerUidFromCaps;  // bytes a uid's slots may hold; 0: unlimited
   uint32_t max_slots_per_uid = kSlotsPerUidFromCapacity;  // 0: unlimited
   uint32_t max_connections = 1024;
   uint32_t max_connections_per_uid = 64;   // 0: unlimited

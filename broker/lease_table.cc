@@ -49,7 +49,9 @@ Allocation& LeaseTable::AddAllocation(Allocation a) {
   uint64_t id = a.id;
   total_leases_ += a.leases;
   bytes_[a.memory->device().type] += a.memory->size();
-  usage_[a.perms.uid].bytes += a.memory->size();
+  UidUsage& usage = usage_[a.perms.uid];
+  usage.bytes += a.memory->size();
+  (a.memory->device().type == Device::kCpu ? usage.host_bytes : usage.device_bytes) += a.memory->size();
   return allocations_.emplace(id, std::move(a)).first->second;
 }
 
@@ -109,7 +111,10 @@ bool LeaseTable::FreeIfUnused(uint64_t allocation_id) {
     creator->bytes_created -= it->second.bytes;
   }
   bytes_[it->second.memory->device().type] -= it->second.memory->size();
-  usage_[it->second.perms.uid].bytes -= it->second.memory->size();
+  UidUsage& usage = usage_[it->second.perms.uid];
+  usage.bytes -= it->second.memory->size();
+  (it->second.memory->device().type == Device::kCpu ? usage.host_bytes : usage.device_bytes) -=
+      it->second.memory->size();
   allocations_.erase(it);  // releases the backend memory
   return true;
 }

@@ -50,7 +50,9 @@ bool ModeAllows(const PeerCredentials& peer, const Permissions& perms, Permissio
 
 // What one uid's slots hold, whichever connection made them.
 struct UidUsage {
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;         // host and device
+  uint64_t host_bytes = 0;
+  uint64_t device_bytes = 0;  // every device together
   uint32_t slots = 0;
   uint32_t connections = 0;
   // Allocations no slot names any more that this uid's leases keep alive

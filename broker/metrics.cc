@@ -112,7 +112,12 @@ Result<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen, std::
   m->f_->info.Add({{"version", std::string(version)}}).Set(1);
   m->f_->start_time.Set(static_cast<double>(started_ns) / 1e9);
   try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(listen, 1);
+    // Several threads, and a connection that has not sent its request within
+    // 2 s is dropped: a client that connects and says nothing (one idle
+    // connection held the one thread for civetweb's 30 s default) cannot
+    // keep a scrape waiting.
+    m->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", "8", "request_timeout_ms", "2000", "enable_keep_alive", "no"});
   } catch (const std::exception& e) {
     return Status(Code::kIo, "metrics: cannot listen at " + listen + ": " + e.what());
   }

@@ -12,6 +12,7 @@
 #include "common/futex.h"
 #include "common/posix.h"
 #include "common/registry_reader.h"
+#include "common/slot_descriptor.h"
 #include "common/wire.h"
 
 namespace gpubroker {
@@ -108,6 +109,13 @@ void Registry::Publish(uint32_t index) {
 }
 
 Result<uint32_t> Registry::Insert(const SlotDescriptor& d) {
+  // What the broker publishes, every client must be able to read: the same
+  // check the clients make (a record they cannot decode broke listing for
+  // everyone).
+  if (Status valid = ValidateDescriptor(d); !valid.ok()) {
+    return InvalidArgument("'" + std::string(d.name, strnlen(d.name, sizeof d.name)) +
+                           "' cannot be published: " + valid.message());
+  }
   std::string name(d.name);
   if (by_name_.count(name) != 0) return AlreadyExists("a slot named '" + name + "' exists");
   if (free_.empty()) {

@@ -181,7 +181,23 @@ Status RequestHandler::CheckCaps(BackendKind kind, uint64_t bytes, const Owner& 
                                std::to_string(l.max_host_bytes) + ")");
     }
   }
-  if (!owner.quota_exempt && l.max_bytes_per_uid != 0) {
+  if (!owner.quota_exempt && l.max_bytes_per_uid == kBytesPerUidFromCaps) {
+    // Not configured: a fair share of each cap, so that no one uid can take
+    // all of it from root and everyone else.
+    const UidUsage& usage = table_.Usage(owner.uid);
+    const bool host = kind == BackendKind::kHost;
+    const uint64_t cap = host ? l.max_host_bytes : l.max_bytes_per_device;
+    const uint64_t held = host ? usage.host_bytes : usage.device_bytes;
+    const uint64_t share = cap / kShareOfACap;
+    if (cap != 0 && (bytes > share || held > share - bytes)) {
+      return ResourceExhausted("uid " + std::to_string(owner.uid) + " holds " + std::to_string(held) + " bytes of " +
+                               (host ? "host memory" : "device memory") + "; " + std::to_string(bytes) +
+                               " more exceeds its share, a quarter of " +
+                               (host ? "limits.max_host_bytes" : "limits.max_bytes_per_device") + " (" +
+                               std::to_string(share) + " of " + std::to_string(cap) +
+                               "; limits.max_bytes_per_uid sets another quota)");
+    }
+  } else if (!owner.quota_exempt && l.max_bytes_per_uid != 0) {
     uint64_t held = table_.Usage(owner.uid).bytes;
     if (bytes > l.max_bytes_per_uid || held > l.max_bytes_per_uid - bytes) {
       return ResourceExhausted("uid " + std::to_string(owner.uid) + " holds " + std::to_string(held) +
@@ -202,6 +218,10 @@ Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t
                                          : std::string("this broker's default backend is host: ") +
                                                backends_.Get(BackendKind::kCudaVmm).status().message()) +
                            ")");
+  }
+  if (bytes == 0) {
+    return InvalidArgument("'" + spec.name + "' would hold 0 bytes (a shape with a 0 in it, or --bytes 0): a slot "
+                           "needs at least one element");
   }
   // A live slot of N buffers: N copies of the layout back to back, each
   // starting on a 512-byte boundary so every view keeps its alignment.

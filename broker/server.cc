@@ -172,6 +172,10 @@ Result<std::unique_ptr<Server>> Server::Create(boost::asio::io_context& io, cons
   server->acceptor_.assign(UnixSeqPacket(), fd.release(), ec);
   if (ec) return Status(Code::kIo, "cannot adopt listening socket: " + ec.message());
   server->acceptor_.native_non_blocking(true, ec);  // Accept's accept4 must not block
+  // No client may send descriptors; where the kernel can refuse them for us,
+  // none ever reaches the broker (else the sessions close them off the loop).
+  server->refuses_descriptors_ = RefuseDescriptors(server->acceptor_.native_handle());
+  spdlog::debug("clients' descriptors refused by the kernel: {}", server->refuses_descriptors_ ? "yes" : "no");
   server->socket_path_ = config.socket_path;
   return server;
 }
@@ -255,7 +259,7 @@ bool Server::ShedConnection() {
   if (!spare_.valid()) return false;
   spare_.reset();
   int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd >= 0) ::close(fd);
+  if (fd >= 0) closer_.Close(UniqueFd(fd));  // off the loop, like every client socket
   spare_ = OpenSpare();
   ++shed_;
   auto now = std::chrono::steady_clock::now();
@@ -289,12 +293,11 @@ void Server::OnAccepted(SeqPacketSocket socket) {
     LogRefusal(peer, id.status());
     // Say why at once, then empty our side before closing: a close with
     // unread data would reset the client's socket and lose the reason.
-    int fd = socket.native_handle();
-    (void)SendRecord(fd, wire::EncodeError(0, id.status()), -1, true);
-    std::byte sink[256];
-    while (::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
-    }
-    return;  // closes the socket
+    (void)SendRecord(socket.native_handle(), wire::EncodeError(0, id.status()), -1, true);
+    boost::system::error_code ec;
+    int fd = socket.release(ec);
+    if (!ec) closer_.Close(UniqueFd(fd), /*drain=*/true);  // what it sent may carry descriptors
+    return;
   }
   // Refused connections get a session of their own that answers the first
   // message with the reason; their ids are outside the handler's range.
@@ -304,7 +307,7 @@ void Server::OnAccepted(SeqPacketSocket socket) {
     ++refused_;
   }
   auto session = std::make_shared<Session>(
-      std::move(socket), session_id, handler_, receive_buffer_,
+      std::move(socket), session_id, handler_, receive_buffer_, closer_,
       Session::Hooks{[this](uint64_t client_id) {
                        if (client_id >> 63) --refused_;
                        sessions_.erase(client_id);

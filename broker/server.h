@@ -11,6 +11,7 @@
 
 #include "broker/asio.h"
 #include "broker/config.h"
+#include "broker/fd_closer.h"
 #include "common/posix.h"
 #include "broker/request_handler.h"
 #include "broker/session.h"
@@ -68,6 +69,8 @@ class Server {
   std::string socket_path_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
   std::vector<std::byte> receive_buffer_;
+  FdCloser closer_;  // closes clients' sockets and what they sent, off the loop
+  bool refuses_descriptors_ = false;  // the kernel refuses clients' descriptors for us
   bool stopped_ = false;
   static constexpr int kMaxRefusedSessions = 64;  // beyond: closed at once
   int refused_ = 0;

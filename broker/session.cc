@@ -16,11 +16,12 @@ constexpr int kMessagesPerWakeup = 64;  // then yield to other sessions
 }
 
 Session::Session(Socket socket, uint64_t client_id, RequestHandler& handler,
-                 std::span<std::byte> receive_buffer, Hooks hooks)
+                 std::span<std::byte> receive_buffer, FdCloser& closer, Hooks hooks)
     : socket_(std::move(socket)),
       client_id_(client_id),
       handler_(handler),
       buffer_(receive_buffer),
+      closer_(closer),
       hooks_(std::move(hooks)),
       hello_timer_(socket_.get_executor()),
       flow_timer_(socket_.get_executor()) {}
@@ -94,10 +95,13 @@ void Session::OnReadable() {
       Shutdown();
       return;
     }
-    if (!r->fds.empty() || r->fds_truncated) {  // closed as `r` goes
+    if (!r->fds.empty() || r->fds_truncated) {
+      const size_t count = r->fds.size();
+      // Closed off the loop: closing what a client sent can take as long as
+      // the client likes (a lingering TCP socket, a file on a hung mount).
+      for (UniqueFd& fd : r->fds) closer_.Close(std::move(fd));
       Enqueue(Reply{wire::EncodeError(0, ProtocolError("clients may not send file descriptors (" +
-                                                       std::to_string(r->fds.size()) +
-                                                       (r->fds_truncated ? " or more" : "") +
+                                                       std::to_string(count) + (r->fds_truncated ? " or more" : "") +
                                                        " came with a message)"))});
       continue;
     }
@@ -180,8 +184,16 @@ void Session::Shutdown() {
   outgoing_.clear();
   hello_timer_.cancel();
   flow_timer_.cancel();
+  // The socket is closed off the loop: messages the client sent and we never
+  // read may carry descriptors, whose last close is then ours.
   boost::system::error_code ec;
-  socket_.close(ec);
+  ::shutdown(socket_.native_handle(), SHUT_RDWR);  // the client hears at once
+  int fd = socket_.release(ec);
+  if (ec) {
+    socket_.close(ec);
+  } else {
+    closer_.Close(UniqueFd(fd));
+  }
   handler_.OnDisconnect(client_id_);
   hooks_.closed(client_id_);
 }

@@ -19,6 +19,7 @@
 #include <span>
 
 #include "broker/asio.h"
+#include "broker/fd_closer.h"
 #include "broker/request_handler.h"
 
 namespace gpubroker {
@@ -31,8 +32,10 @@ class Session : public std::enable_shared_from_this<Session> {
     std::function<void()> replied;  // after each reply is queued or sent
   };
 
+  // `closer` closes what the client handed in, and the session's own socket
+  // at the end, off the event loop.
   Session(Socket socket, uint64_t client_id, RequestHandler& handler,
-          std::span<std::byte> receive_buffer, Hooks hooks);
+          std::span<std::byte> receive_buffer, FdCloser& closer, Hooks hooks);
 
   void Start();
   // Answers the connection's first message with `refusal` and closes: a
@@ -58,6 +61,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t client_id_;
   RequestHandler& handler_;
   std::span<std::byte> buffer_;  // shared by all sessions: the loop is single-threaded
+  FdCloser& closer_;
   Hooks hooks_;
   std::deque<Reply> outgoing_;
   bool closed_ = false;

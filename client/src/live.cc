@@ -201,9 +201,10 @@ Result<uint32_t> Writer::Begin(int wait_ms) {
     return InvalidArgument("buffer " + std::to_string(state_->begun) + " is begun already: commit or abort it");
   }
   std::optional<Clock::time_point> deadline = DeadlineAfter(wait_ms);
-  // The previous commit first (it is sent once its writes are done), within
-  // the same wait.
-  GPB_RETURN_IF_ERROR(state_->pending->Wait(deadline).Annotate("the previous commit"));
+  // The previous commit first: it is sent once the writer's own stream has
+  // run its writes. Within wait_ms when one is given; 0 (no wait for
+  // readers) still lets this writer's own commit land.
+  GPB_RETURN_IF_ERROR(state_->pending->Wait(wait_ms == 0 ? std::nullopt : deadline).Annotate("the previous commit"));
   while (true) {
     // The word first: a release between it and the refusal wakes the wait.
     GPB_ASSIGN_OR_RETURN(auto where, state_->locator.Locate());

@@ -124,7 +124,10 @@ class Writer {
   // Takes a buffer no reader pins and that does not hold the newest version
   // (a one-buffer slot: its only buffer, in place). Every buffer pinned:
   // waits up to `wait_ms` for a reader to release one (0: fails at once;
-  // -1: no limit), then kBusy. Returns the buffer's number: write it at
+  // -1: no limit), then kBusy. The previous commit of this writer, if its
+  // stream had not run its writes yet, lands first: within the same
+  // `wait_ms` (kBusy past it), or, with 0, however long this writer's own
+  // stream takes. Returns the buffer's number: write it at
   // View::data(buffer) of any view of the allocation.
   Result<uint32_t> Begin(int wait_ms = 0);
   // Publishes the begun buffer as the next version, atomically for the whole

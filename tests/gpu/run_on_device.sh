@@ -27,9 +27,9 @@ if [ "${GPUBROKER_TESTS:-1}" = 1 ]; then
 gpus=$(nvidia-smi --list-gpus | wc -l)
 export GPUBROKER_REQUIRE_GPU=1 GPUBROKER_REQUIRE_ROOT=1 GPUBROKER_REQUIRE_GPUS=$gpus
 allowed="needs ($(seq -s '|' $((gpus + 1)) 64)) GPUs|needs a machine without a CUDA driver"
-report() {  # report NAME: the counts of the ctest run just made, kept in $out
-  cp "$staged/Testing/Temporary/LastTest.log" "$out/LastTest-$1.log"
-  python3 tests/report.py "$staged" --allow-skip "$allowed" | tee "$out/report-$1.txt" || rc=1
+report() {  # report NAME: the counts of the ctest run just made, all in $out/reports.txt
+  echo "== $1" >>"$out/reports.txt"
+  python3 tests/report.py "$staged" --allow-skip "$allowed" | tee -a "$out/reports.txt" || rc=1
 }
 (cd "$staged" && ctest -L gpu --no-tests=error --output-on-failure) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
 report gpu
@@ -39,10 +39,10 @@ report gpu
 for backend in cuda_vmm cuda_ipc; do
   (cd "$staged" && GPUBROKER_TEST_BACKEND=$backend GPUBROKER_CHAOS_SECONDS=20 \
      ctest -R "chaos_test|permission_test|live_test" --no-tests=error --output-on-failure) 2>&1 |
-    tee "$out/ctest-reliability-$backend.log" || rc=1
+    tee "$out/reliability-$backend.log" || rc=1
   report "reliability-$backend"
   (cd "$staged" && GPUBROKER_TEST_BACKEND=$backend ./tests/security_test --gtest_filter='*ViewsCannotWiden*') 2>&1 |
-    tee "$out/security-$backend.log" || rc=1  # exit 0 only if the case ran and passed
+    tee -a "$out/reliability-$backend.log" || rc=1  # exit 0 only if the case ran and passed
 done
 fi
 if [ "${GPUBROKER_BENCH:-1}" = 1 ]; then

@@ -229,17 +229,24 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
 // under a flood of such wakes checks its word at most every millisecond: a
 // neighbour waking it in a loop (as fast as one core can) costs it little.
 TEST_F(LiveTest, AWaiterWokenForNothingByANeighbourStaysCheap) {
-  CreateStateDict("weights", 2);
+  // Host memory whatever the run's backend: the wait is the same, and the
+  // waiter is forked (a process that mapped CUDA memory cannot fork one that does).
+  CreateOptions o;
+  o.name = "woken";
+  o.shape = {4096};
+  o.buffers = 2;
+  o.backend = BackendKind::kHost;
+  ASSERT_TRUE(client_->Create(o).ok());
   auto registry = broker_->OpenRegistry();
   ASSERT_TRUE(registry.ok()) << registry.status().ToString();
-  auto d = registry->Lookup("weights");
+  auto d = registry->Lookup("woken");
   ASSERT_TRUE(d.ok()) << d.status().ToString();
   auto* word = const_cast<std::atomic<uint32_t>*>(registry->CommitsWord(*d));
   ASSERT_NE(word, nullptr);
   ChildProcess waiter([&](Channel& ch) {
     auto c = broker_->Connect("waiter");
     if (!c.ok()) return 1;
-    auto reader = c->OpenReader("weights");
+    auto reader = c->OpenReader("woken");
     if (!reader.ok()) return 2;
     ch.SendLine("ready");
     rusage before{}, after{};

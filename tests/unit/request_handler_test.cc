@@ -1,5 +1,6 @@
 // The broker's logic, driven message by message with a fake backend.
 #include "broker/request_handler.h"
+#include "common/slot_descriptor.h"
 #include "broker/server.h"
 #include "common/registry_reader.h"
 
@@ -293,6 +294,25 @@ TEST_F(HandlerTest, TheSlotQuotaNotGivenIsAQuarterOfTheRegistry) {
   EXPECT_TRUE(Call<wire::SlotReply>(Connect(1001, 1001), CreateMsg("theirs", 4)).ok());
 }
 
+// Without limits.max_bytes_per_uid, each uid but root and the admin group
+// may hold a quarter of the host-memory cap: one user cannot take it all.
+TEST_F(HandlerTest, EachUidHasAFairShareOfACapByDefault) {
+  Rebuild(Limits{.max_host_bytes = 4096 * 16});  // a share: 16 KiB
+  uint64_t hog = Connect(1000, 1000);
+  for (int i = 0; i < 2; ++i) {  // 8 KiB each: 16 KiB
+    ASSERT_TRUE(Call<wire::SlotReply>(hog, CreateMsg("hog/" + std::to_string(i), 2048)).ok()) << i;
+  }
+  Status more = Call<wire::SlotReply>(hog, CreateMsg("hog/more", 2048)).status();
+  EXPECT_EQ(more.code(), Code::kResourceExhausted) << more.ToString();
+  EXPECT_NE(more.message().find("a quarter of limits.max_host_bytes"), std::string::npos) << more.message();
+  // Others still get theirs, root beyond a share.
+  EXPECT_TRUE(Call<wire::SlotReply>(Connect(1001, 1001), CreateMsg("other/0", 1024)).ok());
+  EXPECT_TRUE(Call<wire::SlotReply>(Connect(0, 0), CreateMsg("root/0", 5 * 1024)).ok());
+  // The share follows what is held: a destroy frees room.
+  ASSERT_TRUE(Destroy(hog, "hog/0").ok());
+  EXPECT_TRUE(Call<wire::SlotReply>(hog, CreateMsg("hog/more", 2048)).ok());
+}
+
 TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
   Rebuild(Limits{.max_slots = 2, .max_bytes_per_uid = 100, .max_connections = 3, .reserved_admin_connections = 0});
   uint64_t a = Connect(1000, 1000);
@@ -310,6 +330,20 @@ TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
   Status conns = handler_->OnConnect({1, 0, 0, {}}).status();
   EXPECT_EQ(conns.code(), Code::kResourceExhausted);
   EXPECT_NE(conns.message().find("connections"), std::string::npos);
+}
+
+// A slot of no bytes is refused at create, naming why; before, the broker
+// made it and every client's listing failed on the record it published.
+TEST_F(HandlerTest, ASlotOfNoBytesIsRefusedAndListingGoesOn) {
+  uint64_t nobody = Connect(65534, 65534);
+  auto zero = Call<wire::SlotReply>(nobody, CreateMsg("nb/zero", 0, 0644));
+  ASSERT_FALSE(zero.ok()) << "a slot of 0 bytes was made";
+  EXPECT_EQ(zero.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("0 bytes"), std::string::npos) << zero.status().message();
+  EXPECT_FALSE(registry_->Find("nb/zero").has_value());
+  for (uint32_t i = 0; i < registry_->capacity(); ++i) {
+    ASSERT_TRUE(ValidateDescriptor(registry_->Get(i)).ok()) << "record " << i << " cannot be read by clients";
+  }
 }
 
 TEST_F(HandlerTest, UnknownBackendIsUnsupported) {
