@@ -188,7 +188,8 @@ class RequestHandler {
   Result<SlotSpec> PoolSpec(const PoolConfig& pool, Owner& owner) const;
   // The one way a slot goes: the name at once, the memory with the last lease.
   void DestroySlot(uint32_t index);
-  Result<Reply> AttachSlot(Request r, uint32_t index, bool read_only);
+  // `flags`: wire::AttachFlags.
+  Result<Reply> AttachSlot(Request r, uint32_t index, uint32_t flags);
   bool IsAdmin(const PeerCredentials& peer) const;
   // `bit` on the slot and on the allocation it views (or admin rights).
   bool May(const PeerCredentials& peer, const SlotDescriptor& slot, PermissionBit bit) const;

@@ -50,7 +50,7 @@ Result<Reply> RequestHandler::OnCreate(Request r, const wire::CreateRequest& m) 
   GPB_RETURN_IF_ERROR(AcceptingNewWork());
   Owner owner{r.client.id, r.client.peer.uid, r.client.peer.gid, IsAdmin(r.client.peer)};
   GPB_ASSIGN_OR_RETURN(uint32_t index, CreateSlot(SpecFromWire(m), owner, &r.client));
-  if (m.flags & wire::kCreateAttach) return AttachSlot(r, index, false);
+  if (m.flags & wire::kCreateAttach) return AttachSlot(r, index, 0);
   return Reply{wire::EncodeReply(r.id, wire::SlotReply{registry_.Get(index)})};
 }
 
@@ -275,10 +275,11 @@ Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t
 Result<Reply> RequestHandler::OnAttach(Request r, const wire::AttachRequest& m) {
   GPB_RETURN_IF_ERROR(AcceptingNewWork());
   GPB_ASSIGN_OR_RETURN(uint32_t index, FindSlot(m.name.view()));
-  return AttachSlot(r, index, (m.flags & wire::kAttachReadOnly) != 0);
+  return AttachSlot(r, index, m.flags);
 }
 
-Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_only) {
+Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, uint32_t flags) {
+  const bool read_only = (flags & wire::kAttachReadOnly) != 0;
   const SlotDescriptor& slot = registry_.Get(index);
   if (!May(r.client.peer, slot, kMayRead)) {
     return PermissionDenied("uid " + std::to_string(r.client.peer.uid) + " may not read slot '" + slot.name +
@@ -291,6 +292,13 @@ Result<Reply> RequestHandler::AttachSlot(Request r, uint32_t index, bool read_on
   GPB_RETURN_IF_ERROR(CheckOrphans(r.client, *a));
   uint32_t access = wire::kAccessRead;
   if (!read_only && May(r.client.peer, slot, kMayWrite)) access |= wire::kAccessWrite;
+  if ((flags & wire::kAttachWriteRequired) && !(access & wire::kAccessWrite)) {
+    // Refused, not quietly made read-only: a write through a read-only
+    // mapping kills the process that makes it.
+    return PermissionDenied("uid " + std::to_string(r.client.peer.uid) + " may read slot '" + slot.name +
+                            "' but not write it (mode " + ModeText(slot.mode) + ", owner uid " +
+                            std::to_string(slot.owner_uid) + ": no 'w' for this user); attach it read-only");
+  }
   GPB_ASSIGN_OR_RETURN(SharedHandle handle, a->memory->Share(access));
   table_.TakeLease(r.client, *a, slot.name, (access & wire::kAccessWrite) != 0);
   SyncLeaseCount(*a);

@@ -114,7 +114,12 @@ Status Validate(const CreateRequest& m) {
 
 Status Validate(const AttachRequest& m) {
   GPB_RETURN_IF_ERROR(CheckText(m.name, "attach.name"));
-  if ((m.flags & ~uint32_t{kAttachReadOnly}) != 0) return InvalidArgument("attach has unknown flags");
+  if ((m.flags & ~uint32_t{kAttachReadOnly | kAttachWriteRequired}) != 0) {
+    return InvalidArgument("attach has unknown flags");
+  }
+  if ((m.flags & kAttachReadOnly) && (m.flags & kAttachWriteRequired)) {
+    return InvalidArgument("attach asks for read-only and for write access at once");
+  }
   GPB_RETURN_IF_ERROR(CheckReserved(m.reserved, "attach.reserved"));
   return ValidateName(m.name.view());
 }

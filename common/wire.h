@@ -115,7 +115,9 @@ struct CreateRequest {
 };
 static_assert(sizeof(CreateRequest) == 440);
 
-enum AttachFlags : uint32_t { kAttachReadOnly = 1u << 0 };
+// Neither flag: write access where the caller may write, else read only
+// ("whatever I may"). kAttachWriteRequired: write access or PermissionDenied.
+enum AttachFlags : uint32_t { kAttachReadOnly = 1u << 0, kAttachWriteRequired = 1u << 1 };
 
 struct AttachRequest {
   static constexpr MsgType kType = MsgType::kAttach;

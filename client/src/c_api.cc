@@ -140,7 +140,11 @@ void Fill(const gpubroker::SlotInfo& s, gpb_slot_info* out) {
 }
 
 gpubroker::AttachMode Mode(int32_t read_only) {
-  return read_only ? gpubroker::AttachMode::kReadOnly : gpubroker::AttachMode::kReadWrite;
+  switch (read_only) {
+    case GPB_ATTACH_READ_WRITE: return gpubroker::AttachMode::kReadWrite;
+    case GPB_ATTACH_AS_ALLOWED: return gpubroker::AttachMode::kAsAllowed;
+    default: return gpubroker::AttachMode::kReadOnly;  // GPB_ATTACH_READ_ONLY, and any other non-zero
+  }
 }
 
 // The views for `names` into *views, all or none; GPB_OK or the code, with `err` filled.

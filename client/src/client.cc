@@ -120,7 +120,9 @@ Result<View> Client::Attach(std::string_view name, AttachMode mode) {
   // 2. Ask the broker for a lease and a handle to the memory.
   wire::AttachRequest m{};
   m.name.set(name);
-  m.flags = mode == AttachMode::kReadOnly ? uint32_t{wire::kAttachReadOnly} : 0u;
+  m.flags = mode == AttachMode::kReadOnly    ? uint32_t{wire::kAttachReadOnly}
+            : mode == AttachMode::kReadWrite ? uint32_t{wire::kAttachWriteRequired}
+                                             : 0u;
   UniqueFd fd;
   GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->channel->Call<wire::AttachReply>(m, &fd));
   // 3. Map it, or join this process's mapping of it.

@@ -28,7 +28,7 @@ struct Client::Core {
     auto slot = (*registry)->Lookup(name);
     if (!slot.ok()) return std::nullopt;
     std::shared_ptr<MappedAllocation> mapped = cache->Find(slot->allocation_id);
-    if (!mapped || (mode == AttachMode::kReadWrite && !mapped->writable)) return std::nullopt;
+    if (!mapped || (mode != AttachMode::kReadOnly && !mapped->writable)) return std::nullopt;
     if (slot->byte_offset > mapped->size || slot->nbytes > mapped->size - slot->byte_offset) return std::nullopt;
     return std::make_pair(std::move(mapped), *slot);
   }

@@ -68,7 +68,11 @@ struct CreateOptions {
   uint32_t buffers = 0;
 };
 
-enum class AttachMode { kReadWrite, kReadOnly };
+// kReadWrite: write access, or kPermissionDenied naming the missing bit
+// (never a view quietly made read-only, whose first write would kill the
+// process). kReadOnly: read access. kAsAllowed: write access where this user
+// may write, else read-only (View::writable() tells).
+enum class AttachMode { kReadWrite, kReadOnly, kAsAllowed };
 
 // A zero-copy window onto a slot's memory. Default-constructed: empty.
 class View {

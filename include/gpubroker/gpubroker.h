@@ -147,6 +147,13 @@ void gpb_client_release(gpb_client* client) GPB_NOEXCEPT;
 /* Creates a slot. out_view NULL: create only; else also attach. out_info may be NULL. */
 int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** out_view,
                    gpb_slot_info* out_info, gpb_error* err) GPB_NOEXCEPT;
+/* read_only: GPB_ATTACH_READ_WRITE (0: write access, or GPB_PERMISSION_DENIED
+ * naming the missing bit), GPB_ATTACH_READ_ONLY (1), or GPB_ATTACH_AS_ALLOWED
+ * (2: write access where this user may write, else read-only; see
+ * gpb_view_writable). The same for every function below that takes it. */
+#define GPB_ATTACH_READ_WRITE 0
+#define GPB_ATTACH_READ_ONLY 1
+#define GPB_ATTACH_AS_ALLOWED 2
 int32_t gpb_attach(gpb_client* client, const char* name, int32_t read_only, gpb_view** out,
                    gpb_error* err) GPB_NOEXCEPT;
 /* Attaches `count` slots into out[0..count), all or none: on an error no view

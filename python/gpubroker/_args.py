@@ -29,3 +29,13 @@ def integer(value, low, high, what):
     if not low <= v <= high:
         raise ValueError(f"{what} {v} is outside {low}..{high}")
     return v
+
+
+def attach_mode(readonly):
+    """The C ABI's attach mode for readonly=False (write access or
+    PermissionDenied), True (read-only) or None (whatever this user may)."""
+    if readonly is None:
+        return 2  # GPB_ATTACH_AS_ALLOWED
+    if not isinstance(readonly, bool):
+        raise TypeError(f"readonly must be True, False or None, not {readonly!r}")
+    return 1 if readonly else 0

@@ -3,7 +3,7 @@ import ctypes
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import _live, _publish
-from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, integer as _int, name as _name
+from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, attach_mode, integer as _int, name as _name
 from ._capi import (MAX_BUFFERS, InvalidArgument, NotFound, Unavailable, check, gpb_create_args, gpb_dtype,
                     gpb_slot_info, lib)
 from ._devices import device_args
@@ -97,18 +97,23 @@ class Client:
         check(lib.gpb_create, self._h(), ctypes.byref(args), ctypes.byref(view), ctypes.byref(info))
         return View(view.value)
 
-    def attach(self, name: str, readonly: bool = False) -> View:
-        """A View of slot `name`. Free of round trips if this process maps its allocation."""
+    def attach(self, name: str, readonly: Optional[bool] = False) -> View:
+        """A View of slot `name`. Free of round trips if this process maps its allocation.
+
+        readonly=False: writable, or PermissionDenied if this user may only
+        read it (never a view quietly made read-only, whose first write would
+        crash the process); True: read-only; None: writable where this user
+        may write, else read-only (View.writable tells)."""
         view = ctypes.c_void_p()
-        check(lib.gpb_attach, self._h(), _name(name), 1 if readonly else 0, ctypes.byref(view))
+        check(lib.gpb_attach, self._h(), _name(name), attach_mode(readonly), ctypes.byref(view))
         return View(view.value)
 
-    def attach_many(self, names: Iterable[str], readonly: bool = False) -> List[View]:
+    def attach_many(self, names: Iterable[str], readonly: Optional[bool] = False) -> List[View]:
         """Views of every slot in `names`, all or none: on an error no view is
         kept and the error names the slot. One call into the library."""
         return [View(h) for h in self._attach_handles(names, readonly)]
 
-    def attach_state_dict(self, prefix: str, keys: Optional[Iterable[str]] = None, *, readonly: bool = False,
+    def attach_state_dict(self, prefix: str, keys: Optional[Iterable[str]] = None, *, readonly: Optional[bool] = False,
                           to: str = "view") -> Dict[str, Any]:
         """The tensors `publish_state_dict(prefix, ...)` published, as {key: ...}.
 
@@ -134,7 +139,7 @@ class Client:
         encoded = [_name(n) for n in names]
         out = (ctypes.c_void_p * max(len(encoded), 1))()
         check(lib.gpb_attach_many, self._h(), (ctypes.c_char_p * max(len(encoded), 1))(*encoded),
-              len(encoded), 1 if readonly else 0, out)
+              len(encoded), attach_mode(readonly), out)
         return [out[i] for i in range(len(encoded))]
 
     def _keys_under(self, prefix, allocation_id=None):

@@ -8,7 +8,7 @@ as_strided windows onto one tensor over the arena), the cheapest.
 """
 import ctypes
 
-from ._args import name as _name
+from ._args import attach_mode, name as _name
 from ._capi import check, lib
 from ._dlpack import NAME, api, unconsumed
 
@@ -19,7 +19,7 @@ def attach(client_handle, names, readonly):
     n = len(names)
     managed = (ctypes.c_void_p * max(n, 1))()
     check(lib.gpb_attach_many_dlpack, client_handle, (ctypes.c_char_p * max(n, 1))(*[_name(x) for x in names]),
-          n, 1 if readonly else 0, 0, managed)
+          n, attach_mode(readonly), 0, managed)
     out, new = [], api.PyCapsule_New
     i, capsule = 0, None
     try:

@@ -97,6 +97,14 @@ def main():
         sys.stdout.buffer.flush()
         sys.stdin.buffer.read()
         return
+    if cmd == "attach-modes":  # what each readonly= gives this user
+        for readonly in (False, True, None):
+            try:
+                v = c.attach(name, readonly=readonly)
+                out(f"readonly={readonly}: {'writable' if v.writable else 'read-only'}")
+            except gpubroker.PermissionDenied as e:
+                out(f"readonly={readonly}: PermissionDenied {e}")
+        return
     view = c.attach(name)
     if cmd == "echo":
         import numpy

@@ -38,6 +38,22 @@ class HostTest(unittest.TestCase):
     def leases(self, name):
         return self.c.stat(name).lease_count
 
+    @unittest.skipUnless(os.getuid() == 0 or os.environ.get("GPUBROKER_REQUIRE_ROOT", "0") not in ("", "0"),
+                         "needs root to run a peer as another user")
+    def test_attach_for_writing_is_refused_where_the_user_may_only_read(self):
+        """A user who may only read gets PermissionDenied naming the missing
+        'w' from attach() (a view quietly made read-only crashed the process
+        at its first write), a read-only view when it asks for one, and the
+        same from readonly=None ("whatever I may")."""
+        self.c.create("py/read-only", (16,), "float32", mode=0o644, attach=False)
+        peer = self.broker.peer("attach-modes", "py/read-only", uid=65534)
+        said = [peer.stdout.readline().decode().strip() for _ in range(3)]
+        self.assertEqual(finish(peer), 0)
+        self.assertTrue(said[0].startswith("readonly=False: PermissionDenied"), said[0])
+        self.assertIn("may read slot 'py/read-only' but not write it", said[0])
+        self.assertNotIn("_capi", said[0])
+        self.assertEqual(said[1:], ["readonly=True: read-only", "readonly=None: read-only"])
+
     def test_consumer_process_sees_exactly_the_producers_values(self):
         rng = fresh_rng()
         values = rng.standard_normal((257, 33))

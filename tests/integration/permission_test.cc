@@ -77,7 +77,7 @@ std::string TryWrite(const BrokerProcess& broker, const std::string& name, const
   if (pid == 0) {
     auto c = Client::Connect(broker.Options(who + "-writer"));
     if (!c.ok()) ::_exit(2);
-    auto v = c->Attach(name);
+    auto v = c->Attach(name, AttachMode::kAsAllowed);
     if (!v.ok()) ::_exit(3);
     if (v->device().type == Device::kCpu) {
       *static_cast<volatile uint8_t*>(v->data()) = 0x5a;  // SIGSEGV where the mapping is read-only
@@ -134,11 +134,17 @@ TEST(Permissions, ModeBitsAdminGroupAndRoot) {
       if (!c.ok()) return 31;
       for (uint32_t mode : kModes) {
         int before = OpenFds();
-        auto v = c->Attach(Slot(mode, "attach"));
+        auto v = c->Attach(Slot(mode, "attach"), AttachMode::kAsAllowed);
         int after = OpenFds();
         std::string line = Slot(mode, "") + " attach=" + (v.ok() ? "ok" : std::string(CodeName(v.status().code())));
-        if (v.ok()) line += std::string(" granted=") + (v->writable() ? "rw" : "r") + " write=" + wrote[mode];
-        else if (after != before) line += " LEAKED-FD";
+        if (v.ok()) {
+          line += std::string(" granted=") + (v->writable() ? "rw" : "r") + " write=" + wrote[mode];
+        } else if (after != before) {
+          line += " LEAKED-FD";
+        }
+        // Asking for write access where there is none is refused, not quietly downgraded.
+        auto rw = c->Attach(Slot(mode, "attach"), AttachMode::kReadWrite);
+        line += " rw=" + std::string(rw.ok() ? (rw->writable() ? "ok" : "READ-ONLY") : CodeName(rw.status().code()));
         Status d = c->Destroy(Slot(mode, std::string("destroy-") + who.name));
         line += std::string(" destroy=") + (d.ok() ? "ok" : std::string(CodeName(d.code())));
         ch.SendLine(line);
@@ -153,6 +159,7 @@ TEST(Permissions, ModeBitsAdminGroupAndRoot) {
       expect += Allowed(who, mode, 4) ? std::string(" attach=ok granted=") + (Allowed(who, mode, 2) ? "rw" : "r") +
                                             " write=" + (can_write ? "yes" : "no")
                                       : " attach=permission_denied";
+      expect += Allowed(who, mode, 4) && Allowed(who, mode, 2) ? " rw=ok" : " rw=permission_denied";
       expect += Allowed(who, mode, 2) ? " destroy=ok" : " destroy=permission_denied";
       EXPECT_EQ(client.channel().ReceiveLine(), expect);
     }

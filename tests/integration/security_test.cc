@@ -276,10 +276,11 @@ TEST(Security, DestroyedMemoryKeptByViewsCannotFillTheBroker) {
       (void)c->Destroy("mine/" + std::to_string(i));
     }
     ch.SendLine(std::to_string(held.size()) + " " + refused.ToString());
-    ch.SendLine(c->Attach("pub/0").status().ToString());  // a lease on a slot of someone else's
-    (void)ch.ReceiveLine();                                // until root has created more
+    // A lease on a slot of someone else's.
+    ch.SendLine(c->Attach("pub/0", AttachMode::kReadOnly).status().ToString());
+    (void)ch.ReceiveLine();  // until root has created more
     held.clear();
-    ch.SendLine(Code(c->Attach("pub/0").status()));
+    ch.SendLine(Code(c->Attach("pub/0", AttachMode::kReadOnly).status()));
     return 0;
   });
   std::string own = hoarder.channel().ReceiveLine();
@@ -321,7 +322,7 @@ TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {
   ASSERT_EQ(owner.channel().ReceiveLine(), "written");
   auto lines = RunAs(kOther, [&](Channel& ch) {
     auto c = broker->Connect("reader");
-    auto v = c->Attach("ro/data");
+    auto v = c->Attach("ro/data", AttachMode::kAsAllowed);
     if (!v.ok()) return ch.SendLine("attach " + v.status().ToString());
     ch.SendLine(std::string("writable=") + (v->writable() ? "yes" : "no"));
     // The library closes the fd once mapped; an attacker keeps it: ask for
@@ -350,7 +351,7 @@ TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {
     CreateOptions view = Slot("ro/mine", 16, 0600);
     view.base = "ro/data";
     ch.SendLine("view=" + Code(c->Create(view).status()));
-    ch.SendLine("attach-rw=" + std::string(c->Attach("ro/data", AttachMode::kReadWrite)->writable() ? "yes" : "no"));
+    ch.SendLine("attach-rw=" + Code(c->Attach("ro/data", AttachMode::kReadWrite).status()));
   });
   std::vector<std::string> expected = {"writable=no",
                                        "found=yes",
@@ -360,7 +361,7 @@ TEST(Security, AReadLeaseCannotBeTurnedIntoAWrite) {
                                        std::string("write=") + std::strerror(EBADF),
                                        "punch=refused",
                                        "view=permission_denied",
-                                       "attach-rw=no"};
+                                       "attach-rw=permission_denied"};
   EXPECT_EQ(lines, expected);
   owner.channel().SendLine("done");
   EXPECT_EQ(owner.channel().ReceiveLine(), "intact");
