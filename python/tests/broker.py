@@ -65,9 +65,29 @@ class Broker:
         """Starts tests/peer.py in a new interpreter, talking over pipes; as
         user and group `uid` if given (root only)."""
         here = os.path.dirname(os.path.abspath(__file__))
-        as_user = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
-        return subprocess.Popen([sys.executable, os.path.join(here, "peer.py"), self.socket, *args],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, **as_user)
+        script, env = os.path.join(here, "peer.py"), None
+        as_user = {}
+        if uid is not None:
+            # What the other user reads is staged where it can read it (the
+            # checkout may be in a directory of mode 0700).
+            staged = _staged_for_other_users()
+            script, env = staged.path("peer.py"), {**os.environ, **staged.env()}
+            as_user = {"user": uid, "group": uid, "extra_groups": []}
+        return subprocess.Popen([sys.executable, script, self.socket, *args],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, **as_user)
+
+
+_STAGED = []
+
+
+def _staged_for_other_users():
+    if not _STAGED:
+        here = os.path.dirname(os.path.abspath(__file__))
+        source = os.path.abspath(os.path.join(here, "..", ".."))
+        sys.path.insert(0, os.path.join(source, "tests", "support"))
+        from staging import stage_for_other_users
+        _STAGED.append(stage_for_other_users(source, os.environ["GPUBROKER_LIBRARY"], [os.path.join(here, "peer.py")]))
+    return _STAGED[0]
 
 
 def finish(proc):

@@ -35,10 +35,15 @@ import time
 BUILD = os.path.abspath(sys.argv[1])
 GPU = "--gpu" in sys.argv[2:]
 SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PEER = os.path.join(SOURCE, "tests", "container", "peer.py")
 CTL = os.path.join(BUILD, "client", "gpubrokerctl")
-ENV = {"GPUBROKER_LIBRARY": os.path.join(BUILD, "client", "libgpubroker.so"),
-       "PYTHONPATH": os.path.join(SOURCE, "python")}
+# Clients run as other users: what they read is staged where they can read it
+# (the checkout may be in a directory of mode 0700).
+sys.path.insert(0, os.path.join(SOURCE, "tests", "support"))
+from staging import stage_for_other_users  # noqa: E402
+STAGED = stage_for_other_users(SOURCE, os.path.join(BUILD, "client", "libgpubroker.so"),
+                               [os.path.join(SOURCE, "tests", "container", "peer.py")])
+PEER = STAGED.path("peer.py")
+ENV = STAGED.env()
 passed = failed = 0
 
 

@@ -20,8 +20,11 @@ import urllib.request
 BUILD = os.path.abspath(sys.argv[1])
 SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CTL = os.path.join(BUILD, "client", "gpubrokerctl")
-ENV = {**os.environ, "GPUBROKER_LIBRARY": os.path.join(BUILD, "client", "libgpubroker.so"),
-       "PYTHONPATH": os.path.join(SOURCE, "python")}
+# Some clients run as another uid: what they read is staged where they can
+# read it (the checkout may be in a directory of mode 0700).
+sys.path.insert(0, os.path.join(SOURCE, "tests", "support"))
+from staging import stage_for_other_users  # noqa: E402
+ENV = {**os.environ, **stage_for_other_users(SOURCE, os.path.join(BUILD, "client", "libgpubroker.so")).env()}
 PYTHON = "/usr/bin/python3"
 failures = []
 passes = []
