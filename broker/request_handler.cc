@@ -192,8 +192,10 @@ Result<Reply> RequestHandler::OnHello(Request r, const wire::HelloRequest& m) {
   }
   r.client.greeted = true;
   r.client.name = std::string(m.client_name.view());
-  spdlog::info("client {} is '{}' (pid {} uid {} gid {})", r.client.id, Printable(r.client.name), r.client.peer.pid,
-               r.client.peer.uid, r.client.peer.gid);
+  if (uint64_t dropped = 0; log_budget_.Allow(r.client.peer.uid, &dropped)) {
+    spdlog::info("client {} is '{}' (pid {} uid {} gid {}){}", r.client.id, Printable(r.client.name),
+                 r.client.peer.pid, r.client.peer.uid, r.client.peer.gid, LogBudget::Note(r.client.peer.uid, dropped));
+  }
   wire::HelloReply reply{};
   reply.protocol_version = wire::kProtocolVersion;
   reply.broker_pid = ::getpid();

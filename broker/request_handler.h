@@ -19,6 +19,7 @@
 #include "broker/backend.h"
 #include "broker/config.h"
 #include "broker/lease_table.h"
+#include "broker/log_budget.h"
 #include "common/posix.h"
 #include "broker/registry.h"
 #include "common/wire.h"
@@ -208,6 +209,9 @@ class RequestHandler {
   // from its boot generation: a release sent late (after a reconnect, or
   // from before a restart) can name no pin it did not take.
   uint64_t last_pin_ = 0;
+  // Lines a client's requests make the broker log, per uid (a connection, a
+  // create, a destroy): no user can flood the log.
+  LogBudget log_budget_;
   bool stopping_ = false;
   bool draining_ = false;
   std::set<std::string> degraded_;

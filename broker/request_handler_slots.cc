@@ -149,9 +149,11 @@ Result<uint32_t> RequestHandler::CreateSlot(const SlotSpec& spec, const Owner& o
   }
   table_.AddSlot(*a, *index);
   table_.CountSlot(owner.uid, +1);
-  spdlog::info("slot '{}' created by client {} (uid {}): {} {} bytes at offset {} of allocation {} ({}), mode {}",
-               spec.name, owner.client_id, owner.uid, DTypeName(spec.dtype), extent, spec.byte_offset, a->id,
-               BackendName(a->backend), ModeText(spec.mode));
+  if (uint64_t dropped = 0; log_budget_.Allow(owner.uid, &dropped)) {
+    spdlog::info("slot '{}' created by client {} (uid {}): {} {} bytes at offset {} of allocation {} ({}), mode {}{}",
+                 spec.name, owner.client_id, owner.uid, DTypeName(spec.dtype), extent, spec.byte_offset, a->id,
+                 BackendName(a->backend), ModeText(spec.mode), LogBudget::Note(owner.uid, dropped));
+  }
   return *index;
 }
 
@@ -337,8 +339,10 @@ Result<Reply> RequestHandler::OnDestroy(Request r, const wire::DestroyRequest& m
   }
   wire::DestroyReply reply{slot.allocation_id, 0, 0};
   if (const Allocation* a = table_.FindAllocation(reply.allocation_id)) reply.lease_count = a->leases;
-  spdlog::info("slot '{}' destroyed by client {} ({} leases keep allocation {})", slot.name, r.client.id,
-               reply.lease_count, reply.allocation_id);
+  if (uint64_t dropped = 0; log_budget_.Allow(r.client.peer.uid, &dropped)) {
+    spdlog::info("slot '{}' destroyed by client {} ({} leases keep allocation {}){}", slot.name, r.client.id,
+                 reply.lease_count, reply.allocation_id, LogBudget::Note(r.client.peer.uid, dropped));
+  }
   DestroySlot(index);
   return Reply{wire::EncodeReply(r.id, reply)};
 }
@@ -363,13 +367,21 @@ void RequestHandler::OnDisconnect(uint64_t client_id) {
   if (c == nullptr) return;
   uint64_t reclaimed = 0;
   for (const auto& [aid, lease] : c->leases) reclaimed += lease.count;
+  const uid_t uid = c->peer.uid;
   table_.CountConnection(c->peer.uid, -1);
   for (const auto& [aid, lease] : c->leases) ForgetLiveState(*c, aid);
   for (uint64_t allocation_id : table_.RemoveClient(client_id)) {
     if (Allocation* a = table_.FindAllocation(allocation_id)) SyncLeaseCount(*a);
     ReleaseIfUnused(allocation_id);
   }
-  spdlog::info("client {} disconnected; {} leases reclaimed", client_id, reclaimed);
+  // One line a connection, at hello; its end is worth a line only when it
+  // left leases behind (a crash), within the uid's budget.
+  uint64_t dropped = 0;
+  if (reclaimed == 0 || !log_budget_.Allow(uid, &dropped)) {
+    spdlog::debug("client {} disconnected; {} leases reclaimed", client_id, reclaimed);
+  } else {
+    spdlog::info("client {} disconnected; {} leases reclaimed{}", client_id, reclaimed, LogBudget::Note(uid, dropped));
+  }
 }
 
 Result<SlotSpec> RequestHandler::PoolSpec(const PoolConfig& pool, Owner& owner) const {
@@ -447,7 +459,7 @@ void RequestHandler::ReleaseIfUnused(uint64_t allocation_id) {
   if (table_.FreeIfUnused(allocation_id)) {
     if (live_index != kNoLiveRecord) registry_.RemoveLive(live_index);
     if (options_.observer != nullptr) options_.observer->Removed(allocation_id);
-    spdlog::info("allocation {} freed: no slot and no lease holds it", allocation_id);
+    spdlog::debug("allocation {} freed: no slot and no lease holds it", allocation_id);
   }
 }
 

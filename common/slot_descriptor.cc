@@ -11,6 +11,9 @@ Status ValidateDescriptor(const SlotDescriptor& d) {
   if (std::memchr(d.name, '\0', sizeof d.name) == nullptr) {
     return ProtocolError("slot descriptor name is not NUL-terminated");
   }
+  if (d.state == static_cast<uint16_t>(SlotState::kLive)) {
+    if (Status name = ValidateName(d.name); !name.ok()) return ProtocolError("slot descriptor: " + name.message());
+  }
   if (d.ndim > static_cast<uint32_t>(kMaxDims)) {
     return ProtocolError("slot descriptor has ndim " + std::to_string(d.ndim));
   }

@@ -25,6 +25,24 @@ bool IsSocket(const std::string& path) {
 
 std::string ParentOf(const std::string& path) { return std::filesystem::path(path).parent_path().string(); }
 
+// Whether `dir` and every directory above it are owned by `owner` or root
+// and writable by nobody else; the reason if not.
+Status OnlyWritableBy(const std::string& dir, uid_t owner) {
+  std::filesystem::path p = std::filesystem::absolute(dir).lexically_normal();
+  while (true) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return PosixError("stat " + p.string(), errno);
+    if (st.st_uid != owner && st.st_uid != 0) {
+      return PermissionDenied(p.string() + " belongs to uid " + std::to_string(st.st_uid));
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      return PermissionDenied(p.string() + " can be written by others than its owner");
+    }
+    if (!p.has_relative_path()) return Status::Ok();  // the root
+    p = p.parent_path();
+  }
+}
+
 std::string Octal(mode_t mode) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
@@ -107,11 +125,19 @@ Status VerifyBrokerPeer(int fd, const std::string& path) {
                             "): refusing it; your runtime directory may not be yours alone");
   }
   if (cred.uid == 0 || cred.uid == me) return Status::Ok();
+  // Another user's broker (a service account's): trusted only where nobody
+  // else could have put it. The socket's directory must be that user's, and
+  // it and every directory above it owned by that user or root and writable
+  // by no one else (OpenSSH's rule for its key paths). A directory another
+  // user made under /tmp fails: /tmp can be written by anyone, so the first
+  // to make the directory owns it.
+  Status chain = OnlyWritableBy(ParentOf(path), cred.uid);
   struct stat st {};
-  if (::stat(ParentOf(path).c_str(), &st) == 0 && st.st_uid == cred.uid) return Status::Ok();
+  if (chain.ok() && ::stat(ParentOf(path).c_str(), &st) == 0 && st.st_uid == cred.uid) return Status::Ok();
   return PermissionDenied("the broker at " + path + " runs as uid " + std::to_string(cred.uid) +
-                          ", which is not root, not you, and does not own the socket's directory: "
-                          "refusing it (anyone who can write there could have started it)");
+                          ", which is not root and not you, and " +
+                          (chain.ok() ? std::string("does not own the socket's directory") : chain.message()) +
+                          ": refusing it (anyone who can write there could have started it)");
 }
 
 }  // namespace gpubroker

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/seqpacket.h"
+#include "common/parse.h"
 #include "common/socket_path.h"
 
 namespace gpubroker {
@@ -28,7 +29,9 @@ Result<UniqueFd> Dial(const ConnectOptions& options) {
 Status FromErrorReply(const wire::Frame& frame) {
   auto e = wire::Decode<wire::ErrorReply>(frame.payload);
   if (!e.ok()) return e.status();
-  return Status(static_cast<Code>(e->code), std::string(e->message.view()));
+  // Text from the broker is escaped before anyone prints it: a broker that is
+  // not what it claims could send terminal escapes.
+  return Status(static_cast<Code>(e->code), Printable(e->message.view()));
 }
 
 }  // namespace
@@ -179,7 +182,7 @@ Result<ReplyWithFd> Channel::SendAndReceiveLocked(std::vector<std::byte> request
     if (frame->type == wire::MsgType::kNotice) {
       auto notice = wire::Decode<wire::Notice>(frame->payload);
       if (notice.ok() && notice->kind == wire::kNoticeStopping) {
-        broken_ = Unavailable("broker unavailable: " + std::string(notice->message.view()));
+        broken_ = Unavailable("broker unavailable: " + Printable(notice->message.view()));
       }
       continue;  // the reply (or the close) follows
     }

@@ -7,6 +7,7 @@
 #include "client/src/client_core.h"
 #include "client/src/mapping.h"
 #include "client/src/mapping_cache.h"
+#include "common/parse.h"
 #include "common/socket_path.h"
 #include "common/validate.h"
 
@@ -181,8 +182,8 @@ Result<BrokerInfo> Client::Info() {
   GPB_ASSIGN_OR_RETURN(wire::StatusReply s, core_->channel->Call<wire::StatusReply>(wire::StatusRequest{}));
   BrokerInfo b;
   b.pid = s.broker_pid;
-  b.version = std::string(s.broker_version.view());
-  b.registry_name = std::string(s.registry_name.view());
+  b.version = Printable(s.broker_version.view());  // from the broker: escaped before anyone prints it
+  b.registry_name = Printable(s.registry_name.view());
   b.stopping = s.state == wire::kStateStopping;
   b.state = s.state == wire::kStateStopping   ? "stopping"
             : s.state == wire::kStateDraining ? "draining"

@@ -22,6 +22,7 @@
 #include "tests/integration/harness.h"
 #include "common/seqpacket.h"
 #include "common/wire.h"
+#include "broker/log_budget.h"
 #include "tests/support/lingering_socket.h"
 #include "tests/support/require.h"
 
@@ -608,6 +609,64 @@ TEST(Security, ADescriptorWhoseCloseBlocksNeverStallsTheLoop) {
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 }
 
+// A user who first makes a gpubroker/ directory under a directory anyone
+// may write (as /tmp) and answers there is not trusted by another user's
+// client: the directory is the squatter's, but its parent could be written
+// by anyone. And what a broker says is escaped before anyone prints it.
+TEST(Security, ClientsTrustNoSquattersBrokerAndPrintNothingRaw) {
+  GPUBROKER_NEEDS_ROOT("to run a squatter and a client as other users");
+  auto base = std::filesystem::temp_directory_path() / ("gpbtest-squat-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(base);
+  ::chmod(base.c_str(), 01777);  // as /tmp
+  const std::string sock = (base / "gpubroker" / "gpubroker.sock").string();
+  // The squatter: a listener of its own, and, to the one who connects
+  // anyway, an error reply full of terminal escapes.
+  ChildProcess squatter([&](Channel& ch) {
+    if (!Become(kOther)) return 90;
+    ::mkdir((base / "gpubroker").c_str(), 0755);
+    UniqueFd l(::socket(AF_UNIX, SOCK_SEQPACKET, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+    if (::bind(l.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(l.get(), 4) != 0) return 91;
+    ::chmod(sock.c_str(), 0666);
+    ch.SendLine("listening");
+    while (true) {
+      UniqueFd c(::accept(l.get(), nullptr, nullptr));
+      if (!c.valid()) return 92;
+      std::vector<std::byte> buffer(wire::kMaxMessageBytes);
+      auto r = ReceiveRecord(c.get(), buffer, false);
+      if (!r.ok() || r->closed) continue;
+      (void)SendRecord(c.get(), wire::EncodeError(1, PermissionDenied("\x1b]0;pwned\x07\x1b[2Jgotcha")), -1, false);
+    }
+  });
+  ASSERT_EQ(squatter.channel().ReceiveLine(), "listening");
+  auto refused = RunAs(kOwner, [&](Channel& ch) {
+    ConnectOptions o;
+    o.socket_path = sock;
+    o.reconnect_timeout_ms = 0;
+    auto c = Client::Connect(o);
+    ch.SendLine(c.ok() ? "TRUSTED" : std::string(CodeName(c.status().code())) + " " + c.status().message());
+  });
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].rfind("permission_denied", 0), 0u) << refused[0];
+  EXPECT_NE(refused[0].find("can be written by others"), std::string::npos) << refused[0];
+  // The same listener reached by the user who runs it (trusted, as its own):
+  // what it says comes back escaped.
+  auto escaped = RunAs(kOther, [&](Channel& ch) {
+    ConnectOptions o;
+    o.socket_path = sock;
+    o.reconnect_timeout_ms = 0;
+    auto c = Client::Connect(o);
+    ch.SendLine(c.ok() ? "CONNECTED" : c.status().message());
+  });
+  ASSERT_EQ(escaped.size(), 1u);
+  EXPECT_EQ(escaped[0].find('\x1b'), std::string::npos) << "a raw escape came through";
+  EXPECT_NE(escaped[0].find("\\x1b]0;pwned\\x07"), std::string::npos) << escaped[0];
+  ::kill(squatter.pid(), SIGKILL);
+  std::filesystem::remove_all(base);
+}
+
 // Only a stale socket of the broker's own uid is ever removed.
 TEST(Security, TheSocketPathIsNeverClobbered) {
   auto dir = std::filesystem::temp_directory_path() / ("gpbtest-sock-" + std::to_string(::getpid()));
@@ -744,6 +803,50 @@ TEST(Security, GarbageCannotFloodTheLog) {
   EXPECT_GE(lines, 1);
   EXPECT_LE(lines, 1 + static_cast<int>(seconds) + 1) << lines << " lines for " << kRecords << " records in "
                                                        << seconds << " s";
+}
+
+// Ordinary requests cannot flood the log either: a user that creates and
+// destroys in a loop, and connects, says hello with a name of escape bytes
+// and hangs up in a loop, gets its uid's budget of lines (a burst, then a few
+// a second) and one that says how many were left out.
+TEST(Security, OrdinaryRequestsCannotFloodTheLog) {
+  GPUBROKER_NEEDS_ROOT("to run the flood as another uid");
+  TempDir dir("flood");
+  auto broker = BrokerLoggingTo(dir.path / "log");
+  ASSERT_NE(broker, nullptr);
+  constexpr int kCycles = 1500;
+  const auto started = std::chrono::steady_clock::now();
+  auto lines = RunAs(kOther, [&](Channel& ch) {
+    auto c = broker->Connect("flood");
+    if (!c.ok()) return ch.SendLine(c.status().ToString());
+    for (int i = 0; i < kCycles; ++i) {
+      if (!c->Create(Slot("flood/x", 64, 0600)).ok() || !c->Destroy("flood/x").ok()) return ch.SendLine("FAILED");
+    }
+    ConnectOptions o = broker->Options(std::string("\x1b[2J\x1b]0;x\x07"));
+    for (int i = 0; i < kCycles / 3; ++i) {
+      if (!Client::Connect(o).ok()) return ch.SendLine("CONNECT FAILED");
+    }
+    ch.SendLine("done");
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_EQ(lines, std::vector<std::string>{"done"});
+  auto root = broker->Connect();
+  ASSERT_TRUE(root.ok());  // still serving
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  std::ifstream in(dir.path / "log");
+  int from_other = 0, notes = 0, raw_escapes = 0;
+  const std::string uid = "uid " + std::to_string(kOther);
+  for (std::string line; std::getline(in, line);) {
+    from_other += line.find(uid) != std::string::npos || line.find("'flood/x'") != std::string::npos;
+    notes += line.find("were not logged") != std::string::npos;
+    raw_escapes += line.find('\x1b') != std::string::npos;
+  }
+  const int budget = static_cast<int>(LogBudget::kBurst + LogBudget::kPerSecond * (seconds + 1));
+  std::printf("  %d cycles in %.1f s: %d lines from the flooding uid (budget %d), %d notes\n", kCycles + kCycles / 3,
+              seconds, from_other, budget, notes);
+  EXPECT_LE(from_other, budget) << "lines for " << 3 * kCycles << " requests in " << seconds << " s";
+  EXPECT_GE(notes, 1) << "no line said how many were left out";
+  EXPECT_EQ(raw_escapes, 0);
 }
 
 // Errors that name the real problem.

@@ -48,6 +48,7 @@ TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
   std::vector<uint64_t> clients, allocations;
   uint64_t next_client = 1;
   bool saw_orphans = false;
+  bool saw_leases = false;
   for (int step = 0; step < 20000; ++step) {
     switch (rng() % 6) {
       case 0: {
@@ -104,8 +105,11 @@ TEST(LeaseTable, RunningTotalsMatchARecountThroughRandomOperations) {
     ExpectTotalsMatchARecount(t);
     if (HasFatalFailure()) return;
     for (uid_t uid = 0; uid < 4; ++uid) saw_orphans = saw_orphans || t.Usage(uid).orphans > 0;
+    saw_leases = saw_leases || t.total_leases() > 0;
   }
-  EXPECT_GT(t.total_leases(), 0u);  // the sequence did exercise leases
+  // The sequence did exercise leases (at some point: random operations may
+  // well end with none, which made this check fail now and then).
+  EXPECT_TRUE(saw_leases);
   EXPECT_TRUE(saw_orphans);         // and leases on allocations no slot names
 }
 
