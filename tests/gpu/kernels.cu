@@ -51,6 +51,14 @@ __global__ void CheckStamp(const uint64_t* p, size_t n, uint64_t seed, uint64_t 
   if (local != 0) atomicAdd(bad, local);
 }
 
+__global__ void SpinKernel(uint64_t ns) {
+  uint64_t start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
 int Blocks() {
   int device = 0, sms = 132;
   cudaGetDevice(&device);
@@ -122,6 +130,11 @@ void* NewStream() {
 }
 
 void FreeStream(void* stream) { cudaStreamDestroy(static_cast<cudaStream_t>(stream)); }
+
+bool Spin(void* stream, uint64_t nanoseconds) {
+  SpinKernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(nanoseconds);
+  return cudaGetLastError() == cudaSuccess;
+}
 
 bool SyncStream(void* stream) { return cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) == cudaSuccess; }
 

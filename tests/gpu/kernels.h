@@ -33,6 +33,8 @@ inline uint64_t VersionWord(uint64_t seed, uint64_t i, uint64_t version) {
 // A stream of this process's current device, and its end.
 void* NewStream();
 void FreeStream(void* stream);
+// Queues a kernel on `stream` that runs `nanoseconds` and touches nothing.
+bool Spin(void* stream, uint64_t nanoseconds);
 // Waits until the work queued on `stream` so far is done.
 bool SyncStream(void* stream);
 bool SetDevice(int ordinal);

@@ -15,6 +15,9 @@
 
 #include "common/futex.h"
 #include "tests/integration/harness.h"
+#if GPUBROKER_GPU_KERNELS
+#include "tests/gpu/kernels.h"
+#endif
 
 namespace gpubroker::testing {
 namespace {
@@ -350,6 +353,49 @@ TEST_F(LiveTest, AReaderOfAKilledBrokerTakesNoVersionOfTheTreeMadeAgainAfterIt) 
   ASSERT_TRUE(newest.ok()) << newest.status().ToString();
   EXPECT_EQ(*newest, 3u);
   EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+// Closing a reader gives its pin back once the stream of its last acquire
+// has run the work queued on it, not at once: a writer must not take a
+// buffer a kernel still reads. (Host memory has no stream: at once.)
+TEST_F(LiveTest, ClosingAReaderReleasesOnceItsStreamIsDone) {
+  CreateStateDict("weights", 2);
+  auto writer = client_->OpenWriter("weights");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  auto begun = writer->Begin(-1);
+  ASSERT_TRUE(begun.ok()) << begun.status().ToString();
+  auto committed = writer->Commit();
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  void* stream = nullptr;
+#if GPUBROKER_GPU_KERNELS
+  const bool gpu = TestBackend() != BackendKind::kHost;
+  if (gpu) stream = gpu::NewStream();
+#else
+  const bool gpu = false;
+#endif
+  uint32_t buffer = 0;
+  {
+    auto reader = client_->OpenReader("weights");
+    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+    ASSERT_TRUE(reader->Wait(0, 10000).ok());
+    auto held = reader->Acquire(stream);
+    ASSERT_TRUE(held.ok()) << held.status().ToString();
+    buffer = held->buffer;
+    ASSERT_EQ(LiveOf("weights").pins[buffer], 1u);
+#if GPUBROKER_GPU_KERNELS
+    if (gpu) {
+      ASSERT_TRUE(gpu::Spin(stream, 2'000'000'000));  // a kernel still "reading" for 2 s
+    }
+#endif
+  }  // the reader closes here
+  if (gpu) {
+    EXPECT_EQ(LiveOf("weights").pins[buffer], 1u) << "closed with a kernel queued: released at once";
+#if GPUBROKER_GPU_KERNELS
+    ASSERT_TRUE(gpu::SyncStream(stream));
+    gpu::FreeStream(stream);
+#endif
+  }
+  EXPECT_TRUE(WaitFor([&] { return LiveOf("weights").pins[buffer] == 0; })) << "the pin was never given back";
 }
 
 }  // namespace
