@@ -1,12 +1,14 @@
 #include "broker/fd_closer.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <utility>
 
 #include "common/futex.h"
@@ -17,38 +19,66 @@
 #endif
 
 namespace gpubroker {
+namespace {
+
+// A socket is made to close at once (SO_LINGER 0: the kernel resets it
+// instead of waiting for unsent bytes); what else is slow to close (a file on
+// a hung mount) holds one of the closer's threads.
+void CloseSoon(int fd, bool drain) {
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (drain) {  // what the peer sent and nobody read: a little, nothing more coming
+      ::shutdown(fd, SHUT_RD);
+      char sink[256];
+      for (int i = 0; i < 64 && ::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
+      }
+    }
+    linger now{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+  }
+  ::close(fd);
+}
+
+}  // namespace
 
 struct FdCloser::Shared {
   Mutex mu;
   std::deque<std::pair<int, bool>> queue GPB_GUARDED_BY(mu);  // fd, drain
   bool stopping GPB_GUARDED_BY(mu) = false;
-  std::atomic<uint32_t> kick{0};  // the thread sleeps on it
-  std::atomic<uint32_t> done{0};  // bumped as the thread ends
+  int idle GPB_GUARDED_BY(mu) = 0;     // threads waiting for work
+  int threads GPB_GUARDED_BY(mu) = 0;  // threads started and not ended
+  std::atomic<uint32_t> kick{0};       // idle threads sleep on it
+  std::atomic<uint32_t> done{0};       // threads ended
   std::atomic<uint64_t> pending{0};
   std::atomic<uint64_t> closed{0};
 
+  // One descriptor at a time, so that a close stuck in one thread leaves the
+  // rest of the queue to the others.
   void Run() GPB_EXCLUDES(mu) {
     while (true) {
       uint32_t seen = kick.load(std::memory_order_acquire);
-      std::deque<std::pair<int, bool>> batch;
-      bool stop = false;
+      std::optional<std::pair<int, bool>> next;
       {
         MutexLock lock(mu);
-        batch.swap(queue);
-        stop = stopping;
-      }
-      for (auto [fd, drain] : batch) {
-        if (drain) {
-          char sink[256];
-          while (::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
-          }
+        if (!queue.empty()) {
+          next = queue.front();
+          queue.pop_front();
+        } else if (stopping) {
+          --threads;
+          break;
+        } else {
+          ++idle;
         }
-        ::close(fd);  // may wait as long as a client makes it: this thread's job
+      }
+      if (next) {
+        CloseSoon(next->first, next->second);  // may wait as long as a client makes it: this thread's job
         pending.fetch_sub(1, std::memory_order_relaxed);
         closed.fetch_add(1, std::memory_order_relaxed);
+        continue;
       }
-      if (stop && batch.empty()) break;
-      if (batch.empty()) FutexWait(&kick, seen, std::chrono::nanoseconds(-1));
+      FutexWait(&kick, seen, std::chrono::nanoseconds(-1));
+      MutexLock lock(mu);
+      --idle;
     }
     done.fetch_add(1, std::memory_order_release);
     FutexWakeAll(&done);
@@ -59,12 +89,19 @@ FdCloser::FdCloser() : shared_(std::make_shared<Shared>()) {}
 
 void FdCloser::Close(UniqueFd fd, bool drain) {
   if (!fd.valid()) return;
+  bool start = false;
   {
     MutexLock lock(shared_->mu);
     shared_->queue.emplace_back(fd.release(), drain);
+    // Every thread busy (one may be stuck on a close a client keeps slow):
+    // another, up to kMaxThreads.
+    if (shared_->idle == 0 && shared_->threads < kMaxThreads) {
+      ++shared_->threads;
+      start = true;
+    }
   }
   shared_->pending.fetch_add(1, std::memory_order_relaxed);
-  if (!thread_.joinable()) thread_ = std::thread([shared = shared_] { shared->Run(); });
+  if (start) threads_.emplace_back([shared = shared_] { shared->Run(); });
   shared_->kick.fetch_add(1, std::memory_order_release);
   FutexWake(&shared_->kick, 1);
 }
@@ -73,24 +110,31 @@ uint64_t FdCloser::pending() const { return shared_->pending.load(std::memory_or
 uint64_t FdCloser::closed() const { return shared_->closed.load(std::memory_order_relaxed); }
 
 void FdCloser::Stop(std::chrono::milliseconds patience) {
-  if (!thread_.joinable()) return;
+  if (threads_.empty()) return;
   {
     MutexLock lock(shared_->mu);
     shared_->stopping = true;
   }
   shared_->kick.fetch_add(1, std::memory_order_release);
-  FutexWake(&shared_->kick, 1);
+  FutexWakeAll(&shared_->kick);
+  const auto started = static_cast<uint32_t>(threads_.size());
   const auto deadline = std::chrono::steady_clock::now() + patience;
-  while (shared_->done.load(std::memory_order_acquire) == 0) {
+  for (uint32_t ended; (ended = shared_->done.load(std::memory_order_acquire)) < started;) {
     auto left = deadline - std::chrono::steady_clock::now();
     if (left <= std::chrono::steady_clock::duration::zero()) break;
-    (void)FutexWait(&shared_->done, 0, left);
+    (void)FutexWait(&shared_->done, ended, left);
   }
-  if (shared_->done.load(std::memory_order_acquire) != 0) {
-    thread_.join();
-  } else {
-    thread_.detach();  // a close stuck by a client: the thread holds the queue, the exit ends it
+  // Threads still in a close that a client keeps stuck are left to it (they
+  // hold the queue, not this object); the process's exit ends them.
+  const bool all_ended = shared_->done.load(std::memory_order_acquire) >= started;
+  for (auto& t : threads_) {
+    if (all_ended) {
+      t.join();
+    } else {
+      t.detach();
+    }
   }
+  threads_.clear();
 }
 
 bool RefuseDescriptors(int listening_socket) {

@@ -4,7 +4,9 @@
 // a hung FUSE or NFS mount waits for its server. The same holds for a
 // client's socket whose queue still holds messages carrying descriptors. The
 // loop hands such descriptors here and goes on; one thread of this class's
-// own closes them, in order.
+// own close them: a socket resets at once (linger 0); a close that stays
+// stuck (a file on a hung mount) holds one thread, and the next close gets
+// another, up to kMaxThreads.
 //
 // Where the kernel allows (Linux 6.16 and later), the listening socket refuses
 // descriptors outright (SO_PASSRIGHTS = 0, see RefuseDescriptors): a client's
@@ -15,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "common/posix.h"
 
@@ -22,6 +25,8 @@ namespace gpubroker {
 
 class FdCloser {
  public:
+  static constexpr int kMaxThreads = 8;
+
   FdCloser();
   ~FdCloser() { Stop(); }
   FdCloser(const FdCloser&) = delete;
@@ -44,7 +49,7 @@ class FdCloser {
  private:
   struct Shared;  // the queue, shared with the thread (which may outlive this object at exit)
   std::shared_ptr<Shared> shared_;
-  std::thread thread_;  // started at the first hand-over; the caller's thread alone touches it
+  std::vector<std::thread> threads_;  // started as needed; the caller's thread alone touches them
 };
 
 // Sets SO_PASSRIGHTS = 0 on a listening socket (inherited by what it

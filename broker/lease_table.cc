@@ -49,9 +49,7 @@ Allocation& LeaseTable::AddAllocation(Allocation a) {
   uint64_t id = a.id;
   total_leases_ += a.leases;
   bytes_[a.memory->device().type] += a.memory->size();
-  UidUsage& usage = usage_[a.perms.uid];
-  usage.bytes += a.memory->size();
-  (a.memory->device().type == Device::kCpu ? usage.host_bytes : usage.device_bytes) += a.memory->size();
+  usage_[a.perms.uid].bytes += a.memory->size();
   return allocations_.emplace(id, std::move(a)).first->second;
 }
 
@@ -85,9 +83,20 @@ int64_t LeaseTable::DropLease(ClientEntry& client, uint64_t allocation_id) {
   return left;
 }
 
+// The fair share counts what a uid's slots name: once none does, the memory
+// is no longer the creator's to answer for (readers' leases may keep it, and
+// count against their own slot quotas as orphans), so nobody can hold
+// another user's share down by keeping views of its destroyed slots.
+void LeaseTable::CountNamedBytes(const Allocation& a, int sign) {
+  UidUsage& usage = usage_[a.perms.uid];
+  uint64_t& share = a.memory->device().type == Device::kCpu ? usage.host_bytes : usage.device_bytes;
+  share = sign > 0 ? share + a.memory->size() : share - a.memory->size();
+}
+
 void LeaseTable::AddSlot(Allocation& a, uint32_t index) {
   if (a.slots.empty()) {
     for (const auto& [uid, connections] : a.holders) --usage_[uid].orphans;
+    CountNamedBytes(a, +1);
   }
   a.slots.insert(index);
 }
@@ -95,6 +104,7 @@ void LeaseTable::AddSlot(Allocation& a, uint32_t index) {
 void LeaseTable::RemoveSlot(Allocation& a, uint32_t index) {
   if (a.slots.erase(index) == 0 || !a.slots.empty()) return;
   for (const auto& [uid, connections] : a.holders) ++usage_[uid].orphans;
+  CountNamedBytes(a, -1);
 }
 
 void LeaseTable::ReleaseHolder(Allocation& a, uid_t uid) {
@@ -111,10 +121,7 @@ bool LeaseTable::FreeIfUnused(uint64_t allocation_id) {
     creator->bytes_created -= it->second.bytes;
   }
   bytes_[it->second.memory->device().type] -= it->second.memory->size();
-  UidUsage& usage = usage_[it->second.perms.uid];
-  usage.bytes -= it->second.memory->size();
-  (it->second.memory->device().type == Device::kCpu ? usage.host_bytes : usage.device_bytes) -=
-      it->second.memory->size();
+  usage_[it->second.perms.uid].bytes -= it->second.memory->size();
   allocations_.erase(it);  // releases the backend memory
   return true;
 }

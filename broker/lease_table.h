@@ -50,7 +50,9 @@ bool ModeAllows(const PeerCredentials& peer, const Permissions& perms, Permissio
 
 // What one uid's slots hold, whichever connection made them.
 struct UidUsage {
-  uint64_t bytes = 0;         // host and device
+  uint64_t bytes = 0;         // host and device, until the memory is freed
+  // The fair share's count: bytes of this uid's allocations that a slot
+  // still names (RequestHandler::CheckCaps).
   uint64_t host_bytes = 0;
   uint64_t device_bytes = 0;  // every device together
   uint32_t slots = 0;
@@ -148,6 +150,7 @@ class LeaseTable {
   void CountConnection(uid_t uid, int delta) { usage_[uid].connections += delta; }
 
  private:
+  void CountNamedBytes(const Allocation& a, int sign);
   std::map<uint64_t, ClientEntry> clients_;
   std::map<uint64_t, Allocation> allocations_;
   uint64_t last_allocation_id_ = 0;

@@ -4,6 +4,15 @@
 
 namespace gpubroker {
 
+bool LogBudget::Take(Bucket& b, double rate, double burst, Clock::time_point now) {
+  const double elapsed = std::chrono::duration<double>(now - b.last).count();
+  b.tokens = std::min(burst, b.tokens + std::max(0.0, elapsed) * rate);
+  b.last = now;
+  if (b.tokens < 1) return false;
+  b.tokens -= 1;
+  return true;
+}
+
 bool LogBudget::Allow(uid_t uid, Clock::time_point now, uint64_t* dropped) {
   auto it = buckets_.find(uid);
   if (it == buckets_.end()) {
@@ -15,14 +24,12 @@ bool LogBudget::Allow(uid_t uid, Clock::time_point now, uint64_t* dropped) {
     it = buckets_.emplace(uid, Bucket{kBurst, now, 0}).first;
   }
   Bucket& b = it->second;
-  const double elapsed = std::chrono::duration<double>(now - b.last).count();
-  b.tokens = std::min(kBurst, b.tokens + std::max(0.0, elapsed) * kPerSecond);
-  b.last = now;
-  if (b.tokens < 1) {
+  if (global_.last == Clock::time_point{}) global_.last = now;
+  // The uid's token first: a uid over its own budget takes nothing from the others'.
+  if (!Take(b, kPerSecond, kBurst, now) || !Take(global_, 10 * kPerSecond, 10 * kBurst, now)) {
     ++b.dropped;
     return false;
   }
-  b.tokens -= 1;
   if (dropped != nullptr) *dropped = b.dropped;
   b.dropped = 0;
   return true;

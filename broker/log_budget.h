@@ -1,8 +1,10 @@
 // A budget of log lines per uid: what any local user's requests make the
 // broker log (a connection, a create, a destroy) cannot flood the log, where
 // journald's own rate limit would then drop the lines that matter. Each uid
-// may have kBurst lines at once and kPerSecond a second after that; the
-// first line allowed after some were dropped says how many.
+// may have kBurst lines at once and kPerSecond a second after that, and all
+// of them together ten times that (one user with many uids, from subordinate
+// uid ranges, gets no more than the global budget); the first line allowed
+// after some were dropped says how many.
 #pragma once
 
 #include <sys/types.h>
@@ -35,7 +37,11 @@ class LogBudget {
     Clock::time_point last{};
     uint64_t dropped = 0;
   };
+  // Takes a token from `b` (filled at `rate` a second up to `burst`).
+  static bool Take(Bucket& b, double rate, double burst, Clock::time_point now);
+
   std::map<uid_t, Bucket> buckets_;
+  Bucket global_{10 * kBurst, {}, 0};
 };
 
 }  // namespace gpubroker

@@ -110,9 +110,10 @@ Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> mess
     if (message.size() >= sizeof(wire::Header)) {
       std::memcpy(&request_id, message.data() + offsetof(wire::Header, request_id), sizeof request_id);
     }
-    // At most one line a second per connection: garbage cannot flood the log.
+    // At most one line a second per connection, within the uid's budget:
+    // garbage cannot flood the log, from one connection or many.
     const uint64_t now = NowNs();
-    if (now - client->rejected_logged_ns >= 1'000'000'000ull) {
+    if (now - client->rejected_logged_ns >= 1'000'000'000ull && log_budget_.Allow(client->peer.uid)) {
       spdlog::warn("client {}: rejected message: {}{}", client_id, frame.status().message(),
                    client->rejected_unlogged == 0
                        ? std::string()

@@ -115,7 +115,12 @@ void RequestHandler::EndWrite(Allocation& a, bool abandoned) {
     // no whole version until the next commit (readers wait for it).
     if (s.nbuffers == 1) s.buffer = -1;
   }
-  if (abandoned) spdlog::info("allocation {}: the write into buffer {} was abandoned", a.id, s.writing);
+  if (abandoned) {  // within the writer's budget: a write begun and dropped in a loop cannot flood the log
+    const ClientEntry* writer = table_.FindClient(a.writer);
+    if (log_budget_.Allow(writer != nullptr ? writer->peer.uid : a.perms.uid)) {
+      spdlog::info("allocation {}: the write into buffer {} was abandoned", a.id, s.writing);
+    }
+  }
   s.writing = -1;
   s.writer_pid = 0;
   a.writer = 0;

@@ -226,7 +226,7 @@ void Server::Accept() {
       SeqPacketSocket socket(io_);
       socket.assign(UnixSeqPacket(), fd, assign);
       if (assign) {
-        ::close(fd);
+        closer_.Close(UniqueFd(fd));  // it may hold descriptors already: off the loop
         spdlog::warn("cannot adopt an accepted connection: {}", assign.message());
       } else {
         OnAccepted(std::move(socket));

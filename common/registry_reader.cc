@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/backoff.h"
 #include "common/wire.h"
 
 namespace gpubroker {
@@ -122,7 +123,11 @@ Result<LiveState> RegistryReader::Live(const SlotDescriptor& d) const {
   const LiveRecord* r = live(d.live_index);
   if (r == nullptr) return ProtocolError("slot '" + std::string(d.name) + "' names no live record");
   LiveState s{};
-  if (!r->state.LoadInto(s)) return Unavailable("live record is being rewritten continuously (is the broker stuck?)");
+  if (!r->state.LoadInto(s)) {
+    return Unavailable("a live record stayed mid-write (no change for " + std::to_string(Backoff::kStuck.count()) +
+                       " ms, or changes for " + std::to_string(Backoff::kLimit.count()) +
+                       "): is the broker stuck, or the registry damaged?");
+  }
   if (s.allocation_id != d.allocation_id) {
     return NotFound("the allocation of slot '" + std::string(d.name) + "' is gone");
   }
@@ -178,9 +183,9 @@ Status RegistryReader::FindInto(std::string_view name, SlotDescriptor& d) const 
   auto* buckets = reinterpret_cast<const std::atomic<uint32_t>*>(base + m_->geometry.index_offset);
   const uint32_t mask = m_->geometry.index_buckets - 1;
   const uint32_t capacity = m_->geometry.capacity;
-  constexpr int kMaxIndexTries = 64;  // each slot read already retries on its own
-  for (int attempt = 0; attempt < kMaxIndexTries; ++attempt) {
-    uint64_t s1 = header().index_seq.load(std::memory_order_acquire);
+  uint64_t s1 = header().index_seq.load(std::memory_order_acquire);
+  for (Backoff backoff; backoff.Next(s1); s1 = header().index_seq.load(std::memory_order_acquire)) {
+    // each slot read backs off on its own too
     if (s1 & 1) continue;
     bool torn = false;
     uint32_t pos = static_cast<uint32_t>(NameHash(name)) & mask;
@@ -204,7 +209,9 @@ Status RegistryReader::FindInto(std::string_view name, SlotDescriptor& d) const 
       return NotFound("no slot named '" + std::string(name) + "'");
     }
   }
-  return Unavailable("registry is being rewritten continuously (is the broker stuck?)");
+  return Unavailable("the registry's index stayed mid-write (no change for " +
+                     std::to_string(Backoff::kStuck.count()) + " ms, or changes for " +
+                     std::to_string(Backoff::kLimit.count()) + "): is the broker stuck, or the registry damaged?");
 }
 
 std::vector<SlotDescriptor> RegistryReader::ListLive() const {

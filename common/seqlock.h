@@ -2,8 +2,8 @@
 //
 // One writer (the broker); any number of readers in other processes, which
 // never block the writer and never wait on anything a crashed process could
-// hold: a reader that keeps seeing a write in progress gives up after a bounded
-// number of tries. The payload is copied word by word with release stores and
+// hold: a reader that keeps seeing a write in progress backs off and gives up
+// after a bounded time (common/backoff.h), not a number of tries. The payload is copied word by word with release stores and
 // acquire loads: data-race-free in the C++ memory model without standalone
 // fences (which ThreadSanitizer does not model), and plain moves on x86.
 #pragma once
@@ -14,6 +14,8 @@
 #include <optional>
 #include <type_traits>
 
+#include "common/backoff.h"
+
 namespace gpubroker {
 
 template <typename T>
@@ -23,8 +25,6 @@ class SeqLocked {
   static constexpr size_t kWords = sizeof(T) / 8;
 
  public:
-  static constexpr int kMaxReadTries = 100000;
-
   // Writer only.
   void Store(const T& value) {
     uint64_t words[kWords];
@@ -36,12 +36,13 @@ class SeqLocked {
     seq_.store(s + 2, std::memory_order_release);
   }
 
-  // Copies a consistent value into `out`; false if every try overlapped a
-  // write (`out` then holds a torn copy: do not use it).
+  // Copies a consistent value into `out`; false if every try for
+  // Backoff's limits overlapped a write (`out` then holds a torn copy: do not
+  // use it).
   bool LoadInto(T& out) const {
     auto* bytes = reinterpret_cast<unsigned char*>(&out);
-    for (int attempt = 0; attempt < kMaxReadTries; ++attempt) {
-      uint64_t s1 = seq_.load(std::memory_order_acquire);
+    uint64_t s1 = seq_.load(std::memory_order_acquire);
+    for (Backoff backoff; backoff.Next(s1); s1 = seq_.load(std::memory_order_acquire)) {
       if (s1 & 1) continue;
       // Acquire: the re-read of the count below cannot move above these loads.
       for (size_t i = 0; i < kWords; ++i) {

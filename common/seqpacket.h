@@ -11,7 +11,12 @@
 
 namespace gpubroker {
 
-inline constexpr size_t kMaxFdsPerMessage = 4;
+// Room for as many descriptors as one message can carry (the kernel's
+// SCM_MAX_FD): descriptors that did not fit would be dropped by the kernel
+// inside recvmsg, their last close on the receiving thread, which a sender
+// can make as slow as it likes. The broker takes them all and closes them off
+// its loop.
+inline constexpr size_t kMaxFdsPerMessage = 253;
 
 struct Received {
   size_t size = 0;         // bytes of the record copied into the buffer

@@ -28,7 +28,11 @@ std::string ParentOf(const std::string& path) { return std::filesystem::path(pat
 // Whether `dir` and every directory above it are owned by `owner` or root
 // and writable by nobody else; the reason if not.
 Status OnlyWritableBy(const std::string& dir, uid_t owner) {
-  std::filesystem::path p = std::filesystem::absolute(dir).lexically_normal();
+  // The real directories, links resolved: a link owned by root may lead
+  // anywhere, and what is checked is where the socket really is.
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::canonical(dir.empty() ? "." : dir, ec);
+  if (ec) return PosixError("resolve " + dir, ec.value());
   while (true) {
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) return PosixError("stat " + p.string(), errno);

@@ -22,7 +22,7 @@
 namespace gpubroker::wire {
 
 inline constexpr uint32_t kMagic = 0x4b524247;  // "GBRK"
-inline constexpr uint16_t kProtocolVersion = 3;
+inline constexpr uint16_t kProtocolVersion = 4;
 inline constexpr size_t kMaxMessageBytes = 64 * 1024;
 inline constexpr uint16_t kReplyBit = 0x8000;
 

@@ -177,7 +177,8 @@ class Reader {
   Reader(Reader&&) noexcept;
   Reader& operator=(Reader&&) noexcept;
   // Releases its pin once the stream given to the last Acquire has done the
-  // work queued on it so far (CUDA; host memory: at once).
+  // work queued on it so far (CUDA; host memory: at once). That stream must
+  // outlive the Reader (or be a default stream): release it first otherwise.
   ~Reader();
 
   bool valid() const { return state_ != nullptr; }

@@ -171,7 +171,7 @@ def main():
         raw = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
         raw.connect(sock)
         for t in range(200, 260):
-            raw.send(struct.pack("<IHHII", 0x4b524247, 3, t, t, 0))
+            raw.send(struct.pack("<IHHII", 0x4b524247, 4, t, t, 0))  # header: magic, protocol 4, type, id, length
             raw.recv(65536)  # the error reply
         raw.close()
         deadline = time.monotonic() + 20

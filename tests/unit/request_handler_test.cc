@@ -311,6 +311,13 @@ TEST_F(HandlerTest, EachUidHasAFairShareOfACapByDefault) {
   // The share follows what is held: a destroy frees room.
   ASSERT_TRUE(Destroy(hog, "hog/0").ok());
   EXPECT_TRUE(Call<wire::SlotReply>(hog, CreateMsg("hog/more", 2048)).ok());
+  // Also when someone else keeps a view of the destroyed slot: the share
+  // counts what the uid's slots name, so nobody can hold it down.
+  uint64_t keeper = Connect(0, 0);
+  ASSERT_TRUE(Attach(keeper, "hog/1").ok());
+  ASSERT_TRUE(Destroy(hog, "hog/1").ok());
+  EXPECT_TRUE(Call<wire::SlotReply>(hog, CreateMsg("hog/again", 2048)).ok())
+      << "a view another user kept of a destroyed slot still counted against the share";
 }
 
 TEST_F(HandlerTest, LimitsEachHaveTheirOwnError) {
