@@ -222,6 +222,7 @@ Result<CreateOptions> ToCreateOptions(const CreateFlags& f) {
   if (!f.bytes.empty()) {
     auto bytes = ParseBytes(f.bytes);
     if (!bytes.ok()) return bytes.status().Annotate("--bytes");
+    if (*bytes == 0) return InvalidArgument("--bytes 0: a slot holds at least one byte");
     o.bytes = *bytes;
   }
   if (f.shape.empty()) {

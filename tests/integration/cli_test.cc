@@ -129,6 +129,12 @@ TEST_F(CliTest, ExitStatusesScriptsCanRelyOn) {
   EXPECT_EQ(bad.status, 8);
   EXPECT_NE(bad.out.find("character outside"), std::string::npos) << bad.out;
   EXPECT_EQ(Ctl("create x --dtype float7 --bytes 4").status, 8);
+  CtlRun zero = Ctl("create x --bytes 0");
+  EXPECT_EQ(zero.status, 8);
+  EXPECT_NE(zero.out.find("--bytes 0: a slot holds at least one byte"), std::string::npos) << zero.out;
+  CtlRun empty = Ctl("create x --shape 4,0");
+  EXPECT_EQ(empty.status, 8);
+  EXPECT_NE(empty.out.find("would hold 0 bytes"), std::string::npos) << empty.out;
   EXPECT_EQ(Ctl("frobnicate").status, 2);
   CtlRun down = Ctl("status", broker_->dir() + "/nothing.sock");
   EXPECT_EQ(down.status, 3);
