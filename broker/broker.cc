@@ -110,6 +110,7 @@ class Broker final : public AllocationObserver {
     GPB_ASSIGN_OR_RETURN(std::unique_ptr<Server> server,
                          Server::Create(io, config_, *handler_, *registry_, std::move(hooks)));
     server->Start();
+    server_ = server.get();
     spdlog::info("gpubrokerd ready: socket {}, registry '{}' ({} slots), {} pools{}",
                  config_.socket_path, config_.registry_name, config_.registry_capacity,
                  config_.pools.size(), warm_ ? ", warm restart on" : "");
@@ -118,6 +119,7 @@ class Broker final : public AllocationObserver {
     io.run();
     spdlog::info("gpubrokerd stopped; {} allocations {}", handler_->leases().allocations().size(),
                  warm_ ? "stay in the service manager's fd store" : "freed");
+    server_ = nullptr;
     server.reset();
     handler_.reset();
     registry_.reset();
@@ -228,6 +230,7 @@ class Broker final : public AllocationObserver {
 
   void Tick() {
     if (metrics_) metrics_->Update(*handler_, registry_->live(), handler_->draining());
+    if (metrics_ && server_ != nullptr) metrics_->Closing(server_->closing());
     const auto& t = handler_->leases();
     std::string status = std::to_string(registry_->live()) + " slots, " +
                          std::to_string(t.clients().size()) + " clients, " +
@@ -248,6 +251,7 @@ class Broker final : public AllocationObserver {
   BackendSet backends_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<Metrics> metrics_;  // outlives handler_, which reports to it
+  Server* server_ = nullptr;  // while Run serves: what Tick reports of it
   std::unique_ptr<RequestHandler> handler_;
   std::string last_status_;
 };

@@ -70,6 +70,12 @@ struct Metrics::Families {
                     .Help("Slots this broker took over from the previous one at a warm restart")
                     .Register(r)
                     .Add({})),
+        closing(prometheus::BuildGauge()
+                    .Name("gpubroker_descriptors_closing")
+                    .Help("Client sockets and descriptors handed to the closer and not yet closed (one a client "
+                          "keeps stuck shows here)")
+                    .Register(r)
+                    .Add({})),
         info(prometheus::BuildGauge().Name("gpubroker_info").Help("1, labelled with the broker's version").Register(r)) {}
 
   prometheus::Family<prometheus::Counter>& requests;
@@ -87,6 +93,7 @@ struct Metrics::Families {
   prometheus::Gauge& start_time;
   prometheus::Gauge& uptime;
   prometheus::Gauge& adopted;
+  prometheus::Gauge& closing;
   prometheus::Family<prometheus::Gauge>& info;
   // Every (backend, device) seen: set to 0, not dropped, when its last allocation goes.
   std::map<std::pair<std::string, std::string>, std::pair<prometheus::Gauge*, prometheus::Gauge*>> by_device;
@@ -192,5 +199,7 @@ void Metrics::Update(const RequestHandler& handler, size_t slots, bool draining)
 }
 
 void Metrics::Adopted(size_t slots) { f_->adopted.Set(static_cast<double>(slots)); }
+
+void Metrics::Closing(uint64_t pending) { f_->closing.Set(static_cast<double>(pending)); }
 
 }  // namespace gpubroker

@@ -40,6 +40,8 @@ class Server {
 
   // Accepts connections and handles SIGTERM / SIGINT until Stop().
   void Start();
+  // Client descriptors and sockets handed to the closer, not yet closed.
+  uint64_t closing() const { return closer_.pending(); }
   // Stops accepting, tells every client, closes sessions and the socket file.
   void Stop(const std::string& reason);
 

@@ -162,6 +162,8 @@ def main():
         for reason, n in refusals.items():
             check(f"refusals by reason: {reason}", m.get(f'gpubroker_refusals_total{{reason="{reason}"}}') == n,
                   m.get(f'gpubroker_refusals_total{{reason="{reason}"}}'))
+        check("nothing waits to be closed", m.get("gpubroker_descriptors_closing") == 0,
+              m.get("gpubroker_descriptors_closing"))
         check("uptime and start time", m.get("gpubroker_uptime_seconds", -1) >= 0 and
               abs(m.get("gpubroker_start_time_seconds", 0) - s["started_ns"] / 1e9) < 1)
         # Anyone may send any message type: unknown ones share one label, so
