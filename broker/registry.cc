@@ -8,6 +8,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "common/futex.h"
 #include "common/posix.h"
@@ -16,6 +19,27 @@
 #include "common/wire.h"
 
 namespace gpubroker {
+namespace {
+
+// The start time of process `pid` (field 22 of /proc/<pid>/stat), written to
+// the registry's header beside the pid: what tells a reused pid apart.
+uint64_t ProcessStartTicks(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  // The command name (field 2) may hold spaces; fields resume after the last ')'.
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  for (int i = 3; i < 22; ++i) rest >> field;  // skip fields 3..21
+  uint64_t ticks = 0;
+  rest >> ticks;
+  return ticks;
+}
+
+}  // namespace
+
 
 Result<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions& options) {
   if (options.capacity == 0 || options.capacity > kMaxRegistryCapacity) {

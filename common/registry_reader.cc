@@ -1,42 +1,16 @@
 #include "common/registry_reader.h"
 
-#include <signal.h>
-#include <sys/stat.h>
-
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "common/backoff.h"
 #include "common/wire.h"
 
 namespace gpubroker {
-
-uint64_t ProcessStartTicks(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return 0;
-  // The command name (field 2) may hold spaces; fields resume after the last ')'.
-  size_t close = line.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(line.substr(close + 2));
-  std::string field;
-  for (int i = 3; i < 22; ++i) rest >> field;  // skip fields 3..21
-  uint64_t ticks = 0;
-  rest >> ticks;
-  return ticks;
-}
-
-bool ProcessIsAlive(int pid, uint64_t start_ticks) {
-  if (pid <= 0) return false;
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
-  uint64_t now = ProcessStartTicks(pid);
-  return now != 0 && (start_ticks == 0 || now == start_ticks);
-}
 
 struct RegistryReader::Mapping {
   void* base = nullptr;
@@ -159,12 +133,6 @@ const std::atomic<uint32_t>* RegistryReader::CommitsWord(const SlotDescriptor& d
 const std::atomic<uint32_t>* RegistryReader::ReleasesWord(const SlotDescriptor& d) const {
   const LiveRecord* r = live(d.live_index);
   return r != nullptr ? &r->releases : nullptr;
-}
-
-bool RegistryReader::BrokerAlive() const {
-  const RegistryHeader& h = header();
-  return h.state.load(std::memory_order_acquire) == wire::kStateRunning &&
-         ProcessIsAlive(h.broker_pid, h.broker_start_ticks);
 }
 
 bool RegistryReader::Running() const {

@@ -16,13 +16,6 @@
 
 namespace gpubroker {
 
-// Start time of a process in clock ticks since boot (/proc/<pid>/stat field 22),
-// or 0 if there is no such process.
-uint64_t ProcessStartTicks(int pid);
-
-// True if `pid` runs and is the same process that started at `start_ticks`.
-bool ProcessIsAlive(int pid, uint64_t start_ticks);
-
 class RegistryReader {
  public:
   // Maps the segment behind `fd` read-only and checks its magic, layout
@@ -52,9 +45,6 @@ class RegistryReader {
 
   const RegistryHeader& header() const;
   uint64_t boot_generation() const { return header().boot_generation; }
-  // False once the broker that wrote the segment has stopped or died
-  // (reads /proc: not for hot paths).
-  bool BrokerAlive() const;
   // False once the broker has begun to stop; a broker killed outright still
   // reads as running.
   bool Running() const;

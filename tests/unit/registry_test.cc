@@ -62,7 +62,7 @@ TEST(Registry, ReaderSeesInsertsUpdatesAndRemovals) {
   auto reader = Reader(*reg);
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
   EXPECT_EQ(reader->boot_generation(), 5u);
-  EXPECT_TRUE(reader->BrokerAlive());
+  EXPECT_TRUE(reader->Running());
 
   auto index = reg->Insert(Slot("a/b", 16));
   ASSERT_TRUE(index.ok());
