@@ -2,7 +2,9 @@
 
 #include <grp.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -287,7 +289,10 @@ Result<Config> ParseConfig(std::string_view yaml, const std::string& origin) {
 
 Result<Config> LoadConfigFile(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return ConfigError("cannot read config file " + path);
+  if (!in) {
+    const int err = errno;  // ifstream leaves open(2)'s reason in errno
+    return ConfigError("cannot read config file " + path + ": " + std::strerror(err));
+  }
   std::stringstream text;
   text << in.rdbuf();
   return ParseConfig(text.str(), path);

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
              "flags; every key is in the example config/gpubroker.yaml. Without a socket path, a broker run "
              "as root listens at /run/gpubroker/gpubroker.sock and anyone else's at "
              "$XDG_RUNTIME_DIR/gpubroker/gpubroker.sock ($GPUBROKER_SOCKET overrides both).");
-  app.set_version_flag("--version", gpubroker::kGpubrokerVersion);
+  app.set_version_flag("--version", std::string("gpubrokerd ") + gpubroker::kGpubrokerVersion);
   Flags f;
   app.add_option("-c,--config", f.config_file, "YAML config file (default: the embedded one)");
   app.add_option("--socket", f.socket, "control socket path");

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "broker/host_memory.h"
+#include "broker/metrics.h"
 #include "common/parse.h"
 #include "broker/generated/version.h"
 
@@ -57,7 +58,10 @@ RequestHandler::RequestHandler(Registry& registry, BackendSet& backends, Handler
 
 Result<uint64_t> RequestHandler::OnConnect(const PeerCredentials& peer) {
   Result<uint64_t> id = Admit(peer);
-  if (!id.ok() && options_.requests != nullptr) options_.requests->RefusedConnection(id.status());
+  if (!id.ok()) {
+    ++refusals_;
+    if (options_.requests != nullptr) options_.requests->RefusedConnection(id.status());
+  }
   return id;
 }
 
@@ -127,6 +131,8 @@ Reply RequestHandler::Handle(uint64_t client_id, std::span<const std::byte> mess
   }
   const auto started = std::chrono::steady_clock::now();
   Result<Reply> reply = Dispatch(*client, *frame);
+  ++requests_;
+  if (!reply.ok() && !RefusalReason(reply.status()).empty()) ++refusals_;
   if (options_.requests != nullptr) {
     options_.requests->Answered(static_cast<uint16_t>(frame->type), reply.status(),
                                 std::chrono::steady_clock::now() - started);
@@ -332,6 +338,8 @@ Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
   s.leases = static_cast<uint32_t>(table_.total_leases());
   s.registry_name.set(registry_.name());
   s.broker_version.set(kGpubrokerVersion);
+  s.requests = requests_;
+  s.refusals = refusals_;
   return Reply{wire::EncodeReply(r.id, s)};
 }
 

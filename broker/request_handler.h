@@ -209,6 +209,8 @@ class RequestHandler {
   // from its boot generation: a release sent late (after a reconnect, or
   // from before a restart) can name no pin it did not take.
   uint64_t last_pin_ = 0;
+  uint64_t requests_ = 0;  // answered, for `status` (gpubrokerctl top's rates)
+  uint64_t refusals_ = 0;
   // Lines a client's requests make the broker log, per uid (a connection, a
   // create, a destroy): no user can flood the log.
   LogBudget log_budget_;

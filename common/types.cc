@@ -32,6 +32,12 @@ Result<DType> ParseDType(std::string_view text) {
                          "float64, bfloat16, complex64, complex128 or bool)");
 }
 
+std::vector<std::string> DTypeNames() {
+  std::vector<std::string> names;
+  for (const auto& d : kDTypes) names.emplace_back(d.name);
+  return names;
+}
+
 std::string DTypeName(DType dtype) {
   for (const auto& d : kDTypes) {
     if (d.dtype == dtype) return std::string(d.name);

@@ -22,7 +22,7 @@
 namespace gpubroker::wire {
 
 inline constexpr uint32_t kMagic = 0x4b524247;  // "GBRK"
-inline constexpr uint16_t kProtocolVersion = 4;
+inline constexpr uint16_t kProtocolVersion = 5;
 inline constexpr size_t kMaxMessageBytes = 64 * 1024;
 inline constexpr uint16_t kReplyBit = 0x8000;
 
@@ -339,8 +339,10 @@ struct StatusReply {
   uint32_t leases;
   Text<64> registry_name;
   Text<32> broker_version;
+  uint64_t requests;  // answered since the broker started (connections refused at accept not counted)
+  uint64_t refusals;  // requests and connections refused for permission, quota, a limit or a drain
 };
-static_assert(sizeof(StatusReply) == 160);
+static_assert(sizeof(StatusReply) == 176);
 
 struct ShutdownReply {
   static constexpr MsgType kType = MsgType::kShutdown;

@@ -34,6 +34,8 @@ struct DType {
 // "float32", "bfloat16", "uint8", "bool", "complex64", ...
 Result<DType> ParseDType(std::string_view text);
 std::string DTypeName(DType dtype);
+// Every name ParseDType accepts, in a fixed order.
+std::vector<std::string> DTypeNames();
 
 enum class BackendKind : uint16_t { kHost = 1, kCudaVmm = 2, kCudaIpc = 3 };
 Result<BackendKind> ParseBackend(std::string_view text);

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "tests/integration/harness.h"
 #include "tests/support/require.h"
@@ -148,7 +150,7 @@ TEST_F(CliTest, DrainAndReload) {
   EXPECT_EQ(draining.status, 9) << "a draining broker is not OK to scripts and probes";
   EXPECT_EQ(Ctl("status --live").status, 0) << "but it is alive: a liveness probe must not restart it";
   CtlRun refused = Ctl("create x --bytes 16");
-  EXPECT_EQ(refused.status, 3);
+  EXPECT_EQ(refused.status, 9) << "a broker that answers and refuses is not a missing broker (3)";
   EXPECT_NE(refused.out.find("draining"), std::string::npos) << refused.out;
   EXPECT_EQ(Ctl("drain --off").status, 0);
   EXPECT_EQ(Ctl("status").status, 0);
@@ -215,7 +217,7 @@ TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
   auto complete = [&](const std::string& words, int cword) {
     std::string cmd = "PATH=" + std::filesystem::path(GPUBROKERCTL_PATH).parent_path().string() +
                       ":$PATH bash -c 'source " + script + " && COMP_WORDS=(" + words + ") COMP_CWORD=" +
-                      std::to_string(cword) + " && _gpubrokerctl && echo \"${COMPREPLY[*]}\"'";
+                      std::to_string(cword) + " && { _gpubrokerctl; echo \"${COMPREPLY[*]}\"; }'";
     FILE* p = ::popen(cmd.c_str(), "r");
     std::string out;
     char buf[4096];
@@ -229,6 +231,201 @@ TEST_F(CliTest, BashCompletionComesFromTheCliItself) {
   EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " show weights/", 4), "weights/l0\n");
   EXPECT_EQ(complete("gpubrokerctl --socket " + broker_->socket() + " wait weights/", 4), "weights/l0\n");
   EXPECT_EQ(complete("gpubrokerctl wait --t", 2), "--timeout\n");
+  // Option values come from the program, not from the broker's slot names.
+  EXPECT_EQ(complete("gpubrokerctl ls --format ''", 3), "table csv csv,noheader json\n");
+  EXPECT_EQ(complete("gpubrokerctl status --format ''", 3), "table json\n");
+  EXPECT_EQ(complete("gpubrokerctl ls --fields na", 3), "name\n");
+  EXPECT_EQ(complete("gpubrokerctl ls --fields name,ba", 3), "name,backend\n");
+  EXPECT_EQ(complete("gpubrokerctl create x --dtype bf", 4), "bfloat16\n");
+  EXPECT_EQ(complete("gpubrokerctl create x --backend cuda_", 4), "cuda_vmm cuda_ipc\n");
+  EXPECT_EQ(complete("gpubrokerctl create x --shape ''", 4), "\n") << "a size has no words to offer";
+  EXPECT_EQ(complete("gpubrokerctl completion ''", 2), "bash zsh fish\n");
+  // --socket after the subcommand counts too.
+  EXPECT_EQ(complete("gpubrokerctl ls --socket " + broker_->socket() + " weights/", 4), "weights/l0\n");
+}
+
+// zsh and fish get scripts made the same way, and complete the same words
+// (zsh through its completion functions stood in for by ones that print
+// what they are given; fish through its own `complete -C`).
+TEST_F(CliTest, ZshAndFishCompletionComeFromTheCliToo) {
+  ASSERT_EQ(Ctl("create weights/l0 --bytes 16").status, 0);
+  const std::string dir = std::filesystem::path(GPUBROKERCTL_PATH).parent_path().string();
+  const std::string zsh = broker_->dir() + "/completion.zsh";
+  const std::string fish = broker_->dir() + "/completion.fish";
+  ASSERT_EQ(Ctl("completion zsh > " + zsh).status, 0);
+  ASSERT_EQ(Ctl("completion fish > " + fish).status, 0);
+  const bool have_zsh = Shell("command -v zsh").status == 0;
+  const bool have_fish = Shell("command -v fish").status == 0;
+  GPUBROKER_NEEDS(have_zsh && have_fish, std::getenv("CI") != nullptr, "zsh and fish (.ci/deps --tests)");
+
+  // words: the line as zsh splits it; current: the 1-based index completed.
+  auto zsh_complete = [&](const std::string& words, int current) {
+    return Shell("PATH=" + dir + ":$PATH zsh -f -c '"
+                 "compdef() { :; }; "
+                 "compadd() { while [[ $# -gt 0 && $1 != -- ]]; do shift; done; shift; print -r -- \"$*\"; }; "
+                 "compset() { return 1; }; _files() { print files; }; "
+                 "_describe() { local -a c; c=(\"${(@P)2}\"); print -r -- ${c%%:*}; }; "
+                 "source " + zsh + "; words=(" + words + "); CURRENT=" + std::to_string(current) +
+                 "; _gpubrokerctl'")
+        .out;
+  };
+  // The stand-ins do not filter by what is typed (zsh does): every command comes back.
+  EXPECT_NE(zsh_complete("gpubrokerctl dr", 2).find(" drain "), std::string::npos) << zsh_complete("gpubrokerctl dr", 2);
+  EXPECT_EQ(zsh_complete("gpubrokerctl ls --format \"\"", 4), "table csv csv,noheader json\n");
+  EXPECT_NE(zsh_complete("gpubrokerctl create x --dtype \"\"", 5).find("bfloat16"), std::string::npos);
+  EXPECT_EQ(zsh_complete("gpubrokerctl --socket " + broker_->socket() + " show \"\"", 5), "weights/l0\n");
+  EXPECT_EQ(zsh_complete("gpubrokerctl rm --socket " + broker_->socket() + " \"\"", 5), "weights/l0\n");
+
+  auto fish_complete = [&](const std::string& line) {
+    CtlRun r = Shell("PATH=" + dir + ":$PATH fish --no-config -c 'source " + fish + "; complete -C \"" + line +
+                     "\"'");
+    std::string words;  // the candidates, without fish's tab-separated descriptions
+    std::stringstream in(r.out);
+    std::string row;
+    while (std::getline(in, row)) words += (words.empty() ? "" : " ") + row.substr(0, row.find('\t'));
+    return words;
+  };
+  EXPECT_NE((" " + fish_complete("gpubrokerctl ") + " ").find(" drain "), std::string::npos);
+  EXPECT_EQ(fish_complete("gpubrokerctl ls --format "), "csv csv,noheader json table");
+  EXPECT_EQ(fish_complete("gpubrokerctl ls --fields name,ba"), "name,backend");
+  EXPECT_NE(fish_complete("gpubrokerctl create x --dtype ").find("bfloat16"), std::string::npos);
+  EXPECT_EQ(fish_complete("gpubrokerctl --socket " + broker_->socket() + " show "), "weights/l0");
+}
+
+// The conventions people bring from git, systemctl and kubectl.
+TEST_F(CliTest, ConventionsNewUsersExpect) {
+  const std::string ctl = GPUBROKERCTL_PATH;
+  ASSERT_EQ(Ctl("create a --bytes 16").status, 0);
+  // The global --socket after the subcommand.
+  CtlRun after = Shell(ctl + " ls --socket " + broker_->socket() + " --format csv,noheader --fields name");
+  EXPECT_EQ(after.status, 0) << after.out;
+  EXPECT_EQ(after.out, "a\n");
+  // --format json wherever --json is.
+  for (const char* cmd : {"status", "show a", "clients", "leases", "doctor"}) {
+    CtlRun r = Ctl(std::string(cmd) + " --format json");
+    EXPECT_EQ(r.out.substr(0, 1), r.out.find('[') == 0 ? "[" : "{") << cmd << ": " << r.out;
+    EXPECT_EQ(Ctl(std::string(cmd) + " --json").out.substr(0, 1), r.out.substr(0, 1)) << cmd;
+  }
+  EXPECT_EQ(Ctl("status --format yaml").status, 2);
+  // Usage errors say who is speaking, as the other errors do.
+  CtlRun usage = Ctl("ls --no-such-flag");
+  EXPECT_EQ(usage.status, 2);
+  EXPECT_EQ(usage.out.rfind("gpubrokerctl: ", 0), 0u) << usage.out;
+  // --shape and --bytes together were a silent choice of one of them.
+  CtlRun both = Ctl("create b --shape 4 --bytes 16");
+  EXPECT_EQ(both.status, 2);
+  EXPECT_NE(both.out.find("--shape excludes --bytes"), std::string::npos) << both.out;
+  EXPECT_EQ(Ctl("show b").status, 4) << "nothing was made";
+  // --exist-ok, as mkdir -p: a second run of a script is fine, a different slot is not.
+  CtlRun again = Ctl("create a --bytes 16 --exist-ok");
+  EXPECT_EQ(again.status, 0) << again.out;
+  EXPECT_EQ(again.out, "exists: a\n");
+  CtlRun other = Ctl("create a --bytes 32 --exist-ok");
+  EXPECT_EQ(other.status, 6);
+  EXPECT_NE(other.out.find("shape (16,), not (32,)"), std::string::npos) << other.out;
+  EXPECT_EQ(Ctl("create fresh --bytes 16 --exist-ok").out.rfind("created fresh: ", 0), 0u);
+  // Both programs say their version the same way.
+  CtlRun ctl_version = Shell(ctl + " --version");
+  CtlRun broker_version = Shell(std::string(GPUBROKERD_PATH) + " --version");
+  EXPECT_EQ(ctl_version.out.rfind("gpubrokerctl ", 0), 0u) << ctl_version.out;
+  EXPECT_EQ(broker_version.out.rfind("gpubrokerd ", 0), 0u) << broker_version.out;
+  EXPECT_EQ(ctl_version.out.substr(ctl_version.out.find(' ')), broker_version.out.substr(broker_version.out.find(' ')));
+}
+
+// Errors that point at the real cause, and only at what applies.
+TEST_F(CliTest, HintsPointAtTheCause) {
+  CtlRun file = Ctl("ls", "/etc/passwd");
+  EXPECT_EQ(file.status, 8) << file.out;
+  EXPECT_NE(file.out.find("/etc/passwd is not a socket but a regular file"), std::string::npos) << file.out;
+  EXPECT_EQ(file.out.find("GPUBROKER_SOCKET"), std::string::npos) << "the flag was given: " << file.out;
+  CtlRun given = Ctl("ls", broker_->dir() + "/nothing.sock");
+  EXPECT_EQ(given.status, 3);
+  EXPECT_NE(given.out.find("start one there (gpubrokerd --socket " + broker_->dir() + "/nothing.sock)"),
+            std::string::npos) << given.out;
+  EXPECT_EQ(given.out.find("GPUBROKER_SOCKET"), std::string::npos) << given.out;
+  CtlRun env = Shell("GPUBROKER_SOCKET=" + broker_->dir() + "/nothing.sock " + GPUBROKERCTL_PATH + " ls");
+  EXPECT_NE(env.out.find("(from $GPUBROKER_SOCKET)"), std::string::npos) << env.out;
+  CtlRun config = Shell(std::string(GPUBROKERD_PATH) + " --config " + broker_->dir() + "/nosuch.yaml");
+  EXPECT_EQ(config.status, 2);
+  EXPECT_NE(config.out.find("nosuch.yaml: No such file or directory"), std::string::npos) << config.out;
+}
+
+// `top` as a person sees it: in a real terminal (tmux), the screen holds the
+// slots with their versions and commit rates, the clients with what they pin,
+// and the request rate; q leaves and gives the terminal back.
+TEST_F(CliTest, TopShowsSlotsVersionsClientsAndRatesOnScreen) {
+  GPUBROKER_NEEDS(Shell("command -v tmux").status == 0, std::getenv("CI") != nullptr, "tmux (.ci/deps --tests)");
+  ASSERT_EQ(Ctl("create policy --bytes 4096 --buffers 2").status, 0);
+  ASSERT_EQ(Ctl("create plain --shape 16,16 --dtype float32").status, 0);
+  auto producer = broker_->Connect("trainer");
+  ASSERT_TRUE(producer.ok());
+  auto writer = producer->OpenWriter("policy");
+  ASSERT_TRUE(writer.ok());
+  for (int v = 0; v < 3; ++v) {
+    ASSERT_TRUE(writer->Begin().ok());
+    ASSERT_TRUE(writer->Commit().ok());
+  }
+  auto consumer = broker_->Connect("engine");
+  ASSERT_TRUE(consumer.ok());
+  auto reader = consumer->OpenReader("policy");
+  ASSERT_TRUE(reader.ok());
+  auto pinned = reader->Acquire();
+  ASSERT_TRUE(pinned.ok());
+  ASSERT_EQ(pinned->version, 3u);
+
+  const std::string session = "gpubroker-top-" + std::to_string(::getpid());
+  ASSERT_EQ(Shell("tmux -L " + session + " new-session -d -s top -x 120 -y 30 '" + GPUBROKERCTL_PATH +
+                  " --socket " + broker_->socket() + " top --delay 0.2; echo top exited $?; sleep 30'")
+                .status,
+            0);
+  auto screen = [&] { return Shell("tmux -L " + session + " capture-pane -p -t top").out; };
+  // Polls the screen until `want` is on it (or ten seconds pass).
+  auto wait_for = [&](const std::string& want) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    std::string now = screen();
+    while (now.find(want) == std::string::npos && std::chrono::steady_clock::now() < deadline) now = screen();
+    return now;
+  };
+  std::string first = wait_for("requests ");
+  EXPECT_NE(first.find("SLOT"), std::string::npos) << first;
+  // A commit while top runs shows as the new version and a commit rate.
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_TRUE(writer->Commit().ok());
+  std::string shown = wait_for("policy@v3");
+  auto line_of = [&](const std::string& text, const std::string& start) {
+    auto at = text.find("\n" + start);
+    return at == std::string::npos ? std::string() : text.substr(at + 1, text.find('\n', at + 1) - at - 1);
+  };
+  shown = wait_for(" 4  ");
+  const std::string policy = line_of(shown, "policy ");
+  EXPECT_NE(policy.find("uint8"), std::string::npos) << shown;
+  EXPECT_NE(policy.find(" 4  "), std::string::npos) << "the newest version: " << shown;
+  EXPECT_NE(policy.find("/s"), std::string::npos) << "a commit rate: " << shown;
+  EXPECT_NE(line_of(shown, "plain ").find("(16, 16)"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("engine"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("policy@v3"), std::string::npos) << "the engine's pin: " << shown;
+  EXPECT_NE(shown.find("trainer"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("requests "), std::string::npos);
+  EXPECT_NE(line_of(shown, "requests ").find("/s"), std::string::npos) << "a rate once two screens are taken: " << shown;
+  EXPECT_NE(shown.find("q quits"), std::string::npos) << shown;
+
+  ASSERT_EQ(Shell("tmux -L " + session + " send-keys -t top q").status, 0);
+  std::string after = wait_for("top exited");
+  EXPECT_NE(after.find("top exited 0"), std::string::npos) << after;
+  EXPECT_EQ(after.find("SLOT"), std::string::npos) << "the alternate screen is gone: " << after;
+  Shell("tmux -L " + session + " kill-server");
+}
+
+// A socket only a group may use: the refusal names the group to join.
+TEST_F(CliTest, ThePermissionErrorNamesTheGroup) {
+  GPUBROKER_NEEDS_ROOT("(to connect as another user)");
+  ASSERT_EQ(::chmod(broker_->socket().c_str(), 0660), 0);
+  CtlRun r = CtlAsNobody("ls");
+  EXPECT_EQ(r.status, 5) << r.out;
+  EXPECT_NE(r.out.find("the socket is mode 0660, owner uid 0, group root; members of group root may connect, "
+                       "and you are not one (ask for it: usermod -aG root $USER"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST_F(CliTest, DoctorSaysOkOrWhatToDoAndItsStatusSaysWhetherAnythingFailed) {

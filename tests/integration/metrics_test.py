@@ -173,7 +173,7 @@ def main():
         raw = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
         raw.connect(sock)
         for t in range(200, 260):
-            raw.send(struct.pack("<IHHII", 0x4b524247, 4, t, t, 0))  # header: magic, protocol 4, type, id, length
+            raw.send(struct.pack("<IHHII", 0x4b524247, 5, t, t, 0))  # header: magic, protocol 5, type, id, length
             raw.recv(65536)  # the error reply
         raw.close()
         deadline = time.monotonic() + 20
