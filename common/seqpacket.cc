@@ -1,6 +1,7 @@
 #include "common/seqpacket.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <cerrno>
@@ -99,15 +100,17 @@ Result<UniqueFd> ConnectSeqpacket(const std::string& path) {
   if (rc < 0) {
     int err = errno;
     Status s = PosixError("connect to " + path, err);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+      return InvalidArgument(path + " is not a socket but a " + (S_ISDIR(st.st_mode) ? "directory" : S_ISREG(st.st_mode) ? "regular file" : "special file") +
+                             ": give the path of a broker's control socket (gpubrokerctl doctor shows which "
+                             "one it would use)");
+    }
     if (err == ENOENT || err == ECONNREFUSED) {
-      return Unavailable(NoBrokerAdvice(path) + " (connect: " + std::strerror(err) + ")");
+      return Unavailable(NoBrokerAdvice(path) + " (connect: " + std::strerror(err) +
+                         (err == ECONNREFUSED ? ": the socket is there, but no broker listens on it" : "") + ")");
     }
-    if (err == EACCES) {
-      return PermissionDenied("connect to " + path +
-                              ": permission denied: the socket's mode and group (the broker's socket.mode "
-                              "and socket.group), or a directory on its path, keep you out; a per-user "
-                              "broker serves only its own user");
-    }
+    if (err == EACCES) return PermissionDenied(SocketAccessAdvice(path));
     return s;
   }
   return fd;

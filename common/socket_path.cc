@@ -1,11 +1,13 @@
 #include "common/socket_path.h"
 
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include "common/posix.h"
@@ -90,13 +92,41 @@ std::string ClientDefaultSocketPath() {
 }
 
 std::string NoBrokerAdvice(const std::string& path) {
+  const char* env = Env("GPUBROKER_SOCKET");
+  if (env != nullptr && path == env) {
+    return "no broker at " + path + " (from $GPUBROKER_SOCKET): start one there (gpubrokerd --socket " + path +
+           "), or point GPUBROKER_SOCKET at the socket of a running one";
+  }
+  if (path != ClientDefaultSocketPath()) {  // a path the caller chose
+    return "no broker at " + path + ": start one there (gpubrokerd --socket " + path +
+           "), or give the socket of a running one";
+  }
   std::string where = path;
   std::string user = UserSocketPath();
-  if (Env("GPUBROKER_SOCKET") == nullptr && path == kSystemSocketPath && !user.empty()) {
+  if (path == kSystemSocketPath && !user.empty()) {
     where += " (nor at " + user + ", where your own broker would listen)";
   }
   return "no broker at " + where + ": start one (gpubrokerd, or systemctl [--user] start gpubroker), " +
          "or set GPUBROKER_SOCKET to the socket of a running one";
+}
+
+std::string SocketAccessAdvice(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return "connect to " + path + ": permission denied: a directory on its path keeps you out (" +
+           std::strerror(errno) + " looking at the socket itself); a per-user broker serves only its own user";
+  }
+  const group* g = ::getgrgid(st.st_gid);
+  const std::string group_name = g != nullptr ? g->gr_name : std::to_string(st.st_gid);
+  std::string text = "connect to " + path + ": permission denied: the socket is mode " + Octal(st.st_mode & 07777) +
+                     ", owner uid " + std::to_string(st.st_uid) + ", group " + group_name;
+  if ((st.st_mode & 020) != 0) {
+    text += "; members of group " + group_name + " may connect, and you are not one (ask for it: usermod -aG " +
+            group_name + " $USER, then log in again)";
+  } else {
+    text += ", and its mode lets only its owner connect (the broker's socket.mode and socket.group set it)";
+  }
+  return text + "; a per-user broker serves only its own user";
 }
 
 Status CheckSocketDirectory(const std::string& dir, uid_t owner, bool private_to_owner) {

@@ -37,6 +37,10 @@ std::string ClientDefaultSocketPath();
 // what to do about it.
 std::string NoBrokerAdvice(const std::string& path);
 
+// Why connect(2) to `path` said EACCES: the socket's mode and group (and how
+// to join it), or a directory on the path.
+std::string SocketAccessAdvice(const std::string& path);
+
 // A directory fit to hold a socket others will trust: a directory (after
 // symlinks) owned by `owner` or root, that nobody else may write to unless
 // it is sticky (/tmp). `private_to_owner` also refuses any access by others.
