@@ -12,17 +12,38 @@ for f in sbin/gpubrokerd bin/gpubrokerctl include/gpubroker/client.hpp include/g
          include/gpubroker/status.hpp lib/cmake/gpubroker/gpubroker-config.cmake lib/pkgconfig/gpubroker.pc lib/pkgconfig/gpubroker-cxx.pc \
          lib/systemd/system/gpubroker.service lib/systemd/user/gpubroker.service lib/sysusers.d/gpubroker.conf lib/tmpfiles.d/gpubroker.conf \
          etc/gpubroker/gpubroker.yaml share/doc/gpubroker/README.md share/man/man1/gpubrokerctl.1 \
-         share/man/man8/gpubrokerd.8 share/bash-completion/completions/gpubrokerctl; do
+         share/man/man8/gpubrokerd.8 share/bash-completion/completions/gpubrokerctl \
+         share/zsh/site-functions/_gpubrokerctl share/fish/vendor_completions.d/gpubrokerctl.fish; do
   [ -e "$prefix/$f" ] || { echo "missing after install: $f"; exit 1; }
 done
 ls "$prefix"/lib/libgpubroker.so.0 >/dev/null
+# The units name this install's programs, config and docs, whatever prefix the
+# build was configured with (here: --prefix at install time), and systemd
+# accepts them as installed.
+for unit in lib/systemd/system/gpubroker.service lib/systemd/user/gpubroker.service; do
+  for want in "ExecStart=$prefix/sbin/gpubrokerd" "ExecReload=$prefix/bin/gpubrokerctl reload" \
+              "Documentation=file://$prefix/share/doc/gpubroker/README.md"; do
+    grep -qxF -e "$want" -e "$want --config $prefix/etc/gpubroker/gpubroker.yaml" "$prefix/$unit" ||
+      { echo "$unit: no line '$want': $(grep -E '^(Exec|Documentation)' "$prefix/$unit")"; exit 1; }
+  done
+done
+grep -qxF "d $prefix/etc/gpubroker 0755 root root -" "$prefix/lib/tmpfiles.d/gpubroker.conf" ||
+  { echo "tmpfiles: $(grep -v '^#' "$prefix/lib/tmpfiles.d/gpubroker.conf")"; exit 1; }
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify "$prefix/lib/systemd/system/gpubroker.service"
+  XDG_RUNTIME_DIR=$tmp systemd-analyze verify --user "$prefix/lib/systemd/user/gpubroker.service"
+elif [ -n "${CI:-}" ]; then
+  echo "systemd-analyze is missing"; exit 1
+fi
 "$prefix/bin/gpubrokerctl" --help >/dev/null  # finds its library through the install RPATH
 # The man page has every command, from the program's own help; the completion
 # script is the program's own.
-commands="status ls show create rm wait clients leases shutdown drain reload doctor completion"
+commands="status ls show create rm wait clients leases shutdown drain reload doctor top completion"
 [ "$(grep '^\.SS [^"]' "$prefix/share/man/man1/gpubrokerctl.1" | cut -d' ' -f2 | tr '\n' ' ')" = "$commands " ] ||
   { echo "man page sections differ from the commands: $(grep '^\.SS ' "$prefix/share/man/man1/gpubrokerctl.1")"; exit 1; }
-cmp -s "$prefix/share/bash-completion/completions/gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion bash) ||
+cmp -s "$prefix/share/bash-completion/completions/gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion bash) &&
+  cmp -s "$prefix/share/zsh/site-functions/_gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion zsh) &&
+  cmp -s "$prefix/share/fish/vendor_completions.d/gpubrokerctl.fish" <("$prefix/bin/gpubrokerctl" completion fish) ||
   { echo "installed completion differs from the program's"; exit 1; }
 
 # The README's C++ snippet, verbatim, in a main(): built by a plain
