@@ -243,7 +243,7 @@ std::string Layout() {
   GPB_LAYOUT_FIELD(gpb_create_args, device_uuid);
   GPB_LAYOUT_FIELD(gpb_create_args, mode);
   GPB_LAYOUT_FIELD(gpb_create_args, buffers);
-  GPB_LAYOUT_FIELD(gpb_create_args, reserved);
+  GPB_LAYOUT_FIELD(gpb_create_args, flags);
   GPB_LAYOUT_STRUCT(gpb_acquired);
   GPB_LAYOUT_FIELD(gpb_acquired, version);
   GPB_LAYOUT_FIELD(gpb_acquired, committed_ns);
@@ -307,11 +307,21 @@ int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) noexce
 }
 
 int32_t gpb_connect(const char* socket_path, const char* client_name, gpb_client** out, gpb_error* err) noexcept {
+  return gpb_connect_with(socket_path, client_name, -1, -1, out, err);
+}
+
+int32_t gpb_connect_with(const char* socket_path, const char* client_name, int32_t reply_timeout_ms,
+                         int32_t reconnect_timeout_ms, gpb_client** out, gpb_error* err) noexcept {
   return Guard(err, [&] {
     if (NullArg(out, "out", err)) return int32_t{GPB_INVALID_ARGUMENT};
     gpubroker::ConnectOptions options;
     if (socket_path != nullptr && *socket_path != '\0') options.socket_path = socket_path;
     if (client_name != nullptr) options.client_name = client_name;
+    if (reply_timeout_ms < -1 || reconnect_timeout_ms < -1) {
+      return Fail(gpubroker::InvalidArgument("timeouts are milliseconds, 0 or more (-1: the default)"), err);
+    }
+    if (reply_timeout_ms >= 0) options.reply_timeout_ms = reply_timeout_ms;
+    if (reconnect_timeout_ms >= 0) options.reconnect_timeout_ms = reconnect_timeout_ms;
     auto c = gpubroker::Client::Connect(options);
     if (!c.ok()) return Fail(c.status(), err);
     *out = new gpb_client{std::move(c).value()};
@@ -352,7 +362,14 @@ int32_t gpb_create(gpb_client* client, const gpb_create_args* args, gpb_view** o
       o.device_uuid = u;
     }
     o.mode = args->mode;
-    if (args->struct_size >= kCreateArgsV3) o.buffers = args->buffers;
+    if (args->struct_size >= kCreateArgsV3) {
+      o.buffers = args->buffers;
+      if ((args->flags & ~GPB_CREATE_EXIST_OK) != 0) {
+        return Fail(gpubroker::InvalidArgument("gpb_create_args.flags has unknown bits " + std::to_string(args->flags)),
+                    err);
+      }
+      o.exist_ok = (args->flags & GPB_CREATE_EXIST_OK) != 0;
+    }
     if (out_view == nullptr) {
       auto info = client->client.Create(o);
       if (!info.ok()) return Fail(info.status(), err);

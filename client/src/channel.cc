@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include "common/seqpacket.h"
@@ -94,6 +95,7 @@ Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
   std::chrono::milliseconds allowed(options_.reconnect_timeout_ms);
   if (limit.count() >= 0 && limit < allowed) allowed = limit;
   auto deadline = std::chrono::steady_clock::now() + allowed;
+  bool said = false;
   while (true) {
     auto fd = Dial(options_);
     if (fd.ok()) {
@@ -101,6 +103,17 @@ Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
       socket_fd_.store(socket_.get(), std::memory_order_release);
       broken_.reset();
       if (HelloLocked().ok()) break;
+    }
+    // Not silently: a caller blocked here for seconds learns why, once per
+    // outage, and how to wait less. A restart that answers the first dial
+    // prints nothing.
+    if (!said && allowed.count() >= 1000) {
+      std::fprintf(stderr,
+                   "gpubroker: the broker at %s is gone (%s); reconnecting for up to %lld s "
+                   "(ConnectOptions::reconnect_timeout_ms, Python connect(reconnect_timeout=...); 0: fail at once)\n",
+                   options_.socket_path.c_str(), broken_ ? broken_->message().c_str() : "no answer",
+                   static_cast<long long>(allowed.count() / 1000));
+      said = true;
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       broken_ = Unavailable("broker unavailable: no broker answered at " + options_.socket_path +

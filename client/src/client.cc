@@ -1,5 +1,7 @@
 #include "gpubroker/client.hpp"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -100,16 +102,69 @@ Result<Client> Client::Connect(const ConnectOptions& options) {
 
 uint64_t Client::client_id() const { return core_->channel->client_id(); }
 
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+// CreateOptions::exist_ok: `s`, the slot already named o.name, is what this
+// create would have made, and the caller's own (a slot someone else put
+// there first must never receive this caller's data).
+Status SameSlot(const SlotInfo& s, const CreateOptions& o) {
+  auto differs = [&](const std::string& what) {
+    return AlreadyExists("'" + o.name + "' exists with " + what +
+                         ": exist_ok returns only the slot this create would have made (destroy it, or pick "
+                         "another name)");
+  };
+  if (s.owner_uid != ::geteuid()) {
+    return AlreadyExists("'" + o.name + "' exists and belongs to uid " + std::to_string(s.owner_uid) +
+                         ", not to you (uid " + std::to_string(::geteuid()) + "): exist_ok takes only your own slots");
+  }
+  if (s.dtype != o.dtype) return differs("dtype " + DTypeName(s.dtype) + ", not " + DTypeName(o.dtype));
+  const bool sized_by_bytes = o.shape.empty() && o.bytes != 0;
+  if (!sized_by_bytes && s.shape != o.shape) {
+    return differs("shape " + ShapeString(s.shape) + ", not " + ShapeString(o.shape));
+  }
+  if (sized_by_bytes && s.allocation_bytes < o.bytes) {
+    return differs(std::to_string(s.allocation_bytes) + " bytes, not " + std::to_string(o.bytes));
+  }
+  if (!o.strides.empty() && s.strides != o.strides) return differs("other strides");
+  if (o.buffers != 0 && s.buffers != o.buffers) {
+    return differs(std::to_string(s.buffers) + " buffers, not " + std::to_string(o.buffers));
+  }
+  if (o.backend && *o.backend != s.backend) {
+    return differs("backend " + std::string(BackendName(s.backend)) + ", not " + std::string(BackendName(*o.backend)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<SlotInfo> Client::Create(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, false));
-  GPB_ASSIGN_OR_RETURN(wire::SlotReply reply, core_->channel->Call<wire::SlotReply>(m));
-  return Local(reply.slot);
+  auto reply = core_->channel->Call<wire::SlotReply>(m);
+  if (!reply.ok() && options.exist_ok && reply.status().code() == Code::kAlreadyExists) {
+    GPB_ASSIGN_OR_RETURN(SlotInfo existing, Stat(options.name));
+    GPB_RETURN_IF_ERROR(SameSlot(existing, options));
+    return existing;
+  }
+  if (!reply.ok()) return reply.status();
+  return Local(reply->slot);
 }
 
 Result<View> Client::CreateAndAttach(const CreateOptions& options) {
   GPB_ASSIGN_OR_RETURN(wire::CreateRequest m, ToRequest(options, true));
   UniqueFd fd;
-  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, core_->channel->Call<wire::AttachReply>(m, &fd));
+  auto attached = core_->channel->Call<wire::AttachReply>(m, &fd);
+  if (!attached.ok() && options.exist_ok && attached.status().code() == Code::kAlreadyExists) {
+    GPB_ASSIGN_OR_RETURN(SlotInfo existing, Stat(options.name));
+    GPB_RETURN_IF_ERROR(SameSlot(existing, options));
+    return Attach(options.name);
+  }
+  GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, std::move(attached));
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<MappedAllocation> mapped, core_->Map(reply, std::move(fd)));
   return MakeView(std::move(mapped), reply.slot);
 }
@@ -167,12 +222,18 @@ Result<std::vector<SlotInfo>> Client::List() {
 Result<SlotInfo> Client::Lookup(std::string_view name) {
   GPB_RETURN_IF_ERROR(ValidateName(name));
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<const RegistryReader> registry, core_->cache->registry());
+  // The registry outlives its broker in this process's memory: once the
+  // broker has stopped (or its connection hung up), ask instead, which
+  // reconnects within the timeout or says the broker is gone, rather than
+  // answer from a registry nobody keeps any more.
+  if (!registry->Running() || core_->channel->PeerHungUp()) return Stat(name);
   GPB_ASSIGN_OR_RETURN(SlotDescriptor d, registry->Lookup(name));
   return Local(d);
 }
 
 Result<std::vector<SlotInfo>> Client::ListRegistry() {
   GPB_ASSIGN_OR_RETURN(std::shared_ptr<const RegistryReader> registry, core_->cache->registry());
+  if (!registry->Running() || core_->channel->PeerHungUp()) return List();  // as in Lookup
   std::vector<SlotInfo> out;
   for (const auto& d : registry->ListLive()) out.push_back(Local(d));
   return out;
@@ -199,6 +260,8 @@ Result<BrokerInfo> Client::Info() {
   b.leases = s.leases;
   b.bytes_host = s.bytes_host;
   b.bytes_device = s.bytes_device;
+  b.requests = s.requests;
+  b.refusals = s.refusals;
   return b;
 }
 

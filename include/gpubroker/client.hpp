@@ -66,6 +66,12 @@ struct CreateOptions {
   // for a live slot of that many buffers, at version 0 until its first
   // commit (docs/live.md). Views take their allocation's.
   uint32_t buffers = 0;
+  // A slot of this name that is yours and has this dtype and shape (and
+  // strides, buffers, backend where given) is returned (attached, by
+  // CreateAndAttach) instead of kAlreadyExists: a program run twice finds
+  // what its first run made. One that differs, or another user's, is still
+  // kAlreadyExists, saying how.
+  bool exist_ok = false;
 };
 
 // kReadWrite: write access, or kPermissionDenied naming the missing bit
@@ -234,6 +240,8 @@ struct BrokerInfo {
   uint32_t leases = 0;
   uint64_t bytes_host = 0;
   uint64_t bytes_device = 0;
+  uint64_t requests = 0;  // requests answered since the broker started
+  uint64_t refusals = 0;  // requests and connections refused: permission, quota, a limit, a drain
 };
 
 struct ClientInfo {
@@ -290,7 +298,10 @@ class Client {
   // Asks the broker.
   Result<SlotInfo> Stat(std::string_view name);
   Result<std::vector<SlotInfo>> List();
-  // Reads the shared registry directly: no round trip.
+  // Reads the shared registry directly: no round trip while the broker
+  // runs. Once it has stopped or its connection hung up, these ask it as
+  // Stat and List do: they reconnect within reconnect_timeout_ms or fail
+  // with kUnavailable, never answer from the registry of a gone broker.
   Result<SlotInfo> Lookup(std::string_view name);
   Result<std::vector<SlotInfo>> ListRegistry();
 

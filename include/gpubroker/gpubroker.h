@@ -118,8 +118,14 @@ typedef struct gpb_create_args {
   uint32_t mode;          /* e.g. 0600 */
   /* ABI 3: 0 plain slot; 1..8 a live slot of that many buffers (docs/live.md) */
   uint32_t buffers;
-  uint32_t reserved; /* 0 */
+  uint32_t flags; /* 0, or GPB_CREATE_EXIST_OK (ABI 3; earlier headers called it `reserved`, always 0) */
 } gpb_create_args;
+
+/* gpb_create_args.flags: a slot of that name that is the caller's and has the
+ * dtype, shape (strides, buffers, backend where given) asked for is returned
+ * (and attached) instead of GPB_ALREADY_EXISTS; one that differs, or is
+ * another user's, is still GPB_ALREADY_EXISTS, with the difference named. */
+#define GPB_CREATE_EXIST_OK 1u
 
 typedef struct gpb_client gpb_client;
 typedef struct gpb_view gpb_view;
@@ -141,6 +147,13 @@ int32_t gpb_parse_dtype(const char* text, gpb_dtype* out, gpb_error* err) GPB_NO
 /* socket_path NULL: the default. client_name NULL: the program name. */
 int32_t gpb_connect(const char* socket_path, const char* client_name, gpb_client** out,
                     gpb_error* err) GPB_NOEXCEPT;
+/* gpb_connect with the times ConnectOptions sets in C++, in milliseconds;
+ * -1 keeps a default. reply_timeout_ms (default 30000): a broker silent this
+ * long is GPB_UNAVAILABLE. reconnect_timeout_ms (default 10000): after the
+ * broker went away, how long the next call keeps dialling (a restart) before
+ * GPB_UNAVAILABLE; 0 fails at once. */
+int32_t gpb_connect_with(const char* socket_path, const char* client_name, int32_t reply_timeout_ms,
+                         int32_t reconnect_timeout_ms, gpb_client** out, gpb_error* err) GPB_NOEXCEPT;
 /* Views made from the client stay valid after this. */
 void gpb_client_release(gpb_client* client) GPB_NOEXCEPT;
 

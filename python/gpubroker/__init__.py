@@ -24,6 +24,13 @@ from ._live import Publisher, Subscriber
 from ._slot import SlotInfo
 from ._view import View
 
+# Errors and classes read as gpubroker.X in tracebacks and reprs, not as the
+# private module that defines them.
+for _cls in (Client, View, SlotInfo, Publisher, Subscriber, Error, InvalidArgument, NotFound, AlreadyExists,
+             PermissionDenied, ResourceExhausted, Unavailable, ProtocolError, Unsupported, Timeout, Busy):
+    _cls.__module__ = __name__
+del _cls
+
 __all__ = ["connect", "Client", "View", "SlotInfo", "Publisher", "Subscriber", "Error", "InvalidArgument",
            "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted", "Unavailable", "ProtocolError",
            "Unsupported", "Timeout", "Busy", "default_socket_path", "__version__"]

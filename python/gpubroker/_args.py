@@ -31,6 +31,17 @@ def integer(value, low, high, what):
     return v
 
 
+def mode(value, what="mode"):
+    """Permission bits as chmod takes them: an int (0o640) or an octal
+    string ("0640", "640"), as gpubrokerctl --mode takes it."""
+    if isinstance(value, str):
+        text = value[2:] if value[:2] in ("0o", "0O") else value
+        if not text or any(c not in "01234567" for c in text):
+            raise ValueError(f"{what} {value!r} is not octal permission bits (e.g. 0o640 or \"0640\")")
+        value = int(text, 8)
+    return integer(value, 0, 0o777, what)
+
+
 def attach_mode(readonly):
     """The C ABI's attach mode for readonly=False (write access or
     PermissionDenied), True (read-only) or None (whatever this user may)."""

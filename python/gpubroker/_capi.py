@@ -135,8 +135,11 @@ class gpb_create_args(ctypes.Structure):
         ("mode", ctypes.c_uint32),
         # ABI 3: 0 a plain slot, 1..8 a live slot of that many buffers
         ("buffers", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),  # CREATE_EXIST_OK
     ]
+
+
+CREATE_EXIST_OK = 1
 
 
 class gpb_acquired(ctypes.Structure):
@@ -179,6 +182,8 @@ def _load():
         "gpb_default_socket_path": (ctypes.c_char_p, []),
         "gpb_parse_dtype": (ctypes.c_int32, [ctypes.c_char_p, ctypes.POINTER(gpb_dtype), err]),
         "gpb_connect": (ctypes.c_int32, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(p), err]),
+        "gpb_connect_with": (ctypes.c_int32, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32,
+                                              ctypes.POINTER(p), err]),
         "gpb_client_release": (None, [p]),
         "gpb_create": (ctypes.c_int32, [p, ctypes.POINTER(gpb_create_args), ctypes.POINTER(p),
                                         ctypes.POINTER(gpb_slot_info), err]),

@@ -1,11 +1,12 @@
 """Client: a connection to gpubrokerd, and the calls made through it."""
 import ctypes
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Union, overload
 
 from . import _live, _publish
-from ._args import INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, attach_mode, integer as _int, name as _name
-from ._capi import (MAX_BUFFERS, InvalidArgument, NotFound, Unavailable, check, gpb_create_args, gpb_dtype,
-                    gpb_slot_info, lib)
+from ._args import (INT64_MAX as _INT64_MAX, UINT64_MAX as _UINT64_MAX, attach_mode, integer as _int,
+                    mode as _mode, name as _name)
+from ._capi import (CREATE_EXIST_OK, MAX_BUFFERS, InvalidArgument, NotFound, Unavailable, check,
+                    gpb_create_args, gpb_dtype, gpb_slot_info, lib)
 from ._devices import device_args
 from ._dtypes import DTYPES, dtype_name
 from ._slot import SlotInfo, new_info
@@ -22,9 +23,11 @@ def default_socket_path() -> str:
 class Client:
     """A connection to gpubrokerd. Thread-safe; a context manager."""
 
-    def __init__(self, socket: Optional[str] = None, name: Optional[str] = None) -> None:
+    def __init__(self, socket: Optional[str] = None, name: Optional[str] = None, *,
+                 reconnect_timeout: Optional[float] = None, reply_timeout: Optional[float] = None) -> None:
         handle = ctypes.c_void_p()
-        check(lib.gpb_connect, socket.encode() if socket else None, name.encode() if name else None,
+        check(lib.gpb_connect_with, socket.encode() if socket else None, name.encode() if name else None,
+              _millis(reply_timeout, "reply_timeout"), _millis(reconnect_timeout, "reconnect_timeout"),
               ctypes.byref(handle))
         self._handle = handle
 
@@ -51,19 +54,37 @@ class Client:
             raise Unavailable("client is closed")
         return self._handle
 
+    @overload
     def create(self, name: str, shape: Iterable[int] = (), dtype: str = "float32", device: str = "cpu", *,
                strides: Optional[Iterable[int]] = None, nbytes: int = 0, base: Optional[str] = None,
-               offset: int = 0, backend: Optional[str] = None, mode: int = 0o600,
-               attach: bool = True, buffers: int = 0) -> Union[View, SlotInfo]:
+               offset: int = 0, backend: Optional[str] = None, mode: Union[int, str] = 0o600,
+               attach: Literal[True] = True, buffers: int = 0, exist_ok: bool = False) -> View: ...
+
+    @overload
+    def create(self, name: str, shape: Iterable[int] = (), dtype: str = "float32", device: str = "cpu", *,
+               strides: Optional[Iterable[int]] = None, nbytes: int = 0, base: Optional[str] = None,
+               offset: int = 0, backend: Optional[str] = None, mode: Union[int, str] = 0o600,
+               attach: Literal[False], buffers: int = 0, exist_ok: bool = False) -> SlotInfo: ...
+
+    def create(self, name: str, shape: Iterable[int] = (), dtype: str = "float32", device: str = "cpu", *,
+               strides: Optional[Iterable[int]] = None, nbytes: int = 0, base: Optional[str] = None,
+               offset: int = 0, backend: Optional[str] = None, mode: Union[int, str] = 0o600,
+               attach: bool = True, buffers: int = 0, exist_ok: bool = False) -> Union[View, SlotInfo]:
         """Creates slot `name` and (by default) attaches it.
 
         device: "cpu", "cuda", "cuda:N" (this process's numbering) or "GPU-<uuid>".
         base/offset: make the slot a view into slot `base`'s allocation.
         backend: "host", "cuda_vmm" or "cuda_ipc"; default by device.
+        mode: permission bits like chmod's: 0o640, or "0640".
         buffers: 0 for a plain slot; 1..8 for a live slot of that many
         buffers, at version 0 until a Publisher (or a writer) commits one.
         Views (base=...) take their allocation's.
-        Returns a View, or a SlotInfo with attach=False."""
+        exist_ok: if `name` exists already, is yours, and has this dtype and
+        shape (and strides, buffers, backend where given), return it instead
+        of raising AlreadyExists; a slot that differs, or is another
+        user's, still raises AlreadyExists saying how. Slots outlive the
+        process that made them, so a script run twice needs this.
+        Returns a View; a SlotInfo with attach=False."""
         shape = tuple(_int(s, 0, _INT64_MAX, "shape entry") for s in shape)
         if len(shape) > 8:
             raise ValueError(f"{len(shape)} dimensions; the limit is 8")
@@ -73,7 +94,7 @@ class Client:
                 raise ValueError("strides must have one entry per dimension")
         nbytes = _int(nbytes, 0, _UINT64_MAX, "nbytes")
         offset = _int(offset, 0, _UINT64_MAX, "offset")
-        mode = _int(mode, 0, 0o777, "mode")
+        mode = _mode(mode)
         buffers = _int(buffers, 0, MAX_BUFFERS, "buffers")
         name_b = _name(name)
         base_b = _name(base, "base") if base else None
@@ -88,14 +109,13 @@ class Client:
             struct_size=ctypes.sizeof(gpb_create_args), name=name_b, dtype=gpb_dtype(code, bits, 1), ndim=n,
             shape=shape_arr, strides=strides_arr, bytes=nbytes,
             base=base_b, byte_offset=offset, backend=backend_code,
-            device=ordinal, device_uuid=uuid_arr, mode=mode, buffers=buffers)
+            device=ordinal, device_uuid=uuid_arr, mode=mode, buffers=buffers,
+            flags=CREATE_EXIST_OK if exist_ok else 0)
         info = new_info()
-        if not attach:
-            check(lib.gpb_create, self._h(), ctypes.byref(args), None, ctypes.byref(info))
-            return SlotInfo._from(info)
         view = ctypes.c_void_p()
-        check(lib.gpb_create, self._h(), ctypes.byref(args), ctypes.byref(view), ctypes.byref(info))
-        return View(view.value)
+        check(lib.gpb_create, self._h(), ctypes.byref(args), ctypes.byref(view) if attach else None,
+              ctypes.byref(info))
+        return View(view.value) if attach else SlotInfo._from(info)
 
     def attach(self, name: str, readonly: Optional[bool] = False) -> View:
         """A View of slot `name`. Free of round trips if this process maps its allocation.
@@ -130,8 +150,18 @@ class Client:
         names = [f"{prefix}/{k}" for k in keys]
         if to == "view":
             return {k: View(h) for k, h in zip(keys, self._attach_handles(names, readonly))}
+        if to == "numpy":
+            import numpy
+            views = {k: View(h) for k, h in zip(keys, self._attach_handles(names, readonly))}
+            on_gpu = [k for k, v in views.items() if v.is_cuda]
+            if on_gpu:
+                for v in views.values():
+                    v.release()
+                raise InvalidArgument(f"'{prefix}/{on_gpu[0]}' is in GPU memory: NumPy reads host memory only; "
+                                      "use to='torch' (or to='view' and CuPy)")
+            return {k: numpy.asarray(v) for k, v in views.items()}
         if to != "torch":
-            raise InvalidArgument(f"to={to!r}: expected 'view' or 'torch'")
+            raise InvalidArgument(f"to={to!r}: expected 'view', 'torch' or 'numpy'")
         from . import _torch
         return dict(zip(keys, _torch.attach(self._h(), names, readonly)))
 
@@ -222,7 +252,25 @@ class Client:
         return _live.Subscriber(self, prefix, to=to, timeout=timeout, owner=owner)
 
 
-def connect(socket: Optional[str] = None, name: Optional[str] = None) -> Client:
+def connect(socket: Optional[str] = None, name: Optional[str] = None, *, reconnect_timeout: Optional[float] = None,
+            reply_timeout: Optional[float] = None) -> Client:
     """Connects to the broker at `socket` (default: default_socket_path()).
-    Raises Unavailable if none answers."""
-    return Client(socket, name)
+    Raises Unavailable if none answers.
+
+    reconnect_timeout: seconds a call keeps dialling after the broker went
+    away (a restart: default 10; 0 raises Unavailable at once). The library
+    says on stderr, once, when it starts such a wait. reply_timeout: seconds
+    a silent broker is given before Unavailable (default 30)."""
+    return Client(socket, name, reconnect_timeout=reconnect_timeout, reply_timeout=reply_timeout)
+
+
+def _millis(seconds, what):
+    """Seconds (None: the library's default) as the C ABI's milliseconds (-1: default)."""
+    if seconds is None:
+        return -1
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be seconds (an int or float), not {type(seconds).__name__}")
+    if not 0 <= seconds <= 86400:
+        raise ValueError(f"{what} {seconds} is outside 0..86400 seconds")
+    return int(round(seconds * 1000))
+

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from . import _buffers
 from ._args import UINT64_MAX, integer as _int, name as _name
-from ._capi import (MAX_BUFFERS, InvalidArgument, NotFound, PermissionDenied, Timeout, Unavailable, check,
+from ._capi import (MAX_BUFFERS, AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Timeout, Unavailable, check,
                     gpb_acquired, lib)
 from ._publish import _Source, publish_state_dict
 
@@ -73,7 +73,12 @@ class Publisher:
         _name(prefix, "prefix")
         if replace:
             _destroy_tree(client, prefix)
-        self._build(state_dict)
+        try:
+            self._build(state_dict)
+        except AlreadyExists as e:
+            raise AlreadyExists(f"{e.args[0]} (a tree is already published under '{prefix}', by an earlier run or "
+                                "another publisher: publisher(..., replace=True) replaces it, and its "
+                                "subscribers follow)") from None
         self.update(state_dict)
 
     prefix = property(lambda self: self._prefix)

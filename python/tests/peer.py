@@ -97,6 +97,13 @@ def main():
         sys.stdout.buffer.flush()
         sys.stdin.buffer.read()
         return
+    if cmd == "exist-ok":  # create(exist_ok=True) of a name someone else holds
+        try:
+            c.create(name, (4,), "float32", exist_ok=True)
+            out("created or returned")
+        except gpubroker.AlreadyExists as e:
+            out(f"AlreadyExists {e}")
+        return
     if cmd == "attach-modes":  # what each readonly= gives this user
         for readonly in (False, True, None):
             try:

@@ -206,6 +206,74 @@ class HostTest(unittest.TestCase):
         with self.assertRaises(BufferError):
             view.__dlpack__(copy=True)
 
+    def test_create_exist_ok_returns_only_the_slot_it_would_have_made(self):
+        """A script run twice: exist_ok gives back the first run's slot, and
+        only if it is this user's and has the dtype and shape asked for."""
+        first = self.c.create("py/again", (4, 8), "float32", exist_ok=True)
+        numpy.asarray(first)[...] = 7
+        second = self.c.create("py/again", (4, 8), "float32", exist_ok=True)
+        self.assertTrue(numpy.array_equal(numpy.asarray(second), numpy.full((4, 8), 7, numpy.float32)))
+        info = self.c.create("py/again", (4, 8), "float32", attach=False, exist_ok=True)
+        self.assertIsInstance(info, gpubroker.SlotInfo)
+        with self.assertRaisesRegex(gpubroker.AlreadyExists, r"shape \(4, 8\), not \(8, 4\)"):
+            self.c.create("py/again", (8, 4), "float32", exist_ok=True)
+        with self.assertRaisesRegex(gpubroker.AlreadyExists, "dtype float32, not int32"):
+            self.c.create("py/again", (4, 8), "int32", exist_ok=True)
+        with self.assertRaises(gpubroker.AlreadyExists):
+            self.c.create("py/again", (4, 8), "float32")  # without exist_ok: as before
+
+    @unittest.skipUnless(os.getuid() == 0 or os.environ.get("GPUBROKER_REQUIRE_ROOT", "0") not in ("", "0"),
+                         "needs root to run a peer as another user")
+    def test_exist_ok_never_hands_over_another_users_slot(self):
+        """A name another user took first (mode 0666, so anyone could write
+        it) is not returned: its owner would read what this user writes."""
+        self.c.create("py/squatted", (4,), "float32", mode="0666", attach=False)
+        peer = self.broker.peer("exist-ok", "py/squatted", uid=65534)
+        said = peer.stdout.readline().decode().strip()
+        self.assertEqual(finish(peer), 0)
+        self.assertIn("AlreadyExists", said)
+        self.assertIn("belongs to uid 0, not to you (uid 65534)", said)
+
+    def test_mode_as_the_cli_writes_it(self):
+        self.assertEqual(self.c.create("py/mode-str", (1,), mode="0644", attach=False).mode, 0o644)
+        self.assertEqual(self.c.create("py/mode-o", (1,), mode="0o640", attach=False).mode, 0o640)
+        for bad in ("0648", "rw-r--r--", "", "0o"):
+            with self.assertRaisesRegex(ValueError, "not octal permission bits"):
+                self.c.create("py/mode-bad", (1,), mode=bad)
+        with self.assertRaises(ValueError):
+            self.c.create("py/mode-bad", (1,), mode="01777")
+
+    def test_state_dict_as_numpy(self):
+        rng = fresh_rng()
+        tensors = {"a": rng.standard_normal((3, 5)), "b": rng.integers(0, 100, (7,), dtype=numpy.int32)}
+        self.c.publish_state_dict("py/sd-numpy", tensors)
+        got = self.c.attach_state_dict("py/sd-numpy", to="numpy")
+        self.assertEqual(list(got), ["a", "b"])
+        for k, v in tensors.items():
+            self.assertIsInstance(got[k], numpy.ndarray)
+            numpy.testing.assert_array_equal(got[k], v)
+        with self.assertRaisesRegex(gpubroker.InvalidArgument, "'view', 'torch' or 'numpy'"):
+            self.c.attach_state_dict("py/sd-numpy", to="jax")
+
+    def test_public_names_in_tracebacks(self):
+        """Errors read as gpubroker.NotFound, not as the private module that defines them."""
+        for cls in (gpubroker.Error, gpubroker.NotFound, gpubroker.Unsupported, gpubroker.Client,
+                    gpubroker.View, gpubroker.Subscriber):
+            self.assertEqual(cls.__module__, "gpubroker", cls)
+        import traceback
+        try:
+            self.c.attach("py/nothing-here")
+        except gpubroker.NotFound as e:
+            text = "".join(traceback.format_exception_only(type(e), e))
+        self.assertTrue(text.startswith("gpubroker.NotFound: not_found: "), text)
+
+    def test_a_second_publisher_is_pointed_at_replace(self):
+        base = stamped_base(fresh_seed(), "a")
+        pub = self.c.publisher("py/live/twice", stamp(base, 1))
+        with self.assertRaisesRegex(gpubroker.AlreadyExists, r"replace=True"):
+            self.c.publisher("py/live/twice", stamp(base, 1))
+        pub.close(destroy=True)
+
     def test_publish_and_state_dict_arena(self):
         rng = fresh_rng()
         weights = {f"layers.{i}.weight": rng.standard_normal((i + 3, 7)).astype(numpy.float32)

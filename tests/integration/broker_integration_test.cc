@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "tests/integration/harness.h"
 #include "common/seqpacket.h"
@@ -300,6 +303,72 @@ TEST_F(BrokerTest, GracefulStopRemovesSocketAndRegistryAndViewsStayValid) {
   Status s = c.Stat("survivor").status();
   EXPECT_EQ(s.code(), Code::kUnavailable);
   EXPECT_NE(s.message().find("broker"), std::string::npos);
+  // Lookup reads the registry, which this process still maps: it must not
+  // answer from a stopped broker's registry as if nothing had happened.
+  EXPECT_EQ(c.Lookup("survivor").status().code(), Code::kUnavailable);
+  EXPECT_EQ(c.ListRegistry().status().code(), Code::kUnavailable);
+}
+
+// A killed broker cannot mark its registry stopped: the hung-up connection
+// tells. A call that waits for a restart says so on stderr, once.
+TEST_F(BrokerTest, AfterTheBrokerIsKilledLookupAsksAndAWaitingCallSaysWhy) {
+  ConnectOptions o = broker_->Options("lookup after kill");
+  o.reconnect_timeout_ms = 1000;
+  auto c = Client::Connect(o);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->CreateAndAttach(Bytes("gone", 64)).ok());
+  ASSERT_TRUE(c->Lookup("gone").ok());
+  broker_->Stop(SIGKILL);
+  std::fflush(stderr);
+  const std::string said_path = broker_->dir() + "/stderr.txt";
+  UniqueFd said(::open(said_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  ASSERT_TRUE(said.valid());
+  UniqueFd saved(::dup(STDERR_FILENO));
+  ::dup2(said.get(), STDERR_FILENO);
+  auto looked = c->Lookup("gone");
+  auto listed = c->ListRegistry();
+  std::fflush(stderr);
+  ::dup2(saved.get(), STDERR_FILENO);
+  EXPECT_EQ(looked.status().code(), Code::kUnavailable) << "answered from a dead broker's registry";
+  EXPECT_NE(looked.status().message().find("within 1000 ms"), std::string::npos) << looked.status().ToString();
+  EXPECT_EQ(listed.status().code(), Code::kUnavailable);
+  std::ifstream in(said_path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("gpubroker: the broker at " + broker_->socket() + " is gone"), std::string::npos) << text;
+  EXPECT_NE(text.find("reconnecting for up to 1 s"), std::string::npos) << text;
+  EXPECT_EQ(text.find("gpubroker:", 1), text.rfind("gpubroker:")) << "one line per outage: " << text;
+}
+
+// CreateOptions::exist_ok: a program run twice gets its first run's slot,
+// and nothing else.
+TEST_F(BrokerTest, ExistOkReturnsOnlyTheSlotThisCreateWouldHaveMade) {
+  Client c = Connect();
+  CreateOptions o;
+  o.name = "again";
+  o.dtype = *ParseDType("float32");
+  o.shape = {4, 8};
+  o.exist_ok = true;
+  auto first = c.CreateAndAttach(o);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  auto data = RandomBytes(first->nbytes());
+  std::memcpy(first->data(), data.data(), data.size());
+  auto second = c.CreateAndAttach(o);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->slot().allocation_id, first->slot().allocation_id);
+  EXPECT_TRUE(Contents(*second) == data);
+  auto info = c.Create(o);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->allocation_id, first->slot().allocation_id);
+  o.shape = {8, 4};
+  Status other = c.Create(o).status();
+  EXPECT_EQ(other.code(), Code::kAlreadyExists);
+  EXPECT_NE(other.message().find("shape (4, 8), not (8, 4)"), std::string::npos) << other.ToString();
+  o.shape = {4, 8};
+  o.buffers = 2;
+  EXPECT_NE(c.Create(o).status().message().find("1 buffers, not 2"), std::string::npos);
+  o.buffers = 0;
+  o.exist_ok = false;
+  EXPECT_EQ(c.Create(o).status().code(), Code::kAlreadyExists);
 }
 
 TEST_F(BrokerTest, KilledBrokerLeavesViewsReadableAndANewBrokerTakesOver) {

@@ -193,7 +193,21 @@ TEST_F(CApiTest, StructSizeBoundsWhatTheLibraryReadsAndWrites) {
   EXPECT_NE(std::string(err.message).find("gpb_create_args.struct_size"), std::string::npos) << err.message;
   args.struct_size = sizeof args;
   EXPECT_EQ(gpb_create(c, &args, nullptr, nullptr, &err), GPB_OK) << err.message;
+  // A second run of the same program: GPB_CREATE_EXIST_OK returns the slot.
+  EXPECT_EQ(gpb_create(c, &args, nullptr, nullptr, &err), GPB_ALREADY_EXISTS);
+  args.flags = GPB_CREATE_EXIST_OK;
+  ASSERT_EQ(gpb_create(c, &args, nullptr, &info, &err), GPB_OK) << err.message;
+  EXPECT_STREQ(info.name, "new");
+  args.flags = 4;
+  EXPECT_EQ(gpb_create(c, &args, nullptr, nullptr, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("unknown bits 4"), std::string::npos) << err.message;
   gpb_client_release(c);
+
+  // Timeouts through the C ABI: -1 keeps a default, below that is refused.
+  gpb_client* timed = nullptr;
+  ASSERT_EQ(gpb_connect_with(broker_->socket().c_str(), "timed", -1, 0, &timed, &err), GPB_OK) << err.message;
+  gpb_client_release(timed);
+  EXPECT_EQ(gpb_connect_with(broker_->socket().c_str(), "timed", -2, 0, &timed, &err), GPB_INVALID_ARGUMENT);
 }
 
 // An exception inside the library (here std::bad_alloc, in a process whose
