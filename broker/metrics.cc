@@ -118,6 +118,11 @@ Result<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen, std::
   m->started_ns_ = started_ns;
   m->f_->info.Add({{"version", std::string(version)}}).Set(1);
   m->f_->start_time.Set(static_cast<double>(started_ns) / 1e9);
+  // Every reason from the start, at 0: a series that first appears at 1 is
+  // no increase to rate(), so a dashboard would miss the first refusal.
+  for (const char* reason : {"permission", "quota", "limit", "draining", "connection"}) {
+    m->f_->refusals.Add({{"reason", reason}});
+  }
   try {
     // Several threads, and a connection that has not sent its request within
     // 2 s is dropped: a client that connects and says nothing (one idle
