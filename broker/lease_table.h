@@ -146,6 +146,7 @@ class LeaseTable {
   // Per-uid accounting: bytes follow an allocation's owner until it is freed;
   // slots and connections are counted by their callers.
   const UidUsage& Usage(uid_t uid) const;
+  const std::map<uid_t, UidUsage>& usage() const { return usage_; }
   void CountSlot(uid_t uid, int delta) { usage_[uid].slots += delta; }
   void CountConnection(uid_t uid, int delta) { usage_[uid].connections += delta; }
 

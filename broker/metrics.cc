@@ -1,5 +1,6 @@
 #include "broker/metrics.h"
 
+#include <array>
 #include <map>
 #include <tuple>
 
@@ -76,7 +77,26 @@ struct Metrics::Families {
                           "keeps stuck shows here)")
                     .Register(r)
                     .Add({})),
-        info(prometheus::BuildGauge().Name("gpubroker_info").Help("1, labelled with the broker's version").Register(r)) {}
+        info(prometheus::BuildGauge().Name("gpubroker_info").Help("1, labelled with the broker's version").Register(r)),
+        uid_bytes(prometheus::BuildGauge()
+                      .Name("gpubroker_uid_bytes")
+                      .Help("Bytes of memory a uid's slots name, by uid and memory (host or device): what its "
+                            "share counts")
+                      .Register(r)),
+        uid_slots(prometheus::BuildGauge()
+                      .Name("gpubroker_uid_slots")
+                      .Help("Slots a uid owns, with the destroyed allocations its leases keep alive")
+                      .Register(r)),
+        share_bytes(prometheus::BuildGauge()
+                        .Name("gpubroker_uid_share_bytes")
+                        .Help("What one uid (not root or the admin group) may hold, by memory: a quarter of the "
+                              "cap, or limits.max_bytes_per_uid for all memory (memory=\"any\"); 0: no limit")
+                        .Register(r)),
+        share_slots(prometheus::BuildGauge()
+                        .Name("gpubroker_uid_share_slots")
+                        .Help("Slots one uid (not root or the admin group) may own: limits.max_slots_per_uid")
+                        .Register(r)
+                        .Add({})) {}
 
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& refusals;
@@ -95,6 +115,14 @@ struct Metrics::Families {
   prometheus::Gauge& adopted;
   prometheus::Gauge& closing;
   prometheus::Family<prometheus::Gauge>& info;
+  prometheus::Family<prometheus::Gauge>& uid_bytes;
+  prometheus::Family<prometheus::Gauge>& uid_slots;
+  prometheus::Family<prometheus::Gauge>& share_bytes;
+  prometheus::Gauge& share_slots;
+  // Per uid with something held: host bytes, device bytes, slots. A uid
+  // that holds nothing any more is removed, so the page does not grow with
+  // every uid that ever connected.
+  std::map<uid_t, std::array<prometheus::Gauge*, 3>> by_uid;
   // Every (backend, device) seen: set to 0, not dropped, when its last allocation goes.
   std::map<std::pair<std::string, std::string>, std::pair<prometheus::Gauge*, prometheus::Gauge*>> by_device;
 };
@@ -200,6 +228,41 @@ void Metrics::Update(const RequestHandler& handler, size_t slots, bool draining)
     }
     it->second.first->Set(value.first);
     it->second.second->Set(value.second);
+  }
+  UpdateUsage(handler);
+}
+
+void Metrics::UpdateUsage(const RequestHandler& handler) {
+  const RequestHandler::UidShare share = handler.Share();
+  f_->share_bytes.Add({{"memory", "host"}}).Set(static_cast<double>(share.host_bytes));
+  f_->share_bytes.Add({{"memory", "device"}}).Set(static_cast<double>(share.device_bytes));
+  f_->share_bytes.Add({{"memory", "any"}}).Set(static_cast<double>(share.bytes));
+  f_->share_slots.Set(share.slots);
+  const auto& usage = handler.leases().usage();
+  for (auto it = f_->by_uid.begin(); it != f_->by_uid.end();) {
+    auto u = usage.find(it->first);
+    if (u == usage.end() || (u->second.slots + u->second.orphans == 0 && u->second.bytes == 0)) {
+      f_->uid_bytes.Remove(it->second[0]);
+      f_->uid_bytes.Remove(it->second[1]);
+      f_->uid_slots.Remove(it->second[2]);
+      it = f_->by_uid.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [uid, u] : usage) {
+    if (u.slots + u.orphans == 0 && u.bytes == 0) continue;
+    auto it = f_->by_uid.find(uid);
+    if (it == f_->by_uid.end()) {
+      const std::string id = std::to_string(uid);
+      it = f_->by_uid.emplace(uid, std::array<prometheus::Gauge*, 3>{&f_->uid_bytes.Add({{"uid", id}, {"memory", "host"}}),
+                                                                     &f_->uid_bytes.Add({{"uid", id}, {"memory", "device"}}),
+                                                                     &f_->uid_slots.Add({{"uid", id}})})
+               .first;
+    }
+    it->second[0]->Set(static_cast<double>(u.host_bytes));
+    it->second[1]->Set(static_cast<double>(u.device_bytes));
+    it->second[2]->Set(u.slots + u.orphans);
   }
 }
 

@@ -41,6 +41,8 @@ class Metrics final : public RequestObserver {
 
  private:
   Metrics();
+  // gpubroker_uid_*: each uid's use against its share.
+  void UpdateUsage(const RequestHandler& handler);
   struct Families;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> f_;

@@ -185,6 +185,7 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
     case MsgType::kCommit: return Call<wire::CommitRequest>(this, &RequestHandler::OnCommit, r, f);
     case MsgType::kAcquire: return Call<wire::AcquireRequest>(this, &RequestHandler::OnAcquire, r, f);
     case MsgType::kRelease: return Call<wire::ReleaseRequest>(this, &RequestHandler::OnRelease, r, f);
+    case MsgType::kUsage: return Call<wire::UsageRequest>(this, &RequestHandler::OnUsage, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -319,6 +320,40 @@ Result<Reply> RequestHandler::OnDevices(Request r, const wire::DevicesRequest& m
   });
 }
 
+// Everyone may ask for their own use and share; an admin sees every uid's.
+Result<Reply> RequestHandler::OnUsage(Request r, const wire::UsageRequest& m) {
+  const bool admin = IsAdmin(r.client.peer);
+  const UidShare share = Share();
+  // Exempt: root or the admin group. For a uid not asking, from any
+  // connection of it (its groups are known only through one).
+  auto exempt = [&](uid_t uid) {
+    if (uid == r.client.peer.uid) return admin;
+    for (const auto& [id, c] : table_.clients()) {
+      if (c.peer.uid == uid) return IsAdmin(c.peer);
+    }
+    return IsAdmin(PeerCredentials{.uid = uid, .gid = static_cast<gid_t>(-1)});
+  };
+  return Page<wire::UsageReply, wire::UsageRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
+    for (const auto& [uid, u] : table_.usage()) {
+      if (!admin && uid != r.client.peer.uid) continue;
+      if (u.slots == 0 && u.orphans == 0 && u.bytes == 0 && u.connections == 0) continue;
+      wire::UsageRecord rec{};
+      rec.uid = uid;
+      rec.flags = exempt(uid) ? wire::kUsageExempt : 0;
+      rec.slots = u.slots + u.orphans;
+      rec.slot_share = share.slots;
+      rec.connections = u.connections;
+      rec.bytes = u.bytes;
+      rec.byte_quota = share.bytes;
+      rec.host_bytes = u.host_bytes;
+      rec.host_share = share.host_bytes;
+      rec.device_bytes = u.device_bytes;
+      rec.device_share = share.device_bytes;
+      emit(rec);
+    }
+  });
+}
+
 Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {
   wire::StatusReply s{};
   s.boot_generation = registry_.boot_generation();
@@ -379,6 +414,15 @@ void RequestHandler::SetLimits(const Limits& limits) {
   if (options_.limits.max_slots_per_uid == kSlotsPerUidFromCapacity) {
     options_.limits.max_slots_per_uid = std::clamp(registry_.capacity() / 4, 1u, 1024u);
   }
+}
+
+std::optional<std::string> RequestHandler::LogAllowance(uint64_t client_id) {
+  const ClientEntry* client = table_.FindClient(client_id);
+  // A connection the table no longer knows (it has just gone) shares one budget.
+  const uid_t uid = client != nullptr ? client->peer.uid : static_cast<uid_t>(-1);
+  uint64_t dropped = 0;
+  if (!log_budget_.Allow(uid, &dropped)) return std::nullopt;
+  return LogBudget::Note(uid, dropped);
 }
 
 bool RequestHandler::IsAdmin(const PeerCredentials& peer) const {

@@ -132,6 +132,21 @@ class RequestHandler {
   bool degraded() const { return !degraded_.empty(); }
   bool shutdown_requested() const { return shutdown_requested_; }
   const LeaseTable& leases() const { return table_; }
+  // A line about connection `client_id` that its session writes (no hello,
+  // a receive or send error) takes from the same per-uid budget as the
+  // handler's: the note to append when it may be logged, nullopt when not.
+  std::optional<std::string> LogAllowance(uint64_t client_id);
+  // What a uid that no share exempts may hold, from the limits (0: no limit):
+  // the fair share of each memory cap when limits.max_bytes_per_uid is not
+  // set, else that quota over all memory.
+  struct UidShare {
+    uint64_t host_bytes = 0;
+    uint64_t device_bytes = 0;
+    uint64_t bytes = 0;
+    uint32_t slots = 0;
+  };
+  UidShare Share() const;
+
 
  private:
   Result<uint64_t> Admit(const PeerCredentials& peer);
@@ -151,6 +166,7 @@ class RequestHandler {
   Result<Reply> OnClients(Request r, const wire::ClientsRequest& m);
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
   Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
+  Result<Reply> OnUsage(Request r, const wire::UsageRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);

@@ -190,7 +190,7 @@ Status RequestHandler::CheckCaps(BackendKind kind, uint64_t bytes, const Owner& 
     const bool host = kind == BackendKind::kHost;
     const uint64_t cap = host ? l.max_host_bytes : l.max_bytes_per_device;
     const uint64_t held = host ? usage.host_bytes : usage.device_bytes;
-    const uint64_t share = cap / kShareOfACap;
+    const uint64_t share = host ? Share().host_bytes : Share().device_bytes;
     if (cap != 0 && (bytes > share || held > share - bytes)) {
       return ResourceExhausted("uid " + std::to_string(owner.uid) + " holds " + std::to_string(held) + " bytes of " +
                                (host ? "host memory" : "device memory") + "; " + std::to_string(bytes) +
@@ -208,6 +208,19 @@ Status RequestHandler::CheckCaps(BackendKind kind, uint64_t bytes, const Owner& 
     }
   }
   return Status::Ok();
+}
+
+RequestHandler::UidShare RequestHandler::Share() const {
+  const Limits& l = options_.limits;
+  UidShare s;
+  s.slots = l.max_slots_per_uid;
+  if (l.max_bytes_per_uid == kBytesPerUidFromCaps) {
+    s.host_bytes = l.max_host_bytes / kShareOfACap;
+    s.device_bytes = l.max_bytes_per_device / kShareOfACap;
+  } else {
+    s.bytes = l.max_bytes_per_uid;
+  }
+  return s;
 }
 
 Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t bytes, const Owner& owner,

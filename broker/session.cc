@@ -38,7 +38,9 @@ void Session::StartHelloTimer() {
   hello_timer_.expires_after(std::chrono::milliseconds(ms));
   hello_timer_.async_wait([self = shared_from_this(), ms](boost::system::error_code ec) {
     if (ec || self->closed_ || self->handler_.Greeted(self->client_id_)) return;
-    spdlog::info("client {}: no hello within {} ms; closing", self->client_id_, ms);
+    if (auto note = self->handler_.LogAllowance(self->client_id_)) {
+      spdlog::info("client {}: no hello within {} ms; closing{}", self->client_id_, ms, *note);
+    }
     auto farewell = wire::EncodeError(0, Unavailable("no hello within " + std::to_string(ms) +
                                                          " ms (limits.hello_timeout_ms): connection closed"));
     self->Close(farewell);
@@ -58,9 +60,11 @@ bool Session::ClientReadEverything() const {
 void Session::WaitForClientToRead() {
   if (!flow_logged_) {
     flow_logged_ = true;
-    spdlog::warn("client {}: {} descriptors sent and not read (limits.max_fds_in_flight); holding its "
-                 "replies until it reads",
-                 client_id_, fds_in_flight_);
+    if (auto note = handler_.LogAllowance(client_id_)) {
+      spdlog::warn("client {}: {} descriptors sent and not read (limits.max_fds_in_flight); holding its "
+                   "replies until it reads{}",
+                   client_id_, fds_in_flight_, *note);
+    }
   }
   flow_timer_.expires_after(std::chrono::milliseconds(flow_backoff_ms_));
   flow_backoff_ms_ = std::min(flow_backoff_ms_ * 2, 64);
@@ -86,7 +90,9 @@ void Session::OnReadable() {
   for (int i = 0; i < kMessagesPerWakeup && !closed_ && outgoing_.empty(); ++i) {
     auto r = ReceiveRecord(socket_.native_handle(), buffer_, true);
     if (!r.ok()) {
-      spdlog::warn("client {}: {}", client_id_, r.status().message());
+      if (auto note = handler_.LogAllowance(client_id_)) {
+        spdlog::warn("client {}: {}{}", client_id_, r.status().message(), *note);
+      }
       Shutdown();
       return;
     }
@@ -150,7 +156,9 @@ void Session::Flush() {
     }
     auto sent = SendRecord(socket_.native_handle(), front.bytes, front.fd.get(), true);
     if (!sent.ok()) {
-      spdlog::info("client {}: {}", client_id_, sent.status().message());
+      if (auto note = handler_.LogAllowance(client_id_)) {
+        spdlog::info("client {}: {}{}", client_id_, sent.status().message(), *note);
+      }
       Shutdown();
       return;
     }

@@ -139,6 +139,13 @@ Status Validate(const StatRequest& m) {
 Status Validate(const ListRequest& m) { return CheckPage(m.max_entries, MaxRecords<ListReply>()); }
 Status Validate(const DevicesRequest& m) { return CheckPage(m.max_entries, MaxRecords<DevicesReply>()); }
 Status Validate(const DevicesReply& m) { return CheckListHead(m); }
+Status Validate(const UsageRequest& m) { return CheckPage(m.max_entries, MaxRecords<UsageReply>()); }
+Status Validate(const UsageReply& m) { return CheckListHead(m); }
+Status ValidateRecord(const UsageRecord& r) {
+  GPB_RETURN_IF_ERROR(CheckReserved(r.reserved, "usage.reserved"));
+  if ((r.flags & ~kUsageExempt) != 0) return ProtocolError("usage.flags has unknown bits");
+  return Status::Ok();
+}
 Status ValidateRecord(const DeviceRecord& r) {
   return r.ordinal >= 0 ? Status::Ok() : ProtocolError("device ordinal " + std::to_string(r.ordinal) + " is negative");
 }
@@ -248,6 +255,7 @@ std::string TypeName(uint16_t type) {
     case MsgType::kCommit: return "commit";
     case MsgType::kAcquire: return "acquire";
     case MsgType::kRelease: return "release";
+    case MsgType::kUsage: return "usage";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

@@ -45,6 +45,7 @@ enum class MsgType : uint16_t {
   kCommit = 16,
   kAcquire = 17,
   kRelease = 18,
+  kUsage = 19,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -183,6 +184,14 @@ struct DrainRequest {
 struct ReloadRequest {
   static constexpr MsgType kType = MsgType::kReload;
   uint64_t reserved;
+};
+
+// Each uid's use of the broker against its share (an admin sees every uid;
+// anyone else their own).
+struct UsageRequest {
+  static constexpr MsgType kType = MsgType::kUsage;
+  uint32_t cursor;
+  uint32_t max_entries;
 };
 
 struct DevicesRequest {
@@ -402,6 +411,31 @@ struct DeviceRecord {
 };
 static_assert(sizeof(DeviceRecord) == 32);
 
+// One uid's use against its share; a share of 0 is no limit.
+struct UsageRecord {
+  uint32_t uid;
+  uint32_t flags;           // kUsageExempt: root or the admin group, which no share limits
+  uint32_t slots;           // slots it owns, with the destroyed allocations its leases keep alive
+  uint32_t slot_share;      // limits.max_slots_per_uid
+  uint32_t connections;
+  uint32_t reserved;
+  uint64_t bytes;           // everything it holds, until the memory is freed
+  uint64_t byte_quota;      // limits.max_bytes_per_uid where set
+  uint64_t host_bytes;      // named by a slot: what the fair share counts
+  uint64_t host_share;      // a quarter of limits.max_host_bytes when no quota is set
+  uint64_t device_bytes;
+  uint64_t device_share;    // a quarter of limits.max_bytes_per_device when no quota is set
+};
+static_assert(sizeof(UsageRecord) == 72);
+inline constexpr uint32_t kUsageExempt = 1;
+
+struct UsageReply {
+  static constexpr MsgType kType = MsgType::kUsage;
+  using Record = UsageRecord;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
 struct DevicesReply {
   static constexpr MsgType kType = MsgType::kDevices;
   using Record = DeviceRecord;
@@ -482,6 +516,9 @@ Status Validate(const StatRequest& m);
 Status Validate(const ListRequest& m);
 Status Validate(const ClientsRequest& m);
 Status Validate(const DevicesRequest& m);
+Status Validate(const UsageRequest& m);
+Status Validate(const UsageReply& m);
+Status ValidateRecord(const UsageRecord& r);
 Status Validate(const DevicesReply& m);
 Status ValidateRecord(const DeviceRecord& r);
 Status Validate(const LeasesRequest& m);

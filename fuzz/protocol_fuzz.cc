@@ -62,6 +62,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case MsgType::kCommit: Try<CommitRequest>(f); Try<CommitReply>(f); break;
     case MsgType::kAcquire: Try<AcquireRequest>(f); Try<AcquireReply>(f); break;
     case MsgType::kRelease: Try<ReleaseRequest>(f); Try<ReleaseReply>(f); break;
+    case MsgType::kUsage: Try<UsageRequest>(f); TryList<UsageReply>(f); break;
     case MsgType::kNotice: Try<Notice>(f); break;
     case MsgType::kError: Try<ErrorReply>(f); break;
   }

@@ -207,6 +207,44 @@ class Doctor {
     return std::move(c).value();
   }
 
+  // Every slot record decodes on this side: the broker's list (each record
+  // checked as it arrives) and the registry's (a record that does not
+  // validate is skipped there) name the same slots. Slots made or removed
+  // between the two reads are told apart by asking twice.
+  void Records(Client& c) {
+    std::vector<std::string> missing;
+    size_t listed = 0;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto asked = c.List();
+      if (!asked.ok()) {
+        if (asked.status().code() != Code::kProtocol) return;  // said elsewhere (permission, a gone broker)
+        Add("records", Verdict::kFail, "a slot record the broker sent does not decode here: " + asked.status().message(),
+            "the broker accepted a slot this client cannot read (a client and a broker of different versions?): "
+            "report it with the broker's log; `gpubrokerctl rm` of that slot lets the others list again");
+        return;
+      }
+      auto read = c.ListRegistry();
+      if (!read.ok()) return;
+      std::set<std::string> in_registry;
+      for (const auto& s : *read) in_registry.insert(s.name);
+      missing.clear();
+      for (const auto& s : *asked) {
+        if (!in_registry.count(s.name)) missing.push_back(s.name);
+      }
+      listed = asked->size();
+      if (missing.empty()) break;
+    }
+    if (missing.empty()) {
+      Add("records", Verdict::kOk, "every slot record decodes: " + std::to_string(listed) +
+                                       " through the broker, the same in the shared registry");
+      return;
+    }
+    std::string names;
+    for (const auto& n : missing) names += (names.empty() ? "" : ", ") + n;
+    Add("records", Verdict::kFail, "the broker lists slots whose registry records do not validate here: " + names,
+        "report it with the broker's log and `gpubrokerctl show` of each; lock-free lookups of these names fail");
+  }
+
   void Slots(Client& c) {
     if (auto devices = c.Devices(); devices.ok()) {
       broker_devices_ = std::move(devices).value();
@@ -220,6 +258,7 @@ class Doctor {
       return;
     }
     Add("registry", Verdict::kOk, "readable without asking the broker: " + std::to_string(slots->size()) + " slot(s)");
+    Records(c);
     std::vector<std::string> refused;
     for (const auto& s : *slots) {
       if (!MayRead(s)) {

@@ -80,11 +80,32 @@ int Show(Client& c, const std::string& name, bool json) {
   return kExitOk;
 }
 
+// "3 of 1024", "1.0 MiB of 8.0 GiB": a use against its share (0: no limit).
+std::string OfShare(uint64_t used, uint64_t share, bool bytes, bool exempt) {
+  std::string text = bytes ? HumanBytes(used) : std::to_string(used);
+  if (share != 0 && !exempt) text += " of " + (bytes ? HumanBytes(share) : std::to_string(share));
+  return text;
+}
+
+std::string UsageLine(const UidUsageInfo& u) {
+  std::string line = "uid " + std::to_string(u.uid) + " (" + UserName(u.uid) + "): " +
+                     OfShare(u.slots, u.slot_share, false, u.exempt) + " slots, ";
+  if (u.byte_quota != 0) {
+    line += OfShare(u.bytes, u.byte_quota, true, u.exempt) + " (limits.max_bytes_per_uid)";
+  } else {
+    line += OfShare(u.host_bytes, u.host_share, true, u.exempt) + " host, " +
+            OfShare(u.device_bytes, u.device_share, true, u.exempt) + " device";
+  }
+  return line + (u.exempt ? " (root or admin group: no share applies)" : "");
+}
+
 int StatusCmd(Client& c, bool json, bool live) {
   auto b = c.Info();
   if (!b.ok()) return Report(b.status());
   auto devices = c.Devices();  // a broker older than the message lists none
   if (!devices.ok()) devices = std::vector<BrokerDevice>{};
+  auto usage = c.Usage();  // an admin sees every uid, anyone else their own
+  if (!usage.ok()) usage = std::vector<UidUsageInfo>{};
   if (json) {
     nlohmann::json o = {{"pid", b->pid}, {"version", b->version}, {"state", b->state},
                         {"registry", b->registry_name}, {"capacity", b->capacity}, {"max_slots", b->max_slots},
@@ -95,6 +116,13 @@ int StatusCmd(Client& c, bool json, bool live) {
     for (const auto& d : *devices) {
       o["devices"].push_back({{"uuid", FormatUuid(d.uuid)}, {"broker_ordinal", d.broker_ordinal},
                               {"allocated_bytes", d.allocated_bytes}});
+    }
+    o["usage"] = nlohmann::json::array();
+    for (const auto& u : *usage) {
+      o["usage"].push_back({{"uid", u.uid}, {"user", UserName(u.uid)}, {"exempt", u.exempt}, {"slots", u.slots},
+                            {"slot_share", u.slot_share}, {"connections", u.connections}, {"bytes", u.bytes},
+                            {"byte_quota", u.byte_quota}, {"host_bytes", u.host_bytes}, {"host_share", u.host_share},
+                            {"device_bytes", u.device_bytes}, {"device_share", u.device_share}});
     }
     std::cout << JsonText(o) << "\n";
   } else {
@@ -110,6 +138,8 @@ int StatusCmd(Client& c, bool json, bool live) {
       std::cout << "  cuda:" << d.broker_ordinal << " " << FormatUuid(d.uuid) << "  " << HumanBytes(d.allocated_bytes)
                 << " allocated\n";
     }
+    std::cout << "usage:        " << (usage->empty() ? "none" : "") << "\n";
+    for (const auto& u : *usage) std::cout << "  " << UsageLine(u) << "\n";
   }
   // Scripts and probes read the status: only a broker taking new work is OK;
   // with --live (a liveness probe), any broker that answers is.

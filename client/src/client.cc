@@ -300,6 +300,16 @@ Result<std::vector<BrokerDevice>> Client::Devices() {
   return out;
 }
 
+Result<std::vector<UidUsageInfo>> Client::Usage() {
+  GPB_ASSIGN_OR_RETURN(auto records, core_->channel->CallList<wire::UsageReply>(wire::UsageRequest{}));
+  std::vector<UidUsageInfo> out;
+  for (const auto& r : records) {
+    out.push_back({r.uid, (r.flags & wire::kUsageExempt) != 0, r.slots, r.slot_share, r.connections, r.bytes,
+                   r.byte_quota, r.host_bytes, r.host_share, r.device_bytes, r.device_share});
+  }
+  return out;
+}
+
 Status Client::Drain(bool on) {
   return core_->channel->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
 }

@@ -262,6 +262,22 @@ struct BrokerDevice {
   uint64_t allocated_bytes = 0;
 };
 
+// One uid's use of the broker against its share (Client::Usage). A share or
+// quota of 0 is no limit; an exempt uid (root, the admin group) has none.
+struct UidUsageInfo {
+  uint32_t uid = 0;
+  bool exempt = false;
+  uint32_t slots = 0;       // owned, with destroyed allocations its leases keep alive
+  uint32_t slot_share = 0;  // limits.max_slots_per_uid
+  uint32_t connections = 0;
+  uint64_t bytes = 0;       // all it holds until freed
+  uint64_t byte_quota = 0;  // limits.max_bytes_per_uid, where set
+  uint64_t host_bytes = 0;  // named by its slots: what the fair share counts
+  uint64_t host_share = 0;  // a quarter of limits.max_host_bytes, when no quota is set
+  uint64_t device_bytes = 0;
+  uint64_t device_share = 0;
+};
+
 struct LeaseInfo {
   uint64_t client_id = 0;
   uint64_t allocation_id = 0;
@@ -308,6 +324,9 @@ class Client {
   Result<BrokerInfo> Info();
   // The CUDA devices the broker sees (none for a broker without a GPU).
   Result<std::vector<BrokerDevice>> Devices();
+  // Each uid's use against its share: an admin gets every uid, anyone else
+  // their own.
+  Result<std::vector<UidUsageInfo>> Usage();
   // Admin only (root or the admin group).
   Result<std::vector<ClientInfo>> Clients();
   Result<std::vector<LeaseInfo>> Leases();

@@ -416,6 +416,26 @@ TEST_F(CliTest, TopShowsSlotsVersionsClientsAndRatesOnScreen) {
   Shell("tmux -L " + session + " kill-server");
 }
 
+// status: each uid's use against its share. An admin sees every uid, anyone
+// else their own.
+TEST_F(CliTest, StatusShowsEachUidsUseAgainstItsShare) {
+  GPUBROKER_NEEDS_ROOT("(to create as another user)");
+  ASSERT_EQ(Ctl("create mine --bytes 1MiB").status, 0);
+  ASSERT_EQ(::chmod(broker_->dir().c_str(), 0755), 0);
+  CtlRun made = CtlAsNobody("create theirs --bytes 2MiB");
+  ASSERT_EQ(made.status, 0) << made.out;
+  CtlRun root = Ctl("status");
+  EXPECT_NE(root.out.find("uid 0 (root): 1 slots, 1.0 MiB host, 0 B device (root or admin group: no share "
+                          "applies)"),
+            std::string::npos)
+      << root.out;
+  EXPECT_NE(root.out.find("uid 65534 (" + UserNameOf(65534) + "): 1 of "), std::string::npos) << root.out;
+  EXPECT_NE(root.out.find(" slots, 2.0 MiB of "), std::string::npos) << "a share of the host cap: " << root.out;
+  CtlRun nobody = CtlAsNobody("status");
+  EXPECT_EQ(nobody.out.find("uid 0 "), std::string::npos) << "another uid's use is an admin's to see: " << nobody.out;
+  EXPECT_NE(nobody.out.find("uid 65534 "), std::string::npos) << nobody.out;
+}
+
 // A socket only a group may use: the refusal names the group to join.
 TEST_F(CliTest, ThePermissionErrorNamesTheGroup) {
   GPUBROKER_NEEDS_ROOT("(to connect as another user)");
@@ -434,6 +454,8 @@ TEST_F(CliTest, DoctorSaysOkOrWhatToDoAndItsStatusSaysWhetherAnythingFailed) {
   EXPECT_EQ(healthy.status, 0) << healthy.out;
   for (const char* line : {"OK    socket      " , "OK    broker      answers", "OK    hello       ",
                            "OK    registry    readable without asking the broker: 1 slot(s)",
+                           "OK    records     every slot record decodes: 1 through the broker, the same in the "
+                           "shared registry",
                            "OK    permissions you may attach every slot listed", "latency     a round trip"}) {
     EXPECT_NE(healthy.out.find(line), std::string::npos) << line << "\n" << healthy.out;
   }

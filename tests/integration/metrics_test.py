@@ -147,6 +147,20 @@ def main():
             time.sleep(0.2)  # polling for the next tick, not a delay
         check("gauges agree with status --json", gauges == want, f"{gauges} vs {want}")
         check("the workload's slots are all there", s["slots"] == rounds * workers, s)
+        # Each uid's use against its share, in status and on the page.
+        me = os.geteuid()
+        usage = {u["uid"]: u for u in s.get("usage", [])}
+        mine = usage.get(me, {})
+        check("status --json shows this uid's use and its quota",
+              mine.get("bytes") == s["bytes_host"] and mine.get("slots") == s["slots"] and
+              mine.get("byte_quota") == 1048576, s.get("usage"))
+        check("gpubroker_uid_bytes agrees with status",
+              m.get(f'gpubroker_uid_bytes{{memory="host",uid="{me}"}}') == mine.get("host_bytes"),
+              {k: v for k, v in m.items() if k.startswith("gpubroker_uid")})
+        check("gpubroker_uid_slots agrees with status", m.get(f'gpubroker_uid_slots{{uid="{me}"}}') == s["slots"])
+        check("the share is on the page: limits.max_bytes_per_uid, over any memory",
+              m.get('gpubroker_uid_share_bytes{memory="any"}') == 1048576 and
+              m.get('gpubroker_uid_share_bytes{memory="host"}') == 0)
         check("every worker's two connections are counted", gauges["clients"] == 2 * workers, gauges)
         attaches = rounds * workers
         check("gpubroker_attaches_total counts every attach", m.get("gpubroker_attaches_total") == attaches,

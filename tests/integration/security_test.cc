@@ -849,6 +849,48 @@ TEST(Security, OrdinaryRequestsCannotFloodTheLog) {
   EXPECT_EQ(raw_escapes, 0);
 }
 
+// Connections that never say hello, in a loop, each closed by the broker:
+// its line for each ("no hello within ...") takes from the uid's budget too.
+TEST(Security, SilentConnectionsCannotFloodTheLog) {
+  GPUBROKER_NEEDS_ROOT("to run the flood as another uid");
+  TempDir dir("silent");
+  auto broker = BrokerLoggingTo(dir.path / "log", {"--hello-timeout-ms", "50", "--max-connections", "512",
+                                                            "--max-connections-per-uid", "256"});
+  ASSERT_NE(broker, nullptr);
+  constexpr int kBatches = 8, kPerBatch = 100;
+  const auto started = std::chrono::steady_clock::now();
+  auto lines = RunAs(kOther, [&](Channel& ch) {
+    std::vector<std::byte> buffer(wire::kMaxMessageBytes);
+    for (int b = 0; b < kBatches; ++b) {
+      std::vector<Raw> batch;
+      for (int i = 0; i < kPerBatch; ++i) batch.push_back(Raw::Dial(broker->socket()));
+      for (auto& raw : batch) {  // until the broker has closed each
+        while (true) {
+          auto r = raw.Receive(buffer);
+          if (!r.ok() || r->closed) break;
+        }
+      }
+    }
+    ch.SendLine("done");
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_EQ(lines, std::vector<std::string>{"done"});
+  ASSERT_TRUE(broker->Connect().ok());  // still serving
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  std::ifstream in(dir.path / "log");
+  int silent = 0, notes = 0;
+  for (std::string line; std::getline(in, line);) {
+    silent += line.find("no hello within") != std::string::npos;
+    notes += line.find("were not logged") != std::string::npos;
+  }
+  const int budget = static_cast<int>(LogBudget::kBurst + LogBudget::kPerSecond * (seconds + 1));
+  std::printf("  %d silent connections in %.1f s: %d lines (budget %d), %d notes\n", kBatches * kPerBatch, seconds,
+              silent, budget, notes);
+  ASSERT_LT(budget, kBatches * kPerBatch) << "the flood must outgrow the budget for this test to mean anything";
+  EXPECT_LE(silent, budget);
+  EXPECT_GE(silent, 1) << "the line is still written, within the budget";
+}
+
 // Errors that name the real problem.
 TEST(Security, MisuseGetsAClearError) {
   auto broker = BrokerProcess::Start({"--default-backend", "host", "--max-host-bytes", "1GiB"});
