@@ -229,6 +229,7 @@ class Broker final : public AllocationObserver {
   }
 
   void Tick() {
+    handler_->ExpireCarriedPins(std::chrono::steady_clock::now());
     if (metrics_) metrics_->Update(*handler_, registry_->live(), handler_->draining());
     if (metrics_ && server_ != nullptr) metrics_->Closing(server_->closing());
     const auto& t = handler_->leases();

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -37,6 +38,9 @@ inline constexpr uint32_t kSlotsPerUidFromCapacity = 0xffffffffu;
 // the devices together (RequestHandler::CheckCaps).
 inline constexpr uint64_t kBytesPerUidFromCaps = UINT64_MAX;
 inline constexpr uint64_t kShareOfACap = 4;  // the default share is 1/4 of the cap
+// How long pins carried over a warm restart wait for their readers, who
+// reconnect within their reconnect timeout (10 s by default) of their next call.
+inline constexpr std::chrono::seconds kCarriedPinGrace{30};
 
 // Every cap is checked before memory is committed or a connection is kept.
 // docs/SECURITY.md says which threat each one answers.

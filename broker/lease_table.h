@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -110,6 +111,11 @@ struct Allocation {
   uint64_t buffer_bytes = 0;
   uint32_t live_index = kNoLiveRecord;
   uint64_t writer = 0;  // the client writing a buffer of it; 0: none
+  // Pins the broker before a warm restart had granted, per buffer: counted
+  // in the live record's pins until their readers take them over (an
+  // acquire with kAcquireCarried) or `carried_until` passes.
+  std::array<uint32_t, kMaxBuffers> carried{};
+  std::chrono::steady_clock::time_point carried_until{};
   std::map<uid_t, uint32_t> holders;  // connections of each uid holding a lease on it
 };
 

@@ -146,6 +146,9 @@ class RequestHandler {
     uint32_t slots = 0;
   };
   UidShare Share() const;
+  // Drops the pins carried over a warm restart that no reader took over
+  // within kCarriedPinGrace; returns how many. Called on the broker's tick.
+  size_t ExpireCarriedPins(std::chrono::steady_clock::time_point now);
 
 
  private:
@@ -167,6 +170,7 @@ class RequestHandler {
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
   Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
   Result<Reply> OnUsage(Request r, const wire::UsageRequest& m);
+  Result<Reply> TakeOverCarriedPin(Request r, Allocation& a, const wire::AcquireRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);

@@ -127,8 +127,50 @@ void RequestHandler::EndWrite(Allocation& a, bool abandoned) {
   registry_.UpdateLive(a.live_index, s, false, true);
 }
 
+size_t RequestHandler::ExpireCarriedPins(std::chrono::steady_clock::time_point now) {
+  size_t dropped = 0;
+  for (const auto& [id, entry] : table_.allocations()) {
+    Allocation* a = table_.FindAllocation(id);
+    uint32_t held = 0;
+    for (uint32_t n : a->carried) held += n;
+    if (held == 0 || now < a->carried_until || a->live_index == kNoLiveRecord) continue;
+    LiveState s = registry_.GetLive(a->live_index);
+    for (uint32_t b = 0; b < kMaxBuffers; ++b) s.pins[b] -= std::min(s.pins[b], a->carried[b]);
+    a->carried.fill(0);
+    registry_.UpdateLive(a->live_index, s, false, true);
+    spdlog::info("allocation {}: {} pin(s) carried over the restart dropped: their readers did not come back "
+                 "within {} s",
+                 id, held, std::chrono::duration_cast<std::chrono::seconds>(kCarriedPinGrace).count());
+    dropped += held;
+  }
+  return dropped;
+}
+
+// A reader that held `m.version` in `m.buffer` from the broker before a warm
+// restart takes that pin over: no new count, the carried one becomes its own.
+Result<Reply> RequestHandler::TakeOverCarriedPin(Request r, Allocation& a, const wire::AcquireRequest& m) {
+  LiveState s = registry_.GetLive(a.live_index);
+  const auto b = static_cast<uint32_t>(m.buffer);
+  if (b >= s.nbuffers || a.carried[b] == 0 || s.buffer_version[b] != m.version) {
+    return NotFound("no pin on version " + std::to_string(m.version) + " in buffer " + std::to_string(b) +
+                    " of allocation " + std::to_string(a.id) +
+                    " was carried over the restart (or its time ran out): the version may have been overwritten");
+  }
+  --a.carried[b];
+  Pin pin{m.version, m.buffer, ++last_pin_};
+  r.client.pins[a.id].emplace(pin.id, pin);
+  wire::AcquireReply reply{};
+  reply.version = m.version;
+  reply.writes = s.writes;
+  reply.committed_ns = s.committed_ns;
+  reply.buffer = m.buffer;
+  reply.pin = pin.id;
+  return Reply{wire::EncodeReply(r.id, reply)};
+}
+
 Result<Reply> RequestHandler::OnAcquire(Request r, const wire::AcquireRequest& m) {
   GPB_ASSIGN_OR_RETURN(Allocation * a, LeasedAllocation(r.client, m.allocation_id, false));
+  if ((m.flags & wire::kAcquireCarried) != 0) return TakeOverCarriedPin(r, *a, m);
   LiveState s = registry_.GetLive(a->live_index);
   if (s.version == 0) {
     return NotFound("nothing has been committed to allocation " + std::to_string(a->id) + " yet");

@@ -140,8 +140,10 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       fresh.perms = AllocationPermissions(old);
       fresh.nbuffers = old.nbuffers;
       fresh.buffer_bytes = old.buffer_bytes;
-      // Committed versions carry over; pins and a write under way do not
-      // (their clients reconnect to a broker that never saw them).
+      // Committed versions carry over, and so do the pins on them: their
+      // readers reconnect and take them over (kAcquireCarried), or the pins
+      // go after kCarriedPinGrace. A write under way does not: its writer
+      // reconnects to a broker that never saw it.
       LiveState state{};
       if (auto it = live.find(old.allocation_id); it != live.end() && it->second.nbuffers == old.nbuffers) {
         state = it->second;
@@ -158,7 +160,19 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       }
       state.allocation_id = old.allocation_id;
       state.nbuffers = old.nbuffers;
-      std::fill(std::begin(state.pins), std::end(state.pins), 0u);
+      uint32_t carried = 0;
+      for (uint32_t b = 0; b < kMaxBuffers; ++b) {
+        // Only a pin on a whole version is worth keeping.
+        if (b >= state.nbuffers || state.buffer_version[b] == 0) state.pins[b] = 0;
+        fresh.carried[b] = state.pins[b];
+        carried += state.pins[b];
+      }
+      if (carried != 0) {
+        fresh.carried_until = std::chrono::steady_clock::now() + kCarriedPinGrace;
+        spdlog::info("slot '{}': {} pin(s) carried over the restart, kept until their readers take them over or "
+                     "{} s pass",
+                     name, carried, std::chrono::duration_cast<std::chrono::seconds>(kCarriedPinGrace).count());
+      }
       state.writing = -1;
       state.writer_pid = 0;
       auto live_index = registry_.AddLive(state);

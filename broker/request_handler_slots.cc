@@ -382,7 +382,11 @@ void RequestHandler::OnDisconnect(uint64_t client_id) {
   for (const auto& [aid, lease] : c->leases) reclaimed += lease.count;
   const uid_t uid = c->peer.uid;
   table_.CountConnection(c->peer.uid, -1);
-  for (const auto& [aid, lease] : c->leases) ForgetLiveState(*c, aid);
+  // While stopping, the pins stay in the registry: a warm-restarted broker
+  // carries them for their readers (Adopt).
+  if (!stopping_) {
+    for (const auto& [aid, lease] : c->leases) ForgetLiveState(*c, aid);
+  }
   for (uint64_t allocation_id : table_.RemoveClient(client_id)) {
     if (Allocation* a = table_.FindAllocation(allocation_id)) SyncLeaseCount(*a);
     ReleaseIfUnused(allocation_id);

@@ -196,7 +196,13 @@ Status Validate(const CommitRequest& m) {
   }
   return Status::Ok();
 }
-Status Validate(const AcquireRequest&) { return Status::Ok(); }  // any release_pin: one not held is ignored
+Status Validate(const AcquireRequest& m) {  // any release_pin: one not held is ignored
+  if ((m.flags & ~kAcquireCarried) != 0) return ProtocolError("acquire.flags has unknown bits");
+  if ((m.flags & kAcquireCarried) != 0 && (m.buffer < 0 || m.buffer >= static_cast<int32_t>(kMaxBuffers))) {
+    return InvalidArgument("acquire of a carried pin names buffer " + std::to_string(m.buffer));
+  }
+  return Status::Ok();
+}
 Status Validate(const ReleaseRequest& m) {
   return m.pin == 0 ? InvalidArgument("release of pin 0") : Status::Ok();
 }

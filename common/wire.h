@@ -229,7 +229,13 @@ struct AcquireRequest {
   // one is taken: a reader's release of the version it read, in the same
   // message, when its stream is done with it already.
   uint64_t release_pin;
+  uint32_t flags;  // kAcquireCarried
+  // kAcquireCarried: the pin this reader held from the broker before a warm
+  // restart, on `buffer` holding `version`, taken over instead of a new one.
+  int32_t buffer;
+  uint64_t version;
 };
+inline constexpr uint32_t kAcquireCarried = 1;
 
 struct ReleaseRequest {
   static constexpr MsgType kType = MsgType::kRelease;

@@ -122,6 +122,7 @@ Status Channel::ReconnectLocked(std::chrono::milliseconds limit) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // waiting for a restart
   }
+  connection_.fetch_add(1, std::memory_order_acq_rel);
   RetakeLeasesLocked();
   return Status::Ok();
 }

@@ -102,6 +102,11 @@ class Channel {
   // (negative: as long as the connect options allow).
   Status Reconnect(std::chrono::milliseconds limit) GPB_EXCLUDES(mu_);
 
+  // Which connection to a broker this is: 0 for the first, one more after
+  // each reconnect. What a pin was granted on: a pin of an earlier one is
+  // the old broker's, which a warm-restarted broker may carry.
+  uint64_t connection() const { return connection_.load(std::memory_order_acquire); }
+
  private:
   Channel() = default;
   // Sends and waits for the reply; reconnects first if the broker went away.
@@ -120,6 +125,7 @@ class Channel {
   Mutex mu_;
   UniqueFd socket_ GPB_GUARDED_BY(mu_);
   std::atomic<int> socket_fd_{-1};  // socket_'s descriptor, for PeerHungUp
+  std::atomic<uint64_t> connection_{0};
   uint32_t next_id_ GPB_GUARDED_BY(mu_) = 0;
   std::optional<Status> broken_ GPB_GUARDED_BY(mu_);  // set once the broker is gone
   wire::HelloReply hello_ GPB_GUARDED_BY(mu_){};

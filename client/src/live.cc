@@ -304,6 +304,14 @@ struct Reader::State {
   Mutex mu;
   LiveLocator locator GPB_GUARDED_BY(mu);
   uint64_t pin GPB_GUARDED_BY(mu) = 0;  // 0: none held
+  // Where the pin is, and on which connection it was granted (a broker
+  // restarted since carries it for a while: TakeOverPinLocked).
+  int32_t pin_buffer GPB_GUARDED_BY(mu) = -1;
+  uint64_t pin_version GPB_GUARDED_BY(mu) = 0;
+  uint64_t pin_connection GPB_GUARDED_BY(mu) = 0;
+  // The pin was lost with the broker that granted it: what was read may
+  // have been overwritten (Unchanged says so until the next acquire).
+  bool pin_lost GPB_GUARDED_BY(mu) = false;
   uint64_t pinned_writes GPB_GUARDED_BY(mu) = 0;
   bool pinned_while_writing GPB_GUARDED_BY(mu) = false;
   // The stream of the last acquire: what closing the reader waits for.
@@ -336,6 +344,28 @@ struct Reader::State {
     }
     std::atomic_thread_fence(std::memory_order_release);
     return channel->Call<wire::ReleaseReply>(m).status();
+  }
+
+  // The broker that granted the pin is gone and this client has reconnected:
+  // take the pin over from the restarted broker, which carries it for a
+  // while, or learn that it is lost.
+  void TakeOverPinLocked() GPB_REQUIRES(mu) {
+    const uint64_t now = channel->connection();
+    if (pin == 0 || pin_connection == now) return;
+    unreleased.clear();  // pins of the old broker: nothing to release at the new one
+    wire::AcquireRequest m{};
+    m.allocation_id = allocation_id();
+    m.flags = wire::kAcquireCarried;
+    m.buffer = pin_buffer;
+    m.version = pin_version;
+    auto reply = channel->Call<wire::AcquireReply>(m);
+    pin_connection = channel->connection();
+    if (reply.ok()) {
+      pin = reply->pin;
+    } else {
+      pin = 0;
+      pin_lost = true;
+    }
   }
 
   void RetryReleasesLocked() GPB_REQUIRES(mu) {
@@ -437,6 +467,7 @@ Result<Acquired> Reader::Acquire(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
   State& st = *state_;
   MutexLock lock(st.mu);
+  st.TakeOverPinLocked();
   st.RetryReleasesLocked();
   // The version read so far stays pinned until `stream` is done with it: if
   // it is already, the acquire's own message releases it.
@@ -461,6 +492,10 @@ Result<Acquired> Reader::Acquire(void* stream) {
   }
   const uint64_t previous = st.pin;  // still read by `stream`: released once it is done
   st.pin = reply.pin;
+  st.pin_buffer = reply.buffer;
+  st.pin_version = reply.version;
+  st.pin_connection = st.channel->connection();
+  st.pin_lost = false;
   st.pinned_writes = reply.writes;
   st.pinned_while_writing = (reply.flags & wire::kAcquireWriting) != 0;
   st.last_stream = stream;
@@ -478,6 +513,7 @@ Status Reader::Release(void* stream) {
   if (!state_) return InvalidArgument("this reader is empty");
   State& st = *state_;
   MutexLock lock(st.mu);
+  st.TakeOverPinLocked();
   st.RetryReleasesLocked();
   if (st.pin == 0) return Status::Ok();
   GPB_RETURN_IF_ERROR(st.ReleaseLocked(st.pin, stream));  // on an error the pin stays held, and known
@@ -487,12 +523,25 @@ Status Reader::Release(void* stream) {
 
 Result<bool> Reader::Unchanged() const {
   if (!state_) return InvalidArgument("this reader is empty");
-  if (state_->view.slot().buffers > 1) return true;
+  State& st = *state_;
   std::atomic_thread_fence(std::memory_order_acquire);
-  GPB_ASSIGN_OR_RETURN(auto where, state_->Locate());
+  {
+    // The pin holds only while a broker keeps it: if the one that granted
+    // it is gone, reconnect and take it over from the restarted one, or
+    // say what was read may have changed.
+    MutexLock lock(st.mu);
+    if (st.pin != 0 && st.pin_connection == st.channel->connection() && st.channel->PeerHungUp() &&
+        !st.channel->Reconnect(std::chrono::milliseconds(-1)).ok()) {
+      return false;
+    }
+    st.TakeOverPinLocked();
+    if (st.pin_lost) return false;
+    if (st.view.slot().buffers > 1) return true;
+  }
+  GPB_ASSIGN_OR_RETURN(auto where, st.Locate());
   GPB_ASSIGN_OR_RETURN(LiveState s, where.first->Live(where.second));
-  MutexLock lock(state_->mu);
-  return !state_->pinned_while_writing && s.writes == state_->pinned_writes;
+  MutexLock lock(st.mu);
+  return !st.pinned_while_writing && s.writes == st.pinned_writes;
 }
 
 Result<Writer> Client::OpenWriter(std::string_view name) {

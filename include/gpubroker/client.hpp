@@ -213,8 +213,11 @@ class Reader {
   // broker; the call returns at once). Host memory: at once. On an error the
   // pin stays held, and a later Release or Acquire sends it again.
   Status Release(void* stream = nullptr);
-  // One-buffer slots: true if no write into the buffer began since Acquire,
-  // so what was read is that version, whole. Always true with 2+ buffers.
+  // True if what Acquire pinned is still that version, whole: one-buffer
+  // slots, no write into the buffer began since; every slot, the pin is
+  // still held. A warm restart keeps pins for their readers (30 s, taken
+  // over by this reader's next call, this one included); false once the
+  // pin is lost with its broker, until the next Acquire.
   Result<bool> Unchanged() const;
 
  private:

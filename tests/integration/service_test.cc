@@ -124,8 +124,8 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
 }
 
 // Versions survive a warm restart: the newest committed version, in its
-// buffer, with its bytes; the pin and the write of the clients that had them
-// do not (a writer's unfinished buffer is reclaimed), and the next commit
+// buffer, with its bytes, and the pins on it; the write under way does not
+// (a writer's unfinished buffer is reclaimed), and the next commit
 // carries on from the adopted version. A reader waiting through the restart
 // is woken by the stopping broker and finds the new one by itself.
 TEST(Service, WarmRestartKeepsCommittedVersions) {
@@ -171,7 +171,8 @@ TEST(Service, WarmRestartKeepsCommittedVersions) {
   LiveState s = *registry->Live(*d);
   EXPECT_EQ(s.buffer, static_cast<int32_t>(committed_buffer));
   EXPECT_EQ(s.writing, -1) << "the write under way is not adopted";
-  EXPECT_EQ(s.pins[0] + s.pins[1], 0u) << "nor the reader's pin";
+  EXPECT_EQ(s.pins[committed_buffer], 1u) << "the reader's pin is carried over (until it takes it over, or 30 s)";
+  EXPECT_EQ(s.pins[0] + s.pins[1], 1u);
   auto fresh = newcomer.OpenReader("warm/live");
   ASSERT_TRUE(fresh.ok());
   auto got = fresh->Acquire();
@@ -188,6 +189,72 @@ TEST(Service, WarmRestartKeepsCommittedVersions) {
   auto waited = reader->Wait(3, 10000);
   ASSERT_TRUE(waited.ok()) << waited.status().ToString();
   EXPECT_EQ(*waited, 4u);
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+// A reader's pin survives a warm restart (issue 22, item 2): two buffers, the
+// reader pins version 1, the writer commits 2 and has no free buffer. After
+// the restart the writer must not take the reader's buffer; the reader takes
+// its pin over at its next call and reads version 1 whole; once it moves on,
+// the writer gets the buffer.
+TEST(Service, AReadersPinSurvivesAWarmRestart) {
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client producer = Connect(*broker, 10000);
+  CreateOptions live = Bytes("warm/pinned", 4096);
+  live.buffers = 2;
+  ASSERT_TRUE(producer.Create(live).ok());
+  auto writer = producer.OpenWriter("warm/pinned");
+  ASSERT_TRUE(writer.ok());
+  std::vector<uint8_t> v1 = RandomBytes(4096), v2 = RandomBytes(4096);
+  auto b1 = writer->Begin();
+  ASSERT_TRUE(b1.ok());
+  std::memcpy(writer->view().data(*b1), v1.data(), v1.size());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  Client consumer = Connect(*broker, 10000);
+  auto reader = consumer.OpenReader("warm/pinned");
+  ASSERT_TRUE(reader.ok());
+  auto pinned = reader->Acquire();
+  ASSERT_TRUE(pinned.ok());
+  ASSERT_EQ(pinned->version, 1u);
+  auto b2 = writer->Begin();
+  ASSERT_TRUE(b2.ok());
+  ASSERT_NE(*b2, pinned->buffer);
+  std::memcpy(writer->view().data(*b2), v2.data(), v2.size());
+  ASSERT_EQ(*writer->Commit(), 2u);
+  EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy) << "the reader pins one buffer, version 2 is the other";
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  auto registry = next->OpenRegistry();
+  ASSERT_TRUE(registry.ok());
+  auto d = registry->Lookup("warm/pinned");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(registry->Live(*d)->pins[pinned->buffer], 1u) << "the pin is carried over";
+  // The writer reconnects and still finds no free buffer.
+  auto taken = writer->Begin(0);
+  EXPECT_EQ(taken.status().code(), Code::kBusy) << (taken.ok() ? "took buffer " + std::to_string(*taken) : "");
+  // The reader's next call takes its pin over: what it read is still version 1.
+  auto unchanged = reader->Unchanged();
+  ASSERT_TRUE(unchanged.ok()) << unchanged.status().ToString();
+  EXPECT_TRUE(*unchanged);
+  auto* p = static_cast<const uint8_t*>(reader->view().data(pinned->buffer));
+  EXPECT_TRUE(std::equal(v1.begin(), v1.end(), p)) << "version 1's bytes, whole";
+  EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy) << "taken over, the pin still holds";
+  // Moving on releases it, and the writer has its buffer.
+  auto moved = reader->Acquire();
+  ASSERT_TRUE(moved.ok()) << moved.status().ToString();
+  EXPECT_EQ(moved->version, 2u);
+  auto b3 = writer->Begin(0);
+  ASSERT_TRUE(b3.ok()) << b3.status().ToString();
+  EXPECT_EQ(*b3, pinned->buffer);
+  ASSERT_EQ(*writer->Commit(), 3u);
+  auto* q = static_cast<const uint8_t*>(reader->view().data(moved->buffer));
+  EXPECT_TRUE(std::equal(v2.begin(), v2.end(), q)) << "version 2, pinned now, untouched by the commit of 3";
   EXPECT_EQ(next->Stop(SIGTERM), 0);
 }
 
