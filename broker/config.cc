@@ -31,8 +31,13 @@ class Reader {
   Status CheckKeys(const YAML::Node& map, const std::string& where,
                    const std::set<std::string>& allowed) const {
     if (!map.IsMap()) return At(map.Mark(), where + " must be a mapping");
+    std::set<std::string> seen;
     for (const auto& kv : map) {
       std::string key = kv.first.Scalar();
+      // YAML parsers keep one of two equal keys, silently: refuse both.
+      if (!seen.insert(key).second) {
+        return At(kv.first.Mark(), "key '" + key + "' appears twice in " + where + ": only one would count");
+      }
       if (allowed.count(key) == 0) {
         std::string list;
         for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;

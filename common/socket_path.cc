@@ -113,8 +113,8 @@ std::string NoBrokerAdvice(const std::string& path) {
 std::string SocketAccessAdvice(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    return "connect to " + path + ": permission denied: a directory on its path keeps you out (" +
-           std::strerror(errno) + " looking at the socket itself); a per-user broker serves only its own user";
+    return "connect to " + path + ": permission denied: a directory on the way to it keeps you out (not even the "
+           "socket's mode can be read); a per-user broker serves only its own user";
   }
   const group* g = ::getgrgid(st.st_gid);
   const std::string group_name = g != nullptr ? g->gr_name : std::to_string(st.st_gid);

@@ -39,7 +39,8 @@ for _ in $(seq 200); do  # polls a condition (the broker answering), 20 s at mos
   kill -0 "$broker" 2>/dev/null || { echo "broker exited:"; cat "$tmp/broker.log"; exit 1; }
   sleep 0.1
 done
-clean=(env -i "HOME=$tmp/home" PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "GPUBROKER_SOCKET=$sock")
+# The caller's PATH, as a new user has it (another python3 first on it, say), and nothing else.
+clean=(env -i "HOME=$tmp/home" "PATH=$PATH" LANG=C.UTF-8 "GPUBROKER_SOCKET=$sock")
 
 for run in 1 2; do
   (cd "$tmp/checkout" && "${clean[@]}" bash -euo pipefail -c "$quickstart") >"$tmp/quick.$run" 2>&1 ||

@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--allow-skip", help="a regular expression every skip reason must match")
     args = ap.parse_args()
     path = os.path.join(args.build, "Testing", "Temporary", "LastTest.log")
+    if not os.path.exists(path):
+        sys.exit(f"report.py: no {path}: run ctest in {args.build} first")
     with open(path, errors="replace") as f:
         log = f.read()
     bad = []

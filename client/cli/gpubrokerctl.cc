@@ -399,8 +399,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(std::vector<std::string>(std::begin(kCompletionShells), std::end(kCompletionShells))));
   app.footer(
       "Exit status: 0 success, 1 another error, 2 usage, 3 broker unavailable, 4 no such slot, 5 permission "
-      "denied, 6 name exists, 7 a limit or memory exhausted, 8 invalid argument, 9 (status) the broker is "
-      "draining, stopping or degraded, 10 (wait) no new version within --timeout.\nThe socket: --socket, else "
+      "denied, 6 name exists, 7 a limit or memory exhausted, 8 invalid argument, 9 the broker is draining or "
+      "stopping (any command it refused for that; status: or degraded), 10 (wait) no new version within --timeout.\nThe socket: --socket, else "
       "$GPUBROKER_SOCKET, else your own broker's ($XDG_RUNTIME_DIR/gpubroker/gpubroker.sock) if it runs, else "
       "/run/gpubroker/gpubroker.sock.");
 

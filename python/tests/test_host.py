@@ -274,6 +274,73 @@ class HostTest(unittest.TestCase):
             self.c.publisher("py/live/twice", stamp(base, 1))
         pub.close(destroy=True)
 
+    @unittest.skipIf(torch is None, "needs PyTorch")
+    def test_engine_recipes(self):
+        """docs/python.md's recipes for real engines, on host memory: an engine
+        that takes (name, tensor) pairs through load_weights, a plain module's
+        load_state_dict, and each batch tagged with the version it ran with.
+        Every weight is checked against the trainer's."""
+        torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+        trainer = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        pub = self.c.publisher("py/recipes", trainer.state_dict())
+
+        class Engine:  # the load_weights form: the engine copies each tensor into its own layout
+            def __init__(self):
+                self.model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+                self.calls = 0
+
+            def load_weights(self, weights):
+                params = dict(self.model.named_parameters())
+                for name, tensor in weights:
+                    params[name].data.copy_(tensor)
+                self.calls += 1
+
+            def generate(self, batch):
+                with torch.no_grad():
+                    return list(self.model(batch))
+
+        engine = Engine()
+        plain = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        client = gpubroker.connect(self.broker.socket, name="engine")
+        sub = client.subscriber("py/recipes", timeout=None)
+        loaded = 0
+
+        def refresh():
+            nonlocal loaded
+            weights = sub.latest(timeout=0)
+            if sub.version != loaded:
+                engine.load_weights(weights.items())
+                sub.release()
+                loaded = sub.version
+
+        def same(module):
+            return all(torch.equal(a, b) for a, b in zip(module.state_dict().values(),
+                                                         trainer.state_dict().values()))
+        batch = torch.randn(3, 16)
+        for step in range(1, 4):
+            if step > 1:
+                with torch.no_grad():
+                    for p in trainer.parameters():
+                        p.add_(torch.randn_like(p))
+                self.assertEqual(pub.update(trainer.state_dict()), step)
+            refresh()
+            version = loaded
+            outputs = engine.generate(batch)
+            results = [{"output": o, "policy_version": version} for o in outputs]
+            self.assertEqual([r["policy_version"] for r in results], [step] * 3)
+            self.assertTrue(same(engine.model), f"version {step}: the engine has the trainer's weights")
+            self.assertTrue(torch.equal(torch.stack(outputs), trainer(batch).detach()))
+            weights = sub.latest(timeout=0)
+            plain.load_state_dict(weights)
+            sub.release()
+            self.assertTrue(same(plain), f"version {step}: load_state_dict")
+        refresh()  # nothing newer: nothing loaded again
+        self.assertEqual(engine.calls, 3)
+        self.assertEqual(pub.update(trainer.state_dict(), wait=0), 4, "released pins leave the trainer free")
+        sub.close()
+        client.close()
+        pub.close(destroy=True)
+
     def test_publish_and_state_dict_arena(self):
         rng = fresh_rng()
         weights = {f"layers.{i}.weight": rng.standard_normal((i + 3, 7)).astype(numpy.float32)

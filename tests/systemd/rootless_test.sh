@@ -41,7 +41,7 @@ check "bob reads bob's bytes in a new process" same "$(as bob python3 /share/rea
 out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="$(sock alice)" \
       /usr/local/bin/gpubrokerctl ls 2>&1); rc=$?
 check "bob cannot reach alice's broker even by naming it (exit 5)" test "$rc" = 5
-check "and is told what keeps him out" grep -q "permission denied: a directory on its path keeps you out.*a per-user broker serves only its own user" <<<"$out"
+check "and is told what keeps him out" grep -q "permission denied: a directory on the way to it keeps you out.*a per-user broker serves only its own user" <<<"$out"
 out=$($C -x setpriv --reuid=bob --regid=bob --init-groups env GPUBROKER_SOCKET="$(sock alice)" \
       /usr/local/bin/gpubrokerctl doctor 2>&1); rc=$?
 check "gpubrokerctl doctor says so too, and fails (exit 1)" \

@@ -20,6 +20,7 @@ TEST(Config, EmbeddedDefaultParses) {
   EXPECT_EQ(c->registry_name, "gpubroker");
   EXPECT_EQ(c->default_backend, "auto");
   EXPECT_EQ(c->socket_mode, 0666u);
+  EXPECT_EQ(c->log_format, "auto") << "as docs/config.md says: the journal's format under systemd";
 }
 
 // The embedded config names no socket: the broker takes $GPUBROKER_SOCKET,
@@ -71,6 +72,18 @@ TEST(Config, UnknownKeyNamesLineAndColumn) {
   EXPECT_EQ(s.code(), Code::kConfig);
   EXPECT_NE(s.message().find("test.yaml:3:3"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("mdoe"), std::string::npos);
+}
+
+// YAML keeps one of two equal keys without a word; a config with both would
+// pass --check-config and then not do what one of them says.
+TEST(Config, AKeyGivenTwiceIsRefused) {
+  Status top = Parse("logging:\n  level: info\nlogging:\n  level: loud\n");
+  EXPECT_EQ(top.code(), Code::kConfig);
+  EXPECT_NE(top.message().find("test.yaml:3:1: key 'logging' appears twice in the top level"), std::string::npos)
+      << top.message();
+  Status inner = Parse("registry:\n  capacity: 16\n  capacity: 99999999\n");
+  EXPECT_EQ(inner.code(), Code::kConfig);
+  EXPECT_NE(inner.message().find("key 'capacity' appears twice in registry"), std::string::npos) << inner.message();
 }
 
 TEST(Config, WrongTypesAndImpossibleValues) {
