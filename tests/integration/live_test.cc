@@ -227,6 +227,54 @@ TEST_F(LiveTest, AWaitEndsAtItsTimeoutAndWhenTheBrokerStops) {
   EXPECT_EQ(stopped.status().code(), Code::kUnavailable) << stopped.status().ToString();
 }
 
+// Creates and destroys at full speed beside a reader (issue 22, item 9):
+// lock-free lookups retry through the churn for as long as it takes, never
+// giving up after a count of tries with `unavailable`, and a wait under way
+// ends at the commit that follows.
+TEST_F(LiveTest, LookupsAndAWaitGoOnThroughCreateAndDestroyChurn) {
+  CreateStateDict("weights", 2);
+  auto reader = client_->OpenReader("weights");
+  ASSERT_TRUE(reader.ok());
+  std::atomic<bool> churning{true};
+  Result<uint64_t> waited = Timeout("not yet");
+  std::thread waiter([&] { waited = reader->Wait(0, 60000); });
+  auto churner = broker_->Connect("churn");
+  ASSERT_TRUE(churner.ok());
+  std::string churn_failed;
+  std::thread churn([&] {
+    for (int i = 0; i < 3000 && churn_failed.empty(); ++i) {
+      CreateOptions o;
+      o.name = "churn/" + std::to_string(i % 64);
+      o.shape = {64};
+      Status s = churner->Create(o).status();
+      if (s.ok()) s = churner->Destroy(o.name);
+      if (!s.ok()) churn_failed = s.ToString();
+    }
+    churning = false;
+  });
+  uint64_t lookups = 0;
+  std::vector<std::string> failures;
+  while (churning) {
+    auto found = client_->Lookup("weights/" + std::to_string(lookups % kTensors));
+    if (!found.ok()) failures.push_back(found.status().ToString());
+    ++lookups;
+  }
+  churn.join();
+  ASSERT_EQ(churn_failed, "");
+  EXPECT_GT(lookups, 0u) << "no lookup ran during the churn";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << lookups << " lookups failed, first: "
+                                << (failures.empty() ? "" : failures.front());
+  auto writer = client_->OpenWriter("weights");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  waiter.join();
+  ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+  EXPECT_EQ(*waited, 1u);
+  std::printf("  %llu lookups during 3000 creates and destroys, none failed\n",
+              static_cast<unsigned long long>(lookups));
+}
+
 // Anyone who maps the registry can wake a record's waiters at will. A
 // waiter woken for nothing goes back to sleep at the cost of a load, and
 // under a flood of such wakes checks its word at most every millisecond: a
