@@ -82,10 +82,11 @@ class Channel {
   // Gives a lease back. Never reconnects: if the broker went away, the lease
   // went with it. Errors are dropped: the caller is a destructor.
   void Detach(uint64_t allocation_id) GPB_EXCLUDES(mu_);
-  // Sends a request and drops its reply, in the same way: for what a
-  // destructor or a background thread gives back (a pin, a write).
+  // A round trip whose reply (and error) is dropped, never reconnecting: for
+  // what a destructor or a background thread gives back (a pin, a write).
+  // It waits for the reply, so what it gave back is given back when it returns.
   template <typename Q>
-  void Tell(const Q& request) GPB_EXCLUDES(mu_) {
+  void CallDroppingReply(const Q& request) GPB_EXCLUDES(mu_) {
     MutexLock lock(mu_);
     (void)SendAndReceiveLocked(wire::EncodeRequest(0, request));
   }

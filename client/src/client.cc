@@ -22,6 +22,11 @@ void* View::data() const {
   return static_cast<std::byte*>(mapping_->base) + slot_.byte_offset;
 }
 
+void* View::data(uint32_t buffer) const {
+  if (!mapping_ || buffer >= slot_.buffers) return nullptr;
+  return static_cast<std::byte*>(mapping_->base) + buffer * slot_.buffer_bytes + slot_.byte_offset;
+}
+
 bool View::writable() const { return mapping_ && mapping_->writable; }
 
 namespace {

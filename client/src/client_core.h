@@ -1,4 +1,4 @@
-// What a Client is made of (shared by client.cc and live.cc).
+// What a Client is made of (shared by client.cc, reader.cc and writer.cc).
 #pragma once
 
 #include <memory>
