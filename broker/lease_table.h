@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "broker/backend.h"
+#include "broker/versions.h"
 #include "gpubroker/types.hpp"
 
 namespace gpubroker {
@@ -70,16 +71,6 @@ struct Lease {
   bool writable = false;  // some attach of it was granted write access
 };
 
-// A reader's hold on one committed version of an allocation (docs/live.md):
-// the writer never reuses its buffer while it stands. Each acquire takes a
-// new one; a release names the one it ends (a reader lets go of the version
-// it read only once its GPU work on it is done, after taking the next).
-struct Pin {
-  uint64_t version = 0;
-  int32_t buffer = -1;
-  uint64_t id = 0;  // new at every acquire: a release names the one it ends
-};
-
 struct ClientEntry {
   uint64_t id = 0;
   PeerCredentials peer;
@@ -88,7 +79,6 @@ struct ClientEntry {
   uint64_t connected_ns = 0;
   uint64_t bytes_created = 0;  // live allocations this client created
   std::map<uint64_t, Lease> leases;  // by allocation id
-  std::map<uint64_t, std::map<uint64_t, Pin>> pins;  // by allocation id, then pin id
   uint64_t rejected_logged_ns = 0;  // malformed messages: when one was last logged
   uint32_t rejected_unlogged = 0;   // and how many since
 };
@@ -110,12 +100,9 @@ struct Allocation {
   uint32_t nbuffers = 1;
   uint64_t buffer_bytes = 0;
   uint32_t live_index = kNoLiveRecord;
-  uint64_t writer = 0;  // the client writing a buffer of it; 0: none
-  // Pins the broker before a warm restart had granted, per buffer: counted
-  // in the live record's pins until their readers take them over (an
-  // acquire with kAcquireCarried) or `carried_until` passes.
-  std::array<uint32_t, kMaxBuffers> carried{};
-  std::chrono::steady_clock::time_point carried_until{};
+  // Who writes which buffer, who pins which version: the state its live
+  // record mirrors (RequestHandler::Publish).
+  Versions versions;
   std::map<uid_t, uint32_t> holders;  // connections of each uid holding a lease on it
 };
 

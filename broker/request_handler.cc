@@ -284,16 +284,16 @@ Result<Reply> RequestHandler::OnLeases(Request r, const wire::LeasesRequest& m) 
         rec.slot.set(lease.slot);
         rec.pinned_buffer = -1;
         rec.writing_buffer = -1;
-        if (auto pins = c.pins.find(aid); pins != c.pins.end()) {
-          for (const auto& [id, pin] : pins->second) {  // the newest version it pins
+        if (a != nullptr) {
+          for (const auto& [pin_id, pin] : a->versions.PinsOf(id)) {  // the newest version it pins
             if (pin.version < rec.pinned_version) continue;
             rec.pinned_version = pin.version;
             rec.pinned_buffer = pin.buffer;
           }
-        }
-        if (a != nullptr && a->writer == id) {
-          rec.writing = 1;
-          rec.writing_buffer = registry_.GetLive(a->live_index).writing;
+          if (a->versions.writer() == id) {
+            rec.writing = 1;
+            rec.writing_buffer = a->versions.state().writing;
+          }
         }
         emit(rec);
       }

@@ -170,7 +170,6 @@ class RequestHandler {
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
   Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
   Result<Reply> OnUsage(Request r, const wire::UsageRequest& m);
-  Result<Reply> TakeOverCarriedPin(Request r, Allocation& a, const wire::AcquireRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);
@@ -181,11 +180,8 @@ class RequestHandler {
   Result<Reply> OnRelease(Request r, const wire::ReleaseRequest& m);
   // The allocation behind a lease this client holds (writable, if `write`).
   Result<Allocation*> LeasedAllocation(ClientEntry& client, uint64_t allocation_id, bool write);
-  // Ends the write under way on `a`: its buffer is reclaimed, unpublished.
-  void EndWrite(Allocation& a, bool abandoned);
-  // Drops the client's pin `pin_id` on the allocation (every pin it holds
-  // there, if none is named); returns how many went.
-  size_t DropPins(ClientEntry& client, uint64_t allocation_id, std::optional<uint64_t> pin_id);
+  // Mirrors `a`'s versions into its live record and wakes whom `wake` says.
+  void Publish(const Allocation& a, Versions::Wake wake);
   // The client let go of the allocation: its pin and its write go too.
   void ForgetLiveState(ClientEntry& client, uint64_t allocation_id);
   // A slot as replies show it: with its allocation's committed version.

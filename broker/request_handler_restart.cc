@@ -147,35 +147,27 @@ size_t RequestHandler::Adopt(const std::vector<SlotDescriptor>& previous,
       LiveState state{};
       if (auto it = live.find(old.allocation_id); it != live.end() && it->second.nbuffers == old.nbuffers) {
         state = it->second;
-        if (state.writing >= 0) {  // the write under way is abandoned, as at a disconnect
-          state.buffer_version[state.writing] = 0;
-          if (state.nbuffers == 1) state.buffer = -1;  // written in place: nothing whole until a commit
-          ++state.writes;
-        }
-      } else {
+      } else {  // a record of a broker from before live records: the descriptor's version
         state.version = old.version;
         state.buffer = old.version != 0 && old.nbuffers == 1 ? 0 : -1;
+        state.writing = -1;
         if (state.buffer == 0) state.buffer_version[0] = old.version;
         if (state.buffer < 0) state.version = 0;
       }
       state.allocation_id = old.allocation_id;
       state.nbuffers = old.nbuffers;
-      uint32_t carried = 0;
-      for (uint32_t b = 0; b < kMaxBuffers; ++b) {
-        // Only a pin on a whole version is worth keeping.
-        if (b >= state.nbuffers || state.buffer_version[b] == 0) state.pins[b] = 0;
-        fresh.carried[b] = state.pins[b];
-        carried += state.pins[b];
-      }
-      if (carried != 0) {
-        fresh.carried_until = std::chrono::steady_clock::now() + kCarriedPinGrace;
+      fresh.versions = Versions::Adopted(state, std::chrono::steady_clock::now() + kCarriedPinGrace);
+      if (const uint32_t carried = fresh.versions.carried(); carried != 0) {
         spdlog::info("slot '{}': {} pin(s) carried over the restart, kept until their readers take them over or "
                      "{} s pass",
                      name, carried, std::chrono::duration_cast<std::chrono::seconds>(kCarriedPinGrace).count());
       }
-      state.writing = -1;
-      state.writer_pid = 0;
-      auto live_index = registry_.AddLive(state);
+      if (std::string broken = fresh.versions.CheckInvariants(); !broken.empty()) {
+        spdlog::warn("dropping slot '{}': its versions from the last broker do not hold together ({})", name,
+                     broken);
+        continue;
+      }
+      auto live_index = registry_.AddLive(fresh.versions.state());
       if (!live_index.ok()) {
         spdlog::warn("dropping slot '{}': {}", name, live_index.status().message());
         continue;

@@ -269,18 +269,8 @@ Result<Allocation*> RequestHandler::NewAllocation(const SlotSpec& spec, uint64_t
   a.buffer_bytes = buffer_bytes;
   // A plain slot is version 1 from the start, in its one buffer; a live one
   // has no version until its first commit.
-  LiveState live{};
-  live.allocation_id = a.id;
-  live.nbuffers = nbuffers;
-  live.buffer = -1;
-  live.writing = -1;
-  if (spec.buffers == 0) {
-    live.version = 1;
-    live.buffer = 0;
-    live.buffer_version[0] = 1;
-    live.committed_ns = NowNs();
-  }
-  GPB_ASSIGN_OR_RETURN(a.live_index, registry_.AddLive(live));
+  a.versions = Versions::New(a.id, spec.buffers, NowNs());
+  GPB_ASSIGN_OR_RETURN(a.live_index, registry_.AddLive(a.versions.state()));
   if (client != nullptr) client->bytes_created += bytes;
   Allocation& added = table_.AddAllocation(std::move(a));
   if (options_.observer != nullptr) options_.observer->Added(added);

@@ -49,27 +49,23 @@ void CheckLeases(const RequestHandler& h, const Registry& registry) {
   const LeaseTable& t = h.leases();
   uint64_t by_clients = 0;
   std::map<uid_t, uint32_t> orphans;
-  std::map<uint64_t, std::array<uint32_t, kMaxBuffers>> pins;  // by allocation, from the connections
   for (const auto& [id, c] : t.clients()) {
     for (const auto& [aid, lease] : c.leases) {
       Require(lease.count > 0);
       Require(t.allocations().count(aid) == 1);
       by_clients += lease.count;
     }
-    for (const auto& [aid, held] : c.pins) {
-      for (const auto& [pin_id, pin] : held) {
-        Require(pin.buffer >= 0 && pin.buffer < static_cast<int32_t>(kMaxBuffers));
-        ++pins[aid][static_cast<size_t>(pin.buffer)];
-      }
-    }
   }
   Require(by_clients == t.total_leases());
   for (const auto& [aid, a] : t.allocations()) {
     if (a.live_index != kNoLiveRecord) {
+      // The version rules hold, and the registry shows exactly that state.
+      Require(a.versions.CheckInvariants().empty());
       const LiveState& s = registry.GetLive(a.live_index);
+      Require(std::memcmp(&s, &a.versions.state(), sizeof s) == 0);
       Require(s.allocation_id == aid);
-      std::array<uint32_t, kMaxBuffers> expected = pins.count(aid) != 0 ? pins[aid] : std::array<uint32_t, kMaxBuffers>{};
-      for (size_t b = 0; b < kMaxBuffers; ++b) Require(s.pins[b] == expected[b]);
+      // Only connections that hold a lease pin or write.
+      if (a.versions.writer() != 0) Require(t.clients().count(a.versions.writer()) == 1);
     }
     if (!a.slots.empty()) continue;
     std::set<uid_t> holders;
