@@ -114,7 +114,16 @@ int main(int argc, char** argv) {
   app.add_option("--check-config", f.check_config,
                  "check FILE as a start would (keys, values, groups, every pool on this machine's backends), "
                  "print what was checked, exit 0 if it is good and 2 if not");
-  CLI11_PARSE(app, argc, argv);
+  // Usage errors exit 2, as a bad config does (and as gpubrokerctl's do),
+  // each line saying which program speaks.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "gpubrokerd: " + std::string(e.what()) + "\nRun 'gpubrokerd --help' for usage.\n";
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   if (f.print_default) {
     std::cout << gpubroker::EmbeddedDefaultConfig();

@@ -138,7 +138,7 @@ int StatusCmd(Client& c, bool json, bool live) {
       std::cout << "  cuda:" << d.broker_ordinal << " " << FormatUuid(d.uuid) << "  " << HumanBytes(d.allocated_bytes)
                 << " allocated\n";
     }
-    std::cout << "usage:        " << (usage->empty() ? "none" : "") << "\n";
+    std::cout << (usage->empty() ? "usage:        none\n" : "usage:\n");
     for (const auto& u : *usage) std::cout << "  " << UsageLine(u) << "\n";
   }
   // Scripts and probes read the status: only a broker taking new work is OK;
@@ -345,7 +345,8 @@ int main(int argc, char** argv) {
   create->add_option("--bytes", cf.bytes, "a byte slot of this size: bytes, or with a unit (64MiB, 2GiB)")
       ->excludes(shape_option);
   create->add_option("--backend", cf.backend, "host, cuda_vmm or cuda_ipc (default: the broker's)");
-  create->add_option("--device", cf.device, "CUDA device: ordinal (as this process sees it) or GPU-<uuid>");
+  create->add_option("--device", cf.device,
+                     "cpu (host memory), or a CUDA device: ordinal (as this process sees it) or GPU-<uuid>");
   create->add_option("--mode", cf.mode, "permission bits, octal (default 0600)");
   create->add_option("--base", cf.base, "make a view into this slot's allocation");
   create->add_option("--offset", cf.offset, "byte offset of the view within the base");

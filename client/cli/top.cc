@@ -169,7 +169,7 @@ std::string Render(const Sample& now, const Sample* before, size_t cols, size_t 
       commits = static_cast<double>(s.version - p->second->version);
     }
     slots.Add({Printable(s.name), DTypeName(s.dtype), ShapeText(s.shape), HumanBytes(s.nbytes),
-               s.version == 0 ? "-" : std::to_string(s.version), s.buffers > 1 ? Rate(commits, dt) : "-",
+               std::to_string(s.version), s.buffers > 1 ? Rate(commits, dt) : "-",
                std::to_string(s.lease_count), Age(s.updated_ns, wall)});
   }
   std::vector<std::string> slot_lines = Lines(slots.Render());

@@ -324,6 +324,11 @@ TEST_F(CliTest, ConventionsNewUsersExpect) {
   EXPECT_EQ(other.status, 6);
   EXPECT_NE(other.out.find("shape (16,), not (32,)"), std::string::npos) << other.out;
   EXPECT_EQ(Ctl("create fresh --bytes 16 --exist-ok").out.rfind("created fresh: ", 0), 0u);
+  // The broker's usage errors exit 2 too, saying who speaks.
+  CtlRun broker_usage = Shell(std::string(GPUBROKERD_PATH) + " --no-such-flag");
+  EXPECT_EQ(broker_usage.status, 2) << broker_usage.out;
+  EXPECT_EQ(broker_usage.out.rfind("gpubrokerd: ", 0), 0u) << broker_usage.out;
+  EXPECT_EQ(Shell(std::string(GPUBROKERD_PATH) + " --check-config").status, 2) << "a missing FILE is a usage error";
   // Both programs say their version the same way.
   CtlRun ctl_version = Shell(ctl + " --version");
   CtlRun broker_version = Shell(std::string(GPUBROKERD_PATH) + " --version");
