@@ -206,6 +206,30 @@ class HostTest(unittest.TestCase):
         with self.assertRaises(BufferError):
             view.__dlpack__(copy=True)
 
+    def test_connect_takes_the_reconnect_and_reply_times(self):
+        """connect(reconnect_timeout=, reply_timeout=) reach the library: once
+        the broker is gone, a call dials for the time given and says so; 0
+        fails at once. Bad values are refused before anything is sent."""
+        other = Broker()
+        patient = gpubroker.connect(other.socket, reconnect_timeout=0.5, reply_timeout=5)
+        hasty = gpubroker.connect(other.socket, reconnect_timeout=0)
+        patient.create("py/gone", (4,), attach=False)
+        self.assertEqual(other.stop(), 0)
+        with self.assertRaisesRegex(gpubroker.Unavailable, "within 500 ms"):
+            patient.stat("py/gone")
+        with self.assertRaises(gpubroker.Unavailable) as e:
+            hasty.stat("py/gone")
+        self.assertNotIn("within", str(e.exception), "0: no dialling at all")
+        with self.assertRaises(gpubroker.Unavailable):
+            patient.lookup("py/gone")  # not answered from the gone broker's registry
+        for bad in (-1, 1e9):
+            with self.assertRaises(ValueError):
+                gpubroker.connect(self.broker.socket, reconnect_timeout=bad)
+        with self.assertRaises(TypeError):
+            gpubroker.connect(self.broker.socket, reply_timeout="5")
+        patient.close()
+        hasty.close()
+
     def test_create_exist_ok_returns_only_the_slot_it_would_have_made(self):
         """A script run twice: exist_ok gives back the first run's slot, and
         only if it is this user's and has the dtype and shape asked for."""
