@@ -136,6 +136,12 @@ class HostTest(unittest.TestCase):
         self.assertTrue((pathlib.Path(gpubroker.__file__).parent / "py.typed").exists())
         self.assertIs(typing.get_type_hints(gpubroker.Client.attach)["return"], gpubroker.View)
         self.assertIs(typing.get_type_hints(gpubroker.connect)["return"], gpubroker.Client)
+        # create(): a View, or with attach=False a SlotInfo, told apart by
+        # overloads so that a type checker needs no narrowing.
+        if hasattr(typing, "get_overloads"):  # Python >= 3.11
+            overloads = typing.get_overloads(gpubroker.Client.create)
+            returns = {typing.get_type_hints(o)["attach"]: typing.get_type_hints(o)["return"] for o in overloads}
+            self.assertEqual(returns, {typing.Literal[True]: gpubroker.View, typing.Literal[False]: gpubroker.SlotInfo})
 
     def test_strided_view_into_an_arena(self):
         self.c.create("py/arena", (4096,), "uint8", attach=False)
