@@ -132,9 +132,10 @@ def main():
                   refused.stderr)
             ctl(sock, "drain", "--off")
             ctl(sock, "show", "dash/missing")  # an error outcome
+            # The counters move at once, the gauges at the broker's next tick.
             until(f"Prometheus sees phase {phase}",
                   lambda: scalar('gpubroker_refusals_total{reason="draining"}') == phase and
-                  scalar("gpubroker_slots") == 3 * phase)
+                  scalar("gpubroker_slots") == 3 * phase and scalar("gpubroker_draining") == 0)
         # Every metric a query names is on the page (after use: labelled
         # families appear with their first sample) and documented.
         page = get(f"http://127.0.0.1:{port}/metrics")
