@@ -43,6 +43,14 @@ check "holder created and filled its slot" test "$line" = ready
 ask() { echo "$1" >&7 && read -r -t 30 answer <&8 && echo "$answer"; }
 digest=$(ask digest)
 check "a new client reads the holder's bytes" same "$(inside python3 /share/reader.py held/data)" "$digest"
+# An engine pinning version 1 of a trainer's two-buffer tree: the trainer has
+# no buffer free until the engine moves on, and a restart must not change that.
+mkfifo "$share/pin-cmd" "$share/pin-out"
+inside python3 /share/pinner.py pinned/policy /share/pin-cmd /share/pin-out &
+pinner=$!
+exec 5<>"$share/pin-cmd" 6<>"$share/pin-out"
+read -r -t 30 line <&6
+check "an engine pins version 1; the trainer finds no buffer free" test "$line" = "ready busy"
 pool_before=$(ctl show --json staging/input | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocation_id"])')
 
 echo "== restart keeps every buffer"
@@ -54,6 +62,10 @@ check "the held view kept its bytes" test "$(ask check)" = same
 check "a new client reads the same bytes after the restart" same "$(inside python3 /share/reader.py held/data)" "$digest"
 pool_after=$(ctl show --json staging/input | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocation_id"])')
 check "the pool is the same allocation" same "$pool_before" "$pool_after"
+echo check >&5 && read -r -t 60 pinned <&6
+check "the engine's pin survived the restart: the trainer still waits, version 1 is whole, moving on frees it" \
+  test "$pinned" = "busy whole moved 2 3"
+echo quit >&5
 
 echo "== reload"
 conf=/usr/local/etc/gpubroker/gpubroker.yaml
@@ -104,6 +116,7 @@ echo "== drain, then stop"
 check "gpubrokerctl drain" ctl drain
 echo quit >&7
 wait "$holder" 2>/dev/null
+wait "$pinner" 2>/dev/null
 check "systemctl stop" $C stop gpubroker.service
 check "stopped cleanly" test "$(prop gpubroker.service ActiveState)/$(prop gpubroker.service Result)" = inactive/success
 
