@@ -324,13 +324,15 @@ Result<Reply> RequestHandler::OnDevices(Request r, const wire::DevicesRequest& m
 Result<Reply> RequestHandler::OnUsage(Request r, const wire::UsageRequest& m) {
   const bool admin = IsAdmin(r.client.peer);
   const UidShare share = Share();
-  // Exempt: root or the admin group. For a uid not asking, from any
+  // Exempt: root or the admin group. For a uid not asking, from a
   // connection of it (its groups are known only through one).
+  std::map<uid_t, bool> connected_admin;
+  if (admin) {
+    for (const auto& [id, c] : table_.clients()) connected_admin.emplace(c.peer.uid, IsAdmin(c.peer));
+  }
   auto exempt = [&](uid_t uid) {
     if (uid == r.client.peer.uid) return admin;
-    for (const auto& [id, c] : table_.clients()) {
-      if (c.peer.uid == uid) return IsAdmin(c.peer);
-    }
+    if (auto it = connected_admin.find(uid); it != connected_admin.end()) return it->second;
     return IsAdmin(PeerCredentials{.uid = uid, .gid = static_cast<gid_t>(-1)});
   };
   return Page<wire::UsageReply, wire::UsageRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {

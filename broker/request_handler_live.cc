@@ -65,7 +65,7 @@ Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) 
     Publish(*a, wake);
     return Reply{wire::EncodeReply(r.id, wire::CommitReply{0})};
   }
-  GPB_ASSIGN_OR_RETURN(uint64_t version, a->versions.Commit(r.client.id, m.buffer, wake));
+  GPB_ASSIGN_OR_RETURN(uint64_t version, a->versions.Commit(r.client.id, m.buffer, NowNs(), wake));
   Publish(*a, wake);
   return Reply{wire::EncodeReply(r.id, wire::CommitReply{version})};
 }

@@ -94,7 +94,7 @@ Result<int32_t> Versions::Begin(uint64_t client, pid_t pid, Wake& wake) {
   return chosen;
 }
 
-Result<uint64_t> Versions::Commit(uint64_t client, int32_t buffer, Wake& wake) {
+Result<uint64_t> Versions::Commit(uint64_t client, int32_t buffer, uint64_t now_ns, Wake& wake) {
   if (writer_ != client || s_.writing != buffer) {
     return InvalidArgument("this client is not writing buffer " + std::to_string(buffer) + Of(s_) +
                            " (begin a write first)");
@@ -105,9 +105,7 @@ Result<uint64_t> Versions::Commit(uint64_t client, int32_t buffer, Wake& wake) {
   ++s_.version;
   s_.buffer = buffer;
   s_.buffer_version[buffer] = s_.version;
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  s_.committed_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+  s_.committed_ns = now_ns;
   wake = {true, true};
   Checked();
   return s_.version;

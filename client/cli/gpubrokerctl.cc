@@ -21,11 +21,6 @@
 namespace gpubroker::ctl {
 namespace {
 
-// Names equal to `prefix` or under `prefix/`; every name for an empty prefix.
-bool UnderPrefix(const std::string& name, const std::string& prefix) {
-  return prefix.empty() || name == prefix ||
-         (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 && name[prefix.size()] == '/');
-}
 
 struct OutputFlags {
   bool json = false;

@@ -185,6 +185,11 @@ std::string GroupName(gid_t gid) {
   return std::to_string(gid);
 }
 
+bool UnderPrefix(const std::string& name, const std::string& prefix) {
+  return prefix.empty() || name == prefix ||
+         (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 && name[prefix.size()] == '/');
+}
+
 std::string DateText(uint64_t ns) {
   if (ns == 0) return "-";
   time_t seconds = static_cast<time_t>(ns / 1000000000ull);

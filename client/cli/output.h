@@ -55,6 +55,8 @@ std::string ModeText(uint32_t mode);
 std::string UserName(uid_t uid);    // "alice", or the number if it has no name
 std::string GroupName(gid_t gid);
 std::string DateText(uint64_t ns);  // "2026-11-28 01:19:52 UTC"; "-" for 0
+// Names equal to `prefix` or under `prefix/` (a state dict); every name for an empty prefix.
+bool UnderPrefix(const std::string& name, const std::string& prefix);
 std::string CsvField(const std::string& s);
 
 // Left-aligned columns separated by two spaces.

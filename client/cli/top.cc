@@ -36,11 +36,6 @@ struct Sample {
   Result<std::vector<LeaseInfo>> leases = std::vector<LeaseInfo>{};
 };
 
-bool UnderPrefix(const std::string& name, const std::string& prefix) {
-  return prefix.empty() || name == prefix ||
-         (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 && name[prefix.size()] == '/');
-}
-
 Result<Sample> Take(Client& c, const std::string& prefix) {
   Sample s;
   s.at = std::chrono::steady_clock::now();

@@ -16,7 +16,7 @@ void Holds(const Versions& v) { EXPECT_EQ(v.CheckInvariants(), ""); }
 Versions WithVersionOne(uint32_t buffers) {
   Versions v = Versions::New(1, buffers, 0);
   Versions::Wake wake;
-  EXPECT_EQ(*v.Commit(kWriter, *v.Begin(kWriter, 1, wake), wake), 1u);
+  EXPECT_EQ(*v.Commit(kWriter, *v.Begin(kWriter, 1, wake), 0, wake), 1u);
   return v;
 }
 
@@ -40,8 +40,8 @@ TEST(Versions, OneWriterCommitsIntoABufferNobodyPins) {
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(v.Begin(kOther, 101, wake).status().code(), Code::kBusy) << "one writer at a time";
   EXPECT_EQ(v.Begin(kWriter, 100, wake).status().code(), Code::kInvalidArgument) << "already writing";
-  EXPECT_EQ(v.Commit(kOther, *b, wake).status().code(), Code::kInvalidArgument) << "not its write";
-  ASSERT_EQ(*v.Commit(kWriter, *b, wake), 1u);
+  EXPECT_EQ(v.Commit(kOther, *b, 0, wake).status().code(), Code::kInvalidArgument) << "not its write";
+  ASSERT_EQ(*v.Commit(kWriter, *b, 0, wake), 1u);
   EXPECT_TRUE(wake.readers && wake.writers);
   auto pin = v.Acquire(kReader, 10, 0, wake);
   ASSERT_TRUE(pin.ok());
@@ -49,7 +49,7 @@ TEST(Versions, OneWriterCommitsIntoABufferNobodyPins) {
   auto next = v.Begin(kWriter, 100, wake);
   ASSERT_TRUE(next.ok());
   EXPECT_NE(*next, *b) << "never the buffer a reader pins";
-  ASSERT_EQ(*v.Commit(kWriter, *next, wake), 2u);
+  ASSERT_EQ(*v.Commit(kWriter, *next, 0, wake), 2u);
   EXPECT_EQ(v.Begin(kWriter, 100, wake).status().code(), Code::kBusy)
       << "one buffer pinned, the other holds the newest";
   EXPECT_EQ(v.Release(kReader, pin->id, wake), 1u);
@@ -81,7 +81,7 @@ TEST(Versions, AOneBufferWriteThatEndsUncommittedLeavesNothingWhole) {
   EXPECT_EQ(v.Forget(kWriter, wake), 0) << "the writer left mid-write";
   EXPECT_EQ(v.state().buffer, -1);
   EXPECT_EQ(v.Acquire(kReader, 1, 0, wake).status().code(), Code::kNotFound) << "version 1 was overwritten in place";
-  ASSERT_EQ(*v.Commit(kWriter, *v.Begin(kWriter, 1, wake), wake), 2u);
+  ASSERT_EQ(*v.Commit(kWriter, *v.Begin(kWriter, 1, wake), 0, wake), 2u);
   EXPECT_TRUE(v.Acquire(kReader, 1, 0, wake).ok());
   Holds(v);
 }
@@ -106,7 +106,7 @@ TEST(Versions, PinsCarriedOverARestartAreTakenOverOrExpire) {
   Versions::Wake wake;
   auto pinned = before.Acquire(kReader, 1, 0, wake);
   ASSERT_TRUE(pinned.ok());
-  ASSERT_TRUE(before.Commit(kWriter, *before.Begin(kWriter, 1, wake), wake).ok());
+  ASSERT_TRUE(before.Commit(kWriter, *before.Begin(kWriter, 1, wake), 0, wake).ok());
   ASSERT_TRUE(before.Begin(kWriter, 1, wake).status().code() == Code::kBusy);
 
   const auto start = Versions::Clock::now();
