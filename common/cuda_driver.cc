@@ -145,6 +145,17 @@ Result<ScopedDeviceContext> ScopedDeviceContext::Enter(const CudaDriver& driver,
   return s;
 }
 
+Result<std::optional<ScopedDeviceContext>> EnterUnlessCurrent(const CudaDriver& d, int ordinal) {
+  CUcontext current = nullptr;
+  CUdevice want = 0, have = 0;
+  if (d.cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != nullptr &&
+      d.cuDeviceGet(&want, ordinal) == CUDA_SUCCESS && d.cuCtxGetDevice(&have) == CUDA_SUCCESS && have == want) {
+    return std::optional<ScopedDeviceContext>();
+  }
+  GPB_ASSIGN_OR_RETURN(ScopedDeviceContext entered, ScopedDeviceContext::Enter(d, ordinal));
+  return std::optional<ScopedDeviceContext>(std::move(entered));
+}
+
 ScopedDeviceContext::ScopedDeviceContext(ScopedDeviceContext&& other) noexcept
     : driver_(other.driver_), device_(other.device_), previous_(other.previous_), active_(other.active_) {
   other.active_ = false;

@@ -8,6 +8,7 @@
 
 #include <cuda.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,11 +50,18 @@
   X(cuEventCreate) \
   X(cuEventRecord) \
   X(cuEventSynchronize) \
+  X(cuEventQuery) \
+  X(cuLaunchHostFunc) \
   X(cuEventDestroy) \
   X(cuIpcGetEventHandle) \
   X(cuIpcOpenEventHandle) \
   X(cuStreamWaitEvent) \
-  X(cuStreamQuery)
+  X(cuStreamQuery) \
+  X(cuDeviceGetAttribute) \
+  X(cuModuleLoadData) \
+  X(cuModuleGetFunction) \
+  X(cuLaunchKernel) \
+  X(cuMemcpyHtoD)
 
 namespace gpubroker {
 
@@ -104,6 +112,11 @@ class ScopedDeviceContext {
   CUcontext previous_ = nullptr;
   bool active_ = false;
 };
+
+// The context for work on device `ordinal` that a caller queues on a stream
+// of its own: the current one if it is on that device (the stream is one of
+// its own), else the device's primary context, made current for the scope.
+Result<std::optional<ScopedDeviceContext>> EnterUnlessCurrent(const CudaDriver& driver, int ordinal);
 
 // The properties of every VMM allocation the project makes or imports:
 // pinned device memory on `ordinal`, shareable as a POSIX file descriptor.

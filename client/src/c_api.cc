@@ -16,6 +16,7 @@
 
 #include "gpubroker/client.hpp"
 #include "gpubroker/gpubroker.h"
+#include "client/src/batch_copy.h"
 #include "client/src/dlpack.h"
 #include "client/src/mapping.h"
 
@@ -32,6 +33,10 @@ struct gpb_writer {
 };
 struct gpb_reader {
   gpubroker::Reader reader;
+};
+
+struct gpb_copy_plan {
+  gpubroker::CopyPlan plan;
 };
 
 namespace {
@@ -249,6 +254,10 @@ std::string Layout() {
   GPB_LAYOUT_FIELD(gpb_acquired, committed_ns);
   GPB_LAYOUT_FIELD(gpb_acquired, buffer);
   GPB_LAYOUT_FIELD(gpb_acquired, writing);
+  GPB_LAYOUT_STRUCT(gpb_copy);
+  GPB_LAYOUT_FIELD(gpb_copy, src);
+  GPB_LAYOUT_FIELD(gpb_copy, dst);
+  GPB_LAYOUT_FIELD(gpb_copy, bytes);
   return out;
 }
 
@@ -663,3 +672,30 @@ int32_t gpb_reader_unchanged(gpb_reader* reader, int32_t* out, gpb_error* err) n
     return Done(err);
   });
 }
+
+int32_t gpb_copy_plan_create(int32_t device, const gpb_copy* copies, size_t count, gpb_copy_plan** out,
+                             gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(out, "out", err) || (count > 0 && NullArg(copies, "copies", err))) return int32_t{GPB_INVALID_ARGUMENT};
+    std::vector<gpubroker::CopySegment> segments;
+    segments.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      segments.push_back(gpubroker::CopySegment{reinterpret_cast<uint64_t>(copies[i].src),
+                                                reinterpret_cast<uint64_t>(copies[i].dst), copies[i].bytes});
+    }
+    auto plan = gpubroker::CopyPlan::Make(device, segments);
+    if (!plan.ok()) return Fail(plan.status(), err);
+    *out = new gpb_copy_plan{std::move(*plan)};
+    return Done(err);
+  });
+}
+
+int32_t gpb_copy_plan_run(gpb_copy_plan* plan, void* stream, gpb_error* err) noexcept {
+  return Guard(err, [&] {
+    if (NullArg(plan, "plan", err)) return int32_t{GPB_INVALID_ARGUMENT};
+    if (gpubroker::Status s = plan->plan.Run(stream); !s.ok()) return Fail(s, err);
+    return Done(err);
+  });
+}
+
+void gpb_copy_plan_destroy(gpb_copy_plan* plan) noexcept { delete plan; }

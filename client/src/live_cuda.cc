@@ -12,20 +12,6 @@
 namespace gpubroker {
 namespace {
 
-// The context the caller's work on device `ordinal` was queued in: the
-// current one if it is on that device (the stream passed in is one of its
-// own), else the device's primary context, made current for the scope.
-Result<std::optional<ScopedDeviceContext>> OnDevice(const CudaDriver& d, int ordinal) {
-  CUcontext current = nullptr;
-  CUdevice want = 0, have = 0;
-  if (d.cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != nullptr &&
-      d.cuDeviceGet(&want, ordinal) == CUDA_SUCCESS && d.cuCtxGetDevice(&have) == CUDA_SUCCESS && have == want) {
-    return std::optional<ScopedDeviceContext>();
-  }
-  GPB_ASSIGN_OR_RETURN(ScopedDeviceContext entered, ScopedDeviceContext::Enter(d, ordinal));
-  return std::optional<ScopedDeviceContext>(std::move(entered));
-}
-
 // One thread per process waits for writers' and readers' streams, in order,
 // and runs what was to happen after each.
 class StreamWatcher {
@@ -106,7 +92,7 @@ Result<bool> StreamIdle(int ordinal, void* stream) {
   auto s = static_cast<CUstream>(stream);
   if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) return false;
   GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
-  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, OnDevice(*driver, ordinal));
+  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, EnterUnlessCurrent(*driver, ordinal));
   CUresult r = driver->cuStreamQuery(s);
   if (r == CUDA_ERROR_NOT_READY) return false;
   GPB_RETURN_IF_ERROR(driver->Check(r, "cuStreamQuery"));
@@ -115,7 +101,7 @@ Result<bool> StreamIdle(int ordinal, void* stream) {
 
 Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> done) {
   GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
-  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, OnDevice(*driver, ordinal));
+  GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, EnterUnlessCurrent(*driver, ordinal));
   CUevent e = nullptr;
   // Blocking sync: the watcher sleeps until the stream gets there, never spins a core.
   GPB_RETURN_IF_ERROR(driver->Check(driver->cuEventCreate(&e, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC),

@@ -31,7 +31,7 @@ extern "C" {
 #endif
 #pragma GCC visibility push(default)
 
-#define GPB_ABI_VERSION 3
+#define GPB_ABI_VERSION 4
 #define GPB_MAX_DIMS 8
 #define GPB_NAME_BYTES 128
 
@@ -266,6 +266,26 @@ int32_t gpb_reader_acquire(gpb_reader* reader, void* stream, gpb_acquired* out, 
 int32_t gpb_reader_release(gpb_reader* reader, void* stream, gpb_error* err) GPB_NOEXCEPT;
 /* One-buffer slots: 1 if no write began since the acquire (the read was whole). */
 int32_t gpb_reader_unchanged(gpb_reader* reader, int32_t* out, gpb_error* err) GPB_NOEXCEPT;
+
+/* Batched copies: many device-to-device copies on one GPU in one kernel
+ * launch (what Subscriber.copy_into runs). A plan is made once, its table
+ * of copies uploaded to the device, and run any number of times; an engine
+ * copies the same parameters every step. Addresses are device pointers of
+ * `device` (this process's numbering). GPB_UNSUPPORTED where the library
+ * has no kernel for this device: copy another way. */
+typedef struct gpb_copy {
+  const void* src;
+  void* dst;
+  uint64_t bytes;
+} gpb_copy;
+typedef struct gpb_copy_plan gpb_copy_plan;
+
+int32_t gpb_copy_plan_create(int32_t device, const gpb_copy* copies, size_t count, gpb_copy_plan** out,
+                             gpb_error* err) GPB_NOEXCEPT;
+/* Queues the copies on `stream` (a cudaStream_t; NULL: the legacy default
+ * stream) and returns at once. */
+int32_t gpb_copy_plan_run(gpb_copy_plan* plan, void* stream, gpb_error* err) GPB_NOEXCEPT;
+void gpb_copy_plan_destroy(gpb_copy_plan* plan) GPB_NOEXCEPT;
 
 #pragma GCC visibility pop
 #ifdef __cplusplus

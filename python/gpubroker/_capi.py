@@ -11,7 +11,7 @@ import pathlib
 
 MAX_DIMS = 8
 MAX_BUFFERS = 8  # a live slot's buffers, at most
-ABI_VERSION = 3  # GPB_ABI_VERSION of the header these bindings restate
+ABI_VERSION = 4  # GPB_ABI_VERSION of the header these bindings restate
 
 
 class Error(Exception):
@@ -142,6 +142,14 @@ class gpb_create_args(ctypes.Structure):
 CREATE_EXIST_OK = 1
 
 
+class gpb_copy(ctypes.Structure):
+    _fields_ = [
+        ("src", ctypes.c_void_p),
+        ("dst", ctypes.c_void_p),
+        ("bytes", ctypes.c_uint64),
+    ]
+
+
 class gpb_acquired(ctypes.Structure):
     _fields_ = [
         ("version", ctypes.c_uint64),
@@ -224,6 +232,10 @@ def _load():
         "gpb_reader_acquire": (ctypes.c_int32, [p, ctypes.c_void_p, ctypes.POINTER(gpb_acquired), err]),
         "gpb_reader_release": (ctypes.c_int32, [p, p, err]),
         "gpb_reader_unchanged": (ctypes.c_int32, [p, ctypes.POINTER(ctypes.c_int32), err]),
+        "gpb_copy_plan_create": (ctypes.c_int32, [ctypes.c_int32, ctypes.POINTER(gpb_copy), ctypes.c_size_t,
+                                                  ctypes.POINTER(p), err]),
+        "gpb_copy_plan_run": (ctypes.c_int32, [p, p, err]),
+        "gpb_copy_plan_destroy": (None, [p]),
     }
     try:
         version = lib.gpb_abi_version

@@ -316,7 +316,8 @@ class Subscriber:
         self._version = 0      # the last acquired, in the current tree
         self._buffer = None    # the pinned buffer, None when nothing is pinned
         self._previous = None  # after a replace: (old tree, its pinned buffer) until the new tree's first version
-        self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> (those arrays, sources, their shapes)
+        self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> [those arrays, sources, their shapes,
+        # (the destinations' signature, their BatchedCopy or None)]
         _name(prefix, "prefix")
         self._tree = self._open(_buffers.deadline(timeout), NotFound)
 
@@ -493,13 +494,23 @@ class Subscriber:
                 srcs = [arrays[k] for k in keys]
                 if len(self._copy_plans) >= 16:
                     self._copy_plans.clear()
-                plan = self._copy_plans[(id(arrays), keys)] = (arrays, srcs, [tuple(s.shape) for s in srcs])
-            _, srcs, shapes = plan
-            _buffers.check_shapes(keys, dsts, shapes)
+                plan = self._copy_plans[(id(arrays), keys)] = [arrays, srcs, [tuple(s.shape) for s in srcs], None]
+            _, srcs, shapes, batched = plan
             tree = self._live()
             s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
-            with _buffers.on_stream(s):
-                _buffers.copy_all(dsts, srcs)
+            # One launch for the whole tree where it can (the same
+            # destinations as last time, checked by address and shape),
+            # else a copy per tensor, converting the element type.
+            signature = _buffers.BatchedCopy.signature(dsts) if tree.cuda else None
+            if batched is None or signature is None or batched[0] != signature:
+                _buffers.check_shapes(keys, dsts, shapes)
+                batched = plan[3] = (signature, _buffers.BatchedCopy.make(dsts, srcs, tree.device_index)
+                                     if tree.cuda else None)
+            if batched[1] is not None:
+                batched[1].run(s)
+            else:
+                with _buffers.on_stream(s):
+                    _buffers.copy_all(dsts, srcs)
             if tree.buffers > 1 or self._whole(s):
                 self.release(s)
                 return self._version

@@ -14,9 +14,11 @@
                         a Publisher of stamped_base(SEED, LAYOUT or "a") as KIND
                         (numpy, cpu: torch on the host, cuda: torch on GPU 0):
                         versions 1..K, each stamped with its number; print
-                        "published K". Then per line of stdin "replace SEED2
-                        K2": replace() with layout "b" of SEED2, versions
-                        1..K2, print "replaced K2". Close at EOF.
+                        "published K". Then per line of stdin "more K2":
+                        K2 more versions, print "published V" (the newest);
+                        "replace SEED2 K2": replace() with layout "b" of
+                        SEED2, versions 1..K2, print "replaced K2". Close at
+                        EOF.
 """
 import sys
 
@@ -56,8 +58,14 @@ def live_publish(c, prefix, buffers, seed, count, kind, layout):
         assert pub.update(stamp(base, v)) == v
     out(f"published {pub.version}")
     for line in sys.stdin:
-        cmd, seed2, count2 = line.split()
+        cmd, *args = line.split()
+        if cmd == "more":
+            for _ in range(int(args[0])):
+                pub.update(stamp(base, pub.version + 1))
+            out(f"published {pub.version}")
+            continue
         assert cmd == "replace", line
+        seed2, count2 = args
         base = as_kind(stamped_base(int(seed2), "b"), kind)
         assert pub.replace(stamp(base, 1)) == 1
         for v in range(2, int(count2) + 1):

@@ -5,6 +5,7 @@ import os
 import unittest
 
 import gpubroker
+from gpubroker import _buffers
 from broker import Broker, finish
 from peer import stamped_base
 
@@ -209,6 +210,50 @@ class LiveCudaTest(unittest.TestCase):
                 self.assertEqual(self.wrong_elements(params, base, count), 0)
                 fresh.close()
                 sub.close()
+
+    def test_copy_into_is_one_launch_where_it_can_be_and_exact_either_way(self):
+        """copy_into on the default stream and on the consumer's own: one
+        kernel launch for the whole tree while every destination matches
+        its source (BatchedCopy.run counted), remade when a destination's
+        storage changes, and a copy per tensor, converting, when one has
+        another dtype or is strided. One new version per round, every
+        element of every destination checked."""
+        prefix = "cuda/live/copy"
+        peer, base = self.start(prefix, 2, 1)
+        self.assertEqual(peer.stdout.readline(), b"published 1\n")
+        sub = self.c.subscriber(prefix, timeout=60)
+        params = {k: torch.zeros_like(v) for k, v in base.items()}
+        runs = []
+        batched_run = _buffers.BatchedCopy.run
+
+        def counted(plan, stream):
+            runs.append(plan)
+            batched_run(plan, stream)
+        self.addCleanup(setattr, _buffers.BatchedCopy, "run", batched_run)
+        _buffers.BatchedCopy.run = counted
+        key = "layers.0.weight"  # float32 (33, 17)
+        for step in range(2, 26):
+            if step % 5 == 0:  # new storage for one destination: the plan is remade
+                params["embed"] = torch.zeros_like(base["embed"])
+            if step % 8 == 3:
+                params[key] = torch.zeros(base[key].shape, dtype=torch.float64, device="cuda:0")
+            elif step % 8 == 4:
+                params[key] = torch.zeros(tuple(reversed(base[key].shape)), device="cuda:0").t()
+            elif step % 8 == 5:
+                params[key] = torch.zeros_like(base[key])
+            one_launch = params[key].dtype == torch.float32 and params[key].is_contiguous()
+            peer.stdin.write(b"more 1\n")
+            peer.stdin.flush()
+            self.assertEqual(peer.stdout.readline(), f"published {step}\n".encode())
+            before = len(runs)
+            stream = None if step % 2 else self.stream
+            self.assertEqual(sub.copy_into(params, timeout=60, stream=stream), step)
+            self.assertEqual(len(runs) - before, 1 if one_launch else 0, f"step {step}: batched or not")
+            torch.cuda.synchronize()
+            for k, t in params.items():
+                wrong = int((t.double() != base[k].double() + step).sum().item())
+                self.assertEqual(wrong, 0, f"step {step}, '{k}' ({t.dtype}, contiguous {t.is_contiguous()})")
+        sub.close()
 
     def test_replace_on_the_gpu_is_followed(self):
         prefix = "cuda/live/replace"

@@ -1007,7 +1007,7 @@ class AbiTest(unittest.TestCase):
             else:
                 current["fields"][words[0]] = (int(words[1]), int(words[2]))
         self.assertEqual(set(structs), {"gpb_error", "gpb_dtype", "gpb_slot_info", "gpb_create_args",
-                                        "gpb_acquired"})
+                                        "gpb_acquired", "gpb_copy"})
         for name, layout in structs.items():
             cls = getattr(_capi, name)
             with self.subTest(struct=name):

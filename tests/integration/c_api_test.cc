@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda_driver.h"
 #include "gpubroker/gpubroker.h"
 #include "tests/integration/harness.h"
 
@@ -155,6 +156,30 @@ TEST_F(CApiTest, AbiVersionAndLayoutDescribeThisHeader) {
   EXPECT_NE(layout.find("struct gpb_create_args " + std::to_string(sizeof(gpb_create_args)) + "\n"),
             std::string::npos)
       << layout;
+}
+
+// Where no GPU is, a batched copy is refused by name and the caller copies
+// another way (Python's copy_into falls back to a copy per tensor); with one,
+// the GPU suite's python_gpu_test runs it. Bad arguments are named either way.
+TEST_F(CApiTest, CopyPlanArgumentsAreCheckedAndNoGpuIsUnsupported) {
+  gpb_error err{};
+  gpb_copy_plan* plan = nullptr;
+  EXPECT_EQ(gpb_copy_plan_create(0, nullptr, 1, &plan, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("copies"), std::string::npos) << err.message;
+  gpb_copy one{reinterpret_cast<const void*>(0x1000), reinterpret_cast<void*>(0x2000), 16};
+  EXPECT_EQ(gpb_copy_plan_create(0, &one, 1, nullptr, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_EQ(gpb_copy_plan_run(nullptr, nullptr, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("plan"), std::string::npos) << err.message;
+  EXPECT_EQ(gpb_copy_plan_create(0, &one, 0, &plan, &err), GPB_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(err.message).find("at least one copy"), std::string::npos) << err.message;
+  if (!gpubroker::CudaDriver::Get().ok()) {
+    EXPECT_EQ(gpb_copy_plan_create(0, &one, 1, &plan, &err), GPB_UNSUPPORTED);
+    EXPECT_EQ(plan, nullptr);
+  } else {
+    EXPECT_EQ(gpb_copy_plan_create(1 << 20, &one, 1, &plan, &err), GPB_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(err.message).find("no CUDA device"), std::string::npos) << err.message;
+  }
+  gpb_copy_plan_destroy(nullptr);  // a no-op, as free(NULL)
 }
 
 // A caller built against a smaller gpb_slot_info gets no byte written past
