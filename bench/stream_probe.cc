@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -74,7 +76,7 @@ int64_t WaitDone() {
   return t;
 }
 
-void CopyBench(int rounds) {
+void CopyBench(int rounds, cudaStream_t stream) {
   constexpr size_t kTensors = 1000, kBytes = 640 * 1024 * 2;
   void* a = nullptr;
   void* f = nullptr;
@@ -104,17 +106,17 @@ void CopyBench(int rounds) {
   for (int r = 0; r < rounds; ++r) {
     cudaDeviceSynchronize();
     auto t0 = Clock::now();
-    cudaMemcpyAsync(flat, arena, kTensors * kBytes, cudaMemcpyDeviceToDevice, nullptr);
-    cudaStreamSynchronize(nullptr);
+    cudaMemcpyAsync(flat, arena, kTensors * kBytes, cudaMemcpyDeviceToDevice, stream);
+    cudaStreamSynchronize(stream);
     one.us.push_back(Micros(Clock::now() - t0));
     t0 = Clock::now();
-    for (size_t i = 0; i < kTensors; ++i) cudaMemcpyAsync(dsts[i], srcs[i], kBytes, cudaMemcpyDeviceToDevice, nullptr);
-    cudaStreamSynchronize(nullptr);
+    for (size_t i = 0; i < kTensors; ++i) cudaMemcpyAsync(dsts[i], srcs[i], kBytes, cudaMemcpyDeviceToDevice, stream);
+    cudaStreamSynchronize(stream);
     each.us.push_back(Micros(Clock::now() - t0));
     if (batch_ok) {
       t0 = Clock::now();
-      cudaError_t e = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), kTensors, &attr, &attr_index, 1, nullptr);
-      cudaStreamSynchronize(nullptr);
+      cudaError_t e = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), kTensors, &attr, &attr_index, 1, stream);
+      cudaStreamSynchronize(stream);
       if (e != cudaSuccess) {
         std::printf("cudaMemcpyBatchAsync: %s\n", cudaGetErrorString(e));
         batch_ok = false;
@@ -125,9 +127,9 @@ void CopyBench(int rounds) {
       cudaMemset(dsts[r % kTensors], 0, kBytes);
       cudaDeviceSynchronize();
       t0 = Clock::now();
-      Status s = plan->Run(nullptr);
+      Status s = plan->Run(stream);
       launch.us.push_back(Micros(Clock::now() - t0));
-      cudaStreamSynchronize(nullptr);
+      cudaStreamSynchronize(stream);
       kernel.us.push_back(Micros(Clock::now() - t0));
       if (!s.ok()) std::printf("CopyPlan::Run: %s\n", s.message().c_str());
     }
@@ -135,7 +137,7 @@ void CopyBench(int rounds) {
   for (const Row* r : {&one, &each, &batch, &kernel, &launch}) Print(*r);
   if (plan.ok()) {  // every byte of every tensor where it belongs
     for (void* d : dsts) cudaMemset(d, 0, kBytes);
-    (void)plan->Run(nullptr);
+    (void)plan->Run(stream);
     cudaDeviceSynchronize();
     int64_t bad = 0;
     for (size_t i = 0; i < kTensors; ++i) {
@@ -176,6 +178,28 @@ int main(int argc, char** argv) {
     }
   });
 
+  // The watcher before: a thread woken by a condition variable waits on a
+  // blocking-sync event recorded on the stream with cuEventSynchronize.
+  std::mutex old_mu;
+  std::condition_variable old_cv;
+  CUevent old_event = nullptr;
+  std::thread old_watcher([&] {
+    cudaFree(nullptr);  // the primary context, current on this thread
+    while (true) {
+      CUevent e = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(old_mu);
+        old_cv.wait(lock, [&] { return old_event != nullptr || stop.load(); });
+        if (stop.load()) return;
+        e = old_event;
+        old_event = nullptr;
+      }
+      d.cuEventSynchronize(e);
+      g_done_ns.store(NowNs(), std::memory_order_release);
+      d.cuEventDestroy(e);
+    }
+  });
+
   for (void* stream : {static_cast<void*>(nullptr), own}) {
     const char* sname = stream == nullptr ? "legacy" : "own";
     for (uint64_t busy_ns : {uint64_t{0}, uint64_t{200000}}) {
@@ -183,6 +207,7 @@ int main(int argc, char** argv) {
       Row query{"cuStreamQuery (" + tag + ")", {}}, create{"cuEventCreate+Record (" + tag + ")", {}},
           record{"cuEventRecord, reused event (" + tag + ")", {}}, poll{"record, poll cuEventQuery: done (" + tag + ")", {}},
           watcher{"WhenStreamDone: callback runs (" + tag + ")", {}},
+          old{"before: event + cuEventSynchronize on a thread (" + tag + ")", {}},
           hostfn{"cuLaunchHostFunc: host function runs (" + tag + ")", {}},
           hostfutex{"cuLaunchHostFunc: futex-woken thread runs (" + tag + ")", {}},
           launch{"cuLaunchHostFunc call itself (" + tag + ")", {}},
@@ -226,6 +251,21 @@ int main(int argc, char** argv) {
         prepare();
         g_done_ns = 0;
         t0 = Clock::now();
+        {
+          CUevent oe = nullptr;
+          d.cuEventCreate(&oe, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC);
+          d.cuEventRecord(oe, cs);
+          {
+            std::lock_guard<std::mutex> lock(old_mu);
+            old_event = oe;
+          }
+          old_cv.notify_one();
+        }
+        old.us.push_back((WaitDone() - t0.time_since_epoch().count()) / 1e3);
+
+        prepare();
+        g_done_ns = 0;
+        t0 = Clock::now();
         d.cuLaunchHostFunc(cs, MarkDone, nullptr);
         launch.us.push_back(Micros(Clock::now() - t0));
         hostfn.us.push_back((WaitDone() - t0.time_since_epoch().count()) / 1e3);
@@ -244,11 +284,16 @@ int main(int argc, char** argv) {
         blocking.us.push_back(Micros(Clock::now() - t0));
         d.cuEventDestroy(e);
       }
-      for (const Row* r : {&query, &create, &record, &poll, &watcher, &launch, &hostfn, &hostfutex, &blocking}) Print(*r);
+      for (const Row* r : {&query, &create, &record, &poll, &old, &watcher, &launch, &hostfn, &hostfutex, &blocking}) Print(*r);
     }
   }
-  CopyBench(rounds / 10 + 5);
+  CopyBench(rounds / 10 + 5, static_cast<cudaStream_t>(own));  // a batched copy refuses the legacy stream
   stop = true;
+  {
+    std::lock_guard<std::mutex> lock(old_mu);
+  }
+  old_cv.notify_one();
+  old_watcher.join();
   g_futex.store(1);
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&g_futex), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
   sleeper.join();

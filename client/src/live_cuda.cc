@@ -90,7 +90,6 @@ class StreamWatcher {
 
 Result<bool> StreamIdle(int ordinal, void* stream) {
   auto s = static_cast<CUstream>(stream);
-  if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) return false;
   GPB_ASSIGN_OR_RETURN(const CudaDriver* driver, CudaDriver::Get());
   GPB_ASSIGN_OR_RETURN(std::optional<ScopedDeviceContext> ctx, EnterUnlessCurrent(*driver, ordinal));
   CUresult r = driver->cuStreamQuery(s);

@@ -65,14 +65,15 @@ class BatchedCopy:
     matching dtype, contiguous. A copy each (torch._foreach_copy_) is
     launch-bound, 1,000 tensors taking about twice the time their bytes
     need. Made once for a set of sources and destinations, and used again
-    while the destinations' signature (storage addresses and shapes) is
-    the same."""
+    while the destinations' signature is the same: address, shape, strides
+    and dtype of each (a freed tensor's memory is handed to the next of its
+    size, so an address alone could name a transposed or retyped one)."""
 
     @staticmethod
     def signature(dsts):
         if not dsts or not is_torch(dsts[0]):
             return None
-        return [(d.data_ptr(), d.shape) for d in dsts]
+        return [(d.data_ptr(), d.shape, d.stride(), d.dtype) for d in dsts]
 
     @staticmethod
     def make(dsts, srcs, device_index):

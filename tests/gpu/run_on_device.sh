@@ -31,7 +31,10 @@ report() {  # report NAME: the counts of the ctest run just made, all in $out/re
   echo "== $1" >>"$out/reports.txt"
   python3 tests/report.py "$staged" --allow-skip "$allowed" | tee -a "$out/reports.txt" || rc=1
 }
-(cd "$staged" && ctest -L gpu --no-tests=error --output-on-failure) 2>&1 | tee "$out/ctest-gpu.log" || rc=1
+# GPUBROKER_GPU_ONLY=REGEX runs only the GPU tests it matches (ctest -R),
+# as when one changed since a full run; the reliability variants always run.
+(cd "$staged" && ctest -L gpu ${GPUBROKER_GPU_ONLY:+-R "$GPUBROKER_GPU_ONLY"} --no-tests=error --output-on-failure) 2>&1 |
+  tee "$out/ctest-gpu.log" || rc=1
 report gpu
 # The reliability suite's GPU variants: chaos soak, permission matrix (and the
 # broker-crash and IPC-exposure cases in gpu_backend_test above), and versions
