@@ -16,9 +16,14 @@
 //
 // Host memory always; cuda_vmm and cuda_ipc where the broker has a GPU (each
 // in a process of its own: a process that has used CUDA cannot fork one that
-// does).
+// does). As root, host memory again with the reader in a pid namespace of
+// its own (and its own /proc), as in a container: its wake-up beside the
+// host reader's, and how many requests the broker answers while a reader
+// waits 5 s for nothing, there and on the host (a waiter sends none).
 // Usage: live_bench [--iterations N] [--quick]
 #include <linux/futex.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -229,16 +234,84 @@ struct ReaderRound {
   ::_exit(0);
 }
 
+// Runs `body` in a grandchild that is pid 1 of a new pid namespace with its
+// own /proc (root only), and exits with its status; or in this process.
+template <typename Body>
+[[noreturn]] void MaybeInOwnPidNamespace(bool own, Body body) {
+  if (!own) body();
+  if (::unshare(CLONE_NEWPID | CLONE_NEWNS) != 0) ::_exit(6);
+  pid_t inner = ::fork();
+  if (inner == 0) {
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+      ::_exit(7);
+    }
+    body();
+  }
+  int status = 0;
+  ::waitpid(inner, &status, 0);
+  ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+// Requests the broker answers while a reader (on the host, or in a pid
+// namespace of its own) waits 5 s for a version that never comes, counted
+// from the broker's status before and after (which includes the one status
+// request that reads the second count).
+int64_t RequestsWhileIdle(const BrokerProcess& broker, bool own_pid_namespace) {
+  auto client = broker.Connect("live_bench idle");
+  if (!client.ok()) std::abort();
+  (void)client->Destroy("live-idle");
+  gpubroker::CreateOptions o;
+  o.name = "live-idle";
+  o.shape = {4096};
+  o.backend = BackendKind::kHost;  // this process must not use CUDA: it forks the reader
+  o.buffers = 2;
+  if (!client->Create(o).ok()) std::abort();
+  int ready[2];
+  if (::pipe(ready) != 0) std::abort();
+  std::fflush(nullptr);
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::close(ready[0]);
+    MaybeInOwnPidNamespace(own_pid_namespace, [&] {
+      auto c = broker.Connect("live_bench idle reader");
+      if (!c.ok()) ::_exit(1);
+      auto reader = c->OpenReader("live-idle");
+      if (!reader.ok()) ::_exit(2);
+      WriteAll(ready[1], "r", 1);
+      auto v = reader->Wait(0, 5000);
+      ::_exit(!v.ok() && v.status().code() == gpubroker::Code::kTimeout ? 0 : 3);
+    });
+  }
+  ::close(ready[1]);
+  char r;
+  if (!ReadAll(ready[0], &r, 1)) std::abort();
+  ::close(ready[0]);
+  auto before = client->Info();
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  auto after = client->Info();
+  if (!before.ok() || !after.ok() || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::fprintf(stderr, "idle reader%s failed (status %d)\n", own_pid_namespace ? " in its own pid namespace" : "",
+                 status);
+    std::exit(1);
+  }
+  (void)client->Destroy("live-idle");
+  return static_cast<int64_t>(after->requests) - static_cast<int64_t>(before->requests);
+}
+
 // Commit -> wake on `backend`; empty if it cannot run here. The reader is
 // forked before anything in this process touches CUDA (creating a CUDA slot
 // does: the device is named by its UUID) and starts once the slot exists.
-std::vector<Round> CommitToWake(const BrokerProcess& broker, BackendKind backend, int iterations) {
+std::vector<Round> CommitToWake(const BrokerProcess& broker, BackendKind backend, int iterations,
+                                bool own_pid_namespace) {
   int go[2], ready[2], results[2];
   if (::pipe(go) != 0 || ::pipe(ready) != 0 || ::pipe(results) != 0) std::abort();
   pid_t child = ::fork();
   if (child == 0) {
     ::close(go[1]);  // so that the writer's close ends the wait for "go"
-    ReaderProcess(broker, backend, iterations, go[0], ready[1], results[1]);
+    MaybeInOwnPidNamespace(own_pid_namespace,
+                           [&] { ReaderProcess(broker, backend, iterations, go[0], ready[1], results[1]); });
   }
   ::close(go[0]);
   ::close(ready[1]);
@@ -299,13 +372,14 @@ std::vector<Round> CommitToWake(const BrokerProcess& broker, BackendKind backend
 }
 
 // CommitToWake in a child process, its rounds sent back over a pipe.
-std::vector<Round> CommitToWakeApart(const BrokerProcess& broker, BackendKind backend, int iterations) {
+std::vector<Round> CommitToWakeApart(const BrokerProcess& broker, BackendKind backend, int iterations,
+                                     bool own_pid_namespace = false) {
   int pipefd[2];
   if (::pipe(pipefd) != 0) std::abort();
   std::fflush(stdout);
   pid_t child = ::fork();
   if (child == 0) {
-    std::vector<Round> rounds = CommitToWake(broker, backend, iterations);
+    std::vector<Round> rounds = CommitToWake(broker, backend, iterations, own_pid_namespace);
     uint64_t n = rounds.size();
     WriteAll(pipefd[1], &n, sizeof n);
     WriteAll(pipefd[1], rounds.data(), n * sizeof(Round));
@@ -369,7 +443,26 @@ int main(int argc, char** argv) {
   std::printf("  raw futex ping-pong (store + FUTEX_WAKE -> FUTEX_WAIT returns): p50 %.1f us, p99 %.1f us\n", pb.p50,
               pb.p99);
   std::printf("summary\traw futex ping-pong between two processes (p99)\t%.2f\t-\tus\t-\n", pb.p99);
-  Report("host", CommitToWakeApart(*broker, BackendKind::kHost, iterations), pb.p50, false);
+  std::vector<Round> host = CommitToWakeApart(*broker, BackendKind::kHost, iterations);
+  Report("host", host, pb.p50, false);
+  if (::geteuid() == 0) {
+    std::vector<Round> pidns = CommitToWakeApart(*broker, BackendKind::kHost, iterations, true);
+    Report("pid-ns", pidns, pb.p50, false);
+    std::vector<double> h, n;
+    for (const Round& r : host) h.push_back(r.hold_us);
+    for (const Round& r : pidns) n.push_back(r.hold_us);
+    std::printf("summary\tcommit -> reader holds the version, own pid namespace against the host (p50)\t%.2f\t%.2f\tus"
+                "\tplus<=20\n", Of(n).p50, Of(h).p50);
+    int64_t idle_host = RequestsWhileIdle(*broker, false), idle_ns = RequestsWhileIdle(*broker, true);
+    std::printf("  requests the broker answered while a reader waited 5 s for nothing: host %lld, own pid namespace "
+                "%lld (each including the status request that counts)\n",
+                static_cast<long long>(idle_host), static_cast<long long>(idle_ns));
+    std::printf("summary\tbroker requests during a 5 s idle wait, own pid namespace (baseline: host)\t%lld\t%lld\t"
+                "requests\tplus<=0\n",
+                static_cast<long long>(idle_ns), static_cast<long long>(idle_host));
+  } else {
+    std::printf("  pid-ns: not run (needs root to make a pid namespace)\n");
+  }
 #ifdef GPUBROKER_GPU_KERNELS
   for (BackendKind backend : {BackendKind::kCudaVmm, BackendKind::kCudaIpc}) {
     std::vector<Round> rounds = CommitToWakeApart(*broker, backend, iterations);

@@ -181,8 +181,12 @@ def commit_version(pub, sd, device, not_before_ns):
 
 
 def settle(not_before_ns):
+    """Waits until `not_before_ns`, the last 300 us spinning: the producer
+    commits from a core that is awake, as a trainer's is after its step."""
+    while not_before_ns - mono() > 300_000:
+        time.sleep((not_before_ns - mono() - 300_000) / 1e9)
     while mono() < not_before_ns:
-        time.sleep(max(0.0, (not_before_ns - mono()) / 1e9))
+        pass
 
 
 # ---- the consumer process ---------------------------------------------------------------------
@@ -221,10 +225,12 @@ def run_consumer(link, cfg):
 
 def consume_live(link, sub, values, have, cfg):
     """(a): the consumer's clock readings, when latest() returned and after a synchronize."""
-    out = {"a_has": [], "a_readable": []}
+    out = {"a_woke": [], "a_has": [], "a_readable": []}
     for k in range(cfg["warmup"] + cfg["iterations"]):
         link.send("ready_a", have)
-        tensors = sub.latest(timeout=TIMEOUT_S)  # waits for a version newer than the one it pins
+        sub.wait(after=have, timeout=TIMEOUT_S)  # what latest() does first, timed apart
+        tw = mono()
+        tensors = sub.latest(timeout=0)  # the version newer than the one it pins
         t1 = mono()
         sync(cfg["device"])
         t2 = mono()
@@ -234,6 +240,7 @@ def consume_live(link, sub, values, have, cfg):
         values.check([tensors[key] for key in cfg["keys"]], have, "live, zero copy (sub.latest)")
         del tensors
         if k >= cfg["warmup"]:
+            out["a_woke"].append(tw)
             out["a_has"].append(t1)
             out["a_readable"].append(t2)
     return out
@@ -417,6 +424,7 @@ def run(cfg):
     us = lambda ns: [x / 1e3 for x in ns]  # noqa: E731
     fig = {
         "a": us([t1 - t0 for t0, t1 in zip(t0_a, res["a_has"])]),
+        "a_woke": us([t1 - t0 for t0, t1 in zip(t0_a, res["a_woke"])]),
         "a_readable": us([t2 - t0 for t0, t2 in zip(t0_a, res["a_readable"])]),
         "commit": us(commit_ns),
         "b": us(res["b"]),
@@ -439,6 +447,7 @@ def report(cfg, fig):
     print(f"live weight sync: {label} ({name}); {cfg['iterations']} updates after {cfg['warmup']} untimed; "
           "us, consumer side; every element of every version checked")
     rows = [("a", "(a) live, zero copy: commit -> sub.latest() returned"),
+            ("a_woke", "    of which: commit -> sub.wait() returned"),
             ("a_readable", "    ... then torch.cuda.synchronize() in the consumer (CPU: none)"),
             ("b", "(b) live, sub.copy_into(own params) + synchronize"),
             ("c", "(c) per-tensor re-share: reduce_tensor x N -> rebuilt, copied, synced"),
