@@ -103,9 +103,9 @@ class BatchedCopy:
         check(lib.gpb_copy_plan_run, self._handle, stream.cuda_stream)
 
     def __del__(self):
-        if self._handle:
-            lib.gpb_copy_plan_destroy(self._handle)
-            self._handle = None
+        handle, self._handle = self._handle, None
+        if handle and lib is not None:  # at interpreter exit the module may be torn down first
+            lib.gpb_copy_plan_destroy(handle)
 
 
 def check_shapes(keys, tensors, published):
