@@ -1,0 +1,183 @@
+// UCX as brokers on different nodes will use it to replicate versioned trees
+// (issue 24; docs/multinode.md): one worker per broker thread, woken by a
+// file descriptor the broker's event loop watches; connections by socket
+// address; small control messages as UCX active messages; bulk bytes read
+// with ucp_get_nbx from memory the other side registered.
+//
+// Everything happens on the thread that calls Progress: UCX's callbacks only
+// queue what happened, and Progress hands it to the owner's handlers after
+// UCX returns, so a handler may send, read, connect or close freely.
+//
+// What a peer sends is hostile until checked: a message longer than
+// kMaxMessage ends its connection (UCX would otherwise fetch it by
+// rendezvous into memory of the peer's choosing size), and the rest is the
+// handler's to parse.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gpubroker/status.hpp"
+
+namespace gpubroker::ucx {
+
+inline constexpr size_t kMaxMessage = 8 * 1024;  // body bytes; eager on every transport
+
+class Worker;
+
+// A key to memory a peer registered, unpacked for one endpoint. Destroy it
+// before the endpoint goes (Endpoint::Close does not wait for it).
+class RemoteKey {
+ public:
+  RemoteKey() = default;
+  RemoteKey(RemoteKey&& o) noexcept : key_(o.key_) { o.key_ = nullptr; }
+  RemoteKey& operator=(RemoteKey&& o) noexcept;
+  ~RemoteKey();
+  ucp_rkey_h get() const { return key_; }
+
+ private:
+  friend class Endpoint;
+  explicit RemoteKey(ucp_rkey_h key) : key_(key) {}
+  ucp_rkey_h key_ = nullptr;
+};
+
+// A connection to a peer. The worker holds it while it is open; Close (or a
+// failure the peer causes) ends it, and every read still in flight then
+// completes with an error.
+class Endpoint {
+ public:
+  // Sends message `type` with `body` (at most kMaxMessage bytes), copied.
+  Status Send(uint16_t type, std::string body);
+  // Reads `bytes` from `remote` in the peer's registration `key` into
+  // `local`; `done` runs on a later Progress with the outcome.
+  Status Get(void* local, size_t bytes, uint64_t remote, const RemoteKey& key, std::function<void(Status)> done);
+  // A key the peer packed (Registration::packed_key) for reading it here.
+  Result<RemoteKey> Unpack(std::string_view packed) const;
+  // Ends the connection at once (what is in flight fails).
+  void Close();
+  bool open() const { return ep_ != nullptr && error_.ok(); }
+  const Status& error() const { return error_; }
+  const std::string& peer() const { return peer_; }
+
+  Endpoint(Worker* worker, std::string peer) : worker_(worker), peer_(std::move(peer)) {}
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+ private:
+  friend class Worker;
+  Worker* worker_;
+  std::string peer_;
+  ucp_ep_h ep_ = nullptr;
+  Status error_ = Status::Ok();
+};
+
+// Memory registered with UCX, readable by peers that hold its packed key.
+class Registration {
+ public:
+  ~Registration();
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  uint64_t address() const { return reinterpret_cast<uint64_t>(base_); }
+  size_t bytes() const { return bytes_; }
+  const std::string& packed_key() const { return packed_; }
+
+ private:
+  friend class Worker;
+  Registration(ucp_context_h context, ucp_mem_h memory, void* base, size_t bytes, std::string packed)
+      : context_(context), memory_(memory), base_(base), bytes_(bytes), packed_(std::move(packed)) {}
+  ucp_context_h context_;
+  ucp_mem_h memory_;
+  void* base_;
+  size_t bytes_;
+  std::string packed_;
+};
+
+class Worker {
+ public:
+  using Accepted = std::function<void(const std::shared_ptr<Endpoint>&)>;
+  using Message = std::function<void(const std::shared_ptr<Endpoint>&, uint16_t type, std::string body)>;
+  using Failed = std::function<void(const std::shared_ptr<Endpoint>&, const Status&)>;
+
+  // kUnavailable where UCX cannot start here, naming why.
+  static Result<std::unique_ptr<Worker>> Make(std::string name);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Readable when there is something to progress (after Arm).
+  int fd() const { return fd_; }
+  // Lets UCX work for at most about `budget` (one call of UCX's can take
+  // longer with large reads in flight), then runs the handlers for what
+  // happened. True if more may be pending: call again before sleeping.
+  bool Progress(std::chrono::microseconds budget);
+  // Before sleeping on fd(): false if something is pending already.
+  bool Arm();
+
+  void OnMessage(Message handler) { on_message_ = std::move(handler); }
+  void OnFailure(Failed handler) { on_failure_ = std::move(handler); }
+
+  // Accepts connections at ip:port (port 0: one the system picks; see
+  // listen_port).
+  Status Listen(const std::string& ip, uint16_t port, Accepted accepted);
+  uint16_t listen_port() const { return listen_port_; }
+  // Starts a connection; a peer that is not there fails it later (OnFailure).
+  Result<std::shared_ptr<Endpoint>> Connect(const std::string& ip, uint16_t port);
+  // Registers [base, base + bytes) for peers to read.
+  Result<std::unique_ptr<Registration>> Register(void* base, size_t bytes);
+
+ private:
+  friend class Endpoint;
+  struct Event {  // what a UCX callback saw, handled after ucp_worker_progress returns
+    enum Kind { kConnection, kMessage, kFailure, kDone } kind;
+    ucp_conn_request_h request = nullptr;
+    ucp_ep_h ep = nullptr;
+    uint16_t type = 0;
+    std::string body;
+    Status status = Status::Ok();
+    std::function<void(Status)> done;
+  };
+  struct Sent {  // a send in flight: its header and body live until it completes
+    Worker* worker;
+    uint16_t type;
+    std::string body;
+  };
+  struct Read {
+    Worker* worker;
+    std::function<void(Status)> done;
+  };
+
+  Worker() = default;
+  Result<std::shared_ptr<Endpoint>> Adopt(const ucp_ep_params_t& params, std::string peer);
+  // Ends `ep` with `why`; `tell`: run OnFailure (a peer's doing, not ours).
+  void Fail(const std::shared_ptr<Endpoint>& ep, Status why, bool tell = true);
+  void Reap();
+  static void OnConnection(ucp_conn_request_h request, void* arg);
+  static ucs_status_t OnActiveMessage(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                                      const ucp_am_recv_param_t* param);
+  static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  static void OnSent(void* request, ucs_status_t status, void* user);
+  static void OnRead(void* request, ucs_status_t status, void* user);
+
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_listener_h listener_ = nullptr;
+  int fd_ = -1;
+  uint16_t listen_port_ = 0;
+  Accepted on_accept_;
+  Message on_message_;
+  Failed on_failure_;
+  std::deque<Event> events_;
+  std::map<ucp_ep_h, std::shared_ptr<Endpoint>> endpoints_;
+  std::vector<void*> closing_;  // ucp_ep_close_nbx requests to free once done
+};
+
+}  // namespace gpubroker::ucx

@@ -1,0 +1,265 @@
+// The peer transport (broker/ucx.h) over real sockets on 127.0.0.1: messages
+// both ways, every byte of reads both ways from fresh random memory, the
+// limits it enforces, and a peer process killed mid-read. ctest runs it with
+// UCX_NET_DEVICES=lo, so that no byte leaves through another interface.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "broker/ucx.h"
+
+namespace gpubroker::ucx {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Progresses the workers until `done()` or `limit`, sleeping on their
+// descriptors when none has anything left to do.
+bool Drive(const std::vector<Worker*>& workers, const std::function<bool()>& done,
+           std::chrono::seconds limit = 20s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    bool more = false;
+    for (Worker* w : workers) more |= w->Progress(1ms);
+    if (more || done()) continue;
+    bool armed = true;
+    for (Worker* w : workers) armed = w->Arm() && armed;
+    if (!armed) continue;
+    std::vector<pollfd> fds;
+    for (Worker* w : workers) fds.push_back(pollfd{w->fd(), POLLIN, 0});
+    ::poll(fds.data(), fds.size(), 100);
+  }
+  return true;
+}
+
+std::vector<uint8_t> RandomBytes(size_t n) {
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t x = rng();
+    std::memcpy(&v[i], &x, 8);
+  }
+  return v;
+}
+
+// What a side tells the other about its memory: address, size, packed key.
+std::string Describe(const Registration& r) {
+  std::string m(16, '\0');
+  uint64_t a = r.address(), n = r.bytes();
+  std::memcpy(&m[0], &a, 8);
+  std::memcpy(&m[8], &n, 8);
+  return m + r.packed_key();
+}
+
+struct Described {
+  uint64_t address = 0, bytes = 0;
+  std::string key;
+};
+Described Parse(const std::string& m) {
+  Described d;
+  if (m.size() < 16) return d;
+  std::memcpy(&d.address, &m[0], 8);
+  std::memcpy(&d.bytes, &m[8], 8);
+  d.key = m.substr(16);
+  return d;
+}
+
+// Reads all of `from` into `into` in 1 MiB pieces, all in flight at once;
+// counts the reads that completed and those that failed.
+struct Reads {
+  int ok = 0, failed = 0, issued = 0;
+  Status first_error = Status::Ok();
+  bool finished() const { return ok + failed == issued; }
+};
+void ReadAll(Endpoint& ep, const RemoteKey& key, const Described& from, std::vector<uint8_t>& into, Reads& reads) {
+  constexpr size_t kPiece = 1 << 20;
+  for (size_t off = 0; off < from.bytes; off += kPiece) {
+    size_t n = std::min(kPiece, static_cast<size_t>(from.bytes) - off);
+    ++reads.issued;
+    Status s = ep.Get(into.data() + off, n, from.address + off, key, [&reads](Status done) {
+      if (done.ok()) {
+        ++reads.ok;
+      } else {
+        if (reads.first_error.ok()) reads.first_error = done;
+        ++reads.failed;
+      }
+    });
+    if (!s.ok()) {
+      ++reads.failed;
+      if (reads.first_error.ok()) reads.first_error = s;
+    }
+  }
+}
+
+size_t FirstDifference(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) return i;
+  }
+  return a.size();
+}
+
+TEST(Ucx, MessagesAndReadsBothWaysCarryEveryByte) {
+  auto server = Worker::Make("ucx_test server");
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto client = Worker::Make("ucx_test client");
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  constexpr size_t kBytes = 16 << 20;
+  std::vector<uint8_t> server_data = RandomBytes(kBytes), client_data = RandomBytes(kBytes);
+  std::vector<uint8_t> server_got(kBytes, 0), client_got(kBytes, 0);
+  auto server_memory = (*server)->Register(server_data.data(), kBytes);
+  auto client_memory = (*client)->Register(client_data.data(), kBytes);
+  ASSERT_TRUE(server_memory.ok() && client_memory.ok());
+
+  std::shared_ptr<Endpoint> accepted;
+  ASSERT_TRUE((*server)->Listen("127.0.0.1", 0, [&](const std::shared_ptr<Endpoint>& ep) { accepted = ep; }).ok());
+  ASSERT_NE((*server)->listen_port(), 0);
+  RemoteKey server_key, client_key;  // each side's key to the other's memory
+  Reads server_reads, client_reads;
+  int failures = 0;
+  (*server)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status&) { ++failures; });
+  (*client)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status&) { ++failures; });
+  // The client says hello with its memory; the server answers with its own
+  // and reads the client's; the client reads the server's.
+  (*server)->OnMessage([&](const std::shared_ptr<Endpoint>& from, uint16_t type, std::string body) {
+    ASSERT_EQ(type, 1);
+    ASSERT_EQ(from, accepted);
+    Described d = Parse(body);
+    ASSERT_EQ(d.bytes, kBytes);
+    auto key = from->Unpack(d.key);
+    ASSERT_TRUE(key.ok()) << key.status().ToString();
+    server_key = std::move(*key);
+    ASSERT_TRUE(from->Send(2, Describe(**server_memory)).ok());
+    ReadAll(*from, server_key, d, server_got, server_reads);
+  });
+  auto ep = (*client)->Connect("127.0.0.1", (*server)->listen_port());
+  ASSERT_TRUE(ep.ok()) << ep.status().ToString();
+  (*client)->OnMessage([&](const std::shared_ptr<Endpoint>& from, uint16_t type, std::string body) {
+    ASSERT_EQ(type, 2);
+    ASSERT_EQ(from, *ep);
+    Described d = Parse(body);
+    auto key = from->Unpack(d.key);
+    ASSERT_TRUE(key.ok()) << key.status().ToString();
+    client_key = std::move(*key);
+    ReadAll(*from, client_key, d, client_got, client_reads);
+  });
+  ASSERT_TRUE((*ep)->Send(1, Describe(**client_memory)).ok());
+  ASSERT_TRUE(Drive({server->get(), client->get()}, [&] {
+    return server_reads.issued > 0 && client_reads.issued > 0 && server_reads.finished() && client_reads.finished();
+  })) << "server reads " << server_reads.ok << "/" << server_reads.issued << ", client reads " << client_reads.ok
+      << "/" << client_reads.issued;
+  EXPECT_EQ(server_reads.failed, 0) << server_reads.first_error.ToString();
+  EXPECT_EQ(client_reads.failed, 0) << client_reads.first_error.ToString();
+  EXPECT_EQ(server_reads.ok, 16);
+  EXPECT_EQ(FirstDifference(server_got, client_data), kBytes) << "the server's copy of the client's bytes";
+  EXPECT_EQ(FirstDifference(client_got, server_data), kBytes) << "the client's copy of the server's bytes";
+  EXPECT_EQ(accepted->peer().rfind("127.0.0.1:", 0), 0u) << accepted->peer();
+  EXPECT_EQ(failures, 0);
+  server_key = RemoteKey();  // keys go before their endpoints
+  client_key = RemoteKey();
+}
+
+TEST(Ucx, LimitsAndBadAddressesAreNamed) {
+  auto w = Worker::Make("ucx_test limits");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  auto bad = (*w)->Connect("not-an-address", 1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'not-an-address' is not an IPv4 address"), std::string::npos);
+  EXPECT_FALSE((*w)->Register(nullptr, 10).ok());
+  std::shared_ptr<Endpoint> accepted;
+  ASSERT_TRUE((*w)->Listen("127.0.0.1", 0, [&](const std::shared_ptr<Endpoint>& ep) { accepted = ep; }).ok());
+  EXPECT_FALSE((*w)->Listen("127.0.0.1", 0, nullptr).ok()) << "one listener per worker";
+  auto ep = (*w)->Connect("127.0.0.1", (*w)->listen_port());
+  ASSERT_TRUE(ep.ok());
+  Status big = (*ep)->Send(1, std::string(kMaxMessage + 1, 'x'));
+  EXPECT_EQ(big.code(), Code::kInvalidArgument);
+  EXPECT_NE(big.message().find("over the limit of 8192"), std::string::npos) << big.message();
+  int got = 0;
+  (*w)->OnMessage([&](const std::shared_ptr<Endpoint>&, uint16_t type, std::string body) {
+    EXPECT_EQ(type, 9);
+    EXPECT_EQ(body.size(), kMaxMessage);
+    ++got;
+  });
+  ASSERT_TRUE((*ep)->Send(9, std::string(kMaxMessage, 'y')).ok()) << "the limit itself is allowed";
+  ASSERT_TRUE(Drive({w->get()}, [&] { return got == 1; }));
+  (*ep)->Close();
+  EXPECT_FALSE((*ep)->open());
+  EXPECT_FALSE((*ep)->Send(1, "after close").ok());
+}
+
+// A peer process that serves its memory until killed. Forked before this
+// process starts UCX; tells its port, address, size and key on `out`.
+[[noreturn]] void ServeUntilKilled(int out) {
+  auto w = Worker::Make("ucx_test peer");
+  if (!w.ok()) ::_exit(2);
+  static std::vector<uint8_t> data(64 << 20, 0x5a);
+  auto memory = (*w)->Register(data.data(), data.size());
+  if (!memory.ok()) ::_exit(3);
+  std::vector<std::shared_ptr<Endpoint>> peers;
+  if (!(*w)->Listen("127.0.0.1", 0, [&](const std::shared_ptr<Endpoint>& ep) { peers.push_back(ep); }).ok()) {
+    ::_exit(4);
+  }
+  std::string told = std::to_string((*w)->listen_port()) + "\n" + Describe(**memory);
+  uint32_t n = told.size();
+  if (::write(out, &n, 4) != 4 || ::write(out, told.data(), n) != static_cast<ssize_t>(n)) ::_exit(5);
+  Drive({w->get()}, [] { return false; }, 3600s);
+  ::_exit(0);
+}
+
+TEST(Ucx, AKilledPeerFailsItsConnectionAndEveryReadInFlight) {
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(pipefd[0]);
+    ServeUntilKilled(pipefd[1]);
+  }
+  ::close(pipefd[1]);
+  uint32_t n = 0;
+  ASSERT_EQ(::read(pipefd[0], &n, 4), 4);
+  std::string told(n, '\0');
+  ASSERT_EQ(::read(pipefd[0], told.data(), n), static_cast<ssize_t>(n));
+  ::close(pipefd[0]);
+  const uint16_t port = static_cast<uint16_t>(std::stoi(told.substr(0, told.find('\n'))));
+  Described d = Parse(told.substr(told.find('\n') + 1));
+  ASSERT_EQ(d.bytes, 64u << 20);
+
+  auto w = Worker::Make("ucx_test reader");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Status failure = Status::Ok();
+  (*w)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status& why) { failure = why; });
+  auto ep = (*w)->Connect("127.0.0.1", port);
+  ASSERT_TRUE(ep.ok());
+  auto key = (*ep)->Unpack(d.key);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  std::vector<uint8_t> into(d.bytes, 0);
+  Reads reads;
+  ReadAll(**ep, *key, d, into, reads);
+  ASSERT_EQ(reads.issued, 64);
+  // Once the first piece has landed, the peer dies with the rest in flight.
+  ASSERT_TRUE(Drive({w->get()}, [&] { return reads.ok + reads.failed > 0; }));
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the peer ended by itself (status " << status << ")";
+  ASSERT_TRUE(Drive({w->get()}, [&] { return reads.finished() && !failure.ok(); }))
+      << "reads " << reads.ok << " ok, " << reads.failed << " failed of " << reads.issued << "; failure "
+      << failure.ToString();
+  EXPECT_FALSE((*ep)->open());
+  EXPECT_EQ((*ep)->error().code(), Code::kUnavailable) << (*ep)->error().ToString();
+  EXPECT_GT(reads.failed, 0) << "every read landed before the kill: nothing was in flight to fail";
+  *key = RemoteKey();
+}
+
+}  // namespace
+}  // namespace gpubroker::ucx
