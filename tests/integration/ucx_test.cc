@@ -3,6 +3,8 @@
 // limits it enforces, and a peer process killed mid-read. ctest runs it with
 // UCX_NET_DEVICES=lo, so that no byte leaves through another interface.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -194,6 +196,79 @@ TEST(Ucx, LimitsAndBadAddressesAreNamed) {
   (*ep)->Close();
   EXPECT_FALSE((*ep)->open());
   EXPECT_FALSE((*ep)->Send(1, "after close").ok());
+}
+
+// A peer that speaks raw UCX, not through Endpoint (which refuses to send
+// what a hostile peer would): sends one active message of our id with a
+// header of `header_bytes` and `body_bytes` of body, and waits for it to go.
+void SendRaw(uint16_t port, size_t header_bytes, size_t body_bytes, Worker& progressed) {
+  ucp_params_t p{};
+  p.field_mask = UCP_PARAM_FIELD_FEATURES;
+  p.features = UCP_FEATURE_AM;
+  ucp_context_h ctx = nullptr;
+  ASSERT_EQ(ucp_init(&p, nullptr, &ctx), UCS_OK);
+  ucp_worker_params_t wp{};
+  ucp_worker_h worker = nullptr;
+  ASSERT_EQ(ucp_worker_create(ctx, &wp, &worker), UCS_OK);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ucp_ep_params_t ep_params{};
+  ep_params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  ep_params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep_params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&a);
+  ep_params.sockaddr.addrlen = sizeof a;
+  ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ucp_ep_h ep = nullptr;
+  ASSERT_EQ(ucp_ep_create(worker, &ep_params, &ep), UCS_OK);
+  std::string header(header_bytes, 'h'), body(body_bytes, 'b');
+  ucp_request_param_t rp{};
+  rp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  rp.flags = UCP_AM_SEND_FLAG_REPLY;
+  void* r = ucp_am_send_nbx(ep, 1, header.data(), header.size(), body.data(), body.size(), &rp);
+  ASSERT_FALSE(UCS_PTR_IS_ERR(r));
+  const auto end = std::chrono::steady_clock::now() + 20s;
+  while (r != nullptr && ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < end) {
+    ucp_worker_progress(worker);
+    progressed.Progress(1ms);
+  }
+  if (r != nullptr) ucp_request_free(r);
+  ucp_request_param_t cp{};
+  cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  void* c = ucp_ep_close_nbx(ep, &cp);
+  while (c != nullptr && !UCS_PTR_IS_ERR(c) && ucp_request_check_status(c) == UCS_INPROGRESS) {
+    ucp_worker_progress(worker);
+  }
+  if (c != nullptr && !UCS_PTR_IS_ERR(c)) ucp_request_free(c);
+  ucp_worker_destroy(worker);
+  ucp_cleanup(ctx);
+}
+
+TEST(Ucx, AHostileMessageEndsItsConnectionAndTheListenerServesOn) {
+  auto w = Worker::Make("ucx_test hostile");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::vector<std::shared_ptr<Endpoint>> accepted;
+  ASSERT_TRUE((*w)->Listen("127.0.0.1", 0, [&](const std::shared_ptr<Endpoint>& ep) { accepted.push_back(ep); }).ok());
+  std::vector<std::string> failures;
+  int messages = 0;
+  (*w)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status& why) { failures.push_back(why.message()); });
+  (*w)->OnMessage([&](const std::shared_ptr<Endpoint>&, uint16_t, std::string) { ++messages; });
+  // Too big (UCX would fetch it by rendezvous), then a header not of our size.
+  SendRaw((*w)->listen_port(), 2, 64 * 1024, **w);
+  ASSERT_TRUE(Drive({w->get()}, [&] { return !failures.empty(); })) << "the oversized message was not refused";
+  EXPECT_NE(failures[0].find("65536 bytes (the limit is 8192)"), std::string::npos) << failures[0];
+  SendRaw((*w)->listen_port(), 5, 10, **w);
+  ASSERT_TRUE(Drive({w->get()}, [&] { return failures.size() >= 2; })) << "the odd header was not refused";
+  EXPECT_NE(failures[1].find("a 5-byte header"), std::string::npos) << failures[1];
+  EXPECT_EQ(messages, 0) << "a refused message reached the handler";
+  for (const auto& ep : accepted) EXPECT_FALSE(ep->open()) << ep->peer();
+  // The worker goes on: a well-behaved peer is heard.
+  auto ep = (*w)->Connect("127.0.0.1", (*w)->listen_port());
+  ASSERT_TRUE(ep.ok());
+  ASSERT_TRUE((*ep)->Send(3, "hello").ok());
+  ASSERT_TRUE(Drive({w->get()}, [&] { return messages == 1; }));
 }
 
 // A peer process that serves its memory until killed. Forked before this
