@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <cstring>
+#include <iterator>
 
 namespace gpubroker::ucx {
 namespace {
@@ -158,7 +159,15 @@ Worker::~Worker() {
   std::vector<std::shared_ptr<Endpoint>> open;
   for (auto& [h, ep] : endpoints_) open.push_back(ep);
   for (auto& ep : open) Fail(ep, Unavailable("this side is shutting down"), false);
-  events_.clear();  // nobody is left to tell
+  for (int i = 0; i < 100000 && !closing_.empty(); ++i) {  // forced closes end the reads in flight
+    ucp_worker_progress(worker_);
+    Reap();
+  }
+  // Every read still owed an outcome gets one; nothing else is told.
+  for (Event& e : events_) {
+    if (e.kind == Event::kDone && e.done) e.done(e.status.ok() ? Unavailable("this side is shutting down") : e.status);
+  }
+  events_.clear();
   for (int i = 0; i < 100000 && !closing_.empty(); ++i) {
     ucp_worker_progress(worker_);
     Reap();
@@ -289,6 +298,11 @@ void Worker::Fail(const std::shared_ptr<Endpoint>& ep, Status why, bool tell) {
   ucp_ep_h h = ep->ep_;
   ep->ep_ = nullptr;
   endpoints_.erase(h);
+  // What this connection said and has not been handled yet goes with it: its
+  // handle may name a new connection once UCX reuses it.
+  for (auto it = events_.begin(); it != events_.end();) {
+    it = (it->ep == h && it->kind != Event::kDone) ? events_.erase(it) : std::next(it);
+  }
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_EP_CLOSE_FLAG_FORCE;  // what is in flight completes with an error

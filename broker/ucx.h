@@ -9,9 +9,15 @@
 // UCX returns, so a handler may send, read, connect or close freely.
 //
 // What a peer sends is hostile until checked: a message longer than
-// kMaxMessage ends its connection (UCX would otherwise fetch it by
-// rendezvous into memory of the peer's choosing size), and the rest is the
-// handler's to parse.
+// kMaxMessage, or sent by rendezvous, ends its connection before any handler
+// sees it, and the rest is the handler's to parse. That does not bound the
+// memory a connected peer can make UCX use: UCX reassembles a long eager
+// message (allocating the size the peer claims) before this code sees it, and
+// it parses a packed memory key without knowing its length. So peers must
+// prove who they are before anything else (issue 24's cluster key), and
+// only then are their messages and keys read.
+//
+// Registrations and keys must go before the worker that made them.
 #pragma once
 
 #include <ucp/api/ucp.h>

@@ -60,6 +60,7 @@
   X(cuDeviceGetAttribute) \
   X(cuModuleLoadData) \
   X(cuModuleGetFunction) \
+  X(cuModuleUnload) \
   X(cuLaunchKernel) \
   X(cuMemcpyHtoD)
 

@@ -7,7 +7,7 @@ import math
 import time
 
 from . import _dlpack
-from ._capi import InvalidArgument, Unsupported, check, gpb_copy, lib
+from ._capi import Error, InvalidArgument, check, gpb_copy, lib
 
 INT32_MAX = (1 << 31) - 1
 
@@ -84,15 +84,18 @@ class BatchedCopy:
             return None
         for d, s in zip(dsts, srcs):
             if (not is_torch(d) or not is_torch(s) or not d.is_cuda or d.device != s.device or d.dtype != s.dtype
-                    or d.shape != s.shape or not d.is_contiguous() or not s.is_contiguous()):
+                    or d.shape != s.shape or not d.is_contiguous() or not s.is_contiguous()
+                    or d.is_conj() or d.is_neg() or s.is_conj() or s.is_neg()):
                 return None
+        if len({d.data_ptr() for d in dsts}) != len(dsts):
+            return None  # tied destinations: copied one after another, the last one wins, as copy_ does
         copies = (gpb_copy * len(dsts))()
         for c, d, s in zip(copies, dsts, srcs):
             c.src, c.dst, c.bytes = s.data_ptr(), d.data_ptr(), s.numel() * s.element_size()
         handle = ctypes.c_void_p()
         try:
             check(lib.gpb_copy_plan_create, device_index, copies, len(dsts), ctypes.byref(handle))
-        except Unsupported:
+        except Error:  # no kernel for this GPU, no memory left for the plan's table: copy tensor by tensor
             return None
         return BatchedCopy(handle)
 

@@ -199,52 +199,72 @@ TEST(Ucx, LimitsAndBadAddressesAreNamed) {
 }
 
 // A peer that speaks raw UCX, not through Endpoint (which refuses to send
-// what a hostile peer would): sends one active message of our id with a
-// header of `header_bytes` and `body_bytes` of body, and waits for it to go.
-void SendRaw(uint16_t port, size_t header_bytes, size_t body_bytes, Worker& progressed) {
-  ucp_params_t p{};
-  p.field_mask = UCP_PARAM_FIELD_FEATURES;
-  p.features = UCP_FEATURE_AM;
-  ucp_context_h ctx = nullptr;
-  ASSERT_EQ(ucp_init(&p, nullptr, &ctx), UCS_OK);
-  ucp_worker_params_t wp{};
-  ucp_worker_h worker = nullptr;
-  ASSERT_EQ(ucp_worker_create(ctx, &wp, &worker), UCS_OK);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ucp_ep_params_t ep_params{};
-  ep_params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-  ep_params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-  ep_params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&a);
-  ep_params.sockaddr.addrlen = sizeof a;
-  ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  ucp_ep_h ep = nullptr;
-  ASSERT_EQ(ucp_ep_create(worker, &ep_params, &ep), UCS_OK);
-  std::string header(header_bytes, 'h'), body(body_bytes, 'b');
-  ucp_request_param_t rp{};
-  rp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  rp.flags = UCP_AM_SEND_FLAG_REPLY;
-  void* r = ucp_am_send_nbx(ep, 1, header.data(), header.size(), body.data(), body.size(), &rp);
-  ASSERT_FALSE(UCS_PTR_IS_ERR(r));
-  const auto end = std::chrono::steady_clock::now() + 20s;
-  while (r != nullptr && ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < end) {
-    ucp_worker_progress(worker);
-    progressed.Progress(1ms);
+// what a hostile peer would). It stays connected until it goes, so that what
+// the worker reports is its refusal, not the peer hanging up.
+class RawPeer {
+ public:
+  explicit RawPeer(uint16_t port) {
+    ucp_params_t p{};
+    p.field_mask = UCP_PARAM_FIELD_FEATURES;
+    p.features = UCP_FEATURE_AM;
+    ok_ = ucp_init(&p, nullptr, &ctx_) == UCS_OK;
+    ucp_worker_params_t wp{};
+    ok_ = ok_ && ucp_worker_create(ctx_, &wp, &worker_) == UCS_OK;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+    ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&a);
+    ep.sockaddr.addrlen = sizeof a;
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ok_ = ok_ && ucp_ep_create(worker_, &ep, &ep_) == UCS_OK;
   }
-  if (r != nullptr) ucp_request_free(r);
-  ucp_request_param_t cp{};
-  cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
-  void* c = ucp_ep_close_nbx(ep, &cp);
-  while (c != nullptr && !UCS_PTR_IS_ERR(c) && ucp_request_check_status(c) == UCS_INPROGRESS) {
-    ucp_worker_progress(worker);
+  ~RawPeer() {
+    if (ep_ != nullptr) {
+      ucp_request_param_t cp{};
+      cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+      cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
+      void* c = ucp_ep_close_nbx(ep_, &cp);
+      while (c != nullptr && !UCS_PTR_IS_ERR(c) && ucp_request_check_status(c) == UCS_INPROGRESS) {
+        ucp_worker_progress(worker_);
+      }
+      if (c != nullptr && !UCS_PTR_IS_ERR(c)) ucp_request_free(c);
+    }
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    if (ctx_ != nullptr) ucp_cleanup(ctx_);
   }
-  if (c != nullptr && !UCS_PTR_IS_ERR(c)) ucp_request_free(c);
-  ucp_worker_destroy(worker);
-  ucp_cleanup(ctx);
-}
+  bool ok() const { return ok_; }
+  // Sends one active message of our id with a header of `header_bytes` and
+  // `body_bytes` of body, progressing `other` (the worker it goes to) until
+  // this side is done with it.
+  bool Send(size_t header_bytes, size_t body_bytes, Worker& other) {
+    header_.assign(header_bytes, 'h');
+    body_.assign(body_bytes, 'b');
+    ucp_request_param_t rp{};
+    rp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    rp.flags = UCP_AM_SEND_FLAG_REPLY;
+    void* r = ucp_am_send_nbx(ep_, 1, header_.data(), header_.size(), body_.data(), body_.size(), &rp);
+    if (UCS_PTR_IS_ERR(r)) return false;
+    const auto end = std::chrono::steady_clock::now() + 20s;
+    while (r != nullptr && ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < end) {
+      ucp_worker_progress(worker_);
+      other.Progress(1ms);
+    }
+    if (r != nullptr) ucp_request_free(r);
+    return true;
+  }
+  void Progress() { ucp_worker_progress(worker_); }
+
+ private:
+  bool ok_ = false;
+  ucp_context_h ctx_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_ep_h ep_ = nullptr;
+  std::string header_, body_;
+};
 
 TEST(Ucx, AHostileMessageEndsItsConnectionAndTheListenerServesOn) {
   auto w = Worker::Make("ucx_test hostile");
@@ -256,12 +276,27 @@ TEST(Ucx, AHostileMessageEndsItsConnectionAndTheListenerServesOn) {
   (*w)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status& why) { failures.push_back(why.message()); });
   (*w)->OnMessage([&](const std::shared_ptr<Endpoint>&, uint16_t, std::string) { ++messages; });
   // Too big (UCX would fetch it by rendezvous), then a header not of our size.
-  SendRaw((*w)->listen_port(), 2, 64 * 1024, **w);
-  ASSERT_TRUE(Drive({w->get()}, [&] { return !failures.empty(); })) << "the oversized message was not refused";
-  EXPECT_NE(failures[0].find("65536 bytes (the limit is 8192)"), std::string::npos) << failures[0];
-  SendRaw((*w)->listen_port(), 5, 10, **w);
-  ASSERT_TRUE(Drive({w->get()}, [&] { return failures.size() >= 2; })) << "the odd header was not refused";
-  EXPECT_NE(failures[1].find("a 5-byte header"), std::string::npos) << failures[1];
+  {
+    RawPeer big((*w)->listen_port());
+    ASSERT_TRUE(big.ok());
+    ASSERT_TRUE(big.Send(2, 64 * 1024, **w));
+    ASSERT_TRUE(Drive({w->get()}, [&] {
+      big.Progress();
+      return !failures.empty();
+    })) << "the oversized message was not refused";
+    EXPECT_NE(failures[0].find("65536 bytes (the limit is 8192)"), std::string::npos) << failures[0];
+  }
+  {
+    RawPeer odd((*w)->listen_port());
+    ASSERT_TRUE(odd.ok());
+    ASSERT_TRUE(odd.Send(5, 10, **w));
+    ASSERT_TRUE(Drive({w->get()}, [&] {
+      odd.Progress();
+      return failures.size() >= 2;
+    })) << "the odd header was not refused";
+    ASSERT_GE(failures.size(), 2u);
+    EXPECT_NE(failures[1].find("a 5-byte header"), std::string::npos) << failures[1];
+  }
   EXPECT_EQ(messages, 0) << "a refused message reached the handler";
   for (const auto& ep : accepted) EXPECT_FALSE(ep->open()) << ep->peer();
   // The worker goes on: a well-behaved peer is heard.
