@@ -4,7 +4,8 @@ namespace gpubroker {
 
 struct CopyPlan::Impl {};
 
-Result<CopyPlan> CopyPlan::Make(int, std::span<const CopySegment>) {
+Result<CopyPlan> CopyPlan::Make(int, std::span<const CopySegment> copies) {
+  if (copies.empty()) return InvalidArgument("a batched copy needs at least one copy");  // as with CUDA
   return Unsupported("this client library was built without CUDA support");
 }
 CopyPlan::CopyPlan(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
