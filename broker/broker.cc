@@ -10,6 +10,7 @@
 #include "broker/host_backend.h"
 #include "broker/logging.h"
 #include "broker/metrics.h"
+#include "broker/peers.h"
 #include "broker/generated/version.h"
 #include "broker/registry.h"
 #include "common/registry_reader.h"
@@ -80,6 +81,9 @@ class Broker final : public AllocationObserver {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }
     ho.devices = VisibleCudaDevices();
+    ho.committed = [this](uint64_t allocation_id) {
+      if (peers_) peers_->Committed(allocation_id);
+    };
     StartMetrics(ho.started_ns);
     ho.requests = metrics_.get();
     handler_ = std::make_unique<RequestHandler>(*registry_, backends_, ho);
@@ -99,6 +103,9 @@ class Broker final : public AllocationObserver {
     handler_->SetDegraded("metrics", !config_.metrics_listen.empty() && !metrics_);
 
     boost::asio::io_context io;
+    if (config_.peers.enabled()) {
+      GPB_ASSIGN_OR_RETURN(peers_, Peers::Start(io, *handler_, config_.peers));
+    }
     Server::Hooks hooks;
     hooks.reload = [this] { (void)Reload(); };
     hooks.tick = [this] { Tick(); };
@@ -121,6 +128,7 @@ class Broker final : public AllocationObserver {
                  warm_ ? "stay in the service manager's fd store" : "freed");
     server_ = nullptr;
     server.reset();
+    peers_.reset();
     handler_.reset();
     registry_.reset();
     return Status::Ok();
@@ -254,6 +262,7 @@ class Broker final : public AllocationObserver {
   std::unique_ptr<Metrics> metrics_;  // outlives handler_, which reports to it
   Server* server_ = nullptr;  // while Run serves: what Tick reports of it
   std::unique_ptr<RequestHandler> handler_;
+  std::unique_ptr<Peers> peers_;  // goes before handler_, whose client it is
   std::string last_status_;
 };
 

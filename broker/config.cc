@@ -1,5 +1,6 @@
 #include "broker/config.h"
 
+#include <arpa/inet.h>
 #include <grp.h>
 
 #include <cerrno>
@@ -217,6 +218,53 @@ class Reader {
     return Status::Ok();
   }
 
+  Status Peers(const YAML::Node& n, PeersConfig& p) const {
+    GPB_RETURN_IF_ERROR(CheckKeys(n, "peers", {"listen", "key_file", "interface", "export", "follow",
+                                               "stall_timeout_ms"}));
+    if (n["listen"]) {
+      GPB_ASSIGN_OR_RETURN(p.listen, String(n["listen"], "peers.listen"));
+      if (!p.listen.empty()) {
+        if (auto a = ParsePeerAddress(p.listen, true); !a.ok()) return At(n["listen"].Mark(), "peers.listen: " + a.status().message());
+      }
+    }
+    if (n["key_file"]) { GPB_ASSIGN_OR_RETURN(p.key_file, String(n["key_file"], "peers.key_file")); }
+    if (n["interface"]) { GPB_ASSIGN_OR_RETURN(p.interface, String(n["interface"], "peers.interface")); }
+    if (n["stall_timeout_ms"]) {
+      GPB_ASSIGN_OR_RETURN(p.stall_timeout_ms, Unsigned<uint32_t>(n["stall_timeout_ms"], "peers.stall_timeout_ms",
+                                                                   3600u * 1000u));
+    }
+    if (n["export"]) {
+      const YAML::Node& e = n["export"];
+      if (!e.IsSequence()) return At(e.Mark(), "peers.export must be a list of tree names");
+      for (const auto& t : e) {
+        GPB_ASSIGN_OR_RETURN(std::string name, String(t, "peers.export"));
+        if (auto v = ValidateName(name); !v.ok()) return At(t.Mark(), "peers.export: " + v.message());
+        p.exports.push_back(std::move(name));
+      }
+    }
+    if (n["follow"]) {
+      const YAML::Node& f = n["follow"];
+      if (!f.IsSequence()) return At(f.Mark(), "peers.follow must be a list");
+      std::set<std::string> trees;
+      for (const auto& t : f) {
+        GPB_RETURN_IF_ERROR(CheckKeys(t, "a peers.follow entry", {"tree", "from", "group", "mode"}));
+        FollowConfig fc;
+        if (!t["tree"] || !t["from"]) return At(t.Mark(), "a peers.follow entry needs tree and from");
+        GPB_ASSIGN_OR_RETURN(fc.tree, String(t["tree"], "peers.follow.tree"));
+        if (auto v = ValidateName(fc.tree); !v.ok()) return At(t["tree"].Mark(), "peers.follow.tree: " + v.message());
+        GPB_ASSIGN_OR_RETURN(fc.from, String(t["from"], "peers.follow.from"));
+        if (auto a = ParsePeerAddress(fc.from, false); !a.ok()) {
+          return At(t["from"].Mark(), "peers.follow.from: " + a.status().message());
+        }
+        if (t["group"]) { GPB_ASSIGN_OR_RETURN(fc.group, String(t["group"], "peers.follow.group")); }
+        if (t["mode"]) { GPB_ASSIGN_OR_RETURN(fc.mode, Mode(t["mode"], "peers.follow.mode")); }
+        if (!trees.insert(fc.tree).second) return At(t.Mark(), "tree '" + fc.tree + "' is followed twice");
+        p.follow.push_back(std::move(fc));
+      }
+    }
+    return Status::Ok();
+  }
+
   Status Logging(const YAML::Node& n, Config& c) const {
     GPB_RETURN_IF_ERROR(CheckKeys(n, "logging", {"level", "format"}));
     if (n["level"]) {
@@ -241,7 +289,8 @@ class Reader {
     if (root.IsNull()) return c;
     GPB_RETURN_IF_ERROR(CheckKeys(root, "the top level",
                                   {"socket", "registry", "admin_group", "default_backend",
-                                   "limits", "pools", "logging", "metrics", "warm_restart", "root_is_admin"}));
+                                   "limits", "pools", "logging", "metrics", "warm_restart", "root_is_admin",
+                                   "peers"}));
     if (root["warm_restart"]) { GPB_ASSIGN_OR_RETURN(c.warm_restart, Bool(root["warm_restart"], "warm_restart")); }
     if (root["root_is_admin"]) {
       GPB_ASSIGN_OR_RETURN(c.root_is_admin, Bool(root["root_is_admin"], "root_is_admin"));
@@ -269,6 +318,7 @@ class Reader {
     }
     if (root["logging"]) GPB_RETURN_IF_ERROR(Logging(root["logging"], c));
     if (root["metrics"]) GPB_RETURN_IF_ERROR(MetricsNode(root["metrics"], c));
+    if (root["peers"]) GPB_RETURN_IF_ERROR(Peers(root["peers"], c.peers));
     return c;
   }
 
@@ -359,7 +409,26 @@ Status ValidateConfig(const Config& c) {
                        "fair share), or to 0 for no per-user quota");
   }
   if (c.pools.size() > c.registry_capacity) return ConfigError("more pools than registry.capacity");
+  if (c.peers.enabled() && (c.peers.key_file.empty() || c.peers.key_file.front() != '/')) {
+    return ConfigError("peers: listen and follow need peers.key_file, the absolute path of the cluster key "
+                       "(openssl rand -out /etc/gpubroker/cluster.key 32; chmod 600): peers prove they hold it "
+                       "before anything else is exchanged");
+  }
+  if (c.peers.stall_timeout_ms < 100) return ConfigError("peers.stall_timeout_ms must be at least 100");
   return Status::Ok();
+}
+
+Result<std::pair<std::string, uint16_t>> ParsePeerAddress(const std::string& text, bool port_zero_ok) {
+  const size_t colon = text.rfind(':');
+  in_addr ip{};
+  auto bad = [&] {
+    return InvalidArgument("'" + Printable(text) + "' is not IPV4:PORT (such as 10.0.0.1:7400" +
+                           (port_zero_ok ? std::string("; port 0 picks one") : std::string()) + ")");
+  };
+  if (colon == std::string::npos || ::inet_pton(AF_INET, text.substr(0, colon).c_str(), &ip) != 1) return bad();
+  auto port = ParseUnsigned(text.substr(colon + 1), 65535, "port");
+  if (!port.ok() || (*port == 0 && !port_zero_ok)) return bad();
+  return std::make_pair(text.substr(0, colon), static_cast<uint16_t>(*port));
 }
 
 Result<gid_t> LookupGroup(const std::string& name) {

@@ -58,6 +58,33 @@ struct Limits {
   uint32_t max_fds_in_flight = 64;     // per connection, sent and not yet read
 };
 
+// A tree this broker follows on another node's broker (docs/multinode.md).
+struct FollowConfig {
+  friend bool operator==(const FollowConfig&, const FollowConfig&) = default;
+  std::string tree;   // the tree's name, the same on both nodes
+  std::string from;   // IPv4:PORT, the source broker's peers.listen
+  std::string group;  // owner group of the local tree; empty: the broker's
+  uint32_t mode = 0644;
+};
+
+// Replication between brokers (docs/multinode.md); needs a build with UCX.
+struct PeersConfig {
+  friend bool operator==(const PeersConfig&, const PeersConfig&) = default;
+  std::string listen;      // IPv4:PORT followers connect to; empty: serve none
+  std::string key_file;    // the cluster key; required when listen or follow is set
+  std::string interface;   // the network interface replication uses; empty: UCX's choice
+  std::vector<std::string> exports;  // the trees served to followers, by name
+  std::vector<FollowConfig> follow;
+  // A transfer that moves no byte for this long ends its connection (a link
+  // that went down is not reported otherwise); a follower that holds a
+  // version this long without finishing it is dropped by its source.
+  uint32_t stall_timeout_ms = 10000;
+  bool enabled() const { return !listen.empty() || !follow.empty(); }
+};
+
+// "A.B.C.D:PORT" → its parts; `port_zero_ok` for a listening address.
+Result<std::pair<std::string, uint16_t>> ParsePeerAddress(const std::string& text, bool port_zero_ok);
+
 struct Config {
   // Empty: $GPUBROKER_SOCKET, else /run/gpubroker/gpubroker.sock as root and
   // $XDG_RUNTIME_DIR/gpubroker/gpubroker.sock otherwise (common/socket_path.h);
@@ -80,6 +107,7 @@ struct Config {
   bool root_is_admin = true;
   // Prometheus metrics at http://HOST:PORT/metrics; empty: none.
   std::string metrics_listen;
+  PeersConfig peers;
 };
 
 // The configuration compiled into the broker (config/default.yaml).

@@ -77,6 +77,8 @@ struct HandlerOptions {
   std::vector<DeviceUuid> devices;  // the CUDA devices the broker sees, by its ordinal
   // Re-reads and applies the configuration (the reload request, SIGHUP).
   std::function<Status()> reload;
+  // A version of the allocation was committed (the peers serving it).
+  std::function<void(uint64_t allocation_id)> committed;
 };
 
 // A nonzero hash of every setting of a pool (SlotDescriptor::pool_tag).
@@ -149,6 +151,23 @@ class RequestHandler {
   // Drops the pins carried over a warm restart that no reader took over
   // within kCarriedPinGrace; returns how many. Called on the broker's tick.
   size_t ExpireCarriedPins(std::chrono::steady_clock::time_point now);
+
+  // The broker's own client, for replication between brokers (broker/peers.h;
+  // request_handler_peers.cc). A connection without a socket, as the
+  // broker's user: its requests go through Handle like anyone's, and
+  // OnDisconnect ends it, its leases, pins and write.
+  Result<uint64_t> ConnectInternal(const std::string& name);
+  // Commits the buffer `client_id` writes as `version`, which must be above
+  // the newest, instead of the next number: a follower keeps its source's
+  // version numbers.
+  Result<uint64_t> CommitAt(uint64_t client_id, uint64_t allocation_id, int32_t buffer, uint64_t version);
+  // The tree `prefix` (a state dict, docs/live.md): the slot of that name,
+  // then the other slots of its allocation named `prefix/...`, by name.
+  Result<std::vector<SlotDescriptor>> TreeSlots(const std::string& prefix) const;
+  // The allocation the slot `name` views.
+  Result<uint64_t> SlotAllocation(std::string_view name) const;
+  // Creates a slot the broker owns, of group `gid`, as it does its pools.
+  Status CreateOwned(const SlotSpec& spec, gid_t gid);
 
 
  private:

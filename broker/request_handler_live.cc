@@ -67,6 +67,7 @@ Result<Reply> RequestHandler::OnCommit(Request r, const wire::CommitRequest& m) 
   }
   GPB_ASSIGN_OR_RETURN(uint64_t version, a->versions.Commit(r.client.id, m.buffer, NowNs(), wake));
   Publish(*a, wake);
+  if (options_.committed) options_.committed(a->id);
   return Reply{wire::EncodeReply(r.id, wire::CommitReply{version})};
 }
 

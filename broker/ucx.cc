@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 
@@ -126,13 +127,27 @@ void Endpoint::Close() {
   worker_->Fail(self, Unavailable("the connection to " + peer_ + " was closed here"), false);
 }
 
-Result<std::unique_ptr<Worker>> Worker::Make(std::string name) {
+Result<std::unique_ptr<Worker>> Worker::Make(std::string name,
+                                             const std::vector<std::pair<std::string, std::string>>& settings) {
   std::unique_ptr<Worker> w(new Worker());
   ucp_params_t p{};
   p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
   p.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
   p.name = name.c_str();
-  if (ucs_status_t s = ucp_init(&p, nullptr, &w->context_); s != UCS_OK) return FromUcs(s, "starting UCX");
+  ucp_config_t* config = nullptr;
+  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    return FromUcs(s, "reading UCX's configuration");
+  }
+  for (const auto& [key, value] : settings) {
+    if (std::getenv(("UCX_" + key).c_str()) != nullptr) continue;  // the environment's word is the last
+    if (ucs_status_t s = ucp_config_modify(config, key.c_str(), value.c_str()); s != UCS_OK) {
+      ucp_config_release(config);
+      return FromUcs(s, "setting UCX_" + key + "=" + value);
+    }
+  }
+  ucs_status_t init = ucp_init(&p, config, &w->context_);
+  ucp_config_release(config);
+  if (init != UCS_OK) return FromUcs(init, "starting UCX");
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   wp.thread_mode = UCS_THREAD_MODE_SINGLE;

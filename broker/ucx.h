@@ -113,8 +113,11 @@ class Worker {
   using Message = std::function<void(const std::shared_ptr<Endpoint>&, uint16_t type, std::string body)>;
   using Failed = std::function<void(const std::shared_ptr<Endpoint>&, const Status&)>;
 
-  // kUnavailable where UCX cannot start here, naming why.
-  static Result<std::unique_ptr<Worker>> Make(std::string name);
+  // kUnavailable where UCX cannot start here, naming why. `settings` are
+  // UCX configuration entries without their UCX_ prefix (TCP_CM_REUSEADDR,
+  // NET_DEVICES, ...); the environment's UCX_* variables override them.
+  static Result<std::unique_ptr<Worker>> Make(
+      std::string name, const std::vector<std::pair<std::string, std::string>>& settings = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;

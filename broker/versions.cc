@@ -94,15 +94,19 @@ Result<int32_t> Versions::Begin(uint64_t client, pid_t pid, Wake& wake) {
   return chosen;
 }
 
-Result<uint64_t> Versions::Commit(uint64_t client, int32_t buffer, uint64_t now_ns, Wake& wake) {
+Result<uint64_t> Versions::Commit(uint64_t client, int32_t buffer, uint64_t now_ns, Wake& wake, uint64_t at) {
   if (writer_ != client || s_.writing != buffer) {
     return InvalidArgument("this client is not writing buffer " + std::to_string(buffer) + Of(s_) +
                            " (begin a write first)");
   }
+  if (at != 0 && at <= s_.version) {
+    return InvalidArgument("version " + std::to_string(at) + Of(s_) + " is not above its newest, " +
+                           std::to_string(s_.version));
+  }
   writer_ = 0;
   s_.writing = -1;
   s_.writer_pid = 0;
-  ++s_.version;
+  s_.version = at != 0 ? at : s_.version + 1;
   s_.buffer = buffer;
   s_.buffer_version[buffer] = s_.version;
   s_.committed_ns = now_ns;

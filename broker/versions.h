@@ -59,7 +59,8 @@ class Versions {
   // Transitions. `client` is the connection asking; `pin_id` the id to give
   // a new pin (unique for the broker's lifetime).
   Result<int32_t> Begin(uint64_t client, pid_t pid, Wake& wake);
-  Result<uint64_t> Commit(uint64_t client, int32_t buffer, uint64_t now_ns, Wake& wake);
+  // Publishes as the next version, or as `at` (above the newest) if nonzero.
+  Result<uint64_t> Commit(uint64_t client, int32_t buffer, uint64_t now_ns, Wake& wake, uint64_t at = 0);
   Status Abort(uint64_t client, int32_t buffer, Wake& wake);
   // Pins the newest whole version, then drops `release_pin` (0: none) of the
   // client's. A client holds at most buffers + 1 pins.

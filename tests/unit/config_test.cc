@@ -166,6 +166,52 @@ TEST(Config, FlagsAreCheckedLikeTheFile) {
   EXPECT_TRUE(ValidateConfig(*c).ok());
 }
 
+// The peers section (docs/multinode.md): what a follower and a source are
+// told, and every way of getting it wrong named.
+TEST(Config, Peers) {
+  auto c = ParseConfig(R"(
+peers:
+  listen: 10.0.0.1:7400
+  key_file: /etc/gpubroker/cluster.key
+  interface: eth1
+  export: [policy, critic]
+  stall_timeout_ms: 2500
+  follow:
+    - {tree: policy, from: 10.0.0.2:7400, group: "0", mode: "0640"}
+)", "test.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->peers.enabled());
+  EXPECT_EQ(c->peers.listen, "10.0.0.1:7400");
+  EXPECT_EQ(c->peers.exports, (std::vector<std::string>{"policy", "critic"}));
+  EXPECT_EQ(c->peers.stall_timeout_ms, 2500u);
+  ASSERT_EQ(c->peers.follow.size(), 1u);
+  EXPECT_EQ(c->peers.follow[0].tree, "policy");
+  EXPECT_EQ(c->peers.follow[0].from, "10.0.0.2:7400");
+  EXPECT_EQ(c->peers.follow[0].mode, 0640u);
+  EXPECT_FALSE(ParseConfig("", "empty.yaml")->peers.enabled()) << "no peers unless configured";
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"peers: {listen: '0.0.0.0:7400'}", "peers.key_file"},  // no key, no peers
+      {"peers: {listen: '0.0.0.0:7400', key_file: relative.key}", "absolute path of the cluster key"},
+      {"peers: {listen: 'host:7400', key_file: /k}", "is not IPV4:PORT"},
+      {"peers: {listen: '10.0.0.1', key_file: /k}", "is not IPV4:PORT"},
+      {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:0'}]}", "peers.follow.from"},
+      {"peers: {key_file: /k, follow: [{tree: p}]}", "needs tree and from"},
+      {"peers: {key_file: /k, follow: [{tree: 'a b', from: '10.0.0.1:1'}]}", "peers.follow.tree"},
+      {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1'}, {tree: p, from: '10.0.0.2:1'}]}",
+       "followed twice"},
+      {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1', owner: x}]}", "unknown key 'owner'"},
+      {"peers: {key_file: /k, export: policy}", "peers.export must be a list"},
+      {"peers: {key_file: /k, stall_timeout_ms: 10}", "at least 100"},
+      {"peers: {port: 1}", "unknown key 'port' in peers"},
+  };
+  for (const auto& [yaml, want] : bad) {
+    Status s = Parse(yaml);
+    EXPECT_EQ(s.code(), Code::kConfig) << yaml;
+    EXPECT_NE(s.message().find(want), std::string::npos) << yaml << " -> " << s.message();
+  }
+}
+
 TEST(Config, Groups) {
   EXPECT_EQ(*LookupGroup("0"), 0u);
   EXPECT_EQ(LookupGroup("no-such-group-here").status().code(), Code::kConfig);

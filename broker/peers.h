@@ -1,0 +1,73 @@
+// Replication of versioned trees between brokers on different nodes
+// (docs/multinode.md). A source serves the trees its configuration exports;
+// a follower keeps a local tree of the same name, layout and version
+// numbers, each version committed locally only once every byte of it has
+// landed, so local subscribers see whole versions as they do on one node.
+//
+// One connection per followed tree. The follower opens it and both sides
+// prove they hold the cluster key (broker/peer_auth.h) before anything
+// else: no layout, memory key or byte goes to a peer that has not. Then:
+//
+//   follower                               source
+//   hello(nonce)                  ->
+//                                 <-       challenge(nonce, source's proof)
+//   proof, follow(tree, have)     ->       (checks the proof, then the export list)
+//                                 <-       layout records..., tree(head, memory key)
+//                                 <-       version(v, buffer)   v pinned for this follower
+//   reads the buffer (ucp_get), commits v locally
+//   done(v)                       ->       unpins; the newest next, if newer
+//
+// A one-buffer tree is written in place, so the source answers done(v) with
+// a verdict (whole: no write began while it was read) and the follower
+// commits only a whole one. The source pins one version per follower at a
+// time: a follower that falls behind skips to the newest. A follower pings
+// every stall_timeout_ms / 3, even while it reads; a source drops a follower
+// it has not heard from for stall_timeout_ms (freeing its pin), and a
+// follower reconnects when nothing came from its source for as long (a link
+// that goes down is not reported otherwise).
+//
+// Everything runs on the broker's event loop thread, as the request handler
+// does: the UCX worker is progressed from it through its wake-up descriptor.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "broker/asio.h"
+#include "broker/config.h"
+#include "broker/request_handler.h"
+
+namespace gpubroker {
+
+// One connection as `gpubrokerctl peers` and the metrics show it.
+struct PeerReport {
+  std::string role;   // "source" (we serve it) or "follower" (we follow through it)
+  std::string tree;
+  std::string peer;   // IPv4:PORT
+  std::string state;  // connecting, authenticating, ready, reading, retrying
+  uint64_t version = 0;         // the newest version committed here (follower) or sent (source)
+  uint64_t source_version = 0;  // follower: the newest the source announced
+  uint64_t versions = 0;        // versions moved
+  uint64_t bytes = 0;           // bytes moved
+  uint64_t errors = 0;          // connections lost or refused
+  double last_seconds = 0;      // the last version's transfer time
+  std::string last_error;
+};
+
+class Peers {
+ public:
+  // Unsupported where the broker was built without UCX; otherwise errors
+  // name what is wrong (the key file, the listen address).
+  static Result<std::unique_ptr<Peers>> Start(boost::asio::io_context& io, RequestHandler& handler,
+                                              const PeersConfig& config);
+  virtual ~Peers() = default;
+  // The handler's `committed` hook.
+  virtual void Committed(uint64_t allocation_id) = 0;
+  virtual std::vector<PeerReport> Report() const = 0;
+  // The port followers connect to (0: not listening).
+  virtual uint16_t port() const = 0;
+};
+
+}  // namespace gpubroker

@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Brokers on four "nodes" replicating a versioned tree over UCX
+(docs/multinode.md). Each node is a broker in network, mount, pid and ipc
+namespaces of its own, made here (`ip netns`, `unshare`): the nodes' eth0s
+are veth pairs on a bridge in a fifth namespace, with addresses assigned
+only there, so no byte leaves this machine. UCX runs over TCP.
+
+    node 0  source of "policy" (exports it); also holds "secret", not exported
+    node 1  follows "policy" from node 0, exports it on; asks for "secret" too
+    node 2  follows "policy" from node 1 (a chain)
+    node 3  holds the wrong cluster key; asks node 0 for "policy"
+
+The publisher and the subscribers are clients in this process (on each
+node's socket). Every version a subscriber acquires on a follower is
+checked whole: each is a fresh random base plus its version number in every
+element. Then the faults, one at a time: the source killed mid-stream and
+restarted, a follower killed and restarted, node 1's link down longer than
+the stall timeout, and a follower frozen (SIGSTOP) while its source goes on.
+
+    tests/integration/peers_test.py BUILD_DIR [--broker GPUBROKERD]
+
+--broker runs another build's broker (CI: the sanitizers' build) with
+BUILD_DIR's client library.
+
+Root only (namespaces); exits 77 otherwise unless GPUBROKER_REQUIRE_ROOT=1.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BUILD = os.path.abspath(sys.argv[1])
+SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BROKER = (os.path.abspath(sys.argv[sys.argv.index("--broker") + 1]) if "--broker" in sys.argv
+          else os.path.join(BUILD, "broker", "gpubrokerd"))
+os.environ.setdefault("GPUBROKER_LIBRARY", os.path.join(BUILD, "client", "libgpubroker.so"))
+sys.path.insert(0, os.path.join(SOURCE, "python"))
+
+import numpy  # noqa: E402
+import gpubroker  # noqa: E402
+
+failures = []
+passes = []
+STALL_MS = 1500
+
+
+def check(what, condition, detail=""):
+    print(f"{'PASS' if condition else 'FAIL'}: {what}" + ("" if condition else f" ({detail})"), flush=True)
+    (passes if condition else failures).append(what)
+
+
+def skip(why):
+    if os.environ.get("GPUBROKER_REQUIRE_ROOT", "0") not in ("", "0"):
+        sys.exit(f"peers_test: required but cannot run: {why}")
+    print(f"skipped: {why}")
+    sys.exit(77)
+
+
+def run(*args):
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+def until(condition, seconds, what):
+    """Waits for `condition()` (it is looked at every 20 ms); False after `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    print(f"  gave up waiting for {what} after {seconds} s", flush=True)
+    return False
+
+
+class Net:
+    """A bridge in namespace <p>-sw; node i's eth0 (10.77.0.<i+1>/24) in
+    namespace <p>-<i>, its other end on the bridge."""
+
+    def __init__(self, nodes):
+        self.p = f"gpbpeer{os.getpid() % 100000}"
+        self.names = [f"{self.p}-sw"] + [f"{self.p}-{i}" for i in range(nodes)]
+        for ns in self.names:
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        sw = self.names[0]
+        run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", sw, "link", "set", "br0", "up")
+        for i in range(nodes):
+            ns = self.ns(i)
+            run("ip", "link", "add", f"{self.p}a{i}", "type", "veth", "peer", "name", f"{self.p}b{i}")
+            run("ip", "link", "set", f"{self.p}a{i}", "netns", ns, "name", "eth0")
+            run("ip", "link", "set", f"{self.p}b{i}", "netns", sw)
+            run("ip", "-n", sw, "link", "set", f"{self.p}b{i}", "master", "br0", "up")
+            run("ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+
+    def ns(self, i):
+        return f"{self.p}-{i}"
+
+    @staticmethod
+    def ip(i):
+        return f"10.77.0.{i + 1}"
+
+    def link(self, i, up):
+        run("ip", "-n", self.ns(i), "link", "set", "eth0", "up" if up else "down")
+
+    def close(self):
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class Node:
+    def __init__(self, net, i, root, key, exports=(), follow=()):
+        self.net, self.i = net, i
+        self.dir = os.path.join(root, f"node{i}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.socket = os.path.join(self.dir, "gpubroker.sock")
+        self.log = os.path.join(self.dir, "broker.log")
+        self.config = os.path.join(self.dir, "gpubroker.yaml")
+        follows = ", ".join(f"{{tree: {t}, from: '{Net.ip(n)}:7400', mode: '0644'}}" for t, n in follow)
+        with open(self.config, "w") as f:
+            f.write(f"""socket: {{path: {self.socket}}}
+default_backend: host
+warm_restart: false
+peers:
+  listen: '{Net.ip(i)}:7400'
+  key_file: {key}
+  interface: eth0
+  stall_timeout_ms: {STALL_MS}
+  export: [{", ".join(exports)}]
+  follow: [{follows}]
+""")
+        self.proc = None
+
+    def start(self):
+        # Its own mount (a /dev/shm of its own), pid and ipc namespaces,
+        # inside its network namespace; killed with unshare.
+        log = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.net.ns(self.i), "unshare", "--mount", "--pid", "--ipc", "--fork",
+             "--kill-child", "--mount-proc", "sh", "-c",
+             f"mount -t tmpfs tmpfs /dev/shm && exec {BROKER} --config {self.config}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        until(lambda: self.ready() or self.proc.poll() is not None, 20, f"node {self.i}'s broker")
+        check(f"node {self.i}'s broker starts in its namespaces", self.ready(), self.tail())
+
+    def ready(self):
+        if self.proc.poll() is not None:
+            return False
+        try:
+            gpubroker.connect(self.socket).close()
+            return True
+        except gpubroker.Error:
+            return False
+
+    def broker_pid(self):
+        """The broker's pid here (pid 1 in its own namespace)."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:  # ip netns exec runs unshare
+            return int(f.read().split()[0])
+
+    def kill(self):
+        os.kill(self.broker_pid(), signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def text(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def tail(self):
+        return self.text()[-2000:]
+
+    def client(self):
+        return gpubroker.connect(self.socket)
+
+
+LAYOUT = [("layers.0.weight", (257, 129), "float32"), ("layers.0.bias", (129,), "float64"),
+          ("embed", (1025, 64), "int64"), ("scale", (1,), "int32")]
+
+
+def fresh_base():
+    rng = numpy.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    return {key: rng.integers(0, 1 << 20, size=shape).astype(dtype) for key, shape, dtype in LAYOUT}
+
+
+def stamp(base, version):
+    return {k: v + version for k, v in base.items()}
+
+
+def stamp_of(base, arrays):
+    """The one stamp every element carries, or None if they differ (torn)."""
+    found = set()
+    for key, b in base.items():
+        d = numpy.asarray(arrays[key]).astype(numpy.int64) - b.astype(numpy.int64)
+        found.update(numpy.unique(d).tolist())
+        if len(found) > 1:
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+class Watcher(threading.Thread):
+    """A subscriber on one node: acquires every version it can, checks each
+    whole (one stamp) and, where `same_numbers`, stamped with its own
+    version number. Records (version, stamp) pairs."""
+
+    def __init__(self, node, base_ref):
+        super().__init__(daemon=True)
+        self.node, self.base_ref = node, base_ref
+        self.seen, self.bad = [], []
+        self.stop = threading.Event()
+        self.client = node.client()
+        self.sub = None
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                if self.sub is None:
+                    self.sub = self.client.subscriber("policy", to="numpy", timeout=0.2)
+                self.sub.wait(timeout=0.2)
+                arrays = self.sub.latest(timeout=0)
+                v = self.sub.version
+                s = stamp_of(self.base_ref[0], arrays)
+                if s is None:
+                    s = stamp_of(self.base_ref[1], arrays) if self.base_ref[1] is not None else None
+                self.seen.append((v, s))
+                if s is None:
+                    self.bad.append(v)
+            except (gpubroker.Timeout, gpubroker.NotFound):
+                continue
+            except gpubroker.Error:  # the broker went (a fault test): connect again once it is back
+                self.sub = None
+                try:
+                    self.client = self.node.client()
+                except gpubroker.Error:
+                    self.stop.wait(0.05)
+
+    def newest(self):
+        return self.seen[-1][0] if self.seen else 0
+
+    def end(self):
+        self.stop.set()
+        self.join(timeout=10)
+
+
+def latest_version(node):
+    try:
+        c = node.client()
+        try:
+            return c.stat("policy").version
+        finally:
+            c.close()
+    except gpubroker.Error:
+        return 0
+
+
+def main():
+    if os.geteuid() != 0:
+        skip("needs root (network, mount, pid and ipc namespaces)")
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            skip(f"needs {tool}")
+    root = tempfile.mkdtemp(prefix="gpb-peers-")
+    os.chmod(root, 0o755)
+    key = os.path.join(root, "cluster.key")
+    wrong = os.path.join(root, "wrong.key")
+    for path in (key, wrong):
+        with open(path, "wb") as f:
+            f.write(os.urandom(32))
+        os.chmod(path, 0o600)
+    net = Net(4)
+    nodes = [
+        Node(net, 0, root, key, exports=["policy"]),
+        Node(net, 1, root, key, exports=["policy"], follow=[("policy", 0), ("secret", 0)]),
+        Node(net, 2, root, key, follow=[("policy", 1)]),
+        Node(net, 3, root, wrong, follow=[("policy", 0)]),
+    ]
+    watchers = []
+    try:
+        for n in nodes:
+            n.start()
+        if failures:
+            return
+        publisher_client = nodes[0].client()
+        secret = publisher_client.publisher("secret", {"x": numpy.arange(10, dtype=numpy.float32)}, buffers=2)
+        base = fresh_base()
+        bases = [base, None]  # what the watchers check stamps against
+        pub = publisher_client.publisher("policy", stamp(base, 1), buffers=3)
+        watchers = [Watcher(nodes[1], bases), Watcher(nodes[2], bases)]
+        for w in watchers:
+            w.start()
+
+        # ---- versions flow, whole, under the source's numbers, down the chain
+        for v in range(2, 41):
+            pub.update(stamp(base, v), wait=0)  # the followers never hold the writer back
+        for n in (nodes[1], nodes[2]):
+            check(f"node {n.i} reaches version 40", until(lambda: latest_version(n) == 40, 30, "version 40"),
+                  f"at {latest_version(n)}; {n.tail()}")
+        for w in watchers:
+            check(f"node {w.node.i}: every version acquired was whole", not w.bad, f"torn: {w.bad}")
+            same = [v for v, s in w.seen if s != v]
+            check(f"node {w.node.i}: every version carries the source's number", not same, f"{same[:5]}")
+            check(f"node {w.node.i}: its subscriber acquires version 40",
+                  until(lambda: w.newest() == 40, 10, "the subscriber"), f"{w.seen[-3:]}")
+        check("node 1 holds the same layout",
+              sorted(s.name for s in nodes[1].client().list() if s.name.startswith("policy")) ==
+              sorted(["policy"] + [f"policy/{k}" for k, _, _ in LAYOUT]))
+
+        # ---- the refused: a wrong key, a tree not exported
+        t0 = nodes[0].text()
+        check("the source refuses a peer without the cluster key, and logs it",
+              f"refused {Net.ip(3)}" in t0 or "did not prove" in nodes[3].text(), nodes[3].tail())
+        check("the peer with the wrong key refuses the source too (it proves nothing to it)",
+              "the source did not prove it holds the cluster key" in nodes[3].text(), nodes[3].tail())
+        check("the peer with the wrong key got no tree", latest_version(nodes[3]) == 0)
+        check("a tree not exported is refused, and logged",
+              "tree 'secret' is not exported here" in t0, t0[-1500:])
+        c1 = nodes[1].client()
+        try:
+            c1.stat("secret")
+            check("the follower of a tree not exported has none", False)
+        except gpubroker.NotFound:
+            check("the follower of a tree not exported has none", True)
+        c1.close()
+        secret.close()
+
+        # ---- the source killed mid-stream, then back (a cold start)
+        stop = threading.Event()
+        published = []
+
+        def publish_forever():
+            v = 41
+            while not stop.is_set():
+                try:
+                    pub.update(stamp(base, v), wait=0)
+                    published.append(v)
+                    v += 1
+                except gpubroker.Error:
+                    return
+
+        t = threading.Thread(target=publish_forever, daemon=True)
+        t.start()
+        until(lambda: latest_version(nodes[2]) > 60, 30, "node 2 past 60")
+        nodes[0].kill()
+        stop.set()
+        t.join(timeout=10)
+        held = {n.i: latest_version(n) for n in nodes[1:3]}
+        check("with the source killed, the followers keep a version", all(v >= 40 for v in held.values()), held)
+        for w in watchers:
+            check(f"node {w.node.i}: whole through the source's death", not w.bad, f"torn: {w.bad}")
+        nodes[0].start()
+        base2 = fresh_base()
+        bases[1] = base2
+        publisher_client = nodes[0].client()
+        pub = publisher_client.publisher("policy", stamp(base2, 1), buffers=3)
+        for v in range(2, 6):
+            pub.update(stamp(base2, v), wait=0)
+        for n in (nodes[1], nodes[2]):
+            check(f"node {n.i} takes the restarted source's newest",
+                  until(lambda: latest_version(n) > held[n.i] and watchers[n.i - 1].seen and
+                        watchers[n.i - 1].seen[-1][1] == 5, 30, "the newest of the new tree"),
+                  f"at {latest_version(n)}, seen {watchers[n.i - 1].seen[-3:]}; {n.tail()}")
+        for w in watchers:
+            check(f"node {w.node.i}: whole after the source came back", not w.bad, f"torn: {w.bad}")
+            numbers = [v for v, _ in w.seen]
+            check(f"node {w.node.i}: version numbers never went back", numbers == sorted(numbers), numbers[-10:])
+        base, bases[0], bases[1] = base2, base2, None
+        for w in watchers:
+            w.seen.clear()
+        newest = 5
+
+        # ---- a follower killed and restarted: it catches up; its own follower goes on
+        nodes[1].kill()
+        for v in range(newest + 1, newest + 6):
+            pub.update(stamp(base, v), wait=0)
+        newest += 5
+        nodes[1].start()
+        check("a restarted follower catches up",
+              until(lambda: watchers[0].seen and watchers[0].seen[-1][1] == newest, 30, "node 1 catching up"),
+              f"{watchers[0].seen[-3:]}; {nodes[1].tail()}")
+        check("its follower catches up through it",
+              until(lambda: watchers[1].seen and watchers[1].seen[-1][1] == newest, 30, "node 2 catching up"),
+              f"{watchers[1].seen[-3:]}; {nodes[2].tail()}")
+
+        # ---- node 1's link down for longer than the stall timeout
+        net.link(1, False)
+        for v in range(newest + 1, newest + 11):
+            pub.update(stamp(base, v), wait=0)
+        newest += 10
+        check("while node 1's link is down it serves a whole version",
+              not watchers[0].bad and latest_version(nodes[1]) > 0)
+        time.sleep(2 * STALL_MS / 1000)  # the outage itself, not a synchronisation
+        net.link(1, True)
+        check("after the link returns node 1 reaches the newest",
+              until(lambda: watchers[0].seen and watchers[0].seen[-1][1] == newest, 60, "node 1 after the link"),
+              f"{watchers[0].seen[-3:]}; {nodes[1].tail()}")
+        check("and node 2 through it",
+              until(lambda: watchers[1].seen and watchers[1].seen[-1][1] == newest, 60, "node 2 after the link"),
+              f"{watchers[1].seen[-3:]}; {nodes[2].tail()}")
+
+        # ---- a follower that stops reading (node 2 frozen): its source goes on
+        os.kill(nodes[2].broker_pid(), signal.SIGSTOP)
+        try:
+            for v in range(newest + 1, newest + 21):
+                pub.update(stamp(base, v), wait=0)
+            newest += 20
+            check("node 1 goes on while its follower is frozen",
+                  until(lambda: latest_version(nodes[1]) == newest, 30, "node 1 with node 2 frozen"),
+                  nodes[1].tail())
+            check("node 1 drops the frozen follower after the stall timeout",
+                  until(lambda: "was not heard from" in nodes[1].text(), 30, "the drop"), nodes[1].tail())
+        finally:
+            os.kill(nodes[2].broker_pid(), signal.SIGCONT)
+        check("the thawed follower catches up",
+              until(lambda: watchers[1].seen and watchers[1].seen[-1][1] == newest, 60, "node 2 thawed"),
+              f"{watchers[1].seen[-3:]}; {nodes[2].tail()}")
+        for w in watchers:
+            check(f"node {w.node.i}: whole through every fault", not w.bad, f"torn: {w.bad}")
+    finally:
+        for w in watchers:
+            w.end()
+        for n in nodes:
+            if n.proc is not None:
+                try:
+                    os.kill(n.broker_pid(), signal.SIGCONT)
+                    n.kill()
+                except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
+                    n.proc.kill()
+        net.close()
+        if failures:
+            for n in nodes:
+                print(f"---- node {n.i} log (tail)\n{n.tail()}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        print(f"{len(passes)} passed, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
