@@ -186,6 +186,7 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
     case MsgType::kAcquire: return Call<wire::AcquireRequest>(this, &RequestHandler::OnAcquire, r, f);
     case MsgType::kRelease: return Call<wire::ReleaseRequest>(this, &RequestHandler::OnRelease, r, f);
     case MsgType::kUsage: return Call<wire::UsageRequest>(this, &RequestHandler::OnUsage, r, f);
+    case MsgType::kPeers: return Call<wire::PeersRequest>(this, &RequestHandler::OnPeers, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -353,6 +354,15 @@ Result<Reply> RequestHandler::OnUsage(Request r, const wire::UsageRequest& m) {
       rec.device_share = share.device_bytes;
       emit(rec);
     }
+  });
+}
+
+// Tree names and peer addresses are the operator's business.
+Result<Reply> RequestHandler::OnPeers(Request r, const wire::PeersRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "listing peers"));
+  const std::vector<wire::PeerRecord> records = options_.peers ? options_.peers() : std::vector<wire::PeerRecord>{};
+  return Page<wire::PeersReply, wire::PeerRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
+    for (const auto& rec : records) emit(rec);
   });
 }
 

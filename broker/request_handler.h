@@ -77,6 +77,8 @@ struct HandlerOptions {
   std::vector<DeviceUuid> devices;  // the CUDA devices the broker sees, by its ordinal
   // Re-reads and applies the configuration (the reload request, SIGHUP).
   std::function<Status()> reload;
+  // The connections to brokers on other nodes, for the peers request.
+  std::function<std::vector<wire::PeerRecord>()> peers;
   // A version of the allocation was committed (the peers serving it).
   std::function<void(uint64_t allocation_id)> committed;
 };
@@ -189,6 +191,7 @@ class RequestHandler {
   Result<Reply> OnLeases(Request r, const wire::LeasesRequest& m);
   Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
   Result<Reply> OnUsage(Request r, const wire::UsageRequest& m);
+  Result<Reply> OnPeers(Request r, const wire::PeersRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);

@@ -140,6 +140,15 @@ Status Validate(const ListRequest& m) { return CheckPage(m.max_entries, MaxRecor
 Status Validate(const DevicesRequest& m) { return CheckPage(m.max_entries, MaxRecords<DevicesReply>()); }
 Status Validate(const DevicesReply& m) { return CheckListHead(m); }
 Status Validate(const UsageRequest& m) { return CheckPage(m.max_entries, MaxRecords<UsageReply>()); }
+Status Validate(const PeersRequest& m) { return CheckPage(m.max_entries, MaxRecords<PeersReply>()); }
+Status Validate(const PeersReply& m) { return CheckListHead(m); }
+Status ValidateRecord(const PeerRecord& r) {
+  if (!r.role.terminated() || !r.state.terminated() || !r.tree.terminated() || !r.peer.terminated() ||
+      !r.last_error.terminated()) {
+    return ProtocolError("peer record text is not terminated");
+  }
+  return Status::Ok();
+}
 Status Validate(const UsageReply& m) { return CheckListHead(m); }
 Status ValidateRecord(const UsageRecord& r) {
   GPB_RETURN_IF_ERROR(CheckReserved(r.reserved, "usage.reserved"));
@@ -262,6 +271,7 @@ std::string TypeName(uint16_t type) {
     case MsgType::kAcquire: return "acquire";
     case MsgType::kRelease: return "release";
     case MsgType::kUsage: return "usage";
+    case MsgType::kPeers: return "peers";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

@@ -46,6 +46,7 @@ enum class MsgType : uint16_t {
   kAcquire = 17,
   kRelease = 18,
   kUsage = 19,
+  kPeers = 20,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -190,6 +191,13 @@ struct ReloadRequest {
 // anyone else their own).
 struct UsageRequest {
   static constexpr MsgType kType = MsgType::kUsage;
+  uint32_t cursor;
+  uint32_t max_entries;
+};
+
+// The broker's connections to brokers on other nodes (docs/multinode.md); admin.
+struct PeersRequest {
+  static constexpr MsgType kType = MsgType::kPeers;
   uint32_t cursor;
   uint32_t max_entries;
 };
@@ -435,6 +443,30 @@ struct UsageRecord {
 static_assert(sizeof(UsageRecord) == 72);
 inline constexpr uint32_t kUsageExempt = 1;
 
+// One connection to a broker on another node: a tree this one follows, or
+// a follower it serves.
+struct PeerRecord {
+  Text<16> role;   // "source" (it serves a follower) or "follower"
+  Text<32> state;
+  Text<128> tree;
+  Text<64> peer;   // IPv4:PORT
+  uint64_t version;         // the newest committed here (follower) or read by it (source)
+  uint64_t source_version;  // follower: the newest the source offered
+  uint64_t versions;        // versions moved
+  uint64_t bytes;           // bytes moved
+  uint64_t errors;          // connections lost or refused
+  uint64_t last_ns;         // the last version's transfer time
+  Text<192> last_error;
+};
+static_assert(sizeof(PeerRecord) == 480);
+
+struct PeersReply {
+  static constexpr MsgType kType = MsgType::kPeers;
+  using Record = PeerRecord;
+  uint32_t count;
+  uint32_t next_cursor;
+};
+
 struct UsageReply {
   static constexpr MsgType kType = MsgType::kUsage;
   using Record = UsageRecord;
@@ -523,6 +555,9 @@ Status Validate(const ListRequest& m);
 Status Validate(const ClientsRequest& m);
 Status Validate(const DevicesRequest& m);
 Status Validate(const UsageRequest& m);
+Status Validate(const PeersRequest& m);
+Status Validate(const PeersReply& m);
+Status ValidateRecord(const PeerRecord& r);
 Status Validate(const UsageReply& m);
 Status ValidateRecord(const UsageRecord& r);
 Status Validate(const DevicesReply& m);

@@ -151,6 +151,42 @@ int StatusCmd(Client& c, bool json, bool live) {
   return kExitOk;
 }
 
+// docs/multinode.md: the trees this broker follows and the followers it serves.
+int PeersCmd(Client& c, bool json) {
+  auto peers = c.Peers();
+  if (!peers.ok()) return Report(peers.status());
+  if (json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& p : *peers) {
+      out.push_back({{"role", p.role}, {"state", p.state}, {"tree", p.tree}, {"peer", p.peer},
+                     {"version", p.version}, {"source_version", p.source_version}, {"versions", p.versions},
+                     {"bytes", p.bytes}, {"errors", p.errors}, {"last_seconds", p.last_ns / 1e9},
+                     {"last_error", p.last_error}});
+    }
+    std::cout << JsonText(out) << "\n";
+    return kExitOk;
+  }
+  if (peers->empty()) {
+    std::cout << "no peers: this broker follows no tree and serves no follower (peers in its configuration)\n";
+    return kExitOk;
+  }
+  Table t({"ROLE", "TREE", "PEER", "STATE", "VERSION", "BEHIND", "MOVED", "LAST", "ERRORS", "LAST ERROR"});
+  for (const auto& p : *peers) {
+    const bool follower = p.role == "follower";
+    const uint64_t behind = follower && p.source_version > p.version ? p.source_version - p.version : 0;
+    char last[32] = "-";
+    if (p.last_ns != 0) {
+      std::snprintf(last, sizeof last, "%.1f ms %.2f GB/s", p.last_ns / 1e6,
+                    p.versions == 0 ? 0.0 : static_cast<double>(p.bytes) / p.versions / static_cast<double>(p.last_ns));
+    }
+    t.Add({p.role, p.tree, p.peer, p.state, std::to_string(p.version), follower ? std::to_string(behind) : "-",
+           HumanBytes(p.bytes) + " in " + std::to_string(p.versions), last, std::to_string(p.errors),
+           p.last_error.empty() ? "-" : p.last_error});
+  }
+  std::cout << t.Render();
+  return kExitOk;
+}
+
 int Clients(Client& c, bool json) {
   auto clients = c.Clients();
   if (!clients.ok()) return Report(clients.status());
@@ -368,6 +404,9 @@ int main(int argc, char** argv) {
   json_flags(wait);
   auto* clients = app.add_subcommand("clients", "connected clients and what they hold (admin)");
   json_flags(clients);
+  auto* peers = app.add_subcommand("peers", "trees followed from brokers on other nodes and followers served, "
+                                            "with versions, bytes, rates and errors (admin)");
+  json_flags(peers);
   auto* leases = app.add_subcommand("leases", "every lease: client, slot, the version it pins, the buffer it "
                                               "writes (admin)");
   json_flags(leases);
@@ -432,6 +471,7 @@ int main(int argc, char** argv) {
     if (rm->parsed()) return Remove(c, names, recursive);
     if (wait->parsed()) return WaitCmd(c, wf);
     if (clients->parsed()) return Clients(c, json);
+    if (peers->parsed()) return PeersCmd(c, json);
     if (leases->parsed()) return LeasesCmd(c, json);
     if (shutdown->parsed()) {
       Status s = c.Shutdown();

@@ -315,6 +315,17 @@ Result<std::vector<UidUsageInfo>> Client::Usage() {
   return out;
 }
 
+Result<std::vector<PeerInfo>> Client::Peers() {
+  GPB_ASSIGN_OR_RETURN(auto records, core_->channel->CallList<wire::PeersReply>(wire::PeersRequest{}));
+  std::vector<PeerInfo> out;
+  for (const auto& r : records) {
+    out.push_back({Printable(r.role.view()), Printable(r.state.view()), Printable(r.tree.view()),
+                   Printable(r.peer.view()), r.version, r.source_version, r.versions, r.bytes, r.errors, r.last_ns,
+                   Printable(r.last_error.view())});
+  }
+  return out;
+}
+
 Status Client::Drain(bool on) {
   return core_->channel->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
 }

@@ -281,6 +281,22 @@ struct UidUsageInfo {
   uint64_t device_share = 0;
 };
 
+// A connection of the broker's to a broker on another node (Client::Peers;
+// docs/multinode.md).
+struct PeerInfo {
+  std::string role;   // "follower": a tree kept here from `peer`; "source": `peer` follows a tree of ours
+  std::string state;  // retrying, authenticating, layout, ready, waiting for a buffer, reading
+  std::string tree;
+  std::string peer;   // IPv4:PORT
+  uint64_t version = 0;         // follower: newest committed here; source: newest the follower read
+  uint64_t source_version = 0;  // follower: newest the source offered
+  uint64_t versions = 0;
+  uint64_t bytes = 0;
+  uint64_t errors = 0;
+  uint64_t last_ns = 0;  // the last version's transfer
+  std::string last_error;
+};
+
 struct LeaseInfo {
   uint64_t client_id = 0;
   uint64_t allocation_id = 0;
@@ -330,6 +346,8 @@ class Client {
   // Each uid's use against its share: an admin gets every uid, anyone else
   // their own.
   Result<std::vector<UidUsageInfo>> Usage();
+  // The broker's connections to brokers on other nodes (admin).
+  Result<std::vector<PeerInfo>> Peers();
   // Admin only (root or the admin group).
   Result<std::vector<ClientInfo>> Clients();
   Result<std::vector<LeaseInfo>> Leases();

@@ -24,6 +24,7 @@ BUILD_DIR's client library.
 
 Root only (namespaces); exits 77 otherwise unless GPUBROKER_REQUIRE_ROOT=1.
 """
+import json
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ import time
 
 BUILD = os.path.abspath(sys.argv[1])
 SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CTL = os.path.join(BUILD, "client", "gpubrokerctl")
 BROKER = (os.path.abspath(sys.argv[sys.argv.index("--broker") + 1]) if "--broker" in sys.argv
           else os.path.join(BUILD, "broker", "gpubrokerd"))
 os.environ.setdefault("GPUBROKER_LIBRARY", os.path.join(BUILD, "client", "libgpubroker.so"))
@@ -177,6 +179,11 @@ peers:
     def client(self):
         return gpubroker.connect(self.socket)
 
+    def peers(self):
+        """`gpubrokerctl peers --json` on this node."""
+        out = subprocess.run([CTL, "-s", self.socket, "peers", "--json"], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
 
 LAYOUT = [("layers.0.weight", (257, 129), "float32"), ("layers.0.bias", (129,), "float64"),
           ("embed", (1025, 64), "int64"), ("scale", (1,), "int32")]
@@ -305,6 +312,20 @@ def main():
             check(f"node {w.node.i}: every version carries the source's number", not same, f"{same[:5]}")
             check(f"node {w.node.i}: its subscriber acquires version 40",
                   until(lambda: w.newest() == 40, 10, "the subscriber"), f"{w.seen[-3:]}")
+        p1 = {(p["role"], p["tree"]): p for p in nodes[1].peers()}
+        f = p1.get(("follower", "policy"), {})
+        check("gpubrokerctl peers: node 1 follows policy at version 40, ready, with its bytes counted",
+              f.get("version") == 40 and f.get("state") == "ready" and f.get("peer") == f"{Net.ip(0)}:7400" and
+              f.get("bytes", 0) > 0 and f.get("versions", 0) > 0, p1)
+        s = p1.get(("source", "policy"), {})
+        check("gpubrokerctl peers: node 1 serves policy to node 2",
+              s.get("peer", "").startswith(Net.ip(2) + ":") and s.get("version") == 40, p1)
+        check("gpubrokerctl peers: node 1's follow of a tree not exported shows why it fails",
+              "not exported" in p1.get(("follower", "secret"), {}).get("last_error", ""), p1)
+        p3 = nodes[3].peers()
+        check("gpubrokerctl peers: the wrong key's follower says the source proved nothing",
+              len(p3) == 1 and p3[0]["errors"] > 0 and "cluster key" in p3[0]["last_error"] and p3[0]["version"] == 0,
+              p3)
         check("node 1 holds the same layout",
               sorted(s.name for s in nodes[1].client().list() if s.name.startswith("policy")) ==
               sorted(["policy"] + [f"policy/{k}" for k, _, _ in LAYOUT]))
