@@ -81,26 +81,7 @@ class Broker final : public AllocationObserver {
       GPB_ASSIGN_OR_RETURN(ho.admin_group, LookupGroup(config_.admin_group));
     }
     ho.devices = VisibleCudaDevices();
-    ho.peers = [this] {
-      std::vector<wire::PeerRecord> out;
-      if (!peers_) return out;
-      for (const PeerReport& p : peers_->Report()) {
-        wire::PeerRecord r{};
-        r.role.set(p.role);
-        r.state.set(p.state);
-        r.tree.set(p.tree);
-        r.peer.set(p.peer);
-        r.version = p.version;
-        r.source_version = p.source_version;
-        r.versions = p.versions;
-        r.bytes = p.bytes;
-        r.errors = p.errors;
-        r.last_ns = static_cast<uint64_t>(p.last_seconds * 1e9);
-        r.last_error.set(p.last_error);
-        out.push_back(r);
-      }
-      return out;
-    };
+    ho.peers = [this] { return PeerRecords(); };
     ho.committed = [this](uint64_t allocation_id) {
       if (peers_) peers_->Committed(allocation_id);
     };
@@ -256,10 +237,33 @@ class Broker final : public AllocationObserver {
     spdlog::info("metrics at http://{}:{}/metrics", host, metrics_->port());
   }
 
+  // The peers' reports as the peers request and the metrics give them.
+  std::vector<wire::PeerRecord> PeerRecords() const {
+    std::vector<wire::PeerRecord> out;
+    if (!peers_) return out;
+    for (const PeerReport& p : peers_->Report()) {
+      wire::PeerRecord r{};
+      r.role.set(p.role);
+      r.state.set(p.state);
+      r.tree.set(p.tree);
+      r.peer.set(p.peer);
+      r.version = p.version;
+      r.source_version = p.source_version;
+      r.versions = p.versions;
+      r.bytes = p.bytes;
+      r.errors = p.errors;
+      r.last_ns = static_cast<uint64_t>(p.last_seconds * 1e9);
+      r.last_error.set(p.last_error);
+      out.push_back(r);
+    }
+    return out;
+  }
+
   void Tick() {
     handler_->ExpireCarriedPins(std::chrono::steady_clock::now());
     if (metrics_) metrics_->Update(*handler_, registry_->live(), handler_->draining());
     if (metrics_ && server_ != nullptr) metrics_->Closing(server_->closing());
+    if (metrics_ && peers_) metrics_->Peers(PeerRecords());
     const auto& t = handler_->leases();
     std::string status = std::to_string(registry_->live()) + " slots, " +
                          std::to_string(t.clients().size()) + " clients, " +

@@ -96,7 +96,16 @@ struct Metrics::Families {
                         .Name("gpubroker_uid_share_slots")
                         .Help("Slots one uid (not root or the admin group) may own: limits.max_slots_per_uid")
                         .Register(r)
-                        .Add({})) {}
+                        .Add({})),
+        peer(prometheus::BuildGauge()
+                 .Name("gpubroker_peer")
+                 .Help("Per connection to a broker on another node (docs/multinode.md), by role (follower: a "
+                       "tree kept here; source: a follower served), tree and peer: what=version (newest held "
+                       "here, or read by the follower), behind (follower: versions the source has that are not "
+                       "here yet), up (1 while connected and authenticated), bytes and versions (moved; a "
+                       "follower's since the broker started, a source's since the follower connected), "
+                       "last_seconds and last_bytes_per_second (the last version's transfer), errors")
+                 .Register(r)) {}
 
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& refusals;
@@ -119,6 +128,8 @@ struct Metrics::Families {
   prometheus::Family<prometheus::Gauge>& uid_slots;
   prometheus::Family<prometheus::Gauge>& share_bytes;
   prometheus::Gauge& share_slots;
+  prometheus::Family<prometheus::Gauge>& peer;
+  std::vector<prometheus::Gauge*> peer_gauges;  // replaced at every update: connections come and go
   // Per uid with something held: host bytes, device bytes, slots. A uid
   // that holds nothing any more is removed, so the page does not grow with
   // every uid that ever connected.
@@ -263,6 +274,36 @@ void Metrics::UpdateUsage(const RequestHandler& handler) {
     it->second[0]->Set(static_cast<double>(u.host_bytes));
     it->second[1]->Set(static_cast<double>(u.device_bytes));
     it->second[2]->Set(u.slots + u.orphans);
+  }
+}
+
+void Metrics::Peers(const std::vector<wire::PeerRecord>& peers) {
+  for (prometheus::Gauge* g : f_->peer_gauges) f_->peer.Remove(g);
+  f_->peer_gauges.clear();
+  for (const wire::PeerRecord& p : peers) {
+    const std::string role(p.role.view()), tree(p.tree.view());
+    std::string peer(p.peer.view());
+    if (role == "source") peer = peer.substr(0, peer.rfind(':'));  // a follower's port changes at each connection
+    const bool up = std::string_view(p.state.view()) != "retrying" &&
+                    std::string_view(p.state.view()) != "authenticating";
+    const double seconds = static_cast<double>(p.last_ns) / 1e9;
+    const double per_version = p.versions == 0 ? 0 : static_cast<double>(p.bytes) / static_cast<double>(p.versions);
+    const std::pair<const char*, double> values[] = {
+        {"version", static_cast<double>(p.version)},
+        {"behind", p.source_version > p.version && role == "follower" ? static_cast<double>(p.source_version - p.version)
+                                                                        : 0.0},
+        {"up", up ? 1.0 : 0.0},
+        {"bytes", static_cast<double>(p.bytes)},
+        {"versions", static_cast<double>(p.versions)},
+        {"last_seconds", seconds},
+        {"last_bytes_per_second", seconds > 0 ? per_version / seconds : 0.0},
+        {"errors", static_cast<double>(p.errors)},
+    };
+    for (const auto& [what, value] : values) {
+      prometheus::Gauge& g = f_->peer.Add({{"role", role}, {"tree", tree}, {"peer", peer}, {"what", what}});
+      g.Set(value);
+      f_->peer_gauges.push_back(&g);
+    }
   }
 }
 

@@ -36,6 +36,8 @@ class Metrics final : public RequestObserver {
   // The gauges, from the handler's tables (on the broker's thread).
   void Update(const RequestHandler& handler, size_t slots, bool draining);
   void Adopted(size_t slots);
+  // gpubroker_peer: the connections to brokers on other nodes.
+  void Peers(const std::vector<wire::PeerRecord>& peers);
   // Descriptors the closer has yet to close (FdCloser::pending).
   void Closing(uint64_t pending);
 

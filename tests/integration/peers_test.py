@@ -134,6 +134,7 @@ peers:
   stall_timeout_ms: {STALL_MS}
   export: [{", ".join(exports)}]
   follow: [{follows}]
+metrics: {{listen: '127.0.0.1:9464'}}
 """)
         self.proc = None
 
@@ -178,6 +179,17 @@ peers:
 
     def client(self):
         return gpubroker.connect(self.socket)
+
+    def metric(self, labels):
+        """The value of gpubroker_peer{labels} on this node's metrics page (in its network), or None."""
+        out = subprocess.run(["ip", "netns", "exec", self.net.ns(self.i), "/usr/bin/python3", "-c",
+                              "import urllib.request; print(urllib.request.urlopen("
+                              "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"],
+                             capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            if line.startswith("gpubroker_peer{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return None
 
     def peers(self):
         """`gpubrokerctl peers --json` on this node."""
@@ -322,6 +334,14 @@ def main():
               s.get("peer", "").startswith(Net.ip(2) + ":") and s.get("version") == 40, p1)
         check("gpubrokerctl peers: node 1's follow of a tree not exported shows why it fails",
               "not exported" in p1.get(("follower", "secret"), {}).get("last_error", ""), p1)
+        follower = {"role": "follower", "tree": "policy", "peer": f"{Net.ip(0)}:7400"}
+        check("metrics: node 1's follower of policy is up at version 40, nothing behind",
+              until(lambda: nodes[1].metric({**follower, "what": "version"}) == 40, 10, "the metrics") and
+              nodes[1].metric({**follower, "what": "up"}) == 1 and nodes[1].metric({**follower, "what": "behind"}) == 0
+              and nodes[1].metric({**follower, "what": "bytes"}) > 0,
+              nodes[1].metric({**follower, "what": "version"}))
+        check("metrics: node 1 serves node 2 (by address, not port)",
+              nodes[1].metric({"role": "source", "tree": "policy", "peer": Net.ip(2), "what": "up"}) == 1)
         p3 = nodes[3].peers()
         check("gpubrokerctl peers: the wrong key's follower says the source proved nothing",
               len(p3) == 1 and p3[0]["errors"] > 0 and "cluster key" in p3[0]["last_error"] and p3[0]["version"] == 0,
