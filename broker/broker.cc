@@ -104,6 +104,11 @@ class Broker final : public AllocationObserver {
     handler_->SetDegraded("metrics", !config_.metrics_listen.empty() && !metrics_);
 
     boost::asio::io_context io;
+    // The peers go before the loop they run on, whichever way Run returns.
+    struct PeersGoFirst {
+      std::unique_ptr<Peers>& peers;
+      ~PeersGoFirst() { peers.reset(); }
+    } peers_go_first{peers_};
     if (config_.peers.enabled()) {
       GPB_ASSIGN_OR_RETURN(peers_, Peers::Start(io, *handler_, config_.peers));
     }
@@ -208,6 +213,10 @@ class Broker final : public AllocationObserver {
         fresh.registry_capacity != config_.registry_capacity || fresh.socket_mode != config_.socket_mode ||
         fresh.metrics_listen != config_.metrics_listen) {
       spdlog::warn("reload: socket, registry and metrics settings take effect at the next start");
+    }
+    if (!(fresh.peers == config_.peers)) {
+      spdlog::warn("reload: the peers section takes effect at the next start (the running broker serves and "
+                   "follows what it started with)");
     }
     handler_->SetLimits(limits);
     config_.limits = fresh.limits;

@@ -33,18 +33,21 @@ enum Msg : uint16_t {
   kFollow = 4,     // follower: FollowBody
   kRefused = 5,    // either: why, as text; the connection ends
   kLayout = 6,     // source: SlotRecords of the tree, the arena first
-  kTree = 7,       // source: TreeHead, then the packed memory key
-  kVersion = 8,    // source: VersionBody; that version is pinned for this follower
-  kDone = 9,       // follower: VersionBody; read (and, for two buffers or more, committed)
-  kVerdict = 10,   // source, one-buffer trees: VerdictBody
-  kPing = 11,      // follower, when nothing came for a while: are you there?
-  kPong = 12,      // source: yes
+  kTree = 7,       // source: TreeHead
+  kVersion = 8,    // source: VersionBody; that version is pinned for this follower, its chunks follow
+  kChunk = 9,      // source: ChunkHead, then the bytes at that offset of the version's buffer
+  kDone = 10,      // follower: VersionBody; every chunk landed (and, for two buffers or more, is committed)
+  kVerdict = 11,   // source, one-buffer trees: VerdictBody
+  kBusy = 12,      // follower: VersionBody; no local buffer is free: unpin it, offer nothing until kWant
+  kWant = 13,      // follower: WantBody; a local buffer is free again
+  kPing = 14,      // follower, every stall_timeout_ms / 3
+  kPong = 15,      // source: the answer
 };
 
-constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '1'};
+constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '2'};
 
 struct FollowBody {
-  uint64_t have;   // the newest version the follower holds (0: none)
+  uint64_t have;   // the source's version whose bytes the follower holds (0: none)
   char tree[128];  // NUL-terminated
 };
 
@@ -60,10 +63,9 @@ struct SlotRecord {
   uint16_t dtype_lanes;
 };
 constexpr size_t kRecordsPerMessage = ucx::kMaxMessage / sizeof(SlotRecord);
-constexpr uint32_t kMaxTreeSlots = 65536;
+constexpr uint32_t kMaxTreeSlots = 4096;
 
 struct TreeHead {
-  uint64_t address;  // of buffer 0, in the source's registration
   uint64_t buffer_bytes;
   uint32_t nbuffers;
   uint32_t slots;  // records sent before this
@@ -71,8 +73,17 @@ struct TreeHead {
 
 struct VersionBody {
   uint64_t version;
-  int32_t buffer;
+  int32_t buffer;  // the source's (for the logs)
   uint32_t reserved;
+};
+
+struct ChunkHead {
+  uint64_t version;
+  uint64_t offset;  // within the buffer; chunks come in order, back to back
+};
+
+struct WantBody {
+  uint64_t have;
 };
 
 struct VerdictBody {
@@ -80,6 +91,14 @@ struct VerdictBody {
   uint32_t whole;
   uint32_t reserved;
 };
+
+// A version moves as chunks of this size, this many in flight per follower
+// (sent, not yet handed to the network): after the proof, a follower
+// accepts messages of a chunk and its head.
+constexpr size_t kChunkBytes = 512 * 1024;
+constexpr size_t kChunksInFlight = 8;
+constexpr size_t kChunkMessage = sizeof(ChunkHead) + kChunkBytes;
+static_assert(kChunkMessage <= ucx::kMaxRaisedMessage);
 
 template <typename T>
 std::string Bytes(const T& v) {
@@ -100,6 +119,8 @@ std::string Clean(std::string_view s) {
   for (char c : s.substr(0, 300)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
   return out;
 }
+
+std::string IpOf(const std::string& peer) { return peer.substr(0, peer.rfind(':')); }
 
 // ---- the broker's own client, through the handler --------------------------
 
@@ -172,11 +193,6 @@ class Mapping {
   size_t bytes_ = 0;
 };
 
-// Reads of one version: this many bytes at a time, this many in flight (UCX
-// over TCP moves a read per progress call; the loop stays responsive).
-constexpr size_t kChunk = 256 * 1024;
-constexpr size_t kInFlight = 32;
-
 class PeersImpl final : public Peers {
  public:
   PeersImpl(boost::asio::io_context& io, RequestHandler& handler, PeersConfig config, ClusterKey key,
@@ -188,13 +204,10 @@ class PeersImpl final : public Peers {
     stopping_ = true;
     tick_.cancel();
     fd_.release();  // UCX's descriptor: the worker closes it
-    for (auto& [ep, s] : served_) Drop(s);
     for (auto& f : following_) {
-      f.key = ucx::RemoteKey();
       if (f.ep) f.ep->Close();
     }
-    exported_.clear();   // registrations go before the worker
-    worker_.reset();     // reads still in flight end here; stopping_ keeps their handlers quiet
+    worker_.reset();  // sends still in flight end here; stopping_ keeps their handlers quiet
     for (auto& [ep, s] : served_) {
       if (s.client != 0) handler_.OnDisconnect(s.client);
     }
@@ -242,7 +255,7 @@ class PeersImpl final : public Peers {
     boost::asio::post(io_, [this, allocation_id] {
       bool sent = false;
       for (auto& [ep, s] : served_) {
-        if (s.allocation_id == allocation_id && s.ready && s.pin == 0) sent |= Offer(s);
+        if (s.allocation_id == allocation_id) sent |= Offer(s);
       }
       if (sent) Kick();
     });
@@ -251,10 +264,11 @@ class PeersImpl final : public Peers {
   std::vector<PeerReport> Report() const override {
     std::vector<PeerReport> out;
     for (const auto& [ep, s] : served_) {
+      if (s.state != Served::kFollowing) continue;  // unproven connections are anyone's
       PeerReport r = s.report;
       r.role = "source";
       r.peer = s.ep->peer();
-      r.state = s.state == Served::kFollowing ? (s.pin != 0 ? "reading" : "ready") : "authenticating";
+      r.state = s.pin != 0 ? "reading" : s.waiting ? "waiting for a buffer" : "ready";
       out.push_back(std::move(r));
     }
     for (const auto& f : following_) {
@@ -263,7 +277,7 @@ class PeersImpl final : public Peers {
       r.tree = f.config.tree;
       r.peer = f.config.from;
       static const char* kStates[] = {"retrying", "authenticating", "layout", "ready", "waiting for a buffer",
-                                      "reading"};
+                                      "reading", "reading"};
       r.state = kStates[f.state];
       out.push_back(std::move(r));
     }
@@ -273,47 +287,62 @@ class PeersImpl final : public Peers {
  private:
   // ---- the source's side -------------------------------------------------
 
-  // A tree's memory as peers read it: mapped and registered once, while any
-  // follower reads it.
-  struct Exported {
+  struct Exported {  // a tree's memory, mapped once while any follower reads it
     Mapping mapping;
-    std::unique_ptr<ucx::Registration> registration;
     int users = 0;
   };
 
   struct Served {
     std::shared_ptr<ucx::Endpoint> ep;
+    uint64_t serial = 0;  // sends in flight name their connection by this
     enum State { kHello, kChallenged, kFollowing } state = kHello;
     Nonce follower{}, source{};
-    Clock::time_point since = Clock::now();  // of the state, or of the pin
+    Clock::time_point since = Clock::now();  // of the connection
+    Clock::time_point heard = Clock::now();  // its last message
+    Clock::time_point ponged{};
     uint64_t client = 0;  // the handler's, once following
     uint64_t allocation_id = 0;
+    uint64_t buffer_bytes = 0;
     uint32_t nbuffers = 0;
-    bool ready = false;
-    uint64_t have = 0;    // the newest version the follower holds
-    uint64_t pin = 0;     // the version it reads is pinned by this
-    uint64_t pinned = 0;  // that version
-    uint64_t writes = 0;  // writes begun when it was pinned (one-buffer trees)
-    Clock::time_point heard = Clock::now();  // its last message
+    const uint8_t* base = nullptr;  // the exported mapping
+    bool waiting = false;  // the follower has no free buffer: offer nothing until it wants
+    uint64_t have = 0;     // the newest version the follower holds
+    // The version being sent: pinned by `pin`, in `buffer`; `offset` bytes
+    // handed to UCX, `in_flight` chunks not yet done with.
+    uint64_t pin = 0, pinned = 0, writes = 0;
+    int32_t buffer = -1;
+    uint64_t offset = 0;
+    size_t in_flight = 0;
+    Clock::time_point sent_all{};  // when the last chunk went; the follower has stall_timeout_ms to say done
+    bool torn = false;  // one-buffer trees: a write was under way at the pin
     PeerReport report;
   };
 
   void OnAccepted(const std::shared_ptr<ucx::Endpoint>& ep) {
-    size_t unproven = 0;
-    for (const auto& [e, s] : served_) unproven += s.state != Served::kFollowing;
-    if (unproven >= kMaxUnproven) {
-      Refuse(ep, "too many connections that have not authenticated");
+    const std::string ip = IpOf(ep->peer());
+    size_t unproven = 0, from_ip = 0, unproven_from_ip = 0;
+    for (const auto& [e, s] : served_) {
+      const bool same = IpOf(s.ep->peer()) == ip;
+      unproven += s.state != Served::kFollowing;
+      from_ip += same;
+      unproven_from_ip += same && s.state != Served::kFollowing;
+    }
+    if (unproven >= kMaxUnproven || unproven_from_ip >= kMaxUnprovenPerIp || from_ip >= kMaxPerIp ||
+        served_.size() >= kMaxServed) {
+      LogRefusal(ep->peer(), "too many connections (from this address, or unauthenticated)");
+      ep->Close();
       return;
     }
     Served& s = served_[ep.get()];
     s.ep = ep;
+    s.serial = ++serial_;
   }
 
   void Refuse(const std::shared_ptr<ucx::Endpoint>& ep, const std::string& why) {
     LogRefusal(ep->peer(), why);
     (void)ep->Send(kRefused, why);
-    // The refusal goes out before the close: UCX flushes a send before a
-    // graceful close, and a forced one drops it, so close on the next tick.
+    // The refusal goes out before the close: UCX drops what a forced close
+    // finds unsent, so close on a later tick.
     closing_.push_back({ep, Clock::now() + 200ms});
   }
 
@@ -321,7 +350,7 @@ class PeersImpl final : public Peers {
   // retries (or an attacker) cannot flood the log.
   void LogRefusal(const std::string& peer, const std::string& why) {
     const auto now = Clock::now();
-    const std::string key = peer.substr(0, peer.rfind(':')) + " " + why.substr(0, 40);
+    const std::string key = IpOf(peer) + " " + why.substr(0, 24);
     auto [it, added] = refusals_logged_.try_emplace(key, Clock::time_point{});
     if (!added && now - it->second < 60s) return;
     if (refusals_logged_.size() > 1024) refusals_logged_.clear();
@@ -335,7 +364,7 @@ class PeersImpl final : public Peers {
       case Served::kHello: {
         if (type != kHello || body.size() != sizeof kMagic + sizeof(Nonce) ||
             std::memcmp(body.data(), kMagic, sizeof kMagic) != 0) {
-          return RefuseServed(s, "the first message must be a gpubroker peer hello");
+          return RefuseServed(s, "the first message must be a gpubroker peer hello (version 2)");
         }
         std::memcpy(s.follower.data(), body.data() + sizeof kMagic, sizeof(Nonce));
         s.source = FreshNonce();
@@ -351,25 +380,45 @@ class PeersImpl final : public Peers {
           return RefuseServed(s, "it did not prove it holds the cluster key");
         }
         s.state = Served::kFollowing;
-        s.since = Clock::now();
         return;
       }
       case Served::kFollowing:
         break;
+    }
+    if (type == kPing && body.empty()) {
+      if (s.heard - s.ponged >= 100ms) {  // at most ten answers a second, whatever it sends
+        s.ponged = s.heard;
+        (void)s.ep->Send(kPong, "");
+      }
+      return;
     }
     if (type == kFollow && s.client == 0) {
       auto m = Parse<FollowBody>(body);
       if (!m || std::memchr(m->tree, 0, sizeof m->tree) == nullptr) return RefuseServed(s, "a malformed follow");
       return ServeTree(s, m->tree, m->have);
     }
-    if (type == kPing && body.empty()) {
-      (void)s.ep->Send(kPong, "");
+    if (s.client == 0) return RefuseServed(s, "an unexpected message (type " + std::to_string(type) + ")");
+    if (type == kDone) {
+      auto m = Parse<VersionBody>(body);
+      if (!m || s.pin == 0 || m->version != s.pinned || s.offset < s.buffer_bytes || s.in_flight != 0) {
+        return RefuseServed(s, "done for a version it was not sent whole");
+      }
+      return Finished(s);
+    }
+    if (type == kBusy) {
+      auto m = Parse<VersionBody>(body);
+      if (!m || s.pin == 0 || m->version != s.pinned) return RefuseServed(s, "busy for a version it was not sent");
+      Unpin(s);  // chunks still in flight go out; the follower drops them
+      s.waiting = true;
       return;
     }
-    if (type == kDone && s.client != 0) {
-      auto m = Parse<VersionBody>(body);
-      if (!m || s.pin == 0 || m->version != s.pinned) return RefuseServed(s, "done for a version it was not sent");
-      return Finished(s);
+    if (type == kWant) {
+      auto m = Parse<WantBody>(body);
+      if (!m || !s.waiting) return RefuseServed(s, "a malformed want");
+      s.waiting = false;
+      s.have = m->have;
+      Offer(s);
+      return;
     }
     RefuseServed(s, "an unexpected message (type " + std::to_string(type) + ")");
   }
@@ -388,7 +437,9 @@ class PeersImpl final : public Peers {
     }
     auto slots = handler_.TreeSlots(tree);
     if (!slots.ok()) return RefuseServed(s, "tree '" + tree + "': " + slots.status().message());
-    if (slots->size() > kMaxTreeSlots) return RefuseServed(s, "tree '" + tree + "' has too many slots");
+    if (slots->size() > kMaxTreeSlots) {
+      return RefuseServed(s, "tree '" + tree + "' has more than " + std::to_string(kMaxTreeSlots) + " slots");
+    }
     auto client = handler_.ConnectInternal("peer " + s.ep->peer() + " follows " + tree);
     if (!client.ok()) return RefuseServed(s, client.status().message());
     s.client = *client;
@@ -397,29 +448,23 @@ class PeersImpl final : public Peers {
     const SlotDescriptor& arena = mapped->reply.slot;
     s.allocation_id = arena.allocation_id;
     s.nbuffers = arena.nbuffers;
+    s.buffer_bytes = arena.buffer_bytes;
     Exported& e = exported_[s.allocation_id];
-    if (!e.registration) {
+    if (e.mapping.base() == nullptr) {
       e.mapping = Mapping(mapped->base, mapped->bytes);
-      auto reg = worker_->Register(e.mapping.base(), e.mapping.bytes());
-      if (!reg.ok()) {
-        exported_.erase(s.allocation_id);
-        return RefuseServed(s, reg.status().message());
-      }
-      e.registration = std::move(*reg);
     } else {
-      ::munmap(mapped->base, mapped->bytes);  // mapped and registered already
+      ::munmap(mapped->base, mapped->bytes);  // mapped already
     }
     ++e.users;
+    s.base = e.mapping.base();
     s.report.tree = tree;
-    // The layout: the arena, then each view, as records.
     std::vector<SlotRecord> records;
     const std::string under = tree + "/";
     for (const SlotDescriptor& d : *slots) {
       if (d.allocation_id != s.allocation_id) continue;  // replaced meanwhile: the next follow sees it
       SlotRecord r{};
       std::string_view name(d.name);
-      if (name != tree) name.remove_prefix(under.size());
-      else name = "";
+      name = name == tree ? std::string_view() : name.substr(under.size());
       std::memcpy(r.name, name.data(), name.size());
       r.byte_offset = d.byte_offset;
       r.nbytes = name.empty() ? d.buffer_bytes : d.nbytes;
@@ -435,11 +480,8 @@ class PeersImpl final : public Peers {
       const size_t n = std::min(kRecordsPerMessage, records.size() - i);
       (void)s.ep->Send(kLayout, std::string(reinterpret_cast<const char*>(&records[i]), n * sizeof(SlotRecord)));
     }
-    TreeHead head{e.registration->address(), arena.buffer_bytes, arena.nbuffers,
-                  static_cast<uint32_t>(records.size())};
-    (void)s.ep->Send(kTree, Bytes(head) + e.registration->packed_key());
+    (void)s.ep->Send(kTree, Bytes(TreeHead{arena.buffer_bytes, arena.nbuffers, static_cast<uint32_t>(records.size())}));
     s.have = have;
-    s.ready = true;
     spdlog::info("peers: {} follows '{}' ({} buffers of {} bytes)", s.ep->peer(), tree, arena.nbuffers,
                  arena.buffer_bytes);
     Offer(s);
@@ -451,63 +493,91 @@ class PeersImpl final : public Peers {
     return a.ok() && *a == s.allocation_id;
   }
 
-  // Pins the newest version for the follower if it is newer than what it
-  // has and nothing is pinned for it yet; true if one was sent.
+  // Pins the newest whole version for the follower, if it is not the one it
+  // has and nothing is being sent to it, and starts sending it; true if so.
   bool Offer(Served& s) {
-    if (!s.ready || s.pin != 0) return false;
+    if (s.client == 0 || s.pin != 0 || s.waiting) return false;
     wire::AcquireRequest req{};
     req.allocation_id = s.allocation_id;
     auto got = internal_.Call<wire::AcquireReply>(s.client, req);
     if (!got.ok()) return false;  // nothing whole yet: the next commit offers
+    s.pin = got->pin;
     // Any version but the one it has: after the source's tree was made
-    // anew, its numbers start again below the follower's.
-    if (got->version == s.have) {
-      Unpin(s, got->pin);
+    // anew, its numbers start again below the follower's. A one-buffer
+    // tree being written is offered once the write is committed.
+    if (got->version == s.have || (s.nbuffers == 1 && (got->flags & wire::kAcquireWriting) != 0)) {
+      Unpin(s);
       return false;
     }
-    s.pin = got->pin;
     s.pinned = got->version;
     s.writes = got->writes;
-    s.since = Clock::now();
+    s.buffer = got->buffer;
+    s.offset = 0;
+    s.in_flight = 0;
+    s.sent_all = {};
+    s.report.source_version = got->version;
     (void)s.ep->Send(kVersion, Bytes(VersionBody{got->version, got->buffer, 0}));
+    Push(s);
     return true;
   }
 
-  void Unpin(Served& s, uint64_t pin) {
+  // Hands UCX the next chunks of the pinned version, kChunksInFlight at a time.
+  void Push(Served& s) {
+    while (s.pin != 0 && s.in_flight < kChunksInFlight && s.offset < s.buffer_bytes) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, s.buffer_bytes - s.offset));
+      std::string body = Bytes(ChunkHead{s.pinned, s.offset});
+      body.append(reinterpret_cast<const char*>(s.base + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset),
+                  n);
+      ucx::Endpoint* key = s.ep.get();
+      const uint64_t serial = s.serial;
+      Status sent = s.ep->Send(kChunk, std::move(body), [this, key, serial](Status) {
+        if (stopping_) return;
+        auto it = served_.find(key);
+        if (it == served_.end() || it->second.serial != serial) return;
+        if (it->second.in_flight > 0) --it->second.in_flight;
+        Push(it->second);
+      });
+      if (!sent.ok()) return;  // the connection is failing: OnFailure drops it
+      s.offset += n;
+      ++s.in_flight;
+      s.report.bytes += n;
+      if (s.offset >= s.buffer_bytes) s.sent_all = Clock::now();
+    }
+  }
+
+  void Unpin(Served& s) {
+    if (s.pin == 0) return;
     wire::ReleaseRequest req{};
     req.allocation_id = s.allocation_id;
-    req.pin = pin;
+    req.pin = s.pin;
     (void)internal_.Call<wire::ReleaseReply>(s.client, req);
+    s.pin = 0;
   }
 
   void Finished(Served& s) {
+    bool whole = true;
     if (s.nbuffers == 1) {
       // Written in place: whole only if no write began since the pin.
-      const uint64_t writes = CurrentWrites(s);
-      const bool whole = writes == s.writes;
+      wire::AcquireRequest req{};
+      req.allocation_id = s.allocation_id;
+      auto now = internal_.Call<wire::AcquireReply>(s.client, req);
+      whole = now.ok() && now->writes == s.writes && (now->flags & wire::kAcquireWriting) == 0;
+      if (now.ok()) {
+        wire::ReleaseRequest rel{};
+        rel.allocation_id = s.allocation_id;
+        rel.pin = now->pin;
+        (void)internal_.Call<wire::ReleaseReply>(s.client, rel);
+      }
       (void)s.ep->Send(kVerdict, Bytes(VerdictBody{s.pinned, whole ? 1u : 0u, 0}));
-      if (whole) s.have = s.pinned;
-    } else {
-      s.have = s.pinned;
     }
-    if (s.have == s.pinned) {
+    if (whole) {
+      s.have = s.pinned;
       ++s.report.versions;
       s.report.version = s.pinned;
-      s.report.last_seconds = std::chrono::duration<double>(Clock::now() - s.since).count();
+      s.report.last_seconds = std::chrono::duration<double>(Clock::now() - s.sent_all).count();
     }
-    Unpin(s, s.pin);
-    s.pin = 0;
+    Unpin(s);
     Offer(s);
-  }
-
-  uint64_t CurrentWrites(Served& s) {
-    wire::AcquireRequest req{};
-    req.allocation_id = s.allocation_id;
-    req.release_pin = 0;
-    auto got = internal_.Call<wire::AcquireReply>(s.client, req);
-    if (!got.ok()) return ~uint64_t{0};
-    Unpin(s, got->pin);
-    return got->writes;
   }
 
   // Lets go of what a served connection holds (its handler client goes
@@ -515,13 +585,13 @@ class PeersImpl final : public Peers {
   void Drop(Served& s) {
     if (s.allocation_id != 0) {
       auto e = exported_.find(s.allocation_id);
-      if (e != exported_.end() && --e->second.users == 0 && !stopping_) exported_.erase(e);
+      if (e != exported_.end() && --e->second.users == 0) exported_.erase(e);
     }
-    if (s.client != 0 && !stopping_) handler_.OnDisconnect(s.client);
-    if (!stopping_) s.client = 0;
+    if (s.client != 0) handler_.OnDisconnect(s.client);
+    s.client = 0;
     s.allocation_id = 0;
     s.pin = 0;
-    s.ready = false;
+    s.base = nullptr;
   }
 
   // ---- the follower's side -----------------------------------------------
@@ -531,36 +601,35 @@ class PeersImpl final : public Peers {
     std::string ip;
     uint16_t port = 0;
     gid_t gid = 0;
-    // kBuffer: a version is offered, and every local buffer is pinned by
-    // local readers (or followers of ours) or holds the newest: it is begun
-    // once one comes free (looked at every tick).
-    enum State { kRetrying, kHello, kLayout, kReady, kBuffer, kReading } state = kRetrying;
+    // kBuffer: a version was offered and every local buffer is pinned by
+    // local readers (or followers of ours) or holds the newest: the source
+    // was told (kBusy), and a buffer is begun once one comes free (looked
+    // at every tick), then the source is asked again (kWant).
+    enum State { kRetrying, kHello, kLayout, kReady, kBuffer, kReading, kVerdict } state = kRetrying;
     std::shared_ptr<ucx::Endpoint> ep;
     Nonce nonce{};
     Clock::time_point retry_at;
     std::chrono::milliseconds backoff{100};
-    Clock::time_point progress;  // the last byte or message while something is owed
+    Clock::time_point progress;  // the last message from the source
+    Clock::time_point pinged;    // the last ping sent
     std::vector<SlotRecord> layout;
     TreeHead head{};
-    ucx::RemoteKey key;
     uint64_t client = 0;         // the handler's, for the local tree
     uint64_t allocation_id = 0;  // the local tree's
+    uint32_t local_buffers = 0;
     Mapping mapping;
-    // The version being read.
+    uint64_t source_have = 0;  // the source's version whose bytes the local tree's newest holds
+    // The version being received, into local `buffer` (-1: no write begun).
     uint64_t version = 0;
-    int32_t source_buffer = -1;
     int32_t buffer = -1;
-    size_t next = 0, in_flight = 0;
-    uint64_t generation = 0;  // of the connection: reads of an older one are ignored
+    uint64_t next = 0;
     Clock::time_point started;
-    Clock::time_point pinged;  // the last ping sent
     uint64_t failures = 0;  // in a row
     Clock::time_point logged;
     PeerReport report;
   };
 
   void Connect(Following& f) {
-    ++f.generation;
     auto ep = worker_->Connect(f.ip, f.port);
     if (!ep.ok()) return Retry(f, ep.status());
     f.ep = *ep;
@@ -568,7 +637,7 @@ class PeersImpl final : public Peers {
     std::string hello(kMagic, sizeof kMagic);
     hello.append(reinterpret_cast<const char*>(f.nonce.data()), f.nonce.size());
     f.state = Following::kHello;
-    f.progress = Clock::now();
+    f.progress = f.pinged = Clock::now();
     if (Status s = f.ep->Send(kHello, std::move(hello)); !s.ok()) return Retry(f, s);
   }
 
@@ -586,13 +655,11 @@ class PeersImpl final : public Peers {
                    f.failures > 1 ? " (" + std::to_string(f.failures) + " tries failed)" : "");
     }
     AbortWrite(f);
-    f.key = ucx::RemoteKey();
     if (f.ep) f.ep->Close();
     f.ep.reset();
-    ++f.generation;
     f.state = Following::kRetrying;
     f.layout.clear();
-    f.retry_at = Clock::now() + f.backoff;
+    f.retry_at = now + f.backoff;
     f.backoff = std::min<std::chrono::milliseconds>(f.backoff * 2, 2s);
   }
 
@@ -620,10 +687,11 @@ class PeersImpl final : public Peers {
         if (!key_.Verify("source", f.nonce, source, std::string_view(body).substr(sizeof(Nonce)))) {
           return Retry(f, PermissionDenied("the source did not prove it holds the cluster key"));
         }
+        f.ep->SetMaxMessage(kChunkMessage);  // a proven source sends chunks
         const Mac proof = key_.Prove("follower", f.nonce, source);
         (void)f.ep->Send(kProof, std::string(reinterpret_cast<const char*>(proof.data()), proof.size()));
         FollowBody m{};
-        m.have = LocalVersion(f);
+        m.have = LocalHolds(f) ? f.source_have : 0;
         std::memcpy(m.tree, f.config.tree.data(), std::min(f.config.tree.size(), sizeof m.tree - 1));
         (void)f.ep->Send(kFollow, Bytes(m));
         f.state = Following::kLayout;
@@ -632,41 +700,40 @@ class PeersImpl final : public Peers {
       case Following::kLayout: {
         if (type == kLayout && body.size() % sizeof(SlotRecord) == 0 && !body.empty() &&
             f.layout.size() + body.size() / sizeof(SlotRecord) <= kMaxTreeSlots) {
-          const size_t n = body.size() / sizeof(SlotRecord);
           const size_t at = f.layout.size();
-          f.layout.resize(at + n);
+          f.layout.resize(at + body.size() / sizeof(SlotRecord));
           std::memcpy(&f.layout[at], body.data(), body.size());
           return;
         }
-        if (type == kTree && body.size() > sizeof(TreeHead)) {
+        if (type == kTree && body.size() == sizeof(TreeHead)) {
           std::memcpy(&f.head, body.data(), sizeof f.head);
-          auto key = f.ep->Unpack(std::string_view(body).substr(sizeof(TreeHead)));
-          if (!key.ok()) return Retry(f, key.status());
-          f.key = std::move(*key);
           if (Status s = LocalTree(f); !s.ok()) return Retry(f, s);
           f.state = Following::kReady;
           f.backoff = 100ms;
           f.failures = 0;
           spdlog::info("peers: following '{}' from {} ({} slots, {} buffers of {} bytes)", f.config.tree,
-                       f.config.from, f.layout.size(), f.head.nbuffers, f.head.buffer_bytes);
+                       f.config.from, f.layout.size(), f.local_buffers, f.head.buffer_bytes);
           return;
         }
         return Retry(f, ProtocolError("a malformed layout from the source"));
       }
       case Following::kReady: {
         auto m = Parse<VersionBody>(body);
-        if (type != kVersion || !m || m->buffer < 0 || static_cast<uint32_t>(m->buffer) >= f.head.nbuffers) {
-          return Retry(f, ProtocolError("a malformed version message from the source"));
-        }
-        return StartRead(f, m->version, m->buffer);
+        if (type != kVersion || !m) return Retry(f, ProtocolError("a malformed version message from the source"));
+        return StartVersion(f, m->version);
       }
-      case Following::kReading: {
+      case Following::kBuffer:
+        if (type == kChunk) return;  // of the version refused for want of a buffer, sent before the source knew
+        return Retry(f, ProtocolError("an unexpected message from the source while waiting for a buffer"));
+      case Following::kReading:
+        if (type == kChunk) return Land(f, body);
+        return Retry(f, ProtocolError("an unexpected message from the source while reading"));
+      case Following::kVerdict: {
         auto m = Parse<VerdictBody>(body);
-        if (type != kVerdict || f.head.nbuffers != 1 || !m || m->version != f.version || f.in_flight != 0 ||
-            f.next < f.head.buffer_bytes) {
-          return Retry(f, ProtocolError("an unexpected message from the source while reading"));
+        if (type != kVerdict || !m || m->version != f.version) {
+          return Retry(f, ProtocolError("an unexpected message from the source instead of its verdict"));
         }
-        if (m->whole) return CommitRead(f);
+        if (m->whole) return CommitVersion(f);
         AbortWrite(f);  // torn: the next version comes
         f.state = Following::kReady;
         return;
@@ -676,12 +743,22 @@ class PeersImpl final : public Peers {
     }
   }
 
-  // The local tree of the source's layout: the one there if it is ours and
-  // matches, else a new one. Then attached writable and mapped.
+  // Whether the local tree holds what source_have says (it is the one this
+  // follower filled).
+  bool LocalHolds(const Following& f) const {
+    auto a = handler_.SlotAllocation(f.config.tree);
+    return f.allocation_id != 0 && a.ok() && *a == f.allocation_id;
+  }
+
+  // The local tree for the source's layout: the one this follower made if
+  // it is still there and matches; else one of ours is replaced; a tree of
+  // someone else's of that name is left alone (an error). Then attached
+  // writable and mapped. A one-buffer source tree gets two buffers here: a
+  // version is received beside the last whole one, never over it.
   Status LocalTree(Following& f) {
     const TreeHead& h = f.head;
     if (h.slots != f.layout.size() || h.slots == 0 || f.layout[0].name[0] != '\0' || h.nbuffers == 0 ||
-        h.nbuffers > kMaxBuffers || h.buffer_bytes == 0) {
+        h.nbuffers > kMaxBuffers || h.buffer_bytes == 0 || h.buffer_bytes > (uint64_t{1} << 48)) {
       return ProtocolError("the source's layout is malformed");
     }
     for (const SlotRecord& r : f.layout) {
@@ -689,46 +766,40 @@ class PeersImpl final : public Peers {
         return ProtocolError("the source's layout is malformed");
       }
     }
+    f.local_buffers = std::max<uint32_t>(h.nbuffers, 2);
     const std::string& tree = f.config.tree;
-    if (auto existing = handler_.TreeSlots(tree); existing.ok()) {
-      if (f.allocation_id != 0 && existing->front().allocation_id != f.allocation_id) DropLocal(f);  // made anew here
-      if (!Matches(f, *existing)) {
-        if (f.allocation_id != 0 || existing->front().owner_uid != ::geteuid()) {
-          return AlreadyExists("a tree named '" + tree + "' exists here with another layout or owner; "
-                               "remove it (gpubrokerctl rm) for the follower to make its own");
-        }
-        // Ours, of an older layout (the source replaced its tree): replace it.
-        DropLocal(f);
-        for (auto it = existing->rbegin(); it != existing->rend(); ++it) {
-          wire::DestroyRequest d{};
-          d.name.set(it->name);
-          GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
-          (void)internal_.Call<wire::DestroyReply>(c, d);
-        }
-        GPB_RETURN_IF_ERROR(CreateLocal(f));
+    auto existing = handler_.TreeSlots(tree);
+    if (!existing.ok() || existing->front().allocation_id != f.allocation_id) DropLocal(f);  // gone or replaced here
+    if (existing.ok() && !Matches(f, *existing)) {
+      if (existing->front().owner_uid != ::geteuid()) {
+        return AlreadyExists("a tree named '" + tree + "' of uid " + std::to_string(existing->front().owner_uid) +
+                             " exists here; remove it (gpubrokerctl rm -r " + tree +
+                             ") for the follower to make its own");
       }
-    } else {
-      GPB_RETURN_IF_ERROR(CreateLocal(f));
+      // Ours, of another layout (the source's tree was made anew): replace it.
+      DropLocal(f);
+      GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
+      for (auto it = existing->rbegin(); it != existing->rend(); ++it) {
+        wire::DestroyRequest d{};
+        d.name.set(it->name);
+        (void)internal_.Call<wire::DestroyReply>(c, d);
+      }
+      existing = NotFound("replaced");
     }
+    if (!existing.ok()) GPB_RETURN_IF_ERROR(CreateLocal(f));
     if (f.allocation_id == 0) {
       GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
       GPB_ASSIGN_OR_RETURN(auto mapped, internal_.AttachMapped(c, tree, true));
       f.mapping = Mapping(mapped.base, mapped.bytes);
       f.allocation_id = mapped.reply.slot.allocation_id;
-      if (mapped.reply.slot.buffer_bytes != h.buffer_bytes || mapped.reply.slot.nbuffers != h.nbuffers) {
-        DropLocal(f);
-        return Internal("the local tree's buffers differ from the source's");
-      }
       f.report.version = mapped.reply.slot.version;
+      if (mapped.reply.slot.buffer_bytes != h.buffer_bytes || mapped.reply.slot.nbuffers != f.local_buffers ||
+          f.mapping.bytes() < h.buffer_bytes * f.local_buffers) {
+        DropLocal(f);
+        return gpubroker::Internal("the local tree's buffers differ from the source's");
+      }
     }
     return Status::Ok();
-  }
-
-  // The version the local tree holds, if it is the follower's.
-  uint64_t LocalVersion(const Following& f) const {
-    auto existing = handler_.TreeSlots(f.config.tree);
-    if (!existing.ok() || existing->front().owner_uid != ::geteuid()) return 0;
-    return existing->front().version;
   }
 
   Result<uint64_t> Client(Following& f) {
@@ -740,8 +811,10 @@ class PeersImpl final : public Peers {
   }
 
   void DropLocal(Following& f) {
+    AbortWrite(f);
     f.mapping = Mapping();
     f.allocation_id = 0;
+    f.source_have = 0;
     if (f.client != 0) handler_.OnDisconnect(f.client);
     f.client = 0;
   }
@@ -749,17 +822,14 @@ class PeersImpl final : public Peers {
   bool Matches(const Following& f, const std::vector<SlotDescriptor>& have) const {
     if (have.size() != f.layout.size()) return false;
     const SlotDescriptor& arena = have.front();
-    if (arena.nbuffers != f.head.nbuffers || arena.buffer_bytes != f.head.buffer_bytes ||
+    if (arena.nbuffers != f.local_buffers || arena.buffer_bytes != f.head.buffer_bytes ||
         arena.backend != static_cast<uint16_t>(BackendKind::kHost) || arena.owner_uid != ::geteuid()) {
       return false;
     }
-    // Both sorted the same way: the arena, then the views by name.
-    std::vector<const SlotRecord*> views;
-    for (size_t i = 1; i < f.layout.size(); ++i) views.push_back(&f.layout[i]);
-    std::sort(views.begin(), views.end(), [](auto* x, auto* y) { return std::strcmp(x->name, y->name) < 0; });
+    // Both in the same order: the arena, then the views by name.
     for (size_t i = 1; i < have.size(); ++i) {
       const SlotDescriptor& d = have[i];
-      const SlotRecord& r = *views[i - 1];
+      const SlotRecord& r = f.layout[i];
       if (std::string_view(d.name) != f.config.tree + "/" + r.name || d.byte_offset != r.byte_offset ||
           d.ndim != r.ndim || d.dtype_code != r.dtype_code || d.dtype_bits != r.dtype_bits ||
           d.dtype_lanes != r.dtype_lanes || !std::equal(d.shape, d.shape + d.ndim, r.shape) ||
@@ -776,13 +846,13 @@ class PeersImpl final : public Peers {
     s.name = arena ? f.config.tree : f.config.tree + "/" + r.name;
     s.base = arena ? "" : f.config.tree;
     s.byte_offset = arena ? 0 : r.byte_offset;
-    s.nbytes = arena ? r.nbytes : 0;
+    s.nbytes = arena ? f.head.buffer_bytes : 0;
     s.dtype = DType{r.dtype_code, r.dtype_bits, r.dtype_lanes};
     s.shape.assign(r.shape, r.shape + r.ndim);
     s.strides.assign(r.strides, r.strides + r.ndim);
     s.backend = BackendKind::kHost;
     s.mode = f.config.mode;
-    s.buffers = arena ? f.head.nbuffers : 0;
+    s.buffers = arena ? f.local_buffers : 0;
     return s;
   }
 
@@ -803,70 +873,66 @@ class PeersImpl final : public Peers {
     return Status::Ok();
   }
 
-  void StartRead(Following& f, uint64_t version, int32_t source_buffer) {
+  // A version is offered: receive it into a local buffer, begun now if none
+  // is (kBusy to the source if every one is taken).
+  void StartVersion(Following& f, uint64_t version) {
     f.report.source_version = version;
     f.version = version;
-    f.source_buffer = source_buffer;
-    wire::WriteBeginRequest req{};
-    req.allocation_id = f.allocation_id;
-    auto begun = internal_.Call<wire::WriteBeginReply>(f.client, req);
-    if (!begun.ok() && begun.status().code() == Code::kBusy) {
+    if (f.buffer < 0 && !BeginLocal(f)) {
+      (void)f.ep->Send(kBusy, Bytes(VersionBody{version, -1, 0}));
       f.state = Following::kBuffer;
       return;
     }
-    if (!begun.ok()) return Retry(f, begun.status().Annotate("beginning a local write"));
-    f.buffer = begun->buffer;
     f.next = 0;
-    f.in_flight = 0;
     f.started = Clock::now();
     f.state = Following::kReading;
-    IssueReads(f);
   }
 
-  void IssueReads(Following& f) {
-    const uint64_t total = f.head.buffer_bytes;
-    while (f.in_flight < kInFlight && f.next < total) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, total - f.next));
-      uint8_t* local = f.mapping.base() + static_cast<uint64_t>(f.buffer) * total + f.next;
-      const uint64_t remote = f.head.address + static_cast<uint64_t>(f.source_buffer) * total + f.next;
-      const uint64_t generation = f.generation;
-      Following* fp = &f;
-      Status s = f.ep->Get(local, n, remote, f.key, [this, fp, generation, n](Status done) {
-        if (stopping_ || fp->generation != generation) return;  // of a connection that ended
-        fp->progress = Clock::now();
-        --fp->in_flight;
-        if (!done.ok()) return Retry(*fp, done.Annotate("reading version " + std::to_string(fp->version)));
-        fp->report.bytes += n;
-        if (fp->in_flight == 0 && fp->next >= fp->head.buffer_bytes) return ReadAll(*fp);
-        IssueReads(*fp);
-      });
-      if (!s.ok()) return Retry(f, s);
-      ++f.in_flight;
-      f.next += n;
+  // False while every local buffer is taken; an error other than that retries.
+  bool BeginLocal(Following& f) {
+    wire::WriteBeginRequest req{};
+    req.allocation_id = f.allocation_id;
+    auto begun = internal_.Call<wire::WriteBeginReply>(f.client, req);
+    if (begun.ok()) {
+      f.buffer = begun->buffer;
+      return true;
     }
+    if (begun.status().code() != Code::kBusy) Retry(f, begun.status().Annotate("beginning a local write"));
+    return false;
   }
 
-  void ReadAll(Following& f) {
-    if (f.head.nbuffers == 1) {
-      (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, f.source_buffer, 0}));  // then the verdict
+  // A chunk: in order, within the buffer, of the version offered.
+  void Land(Following& f, const std::string& body) {
+    ChunkHead head{};
+    if (body.size() <= sizeof head) return Retry(f, ProtocolError("an empty chunk from the source"));
+    std::memcpy(&head, body.data(), sizeof head);
+    const size_t n = body.size() - sizeof head;
+    if (head.version != f.version || head.offset != f.next || n > f.head.buffer_bytes - f.next) {
+      return Retry(f, ProtocolError("a chunk out of place from the source (version " + std::to_string(head.version) +
+                                    ", offset " + std::to_string(head.offset) + ")"));
+    }
+    std::memcpy(f.mapping.base() + static_cast<uint64_t>(f.buffer) * f.head.buffer_bytes + f.next,
+                body.data() + sizeof head, n);
+    f.next += n;
+    f.report.bytes += n;
+    if (f.next < f.head.buffer_bytes) return;
+    if (f.head.nbuffers == 1) {  // the source says whether it stayed whole
+      (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, -1, 0}));
+      f.state = Following::kVerdict;
       return;
     }
-    CommitRead(f);
-    if (f.ep) (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, f.source_buffer, 0}));
+    CommitVersion(f);
+    (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, -1, 0}));
   }
 
-  void CommitRead(Following& f) {
-    if (f.version == f.report.version) {  // held already (the source offered what a restart kept here)
-      AbortWrite(f);
-      f.state = Following::kReady;
-      return;
-    }
+  void CommitVersion(Following& f) {
     // The source's number, unless it went back (the source's tree was made
     // anew): local readers never see a version number go down.
     const uint64_t at = std::max(f.version, f.report.version + 1);
     auto committed = handler_.CommitAt(f.client, f.allocation_id, f.buffer, at);
     f.buffer = -1;
     if (!committed.ok()) return Retry(f, committed.status().Annotate("committing locally"));
+    f.source_have = f.version;
     f.report.version = *committed;
     ++f.report.versions;
     f.report.last_seconds = std::chrono::duration<double>(Clock::now() - f.started).count();
@@ -929,37 +995,37 @@ class PeersImpl final : public Peers {
         ++it;
       }
     }
-    std::vector<Served*> late;
+    std::vector<std::pair<Served*, std::string>> late;
     for (auto& [ep, s] : served_) {
-      if (s.state != Served::kFollowing && now - s.since > kProveWithin) late.push_back(&s);
-      else if (now - s.heard > stall) late.push_back(&s);  // a follower pings every stall_timeout_ms / 3
-      else if (s.ready && !Current(s)) late.push_back(&s);
-    }
-    for (Served* s : late) {
-      if (s->ready && now - s->heard <= stall) {  // the follower asks again and gets the new layout
-        RefuseServed(*s, "tree '" + s->report.tree + "' was replaced or removed here");
-        continue;
+      if (s.state != Served::kFollowing && now - s.since > kProveWithin) {
+        late.push_back({&s, "it did not authenticate in time"});
+      } else if (now - s.heard > stall) {  // a follower pings every stall_timeout_ms / 3
+        late.push_back({&s, "it was not heard from within peers.stall_timeout_ms"});
+      } else if (s.pin != 0 && s.sent_all != Clock::time_point{} && now - s.sent_all > stall) {
+        late.push_back({&s, "it held version " + std::to_string(s.pinned) +
+                                " without saying done for peers.stall_timeout_ms after its last byte went"});
+      } else if (s.client != 0 && !Current(s)) {
+        late.push_back({&s, "tree '" + s.report.tree + "' was replaced or removed here"});
       }
-      RefuseServed(*s, s->state != Served::kFollowing ? "it did not authenticate in time"
-                       : "it was not heard from within peers.stall_timeout_ms" +
-                             (s->pin != 0 ? ", holding version " + std::to_string(s->pinned) : std::string()));
     }
+    for (auto& [s, why] : late) RefuseServed(*s, why);
     for (auto& f : following_) {
-      if (f.state == Following::kRetrying && now >= f.retry_at) {
-        Connect(f);
-      } else if (f.state == Following::kBuffer) {
-        StartRead(f, f.version, f.source_buffer);
-      }
       if (f.state == Following::kRetrying) {
-      } else if (f.state != Following::kRetrying && now - f.progress > stall) {
-        // Nothing came for that long, a ping included: a link that went
+        if (now >= f.retry_at) Connect(f);
+      } else if (now - f.progress > stall) {
+        // Nothing came for that long, a pong included: a link that went
         // down is not reported otherwise.
         Retry(f, Unavailable("no word from the source for " + std::to_string(config_.stall_timeout_ms) +
                              " ms (peers.stall_timeout_ms)"));
-      } else if (f.state >= Following::kReady && now - f.pinged > stall / 3) {
-        // Heard from us, the source keeps us, even while one read takes long.
-        f.pinged = now;
-        (void)f.ep->Send(kPing, "");
+      } else {
+        if (f.state == Following::kBuffer && BeginLocal(f)) {
+          (void)f.ep->Send(kWant, Bytes(WantBody{f.source_have}));
+          f.state = Following::kReady;
+        }
+        if (f.state >= Following::kReady && now - f.pinged > stall / 3) {
+          f.pinged = now;
+          (void)f.ep->Send(kPing, "");
+        }
       }
     }
     Kick();
@@ -970,7 +1036,10 @@ class PeersImpl final : public Peers {
   }
 
   static constexpr size_t kMaxUnproven = 64;
-  static constexpr auto kProveWithin = 5s;
+  static constexpr size_t kMaxUnprovenPerIp = 4;
+  static constexpr size_t kMaxPerIp = 64;   // connections from one address (one per tree it follows)
+  static constexpr size_t kMaxServed = 1024;
+  static constexpr auto kProveWithin = 2s;
 
   boost::asio::io_context& io_;
   RequestHandler& handler_;
@@ -982,13 +1051,13 @@ class PeersImpl final : public Peers {
   boost::asio::steady_timer tick_;
   bool waiting_ = false;
   bool stopping_ = false;
+  uint64_t serial_ = 0;
   std::map<ucx::Endpoint*, Served> served_;
   std::map<uint64_t, Exported> exported_;  // by allocation id
-  std::list<Following> following_;         // stable addresses: reads in flight point at them
+  std::list<Following> following_;
   std::vector<std::pair<std::shared_ptr<ucx::Endpoint>, Clock::time_point>> closing_;
   std::map<std::string, Clock::time_point> refusals_logged_;  // by peer address and reason
 };
-
 }  // namespace
 
 Result<std::unique_ptr<Peers>> Peers::Start(boost::asio::io_context& io, RequestHandler& handler,

@@ -59,13 +59,13 @@ RemoteKey::~RemoteKey() {
 
 Registration::~Registration() { ucp_mem_unmap(context_, memory_); }
 
-Status Endpoint::Send(uint16_t type, std::string body) {
+Status Endpoint::Send(uint16_t type, std::string body, std::function<void(Status)> done) {
   if (!open()) return error_.ok() ? Unavailable("the connection to " + peer_ + " is closed") : error_;
-  if (body.size() > kMaxMessage) {
+  if (body.size() > kMaxRaisedMessage) {
     return InvalidArgument("a message of " + std::to_string(body.size()) + " bytes is over the limit of " +
-                           std::to_string(kMaxMessage));
+                           std::to_string(kMaxRaisedMessage));
   }
-  auto* sent = new Worker::Sent{worker_, type, std::move(body)};
+  auto* sent = new Worker::Sent{worker_, type, std::move(body), std::move(done)};
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
@@ -73,7 +73,11 @@ Status Endpoint::Send(uint16_t type, std::string body) {
   p.user_data = sent;
   void* r = ucp_am_send_nbx(ep_, kActiveMessage, &sent->type, sizeof sent->type, sent->body.data(),
                             sent->body.size(), &p);
-  if (r == nullptr) {  // sent already
+  if (r == nullptr) {  // sent already: the outcome still arrives through Progress
+    if (sent->done) {
+      worker_->events_.push_back(Worker::Event{Worker::Event::kDone, nullptr, nullptr, 0, {}, Status::Ok(),
+                                               std::move(sent->done)});
+    }
     delete sent;
     return Status::Ok();
   }
@@ -128,11 +132,13 @@ void Endpoint::Close() {
 }
 
 Result<std::unique_ptr<Worker>> Worker::Make(std::string name,
-                                             const std::vector<std::pair<std::string, std::string>>& settings) {
+                                             const std::vector<std::pair<std::string, std::string>>& settings,
+                                             bool rma) {
   std::unique_ptr<Worker> w(new Worker());
   ucp_params_t p{};
   p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
-  p.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  // Without RMA, UCX installs no handler that reads or writes memory for a peer.
+  p.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP | (rma ? UCP_FEATURE_RMA : 0);
   p.name = name.c_str();
   ucp_config_t* config = nullptr;
   if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
@@ -217,14 +223,16 @@ bool Worker::Progress(std::chrono::microseconds budget) {
         if (ep.ok()) on_accept_(*ep);
         break;
       }
-      case Event::kMessage: {
+      case Event::kMessage: {  // a copy of the pointer: the handler may close the endpoint
         auto it = endpoints_.find(e.ep);
-        if (it != endpoints_.end() && on_message_) on_message_(it->second, e.type, std::move(e.body));
+        if (it == endpoints_.end() || !on_message_) break;
+        std::shared_ptr<Endpoint> ep = it->second;
+        on_message_(ep, e.type, std::move(e.body));
         break;
       }
       case Event::kFailure: {
         auto it = endpoints_.find(e.ep);
-        if (it != endpoints_.end()) Fail(it->second, e.status);
+        if (it != endpoints_.end()) Fail(it->second, e.status);  // Fail takes its own copy
         break;
       }
       case Event::kDone:
@@ -307,7 +315,7 @@ Result<std::shared_ptr<Endpoint>> Worker::Adopt(const ucp_ep_params_t& params, s
   return ep;
 }
 
-void Worker::Fail(const std::shared_ptr<Endpoint>& ep, Status why, bool tell) {
+void Worker::Fail(std::shared_ptr<Endpoint> ep, Status why, bool tell) {
   if (ep->ep_ == nullptr) return;
   ep->error_ = why;
   ucp_ep_h h = ep->ep_;
@@ -347,11 +355,12 @@ ucs_status_t Worker::OnActiveMessage(void* arg, const void* header, size_t heade
   auto* w = static_cast<Worker*>(arg);
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) return UCS_OK;  // not from an endpoint of ours
   Event e{Event::kMessage, nullptr, param->reply_ep, 0, {}, Status::Ok(), {}};
-  if (header_length != sizeof e.type || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ||
-      length > kMaxMessage) {
+  auto known = w->endpoints_.find(param->reply_ep);
+  const size_t limit = known != w->endpoints_.end() ? known->second->max_message_ : kMaxMessage;
+  if (header_length != sizeof e.type || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || length > limit) {
     e.kind = Event::kFailure;
     e.status = ProtocolError("a message with a " + std::to_string(header_length) + "-byte header and " +
-                             std::to_string(length) + " bytes (the limit is " + std::to_string(kMaxMessage) + ")");
+                             std::to_string(length) + " bytes (the limit is " + std::to_string(limit) + ")");
   } else {
     std::memcpy(&e.type, header, sizeof e.type);  // UCX's headers are not aligned
     e.body.assign(static_cast<const char*>(data), length);
@@ -365,8 +374,14 @@ void Worker::OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
       Event{Event::kFailure, nullptr, ep, 0, {}, FromUcs(status, "the connection failed"), {}});
 }
 
-void Worker::OnSent(void* request, ucs_status_t, void* user) {
-  delete static_cast<Sent*>(user);  // a failed send fails its endpoint too: OnEndpointError says so
+void Worker::OnSent(void* request, ucs_status_t status, void* user) {
+  auto* sent = static_cast<Sent*>(user);  // a failed send fails its endpoint too: OnEndpointError says so
+  if (sent->done) {
+    sent->worker->events_.push_back(Event{Event::kDone, nullptr, nullptr, 0, {},
+                                          status == UCS_OK ? Status::Ok() : FromUcs(status, "the send"),
+                                          std::move(sent->done)});
+  }
+  delete sent;
   ucp_request_free(request);
 }
 

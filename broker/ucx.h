@@ -8,9 +8,17 @@
 // queue what happened, and Progress hands it to the owner's handlers after
 // UCX returns, so a handler may send, read, connect or close freely.
 //
-// What a peer sends is hostile until checked: a message longer than
-// kMaxMessage, or sent by rendezvous, ends its connection before any handler
-// sees it, and the rest is the handler's to parse. That does not bound the
+// Memory access (Register, Get) only where every host that can reach the
+// port is trusted: UCX over TCP emulates remote reads and writes with
+// messages of its own and serves them at any address a peer names, with no
+// check of the memory key and before any handler of ours sees a byte. A
+// worker made without `rma` (the broker's) has no such service: its peers
+// can only send it messages.
+//
+// What a peer sends is hostile until checked: a message longer than the
+// endpoint's limit (kMaxMessage until raised), or sent by rendezvous, ends
+// its connection before any handler sees it, and the rest is the handler's
+// to parse. That does not bound the
 // memory a connected peer can make UCX use: UCX reassembles a long eager
 // message (allocating the size the peer claims) before this code sees it, and
 // it parses a packed memory key without knowing its length. So peers must
@@ -37,6 +45,9 @@
 namespace gpubroker::ucx {
 
 inline constexpr size_t kMaxMessage = 8 * 1024;  // body bytes; eager on every transport
+// The most an endpoint's limit may be raised to (SetMaxMessage), and the
+// most this side sends.
+inline constexpr size_t kMaxRaisedMessage = 1024 * 1024 + 64;
 
 class Worker;
 
@@ -61,8 +72,13 @@ class RemoteKey {
 // completes with an error.
 class Endpoint {
  public:
-  // Sends message `type` with `body` (at most kMaxMessage bytes), copied.
-  Status Send(uint16_t type, std::string body);
+  // Sends message `type` with `body` (at most kMaxMessage bytes, or the
+  // peer's raised limit), copied; `sent`, if given, runs on a later
+  // Progress once UCX is done with it (the peer may not have it yet).
+  Status Send(uint16_t type, std::string body, std::function<void(Status)> sent = {});
+  // What this side accepts from the peer (a longer message ends the
+  // connection): raise it only for a peer that proved who it is.
+  void SetMaxMessage(size_t bytes) { max_message_ = bytes < kMaxRaisedMessage ? bytes : kMaxRaisedMessage; }
   // Reads `bytes` from `remote` in the peer's registration `key` into
   // `local`; `done` runs on a later Progress with the outcome.
   Status Get(void* local, size_t bytes, uint64_t remote, const RemoteKey& key, std::function<void(Status)> done);
@@ -84,6 +100,7 @@ class Endpoint {
   std::string peer_;
   ucp_ep_h ep_ = nullptr;
   Status error_ = Status::Ok();
+  size_t max_message_ = kMaxMessage;
 };
 
 // Memory registered with UCX, readable by peers that hold its packed key.
@@ -116,8 +133,9 @@ class Worker {
   // kUnavailable where UCX cannot start here, naming why. `settings` are
   // UCX configuration entries without their UCX_ prefix (TCP_CM_REUSEADDR,
   // NET_DEVICES, ...); the environment's UCX_* variables override them.
+  // `rma`: remote memory access (Register, Get); see the top of this file.
   static Result<std::unique_ptr<Worker>> Make(
-      std::string name, const std::vector<std::pair<std::string, std::string>>& settings = {});
+      std::string name, const std::vector<std::pair<std::string, std::string>>& settings = {}, bool rma = false);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -158,6 +176,7 @@ class Worker {
     Worker* worker;
     uint16_t type;
     std::string body;
+    std::function<void(Status)> done;
   };
   struct Read {
     Worker* worker;
@@ -167,7 +186,7 @@ class Worker {
   Worker() = default;
   Result<std::shared_ptr<Endpoint>> Adopt(const ucp_ep_params_t& params, std::string peer);
   // Ends `ep` with `why`; `tell`: run OnFailure (a peer's doing, not ours).
-  void Fail(const std::shared_ptr<Endpoint>& ep, Status why, bool tell = true);
+  void Fail(std::shared_ptr<Endpoint> ep, Status why, bool tell = true);
   void Reap();
   static void OnConnection(ucp_conn_request_h request, void* arg);
   static ucs_status_t OnActiveMessage(void* arg, const void* header, size_t header_length, void* data, size_t length,

@@ -19,6 +19,13 @@ cp -a build-gpu/client/libgpubroker.so* .device/build-gpu/client/
 # Shared libraries from Debian that the device image (Ubuntu) does not carry.
 ldd build-gpu/broker/gpubrokerd build-gpu/client/libgpubroker.so build-gpu/tests/gpu_backend_test \
   build-gpu/bench/micro_bench | awk '/yaml-cpp|spdlog|fmt|benchmark|prometheus|civetweb/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
+# UCX (the peers), and the transport modules it loads from ucx/ beside libucs.
+ucs=$(ldd build-gpu/broker/gpubrokerd | awk '/libucs\.so/ {print $3}')
+if [ -n "$ucs" ]; then
+  ldd build-gpu/broker/gpubrokerd "$ucs" | awk '/libuc[mpst]\.so/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
+  mkdir -p .device/lib/ucx
+  cp -L "$(dirname "$ucs")"/ucx/*.so.0 .device/lib/ucx/
+fi
 strip --strip-unneeded .device/build-gpu/broker/gpubrokerd $(ls .device/build-gpu/tests/* | grep -v gpu_backend_test) \
   .device/build-gpu/bench/* .device/build-gpu/client/gpubrokerctl 2>/dev/null || true
 echo "staged $(du -sh .device | cut -f1) in .device/ (source $(git rev-parse --short HEAD))"
