@@ -199,11 +199,37 @@ metrics: {{listen: '127.0.0.1:9464'}}
 
 LAYOUT = [("layers.0.weight", (257, 129), "float32"), ("layers.0.bias", (129,), "float64"),
           ("embed", (1025, 64), "int64"), ("scale", (1,), "int32")]
+LAYOUT_B = [("encoder", (300, 7), "int64"), ("head", (1000,), "float32")]
+LAYOUT_BIG = [("w", (1024, 1024), "float32"), ("b", (1024,), "int64")]
 
 
-def fresh_base():
+def fresh_base(layout=LAYOUT):
     rng = numpy.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    return {key: rng.integers(0, 1 << 20, size=shape).astype(dtype) for key, shape, dtype in LAYOUT}
+    return {key: rng.integers(0, 1 << 20, size=shape).astype(dtype) for key, shape, dtype in layout}
+
+
+def follow_until(node, prefix, base, wanted, seconds):
+    """Acquires versions of `prefix` on `node` until one stamped `wanted`;
+    (every one acquired was whole, reached it)."""
+    c = node.client()
+    whole, reached = True, False
+    end = time.monotonic() + seconds
+    try:
+        sub = c.subscriber(prefix, to="numpy", timeout=seconds)
+        while time.monotonic() < end and not reached:
+            try:
+                arrays = sub.latest(timeout=0.5)
+            except gpubroker.Timeout:
+                continue
+            if sorted(arrays) != sorted(base):
+                continue  # the old layout, until the new one lands
+            s = stamp_of(base, arrays)
+            whole = whole and s is not None
+            reached = s == wanted
+        sub.close()
+    finally:
+        c.close()
+    return whole, reached
 
 
 def stamp(base, version):
@@ -292,8 +318,8 @@ def main():
         os.chmod(path, 0o600)
     net = Net(4)
     nodes = [
-        Node(net, 0, root, key, exports=["policy"]),
-        Node(net, 1, root, key, exports=["policy"], follow=[("policy", 0), ("secret", 0)]),
+        Node(net, 0, root, key, exports=["policy", "onebuf"]),
+        Node(net, 1, root, key, exports=["policy"], follow=[("policy", 0), ("secret", 0), ("onebuf", 0)]),
         Node(net, 2, root, key, follow=[("policy", 1)]),
         Node(net, 3, root, wrong, follow=[("policy", 0)]),
     ]
@@ -349,6 +375,43 @@ def main():
         check("node 1 holds the same layout",
               sorted(s.name for s in nodes[1].client().list() if s.name.startswith("policy")) ==
               sorted(["policy"] + [f"policy/{k}" for k, _, _ in LAYOUT]))
+
+        # ---- a one-buffer tree, written in place while its followers read:
+        # each follower version whole (the source says whether a write began
+        # during the read; the follower keeps two buffers)
+        one_base = fresh_base(LAYOUT_BIG)
+        one = publisher_client.publisher("onebuf", stamp(one_base, 1), buffers=1)
+        stop_one = threading.Event()
+
+        def write_in_place():
+            v = 2
+            while not stop_one.is_set():
+                one.update(stamp(one_base, v))
+                v += 1
+            return v
+
+        writer = threading.Thread(target=write_in_place, daemon=True)
+        writer.start()
+        c1 = nodes[1].client()
+        torn, seen_one = [], set()
+        end = time.monotonic() + 3
+        sub = c1.subscriber("onebuf", to="numpy", timeout=10)
+        while time.monotonic() < end:
+            try:
+                arrays = sub.latest(timeout=0.5)
+            except gpubroker.Timeout:
+                continue
+            s = stamp_of(one_base, arrays)
+            if s is None:
+                torn.append(sub.version)
+            seen_one.add(sub.version)
+        stop_one.set()
+        writer.join(timeout=10)
+        check("a one-buffer tree reaches its follower, every version whole", not torn and len(seen_one) > 1,
+              f"torn {torn[:5]}, {len(seen_one)} versions seen")
+        check("the follower of a one-buffer tree keeps two buffers", c1.stat("onebuf").buffers == 2)
+        sub.close()
+        c1.close()
 
         # ---- the refused: a wrong key, a tree not exported
         t0 = nodes[0].text()
@@ -460,6 +523,17 @@ def main():
               f"{watchers[1].seen[-3:]}; {nodes[2].tail()}")
         for w in watchers:
             check(f"node {w.node.i}: whole through every fault", not w.bad, f"torn: {w.bad}")
+        for w in watchers:
+            w.end()
+
+        # ---- the source replaces its tree with another layout: the followers follow
+        base_b = fresh_base(LAYOUT_B)
+        pub = publisher_client.publisher("policy", stamp(base_b, 1), buffers=2, replace=True)
+        for v in range(2, 6):
+            pub.update(stamp(base_b, v), wait=0)
+        for n in (nodes[1], nodes[2]):
+            whole, reached = follow_until(n, "policy", base_b, 5, 30)
+            check(f"node {n.i} takes the new layout, whole", whole and reached, n.tail())
     finally:
         for w in watchers:
             w.end()
