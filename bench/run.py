@@ -171,6 +171,8 @@ def main():
         take("weight_sync_bench", [py, os.path.join(HERE, "weight_sync_bench.py"), *device], 900, env)
         take("live_sync_bench", [py, os.path.join(HERE, "live_sync_bench.py"), *device,
                                  *(["--quick"] if a.quick else [])], 900, env)
+        take("peers_bench", [py, os.path.join(HERE, "peers_bench.py"), build, *(["--quick"] if a.quick else [])],
+             900, env)
     elif not a.no_python:
         print("\n=== Python benchmarks: skipped (no interpreter with numpy and torch)")
 

@@ -95,8 +95,8 @@ struct VerdictBody {
 // A version moves as chunks of this size, this many in flight per follower
 // (sent, not yet handed to the network): after the proof, a follower
 // accepts messages of a chunk and its head.
-constexpr size_t kChunkBytes = 512 * 1024;
-constexpr size_t kChunksInFlight = 8;
+constexpr size_t kChunkBytes = 16 * 1024;
+constexpr size_t kChunksInFlight = 256;
 constexpr size_t kChunkMessage = sizeof(ChunkHead) + kChunkBytes;
 static_assert(kChunkMessage <= ucx::kMaxRaisedMessage);
 
@@ -465,7 +465,7 @@ class PeersImpl final : public Peers {
       SlotRecord r{};
       std::string_view name(d.name);
       name = name == tree ? std::string_view() : name.substr(under.size());
-      std::memcpy(r.name, name.data(), name.size());
+      name.copy(r.name, name.size());
       r.byte_offset = d.byte_offset;
       r.nbytes = name.empty() ? d.buffer_bytes : d.nbytes;
       std::copy(d.shape, d.shape + kMaxDims, r.shape);
@@ -964,12 +964,14 @@ class PeersImpl final : public Peers {
 
   // Progresses the worker from the loop: until nothing is pending (a budget
   // at a time, so clients are served between), then sleeps on its
-  // descriptor. Kick() wakes it early, after a send from outside it.
+  // descriptor. Kick() wakes it early, after a send from outside it. While
+  // chunks are being sent it does not sleep: UCX's descriptor says when
+  // something arrives, not when a full socket can take more.
   void Watch() {
     if (stopping_) return;
     waiting_ = false;
     const bool more = worker_->Progress(1ms);
-    if (more || !worker_->Arm()) {
+    if (more || Sending() || !worker_->Arm()) {
       boost::asio::post(io_, [this] { Watch(); });
       return;
     }
@@ -977,6 +979,13 @@ class PeersImpl final : public Peers {
     fd_.async_wait(boost::asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
       if (!ec || ec == boost::asio::error::operation_aborted) Watch();
     });
+  }
+
+  bool Sending() const {
+    for (const auto& [ep, s] : served_) {
+      if (s.pin != 0 && s.in_flight != 0) return true;
+    }
+    return false;
   }
 
   void Kick() {

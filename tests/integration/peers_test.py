@@ -45,9 +45,14 @@ sys.path.insert(0, os.path.join(SOURCE, "python"))
 import numpy  # noqa: E402
 import gpubroker  # noqa: E402
 
+sys.path.insert(0, os.path.join(SOURCE, "tests", "support"))
+import peer_nodes  # noqa: E402
+from peer_nodes import Net, Node, until  # noqa: E402
+
+peer_nodes.BROKER, peer_nodes.CTL = BROKER, CTL
+STALL_MS = peer_nodes.STALL_MS
 failures = []
 passes = []
-STALL_MS = 1500
 
 
 def check(what, condition, detail=""):
@@ -62,145 +67,10 @@ def skip(why):
     sys.exit(77)
 
 
-def run(*args):
-    subprocess.run(args, check=True, capture_output=True, text=True)
-
-
-def until(condition, seconds, what):
-    """Waits for `condition()` (it is looked at every 20 ms); False after `seconds`."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    print(f"  gave up waiting for {what} after {seconds} s", flush=True)
-    return False
-
-
-class Net:
-    """A bridge in namespace <p>-sw; node i's eth0 (10.77.0.<i+1>/24) in
-    namespace <p>-<i>, its other end on the bridge."""
-
-    def __init__(self, nodes):
-        self.p = f"gpbpeer{os.getpid() % 100000}"
-        self.names = [f"{self.p}-sw"] + [f"{self.p}-{i}" for i in range(nodes)]
-        for ns in self.names:
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        sw = self.names[0]
-        run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", sw, "link", "set", "br0", "up")
-        for i in range(nodes):
-            ns = self.ns(i)
-            run("ip", "link", "add", f"{self.p}a{i}", "type", "veth", "peer", "name", f"{self.p}b{i}")
-            run("ip", "link", "set", f"{self.p}a{i}", "netns", ns, "name", "eth0")
-            run("ip", "link", "set", f"{self.p}b{i}", "netns", sw)
-            run("ip", "-n", sw, "link", "set", f"{self.p}b{i}", "master", "br0", "up")
-            run("ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-
-    def ns(self, i):
-        return f"{self.p}-{i}"
-
-    @staticmethod
-    def ip(i):
-        return f"10.77.0.{i + 1}"
-
-    def link(self, i, up):
-        run("ip", "-n", self.ns(i), "link", "set", "eth0", "up" if up else "down")
-
-    def close(self):
-        for ns in self.names:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-class Node:
-    def __init__(self, net, i, root, key, exports=(), follow=()):
-        self.net, self.i = net, i
-        self.dir = os.path.join(root, f"node{i}")
-        os.makedirs(self.dir, exist_ok=True)
-        self.socket = os.path.join(self.dir, "gpubroker.sock")
-        self.log = os.path.join(self.dir, "broker.log")
-        self.config = os.path.join(self.dir, "gpubroker.yaml")
-        follows = ", ".join(f"{{tree: {t}, from: '{Net.ip(n)}:7400', mode: '0644'}}" for t, n in follow)
-        with open(self.config, "w") as f:
-            f.write(f"""socket: {{path: {self.socket}}}
-default_backend: host
-warm_restart: false
-peers:
-  listen: '{Net.ip(i)}:7400'
-  key_file: {key}
-  interface: eth0
-  stall_timeout_ms: {STALL_MS}
-  export: [{", ".join(exports)}]
-  follow: [{follows}]
-metrics: {{listen: '127.0.0.1:9464'}}
-""")
-        self.proc = None
-
-    def start(self):
-        # Its own mount (a /dev/shm of its own), pid and ipc namespaces,
-        # inside its network namespace; killed with unshare.
-        log = open(self.log, "a")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.net.ns(self.i), "unshare", "--mount", "--pid", "--ipc", "--fork",
-             "--kill-child", "--mount-proc", "sh", "-c",
-             f"mount -t tmpfs tmpfs /dev/shm && exec {BROKER} --config {self.config}"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        until(lambda: self.ready() or self.proc.poll() is not None, 20, f"node {self.i}'s broker")
-        check(f"node {self.i}'s broker starts in its namespaces", self.ready(), self.tail())
-
-    def ready(self):
-        if self.proc.poll() is not None:
-            return False
-        try:
-            gpubroker.connect(self.socket).close()
-            return True
-        except gpubroker.Error:
-            return False
-
-    def broker_pid(self):
-        """The broker's pid here (pid 1 in its own namespace)."""
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:  # ip netns exec runs unshare
-            return int(f.read().split()[0])
-
-    def kill(self):
-        os.kill(self.broker_pid(), signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def tail(self):
-        return self.text()[-2000:]
-
-    def client(self):
-        return gpubroker.connect(self.socket)
-
-    def metric(self, labels):
-        """The value of gpubroker_peer{labels} on this node's metrics page (in its network), or None."""
-        out = subprocess.run(["ip", "netns", "exec", self.net.ns(self.i), "/usr/bin/python3", "-c",
-                              "import urllib.request; print(urllib.request.urlopen("
-                              "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"],
-                             capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            if line.startswith("gpubroker_peer{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    def peers(self):
-        """`gpubrokerctl peers --json` on this node."""
-        out = subprocess.run([CTL, "-s", self.socket, "peers", "--json"], capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
-
-
 LAYOUT = [("layers.0.weight", (257, 129), "float32"), ("layers.0.bias", (129,), "float64"),
           ("embed", (1025, 64), "int64"), ("scale", (1,), "int32")]
 LAYOUT_B = [("encoder", (300, 7), "int64"), ("head", (1000,), "float32")]
-LAYOUT_BIG = [("w", (1024, 1024), "float32"), ("b", (1024,), "int64")]
+LAYOUT_BIG = [("w", (2048, 4096), "float32"), ("b", (1024,), "int64")]  # 32 MiB: more than the source has in flight
 
 
 def fresh_base(layout=LAYOUT):
@@ -292,10 +162,14 @@ class Watcher(threading.Thread):
 
 
 def latest_version(node):
+    return latest_version_of(node, "policy")
+
+
+def latest_version_of(node, name):
     try:
         c = node.client()
         try:
-            return c.stat("policy").version
+            return c.stat(name).version
         finally:
             c.close()
     except gpubroker.Error:
@@ -326,7 +200,7 @@ def main():
     watchers = []
     try:
         for n in nodes:
-            n.start()
+            check(f"node {n.i}'s broker starts in its namespaces", n.start(), n.tail())
         if failures:
             return
         publisher_client = nodes[0].client()
@@ -384,17 +258,24 @@ def main():
         stop_one = threading.Event()
 
         def write_in_place():
+            # Bursts of back-to-back writes (reads of the source overlap
+            # them: torn, not to be committed there), each burst followed by
+            # a pause until the follower has taken a version or 0.5 s went by
+            # (so that, slow or fast, some reads are whole).
             v = 2
             while not stop_one.is_set():
-                one.update(stamp(one_base, v))
-                v += 1
+                for _ in range(8):
+                    one.update(stamp(one_base, v))
+                    v += 1
+                before = latest_version_of(nodes[1], "onebuf")
+                until(lambda: stop_one.is_set() or latest_version_of(nodes[1], "onebuf") != before, 0.5, None)
             return v
 
         writer = threading.Thread(target=write_in_place, daemon=True)
         writer.start()
         c1 = nodes[1].client()
         torn, seen_one = [], set()
-        end = time.monotonic() + 3
+        end = time.monotonic() + 5
         sub = c1.subscriber("onebuf", to="numpy", timeout=10)
         while time.monotonic() < end:
             try:
@@ -455,7 +336,7 @@ def main():
         check("with the source killed, the followers keep a version", all(v >= 40 for v in held.values()), held)
         for w in watchers:
             check(f"node {w.node.i}: whole through the source's death", not w.bad, f"torn: {w.bad}")
-        nodes[0].start()
+        check("node 0's broker starts again", nodes[0].start(), nodes[0].tail())
         base2 = fresh_base()
         bases[1] = base2
         publisher_client = nodes[0].client()
@@ -481,7 +362,7 @@ def main():
         for v in range(newest + 1, newest + 6):
             pub.update(stamp(base, v), wait=0)
         newest += 5
-        nodes[1].start()
+        check("node 1's broker starts again", nodes[1].start(), nodes[1].tail())
         check("a restarted follower catches up",
               until(lambda: watchers[0].seen and watchers[0].seen[-1][1] == newest, 30, "node 1 catching up"),
               f"{watchers[0].seen[-3:]}; {nodes[1].tail()}")

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Replication between brokers on namespaced "nodes" (docs/multinode.md,
+tests/support/peer_nodes.py: veth pairs on a bridge, UCX over TCP), each
+figure beside a baseline measured over the same link in the same run:
+
+  throughput  a host tree of 1 GiB (--quick: 64 MiB), commit on node 0 ->
+              a subscriber on node 1 holds it, as GB/s; baseline
+              ucx_perftest -t ucp_am_bw with the same 512 KiB messages
+  latency     a 4 KiB tree, commit -> the follower's subscriber holds it;
+              baseline two UCX round trips (ucx_perftest -t ucp_am_lat)
+  fan-out     the 64 MiB tree to 3 followers of node 0: the last to hold it,
+              against one follower alone
+
+    bench/peers_bench.py BUILD_DIR [--quick]
+
+Root only (namespaces); prints a line and exits 0 where it cannot run.
+Every version each follower holds is checked whole (one stamp in every
+element).
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD = os.path.abspath(sys.argv[1])
+QUICK = "--quick" in sys.argv
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("GPUBROKER_LIBRARY", os.path.join(BUILD, "client", "libgpubroker.so"))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+
+import numpy  # noqa: E402
+import gpubroker  # noqa: E402
+import peer_nodes  # noqa: E402
+from peer_nodes import Net, Node  # noqa: E402
+
+peer_nodes.BROKER = os.path.join(BUILD, "broker", "gpubrokerd")
+peer_nodes.CTL = os.path.join(BUILD, "client", "gpubrokerctl")
+peer_nodes.STALL_MS = 10000
+
+
+def summary(scenario, ours, baseline, unit, aim):
+    print(f"summary\t{scenario}\t{ours:.4g}\t{baseline if baseline == '-' else f'{baseline:.4g}'}\t{unit}\t{aim}",
+          flush=True)
+
+
+def perftest(net, test, size, iterations):
+    """ucx_perftest between node 1 (server) and node 0 (client) over eth0;
+    the Final line's fields."""
+    env = {**os.environ, "UCX_NET_DEVICES": "eth0", "UCX_TLS": "tcp"}
+    server = subprocess.Popen(["ip", "netns", "exec", net.ns(1), "ucx_perftest", "-p", "13400"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):  # the server binds in its own time: the client retries its connect
+            out = subprocess.run(["ip", "netns", "exec", net.ns(0), "ucx_perftest", Net.ip(1), "-p", "13400", "-t",
+                                  test, "-s", str(size), "-n", str(iterations)], env=env, capture_output=True,
+                                 text=True, timeout=120)
+            m = re.search(r"^Final:\s+(.*)$", out.stdout, re.M)
+            if m:
+                return [float(x) for x in m.group(1).split()]
+            time.sleep(0.1)
+        raise RuntimeError(f"ucx_perftest {test} failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def stamped(nbytes, seed):
+    rng = numpy.random.default_rng(seed)
+    return {"w": rng.integers(0, 1 << 20, size=(nbytes // 4,)).astype(numpy.int32)}
+
+
+def held(sub, base, version):
+    """Blocks until `sub` holds `version` (or a newer one); returns when it
+    did (perf_counter), having checked every version it took whole."""
+    while True:
+        sub.wait(after=sub.version, timeout=60)
+        arrays = sub.latest(timeout=0)
+        when = time.perf_counter()
+        d = numpy.asarray(arrays["w"]) - base["w"]
+        if d.min() != d.max():
+            raise RuntimeError(f"version {sub.version} is torn")
+        if sub.version >= version:
+            return when
+
+
+def main():
+    if os.geteuid() != 0:
+        print("peers_bench: needs root (network namespaces); not run")
+        return 0
+    import shutil
+    for tool in ("ip", "unshare", "ucx_perftest"):
+        if shutil.which(tool) is None:
+            print(f"peers_bench: needs {tool} (iproute2, util-linux, ucx-utils); not run")
+            return 0
+    if "libucp" not in subprocess.run(["ldd", peer_nodes.BROKER], capture_output=True, text=True).stdout:
+        print("peers_bench: gpubrokerd was built without UCX; not run")
+        return 0
+    root = tempfile.mkdtemp(prefix="gpb-peers-bench-")
+    os.chmod(root, 0o755)
+    key = os.path.join(root, "cluster.key")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(key, 0o600)
+    net = Net(4)
+    nodes = [Node(net, 0, root, key, exports=["big", "small", "fan"]),
+             Node(net, 1, root, key, follow=[("big", 0), ("small", 0), ("fan", 0)]),
+             Node(net, 2, root, key, follow=[("fan", 0)]),
+             Node(net, 3, root, key, follow=[("fan", 0)])]
+    try:
+        for n in nodes:
+            if not n.start():
+                raise RuntimeError(f"node {n.i}'s broker did not start: {n.tail()}")
+        src = nodes[0].client()
+        clients = [n.client() for n in nodes]
+
+        # ---- throughput
+        big_bytes = (64 if QUICK else 1024) << 20
+        rounds = 2 if QUICK else 5
+        base = stamped(big_bytes, 1)
+        pub = src.publisher("big", {"w": base["w"] + 1}, buffers=2)
+        sub = clients[1].subscriber("big", to="numpy", timeout=60)
+        held(sub, base, 1)
+        times = []
+        for v in range(2, 2 + rounds):
+            state = {"w": base["w"] + v}  # made before the clock starts
+            t0 = time.perf_counter()
+            pub.update(state)
+            times.append(held(sub, base, v) - t0)
+        ours = big_bytes / statistics.median(times) / 1e9
+        for p in nodes[1].peers():
+            if p["tree"] == "big":
+                print(f"  the follower's own count: the last version took {p['last_seconds'] * 1e3:.1f} ms from its "
+                      f"offer to its commit")
+        raw = perftest(net, "ucp_am_bw", 512 * 1024, 200 if QUICK else 2000)
+        raw_gbs = raw[4] * 1e6 / 1e9  # MB/s, average
+        print(f"throughput: {big_bytes >> 20} MiB tree, commit -> held on the follower: "
+              f"{[round(t * 1e3, 1) for t in times]} ms -> {ours:.3f} GB/s; ucx_perftest ucp_am_bw 512 KiB: "
+              f"{raw_gbs:.3f} GB/s")
+        summary(f"replication of a {big_bytes >> 20} MiB host tree to one follower (baseline: ucx_perftest "
+                "ucp_am_bw, 512 KiB, same link)", ours, raw_gbs, "GB/s", "pct>=90")
+        sub.close()
+        pub.close(destroy=True)
+
+        # ---- latency, 4 KiB
+        small = stamped(4096, 2)
+        pub = src.publisher("small", {"w": small["w"] + 1}, buffers=3)
+        sub = clients[1].subscriber("small", to="numpy", timeout=60)
+        held(sub, small, 1)
+        lat = []
+        for v in range(2, (50 if QUICK else 500) + 2):
+            state = {"w": small["w"] + v}
+            t0 = time.perf_counter()
+            pub.update(state)
+            lat.append((held(sub, small, v) - t0) * 1e6)
+        # The same on the source's node: the local wake-up the aim allows.
+        sub.close()
+        sub = clients[0].subscriber("small", to="numpy", timeout=60)
+        held(sub, small, v)
+        local = []
+        for v in range(v + 1, v + 1 + (50 if QUICK else 500)):
+            state = {"w": small["w"] + v}
+            t0 = time.perf_counter()
+            pub.update(state)
+            local.append((held(sub, small, v) - t0) * 1e6)
+        one_way = perftest(net, "ucp_am_lat", 8, 1000 if QUICK else 10000)[1]  # 50th percentile, usec
+        rtt = 2 * one_way
+        p50, local50 = statistics.median(lat), statistics.median(local)
+        print(f"latency: 4 KiB tree, commit -> held on the follower: p50 {p50:.1f} us, p99 "
+              f"{sorted(lat)[int(len(lat) * 0.99) - 1]:.1f} us; on the source's own node {local50:.1f} us; UCX "
+              f"round trip (ucp_am_lat p50 x 2) {rtt:.1f} us")
+        summary("commit -> follower's subscriber holds a 4 KiB version, p50 (baseline: the same on the source's node "
+                "+ 2 UCX round trips)", p50, local50 + 2 * rtt, "us", "ratio<=1.0")
+        sub.close()
+        pub.close(destroy=True)
+
+        # ---- fan-out: the same tree to 1, then to 3 followers at once
+        fan_bytes = 64 << 20
+        fan = stamped(fan_bytes, 3)
+        pub = src.publisher("fan", {"w": fan["w"] + 1}, buffers=3)
+        subs = [clients[i].subscriber("fan", to="numpy", timeout=60) for i in (1, 2, 3)]
+        for s in subs:
+            held(s, fan, 1)
+
+        def last_holds(version, followers):
+            state = {"w": fan["w"] + version}
+            t0 = time.perf_counter()
+            pub.update(state)
+            return max(held(s, fan, version) for s in followers) - t0
+
+        v = 2
+        one, three = [], []
+        for _ in range(2 if QUICK else 5):
+            three.append(last_holds(v, subs))
+            v += 1
+        # One follower: the other two stop following (their brokers stop).
+        for s in subs[1:]:
+            s.close()
+        for n in nodes[2:]:
+            n.kill()
+        for _ in range(2 if QUICK else 5):
+            one.append(last_holds(v, subs[:1]))
+            v += 1
+        t1, t3 = statistics.median(one) * 1e3, statistics.median(three) * 1e3
+        print(f"fan-out: 64 MiB to 3 followers, the last holds it in {t3:.1f} ms; to one follower {t1:.1f} ms")
+        summary("fan-out of a 64 MiB host tree: the last of 3 followers holds it (baseline: one follower)", t3, t1,
+                "ms", "ratio<=1.3")
+        subs[0].close()
+        pub.close(destroy=True)
+        for c in clients:
+            c.close()
+        return 0
+    finally:
+        for n in nodes:
+            if n.proc is not None:
+                try:
+                    n.kill()
+                except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
+                    n.proc.kill()
+        net.close()
+        subprocess.run(["rm", "-rf", root])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
