@@ -115,6 +115,7 @@ class Doctor {
     Namespaces();
     Limits();
     Latency(*client);
+    Peers(*client);
     return std::move(findings_);
   }
 
@@ -394,6 +395,35 @@ class Doctor {
         p50 > 1000 ? "the broker or this machine is busy: a first attach needs one round trip; cached attaches "
                      "need none"
                    : "");
+  }
+
+  // Each tree followed from another node (docs/multinode.md): connected and
+  // authenticated, or why not. Administrators only see them; nothing is said
+  // where there are none.
+  void Peers(Client& c) {
+    auto peers = c.Peers();
+    if (!peers.ok()) return;
+    for (const PeerInfo& p : *peers) {
+      if (p.role != "follower") continue;
+      const std::string what = "'" + p.tree + "' from " + p.peer;
+      if (p.state != "retrying" && p.state != "authenticating") {
+        const uint64_t behind = p.source_version > p.version ? p.source_version - p.version : 0;
+        Add("peers", Verdict::kOk, "follows " + what + ": version " + std::to_string(p.version) + ", " +
+                                       std::to_string(behind) + " behind the source, " + p.state);
+        continue;
+      }
+      std::string advice = "check that the source runs and listens there (peers.listen), and that the replication "
+                           "network lets this node reach it";
+      if (p.last_error.find("cluster key") != std::string::npos) {
+        advice = "both nodes need the same cluster key file (peers.key_file)";
+      } else if (p.last_error.find("not exported") != std::string::npos) {
+        advice = "the source must list the tree in its peers.export";
+      }
+      Add("peers", Verdict::kFail,
+          "does not follow " + what + " (" + p.state + "; " + std::to_string(p.errors) + " failed tries" +
+              (p.last_error.empty() ? std::string() : "; last: " + p.last_error) + ")",
+          advice);
+    }
   }
 
   std::string socket_;

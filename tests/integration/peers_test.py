@@ -246,6 +246,16 @@ def main():
         check("gpubrokerctl peers: the wrong key's follower says the source proved nothing",
               len(p3) == 1 and p3[0]["errors"] > 0 and "cluster key" in p3[0]["last_error"] and p3[0]["version"] == 0,
               p3)
+        doctor = lambda n: json.loads(subprocess.run([CTL, "-s", n.socket, "doctor", "--json"], capture_output=True,
+                                                     text=True).stdout)
+        d1 = [f for f in doctor(nodes[1]) if f["check"] == "peers"]
+        check("doctor: node 1 follows policy (ok) and not secret (fail, naming the export list)",
+              any(f["status"] == "ok" and "'policy'" in f["detail"] for f in d1) and
+              any(f["status"] == "fail" and "'secret'" in f["detail"] and "peers.export" in f["advice"] for f in d1),
+              d1)
+        d3 = [f for f in doctor(nodes[3]) if f["check"] == "peers"]
+        check("doctor: the wrong key's node fails its peers check, naming the key",
+              len(d3) == 1 and d3[0]["status"] == "fail" and "cluster key" in d3[0]["advice"], d3)
         check("node 1 holds the same layout",
               sorted(s.name for s in nodes[1].client().list() if s.name.startswith("policy")) ==
               sorted(["policy"] + [f"policy/{k}" for k, _, _ in LAYOUT]))
