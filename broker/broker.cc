@@ -82,6 +82,14 @@ class Broker final : public AllocationObserver {
     }
     ho.devices = VisibleCudaDevices();
     ho.peers = [this] { return PeerRecords(); };
+    ho.follow = [this](const FollowConfig& fc) -> Status {
+      if (!peers_) return NoPeers();
+      return peers_->Follow(fc);
+    };
+    ho.unfollow = [this](const std::string& tree, bool remove) -> Status {
+      if (!peers_) return NoPeers();
+      return peers_->Unfollow(tree, remove);
+    };
     ho.committed = [this](uint64_t allocation_id) {
       if (peers_) peers_->Committed(allocation_id);
     };
@@ -247,6 +255,11 @@ class Broker final : public AllocationObserver {
   }
 
   // The peers' reports as the peers request and the metrics give them.
+  static Status NoPeers() {
+    return Unsupported("this broker follows no tree from another node: it needs peers.key_file in its "
+                       "configuration (docs/multinode.md)");
+  }
+
   std::vector<wire::PeerRecord> PeerRecords() const {
     std::vector<wire::PeerRecord> out;
     if (!peers_) return out;

@@ -71,7 +71,8 @@ struct FollowConfig {
 struct PeersConfig {
   friend bool operator==(const PeersConfig&, const PeersConfig&) = default;
   std::string listen;      // IPv4:PORT followers connect to; empty: serve none
-  std::string key_file;    // the cluster key; required when listen or follow is set
+  std::string key_file;    // the cluster key; required when listen or follow is set, and for
+                           // `gpubrokerctl follow` (set alone, the broker follows at run time only)
   std::string interface;   // the network interface replication uses; empty: UCX's choice
   std::vector<std::string> exports;  // the trees served to followers, by name
   std::vector<FollowConfig> follow;
@@ -79,7 +80,7 @@ struct PeersConfig {
   // that went down is not reported otherwise); a follower that holds a
   // version this long without finishing it is dropped by its source.
   uint32_t stall_timeout_ms = 10000;
-  bool enabled() const { return !listen.empty() || !follow.empty(); }
+  bool enabled() const { return !listen.empty() || !follow.empty() || !key_file.empty(); }
 };
 
 // "A.B.C.D:PORT" → its parts; `port_zero_ok` for a listening address.

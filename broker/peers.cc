@@ -204,6 +204,7 @@ class PeersImpl final : public Peers {
     stopping_ = true;
     tick_.cancel();
     fd_.release();  // UCX's descriptor: the worker closes it
+    following_.splice(following_.end(), leaving_);
     for (auto& f : following_) {
       if (f.ep) f.ep->Close();
     }
@@ -230,21 +231,45 @@ class PeersImpl final : public Peers {
                    worker_->listen_port());
     }
     for (const FollowConfig& fc : config_.follow) {
-      Following& f = following_.emplace_back();
-      f.config = fc;
-      auto addr = ParsePeerAddress(fc.from, false);
-      f.ip = addr->first;
-      f.port = addr->second;
-      f.retry_at = Clock::now();
-      f.gid = ::getegid();
-      if (!fc.group.empty()) {
-        auto gid = LookupGroup(fc.group);
-        if (!gid.ok()) return gid.status().Annotate("peers.follow '" + fc.tree + "'");
-        f.gid = *gid;
-      }
+      GPB_RETURN_IF_ERROR(Add(fc).Annotate("peers.follow '" + fc.tree + "'"));
     }
     Tick();
     Watch();
+    return Status::Ok();
+  }
+
+  Status Follow(const FollowConfig& fc) override {
+    GPB_RETURN_IF_ERROR(ValidateName(fc.tree));
+    if (fc.mode > 0777) return InvalidArgument("mode " + std::to_string(fc.mode) + " is not 0..0777");
+    // A tree of someone else's is never taken over (one of the broker's
+    // own user is, as with peers.follow: that is where followers' are).
+    if (auto existing = handler_.TreeSlots(fc.tree); existing.ok() && existing->front().owner_uid != ::geteuid()) {
+      return AlreadyExists("a tree named '" + fc.tree + "' of uid " + std::to_string(existing->front().owner_uid) +
+                           " exists here; remove it first (gpubrokerctl rm -r " + fc.tree + ")");
+    }
+    return Add(fc);
+  }
+
+  Status Unfollow(const std::string& tree, bool remove) override {
+    auto it = std::find_if(following_.begin(), following_.end(), [&](const Following& f) { return f.config.tree == tree; });
+    if (it == following_.end()) return NotFound("this broker does not follow '" + tree + "' (gpubrokerctl peers)");
+    // Out of the list now (a follow of it again may come next); the
+    // connection and the local write end from the loop, not inside the
+    // request that asked (the handler is not entered again from its own).
+    leaving_.splice(leaving_.end(), following_, it);
+    boost::asio::post(io_, [this, remove] {
+      while (!leaving_.empty()) {
+        Following& f = leaving_.front();
+        if (f.ep) f.ep->Close();
+        f.ep.reset();
+        AbortWrite(f);
+        if (remove && f.client != 0 && LocalHolds(f)) (void)DestroyLocal(f);
+        DropLocal(f);
+        spdlog::info("peers: no longer following '{}' from {}; {}", f.config.tree, f.config.from,
+                     remove ? "the local tree removed" : "the local tree keeps version " + std::to_string(f.report.version));
+        leaving_.pop_front();
+      }
+    });
     return Status::Ok();
   }
 
@@ -629,6 +654,28 @@ class PeersImpl final : public Peers {
     PeerReport report;
   };
 
+  Status Add(const FollowConfig& fc) {
+    for (const Following& f : following_) {
+      if (f.config.tree == fc.tree) {
+        return AlreadyExists("'" + fc.tree + "' is followed already, from " + f.config.from + " (unfollow it first)");
+      }
+    }
+    GPB_ASSIGN_OR_RETURN(auto addr, ParsePeerAddress(fc.from, false));
+    gid_t gid = ::getegid();
+    if (!fc.group.empty()) {
+      auto g = LookupGroup(fc.group);
+      if (!g.ok()) return InvalidArgument(g.status().message() + ", the local tree's group");
+      gid = *g;
+    }
+    Following& f = following_.emplace_back();
+    f.config = fc;
+    f.ip = addr.first;
+    f.port = addr.second;
+    f.retry_at = Clock::now();
+    f.gid = gid;
+    return Status::Ok();
+  }
+
   void Connect(Following& f) {
     auto ep = worker_->Connect(f.ip, f.port);
     if (!ep.ok()) return Retry(f, ep.status());
@@ -778,12 +825,7 @@ class PeersImpl final : public Peers {
       }
       // Ours, of another layout (the source's tree was made anew): replace it.
       DropLocal(f);
-      GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
-      for (auto it = existing->rbegin(); it != existing->rend(); ++it) {
-        wire::DestroyRequest d{};
-        d.name.set(it->name);
-        (void)internal_.Call<wire::DestroyReply>(c, d);
-      }
+      GPB_RETURN_IF_ERROR(DestroyLocal(f));
       existing = NotFound("replaced");
     }
     if (!existing.ok()) GPB_RETURN_IF_ERROR(CreateLocal(f));
@@ -817,6 +859,20 @@ class PeersImpl final : public Peers {
     f.source_have = 0;
     if (f.client != 0) handler_.OnDisconnect(f.client);
     f.client = 0;
+  }
+
+  // Removes the local tree of that name, the views first (the memory stays
+  // while anyone holds a lease on it).
+  Status DestroyLocal(Following& f) {
+    GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
+    auto slots = handler_.TreeSlots(f.config.tree);
+    if (!slots.ok()) return Status::Ok();
+    for (auto it = slots->rbegin(); it != slots->rend(); ++it) {
+      wire::DestroyRequest d{};
+      d.name.set(it->name);
+      (void)internal_.Call<wire::DestroyReply>(c, d);
+    }
+    return Status::Ok();
   }
 
   bool Matches(const Following& f, const std::vector<SlotDescriptor>& have) const {
@@ -1064,6 +1120,7 @@ class PeersImpl final : public Peers {
   std::map<ucx::Endpoint*, Served> served_;
   std::map<uint64_t, Exported> exported_;  // by allocation id
   std::list<Following> following_;
+  std::list<Following> leaving_;  // unfollowed, ending on the loop
   std::vector<std::pair<std::shared_ptr<ucx::Endpoint>, Clock::time_point>> closing_;
   std::map<std::string, Clock::time_point> refusals_logged_;  // by peer address and reason
 };

@@ -66,6 +66,13 @@ class Peers {
   // The handler's `committed` hook.
   virtual void Committed(uint64_t allocation_id) = 0;
   virtual std::vector<PeerReport> Report() const = 0;
+  // From now until the broker stops (the configuration's peers.follow lasts
+  // beyond that): errors name a tree already followed, a bad address, an
+  // unknown group, or a tree of that name of another user's here.
+  virtual Status Follow(const FollowConfig& config) = 0;
+  // NotFound if not followed. The local tree keeps its last version, for
+  // the readers that use it, unless `remove`.
+  virtual Status Unfollow(const std::string& tree, bool remove) = 0;
   // The port followers connect to (0: not listening).
   virtual uint16_t port() const = 0;
 };

@@ -187,6 +187,8 @@ Result<Reply> RequestHandler::Dispatch(ClientEntry& client, const wire::Frame& f
     case MsgType::kRelease: return Call<wire::ReleaseRequest>(this, &RequestHandler::OnRelease, r, f);
     case MsgType::kUsage: return Call<wire::UsageRequest>(this, &RequestHandler::OnUsage, r, f);
     case MsgType::kPeers: return Call<wire::PeersRequest>(this, &RequestHandler::OnPeers, r, f);
+    case MsgType::kFollow: return Call<wire::FollowRequest>(this, &RequestHandler::OnFollow, r, f);
+    case MsgType::kUnfollow: return Call<wire::UnfollowRequest>(this, &RequestHandler::OnUnfollow, r, f);
     case MsgType::kNotice:
     case MsgType::kError: break;
   }
@@ -364,6 +366,32 @@ Result<Reply> RequestHandler::OnPeers(Request r, const wire::PeersRequest& m) {
   return Page<wire::PeersReply, wire::PeerRecord>(r.id, m.cursor, m.max_entries, [&](auto emit) {
     for (const auto& rec : records) emit(rec);
   });
+}
+
+// Which trees come from which nodes is the operator's decision.
+Result<Reply> RequestHandler::OnFollow(Request r, const wire::FollowRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "following a tree from another node"));
+  if (!options_.follow) return Unsupported("this broker follows no tree from another node");
+  FollowConfig fc;
+  fc.tree = std::string(m.tree.view());
+  fc.from = std::string(m.from.view());
+  fc.group = std::string(m.group.view());
+  fc.mode = m.mode;
+  GPB_RETURN_IF_ERROR(options_.follow(fc));
+  spdlog::info("client {} ('{}') made this broker follow '{}' from {}", r.client.id, Printable(r.client.name),
+               fc.tree, Printable(fc.from));
+  return Reply{wire::EncodeReply(r.id, wire::FollowReply{})};
+}
+
+Result<Reply> RequestHandler::OnUnfollow(Request r, const wire::UnfollowRequest& m) {
+  GPB_RETURN_IF_ERROR(RequireAdmin(r.client, "ending the following of a tree"));
+  const std::string tree(m.tree.view());
+  if (!options_.unfollow) return Unsupported("this broker follows no tree from another node");
+  const bool remove = (m.flags & wire::kUnfollowRemove) != 0;
+  GPB_RETURN_IF_ERROR(options_.unfollow(tree, remove));
+  spdlog::info("client {} ('{}') ended the following of '{}'{}", r.client.id, Printable(r.client.name), tree,
+               remove ? ", the local tree removed" : "");
+  return Reply{wire::EncodeReply(r.id, wire::UnfollowReply{})};
 }
 
 Result<Reply> RequestHandler::OnStatus(Request r, const wire::StatusRequest&) {

@@ -79,6 +79,10 @@ struct HandlerOptions {
   std::function<Status()> reload;
   // The connections to brokers on other nodes, for the peers request.
   std::function<std::vector<wire::PeerRecord>()> peers;
+  // Follow a tree from another node, or stop (the follow and unfollow
+  // requests); unset: this broker has no peers.key_file.
+  std::function<Status(const FollowConfig&)> follow;
+  std::function<Status(const std::string& tree, bool remove)> unfollow;
   // A version of the allocation was committed (the peers serving it).
   std::function<void(uint64_t allocation_id)> committed;
 };
@@ -192,6 +196,8 @@ class RequestHandler {
   Result<Reply> OnDevices(Request r, const wire::DevicesRequest& m);
   Result<Reply> OnUsage(Request r, const wire::UsageRequest& m);
   Result<Reply> OnPeers(Request r, const wire::PeersRequest& m);
+  Result<Reply> OnFollow(Request r, const wire::FollowRequest& m);
+  Result<Reply> OnUnfollow(Request r, const wire::UnfollowRequest& m);
   Result<Reply> OnStatus(Request r, const wire::StatusRequest& m);
   Result<Reply> OnShutdown(Request r, const wire::ShutdownRequest& m);
   Result<Reply> OnDrain(Request r, const wire::DrainRequest& m);

@@ -149,6 +149,22 @@ Status ValidateRecord(const PeerRecord& r) {
   }
   return Status::Ok();
 }
+Status Validate(const FollowRequest& m) {
+  GPB_RETURN_IF_ERROR(CheckText(m.tree, "follow.tree"));
+  GPB_RETURN_IF_ERROR(CheckText(m.from, "follow.from"));
+  GPB_RETURN_IF_ERROR(CheckText(m.group, "follow.group"));
+  GPB_RETURN_IF_ERROR(ValidateName(m.tree.view()));
+  if (m.mode > 0777) return InvalidArgument("follow.mode must be 0..0777");
+  return CheckReserved(m.reserved, "follow.reserved");
+}
+Status Validate(const FollowReply&) { return Status::Ok(); }
+Status Validate(const UnfollowRequest& m) {
+  GPB_RETURN_IF_ERROR(CheckText(m.tree, "unfollow.tree"));
+  GPB_RETURN_IF_ERROR(ValidateName(m.tree.view()));
+  if ((m.flags & ~kUnfollowRemove) != 0) return InvalidArgument("unfollow.flags has unknown bits");
+  return CheckReserved(m.reserved, "unfollow.reserved");
+}
+Status Validate(const UnfollowReply&) { return Status::Ok(); }
 Status Validate(const UsageReply& m) { return CheckListHead(m); }
 Status ValidateRecord(const UsageRecord& r) {
   GPB_RETURN_IF_ERROR(CheckReserved(r.reserved, "usage.reserved"));
@@ -272,6 +288,8 @@ std::string TypeName(uint16_t type) {
     case MsgType::kRelease: return "release";
     case MsgType::kUsage: return "usage";
     case MsgType::kPeers: return "peers";
+    case MsgType::kFollow: return "follow";
+    case MsgType::kUnfollow: return "unfollow";
     case MsgType::kNotice: return "notice";
     case MsgType::kError: return "error";
   }

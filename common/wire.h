@@ -47,6 +47,8 @@ enum class MsgType : uint16_t {
   kRelease = 18,
   kUsage = 19,
   kPeers = 20,
+  kFollow = 21,
+  kUnfollow = 22,
   kNotice = 0x7ffe,  // broker → client, unsolicited, request_id 0
   kError = 0x7fff,   // reply to any request that failed
 };
@@ -201,6 +203,27 @@ struct PeersRequest {
   uint32_t cursor;
   uint32_t max_entries;
 };
+
+// Follow a tree of a broker on another node from now on (until the broker
+// stops, or unfollow); admin. The broker needs peers.key_file.
+struct FollowRequest {
+  static constexpr MsgType kType = MsgType::kFollow;
+  Text<128> tree;
+  Text<64> from;   // IPv4:PORT, the source broker's peers.listen
+  Text<64> group;  // owner group of the local tree; empty: the broker's
+  uint32_t mode;   // of the local tree, 0..0777
+  uint32_t reserved;
+};
+
+// Stop following a tree; the local tree keeps its last version unless
+// kUnfollowRemove; admin.
+struct UnfollowRequest {
+  static constexpr MsgType kType = MsgType::kUnfollow;
+  Text<128> tree;
+  uint32_t flags;
+  uint32_t reserved;
+};
+inline constexpr uint32_t kUnfollowRemove = 1;
 
 struct DevicesRequest {
   static constexpr MsgType kType = MsgType::kDevices;
@@ -467,6 +490,16 @@ struct PeersReply {
   uint32_t next_cursor;
 };
 
+struct FollowReply {
+  static constexpr MsgType kType = MsgType::kFollow;
+  uint64_t reserved;
+};
+
+struct UnfollowReply {
+  static constexpr MsgType kType = MsgType::kUnfollow;
+  uint64_t reserved;
+};
+
 struct UsageReply {
   static constexpr MsgType kType = MsgType::kUsage;
   using Record = UsageRecord;
@@ -558,6 +591,10 @@ Status Validate(const UsageRequest& m);
 Status Validate(const PeersRequest& m);
 Status Validate(const PeersReply& m);
 Status ValidateRecord(const PeerRecord& r);
+Status Validate(const FollowRequest& m);
+Status Validate(const FollowReply& m);
+Status Validate(const UnfollowRequest& m);
+Status Validate(const UnfollowReply& m);
 Status Validate(const UsageReply& m);
 Status ValidateRecord(const UsageRecord& r);
 Status Validate(const DevicesReply& m);

@@ -63,6 +63,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case MsgType::kAcquire: Try<AcquireRequest>(f); Try<AcquireReply>(f); break;
     case MsgType::kRelease: Try<ReleaseRequest>(f); Try<ReleaseReply>(f); break;
     case MsgType::kUsage: Try<UsageRequest>(f); TryList<UsageReply>(f); break;
+    case MsgType::kPeers: Try<PeersRequest>(f); TryList<PeersReply>(f); break;
+    case MsgType::kFollow: {
+      auto m = Decode<FollowRequest>(f.payload);
+      if (m.ok()) Require(m->tree.terminated() && ValidateName(m->tree.view()).ok() && m->mode <= 0777);
+      Try<FollowReply>(f);
+      break;
+    }
+    case MsgType::kUnfollow: Try<UnfollowRequest>(f); Try<UnfollowReply>(f); break;
     case MsgType::kNotice: Try<Notice>(f); break;
     case MsgType::kError: Try<ErrorReply>(f); break;
   }

@@ -407,6 +407,20 @@ int main(int argc, char** argv) {
   auto* peers = app.add_subcommand("peers", "trees followed from brokers on other nodes and followers served, "
                                             "with versions, bytes, rates and errors (admin)");
   json_flags(peers);
+  std::string follow_tree, follow_from, follow_group, follow_mode = "0644";
+  auto* follow = app.add_subcommand("follow", "keep TREE here, each version of it at the broker --from committed "
+                                              "here whole, until the broker stops or unfollow (admin; the broker "
+                                              "needs peers.key_file; peers.follow in the configuration lasts)");
+  follow->add_option("tree", follow_tree, "the tree's name, the same on both nodes")->required();
+  follow->add_option("--from", follow_from, "the source broker's peers.listen, IPV4:PORT")->required()
+      ->type_name("IPV4:PORT");
+  follow->add_option("--group", follow_group, "owner group of the local tree (default: the broker's)");
+  follow->add_option("--mode", follow_mode, "permission bits of the local tree, octal (default 0644)");
+  std::string unfollow_tree;
+  bool unfollow_remove = false;
+  auto* unfollow = app.add_subcommand("unfollow", "stop following TREE; it keeps its last version here (admin)");
+  unfollow->add_option("tree", unfollow_tree, "the tree's name")->required();
+  unfollow->add_flag("--remove", unfollow_remove, "remove the local tree too (its memory goes with the last lease)");
   auto* leases = app.add_subcommand("leases", "every lease: client, slot, the version it pins, the buffer it "
                                               "writes (admin)");
   json_flags(leases);
@@ -472,6 +486,18 @@ int main(int argc, char** argv) {
     if (wait->parsed()) return WaitCmd(c, wf);
     if (clients->parsed()) return Clients(c, json);
     if (peers->parsed()) return PeersCmd(c, json);
+    if (follow->parsed()) {
+      auto mode = ParseMode(follow_mode);
+      if (!mode.ok()) return Report(mode.status());
+      Status s = c.Follow(follow_tree, follow_from, follow_group, *mode);
+      if (!s.ok()) return Report(s);
+      std::cout << "following " << follow_tree << " from " << follow_from << " (gpubrokerctl peers shows how it goes)\n";
+      return kExitOk;
+    }
+    if (unfollow->parsed()) {
+      Status s = c.Unfollow(unfollow_tree, unfollow_remove);
+      return s.ok() ? kExitOk : Report(s);
+    }
     if (leases->parsed()) return LeasesCmd(c, json);
     if (shutdown->parsed()) {
       Status s = c.Shutdown();

@@ -326,6 +326,28 @@ Result<std::vector<PeerInfo>> Client::Peers() {
   return out;
 }
 
+Status Client::Follow(const std::string& tree, const std::string& from, const std::string& group, uint32_t mode) {
+  GPB_RETURN_IF_ERROR(ValidateName(tree));
+  wire::FollowRequest req{};
+  if (from.size() >= sizeof req.from || group.size() >= sizeof req.group) {
+    return InvalidArgument("the source address or the group name is too long");
+  }
+  if (mode > 0777) return InvalidArgument("mode " + std::to_string(mode) + " is not a permission 0..0777");
+  req.tree.set(tree);
+  req.from.set(from);
+  req.group.set(group);
+  req.mode = mode;
+  return core_->channel->Call<wire::FollowReply>(req).status();
+}
+
+Status Client::Unfollow(const std::string& tree, bool remove) {
+  GPB_RETURN_IF_ERROR(ValidateName(tree));
+  wire::UnfollowRequest req{};
+  req.tree.set(tree);
+  req.flags = remove ? wire::kUnfollowRemove : 0;
+  return core_->channel->Call<wire::UnfollowReply>(req).status();
+}
+
 Status Client::Drain(bool on) {
   return core_->channel->Call<wire::DrainReply>(wire::DrainRequest{on ? 1u : 0u, 0}).status();
 }

@@ -348,6 +348,14 @@ class Client {
   Result<std::vector<UidUsageInfo>> Usage();
   // The broker's connections to brokers on other nodes (admin).
   Result<std::vector<PeerInfo>> Peers();
+  // Admin only. Follow `tree` from the broker at `from` (IPv4:PORT, its
+  // peers.listen) until the broker stops or Unfollow: the local tree is
+  // owned by the broker's user, group `group` (empty: the broker's), `mode`.
+  // The broker needs peers.key_file; Peers() shows how it goes.
+  Status Follow(const std::string& tree, const std::string& from, const std::string& group = "",
+                uint32_t mode = 0644);
+  // Admin only. The local tree keeps its last version unless `remove`.
+  Status Unfollow(const std::string& tree, bool remove = false);
   // Admin only (root or the admin group).
   Result<std::vector<ClientInfo>> Clients();
   Result<std::vector<LeaseInfo>> Leases();

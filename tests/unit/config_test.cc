@@ -189,6 +189,9 @@ peers:
   EXPECT_EQ(c->peers.follow[0].from, "10.0.0.2:7400");
   EXPECT_EQ(c->peers.follow[0].mode, 0640u);
   EXPECT_FALSE(ParseConfig("", "empty.yaml")->peers.enabled()) << "no peers unless configured";
+  auto runtime_only = ParseConfig("peers: {key_file: /etc/gpubroker/cluster.key}", "key.yaml");
+  ASSERT_TRUE(runtime_only.ok()) << runtime_only.status().ToString();
+  EXPECT_TRUE(runtime_only->peers.enabled()) << "a key alone: the broker follows at run time (gpubrokerctl follow)";
 
   const std::pair<const char*, const char*> bad[] = {
       {"peers: {listen: '0.0.0.0:7400'}", "peers.key_file"},  // no key, no peers
@@ -204,6 +207,7 @@ peers:
       {"peers: {key_file: /k, export: policy}", "peers.export must be a list"},
       {"peers: {key_file: /k, stall_timeout_ms: 10}", "at least 100"},
       {"peers: {port: 1}", "unknown key 'port' in peers"},
+      {"peers: {key_file: relative.key}", "absolute path of the cluster key"},  // a key alone is checked too
   };
   for (const auto& [yaml, want] : bad) {
     Status s = Parse(yaml);

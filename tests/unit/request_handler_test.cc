@@ -254,6 +254,50 @@ TEST_F(HandlerTest, AdminGroupMayDoEverything) {
   EXPECT_TRUE(handler_->shutdown_requested());
 }
 
+// Which trees come from other nodes is the operator's: follow and unfollow
+// are an administrator's, and reach the peers only from one.
+TEST_F(HandlerTest, FollowAndUnfollowAreAnAdministratorsAndReachThePeers) {
+  wire::FollowRequest follow{};
+  follow.tree.set("policy");
+  follow.from.set("10.0.0.1:7400");
+  follow.group.set("inference");
+  follow.mode = 0640;
+  wire::UnfollowRequest unfollow{};
+  unfollow.tree.set("policy");
+  unfollow.flags = wire::kUnfollowRemove;
+  EXPECT_EQ(Call<wire::FollowReply>(Connect(0, 0), follow).status().code(), Code::kUnsupported)
+      << "no peers (no peers.key_file): said so";
+  std::vector<FollowConfig> followed;
+  std::vector<std::pair<std::string, bool>> unfollowed;
+  options_.follow = [&](const FollowConfig& fc) {
+    followed.push_back(fc);
+    return Status::Ok();
+  };
+  options_.unfollow = [&](const std::string& tree, bool remove) {
+    unfollowed.emplace_back(tree, remove);
+    return tree == "policy" ? Status::Ok() : NotFound("not followed");
+  };
+  Rebuild(options_.limits, gid_t{4242});
+  uint64_t nobody = Connect(1000, 1000);
+  EXPECT_EQ(Call<wire::FollowReply>(nobody, follow).status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(Call<wire::UnfollowReply>(nobody, unfollow).status().code(), Code::kPermissionDenied);
+  EXPECT_TRUE(followed.empty() && unfollowed.empty()) << "a refused request reaches no peer";
+  uint64_t admin = Connect(3000, 3000, {4242});
+  ASSERT_TRUE(Call<wire::FollowReply>(admin, follow).ok());
+  ASSERT_EQ(followed.size(), 1u);
+  EXPECT_EQ(followed[0], (FollowConfig{"policy", "10.0.0.1:7400", "inference", 0640}));
+  ASSERT_TRUE(Call<wire::UnfollowReply>(admin, unfollow).ok());
+  EXPECT_EQ(unfollowed, (std::vector<std::pair<std::string, bool>>{{"policy", true}}));
+  unfollow.tree.set("other");
+  EXPECT_EQ(Call<wire::UnfollowReply>(admin, unfollow).status().code(), Code::kNotFound);
+  follow.mode = 01777;
+  EXPECT_EQ(Call<wire::FollowReply>(admin, follow).status().code(), Code::kInvalidArgument);
+  follow.mode = 0640;
+  follow.tree.set("../x");
+  EXPECT_EQ(Call<wire::FollowReply>(admin, follow).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(followed.size(), 1u) << "a malformed request reaches no peer";
+}
+
 TEST_F(HandlerTest, ViewsIntoAnArenaAreCheckedAgainstTheAllocation) {
   uint64_t a = Connect(0, 0);
   ASSERT_TRUE(Call<wire::SlotReply>(a, CreateMsg("arena", 1024)).ok());  // 4 KiB
