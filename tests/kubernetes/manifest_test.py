@@ -57,9 +57,18 @@ def volume_path(pod_spec, container, mount_path):
     return next((v for v in pod_spec.get("volumes", []) if v["name"] == mount["name"]), None)
 
 
-def broker_accepts(config_text):
-    """Runs gpubrokerd with the ConfigMap's file, its socket moved to a scratch directory."""
+def broker_accepts(config_text, key_file=None):
+    """Runs gpubrokerd with the ConfigMap's file, its socket moved to a scratch
+    directory, and `key_file` (the peers' key) made there: fresh random
+    bytes, 0400, as the multinode overlay's init container makes it."""
     with tempfile.TemporaryDirectory() as tmp:
+        if key_file is not None:
+            key = os.path.join(tmp, "cluster.key")
+            with open(key, "wb") as f:
+                f.write(os.urandom(32))
+            os.chmod(key, 0o400)
+            # Its own port, on loopback: this machine is not a node.
+            config_text = config_text.replace(key_file, key).replace("listen: 0.0.0.0:7400", "listen: 127.0.0.1:0")
         conf = os.path.join(tmp, "gpubroker.yaml")
         with open(conf, "w") as f:
             f.write(config_text)
@@ -171,8 +180,70 @@ def main():
     for name, p in (("DaemonSet", spec), ("consumer", pod)):
         check(f"the {name} shares no host IPC, PID or network namespace",
               not any(p.get(k) for k in ("hostIPC", "hostPID", "hostNetwork")))
+    check_multinode(config, configmap, spec, user)
     print(f"{len(failures)} failed")
     sys.exit(1 if failures else 0)
+
+
+def by_name(items, patch):
+    """A strategic merge of two lists keyed by name (what kustomize does for
+    containers, volumes and ports)."""
+    out = {i["name"]: dict(i) for i in items}
+    for p in patch:
+        out[p["name"]] = {**out.get(p["name"], {}), **p}
+    return list(out.values())
+
+
+def check_multinode(base_config, base_configmap, base_spec, user):
+    """deploy/kubernetes/multinode: the base plus the peer port, the key
+    Secret and the peers configuration."""
+    d = os.path.join(DIR, "multinode")
+    docs = {}
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name)) as f:
+            for doc in yaml.safe_load_all(f):
+                docs[doc["kind"]] = (name, doc)
+    kust = docs["Kustomization"][1]
+    check("multinode: the overlay builds on the base and patches the ConfigMap and the DaemonSet",
+          kust.get("resources") == ["../"] and
+          sorted(p["path"] for p in kust.get("patches", [])) == sorted([docs["ConfigMap"][0], docs["DaemonSet"][0]]),
+          kust)
+    check("multinode: no Secret with a key is in the manifests (each cluster makes its own)", "Secret" not in docs)
+    cm, ds = docs["ConfigMap"][1], docs["DaemonSet"][1]
+    check("multinode: the patches name the base's ConfigMap and DaemonSet",
+          cm["metadata"]["name"] == base_configmap["metadata"]["name"] and ds["metadata"]["name"] == "gpubroker")
+    text = cm["data"]["gpubroker.yaml"]
+    config = yaml.safe_load(text)
+    peers = config.pop("peers", {})
+    check("multinode: its configuration is the base's plus peers", config == base_config)
+    ok, why = broker_accepts(text, peers.get("key_file"))
+    check("multinode: gpubrokerd accepts it and serves (its key made as the init container makes it)", ok, why)
+    patch = ds["spec"]["template"]["spec"]
+    spec = {**base_spec, **{k: v for k, v in patch.items() if k not in ("containers", "initContainers", "volumes")}}
+    spec["volumes"] = by_name(base_spec.get("volumes", []), patch.get("volumes", []))
+    spec["initContainers"] = by_name(base_spec.get("initContainers", []), patch.get("initContainers", []))
+    broker_patch = next(c for c in patch["containers"] if c["name"] == base_spec["containers"][0]["name"])
+    broker = dict(base_spec["containers"][0])
+    broker["volumeMounts"] = broker.get("volumeMounts", []) + broker_patch.get("volumeMounts", [])
+    broker["ports"] = broker_patch.get("ports", [])
+    port = int(peers.get("listen", ":0").rsplit(":", 1)[1])
+    check("multinode: the broker's container declares peers.listen's port",
+          [p["containerPort"] for p in broker["ports"]] == [port], broker["ports"])
+    key_dir = posixpath.dirname(peers.get("key_file", ""))
+    key_volume = volume_path(spec, broker, key_dir)
+    check("multinode: the key's directory is a volume in memory, not on the node's disk",
+          key_volume is not None and key_volume.get("emptyDir", {}).get("medium") == "Memory", key_volume)
+    init = next((c for c in spec["initContainers"] if volume_path(spec, c, key_dir) is not None), None)
+    command = init.get("command", []) if init else []
+    source = command[-2] if len(command) > 2 else ""
+    secret = volume_path(spec, init, posixpath.dirname(source)) if init else None
+    check("multinode: an init container installs the key from the Secret as the broker's user's, 0400",
+          command[:1] == ["install"] and f"{user}" in command and "0400" in command and
+          command[-1] == peers.get("key_file") and secret is not None and
+          secret.get("secret", {}).get("secretName") == "gpubroker-cluster-key", init)
+    check("multinode: the broker uses the node's network (UCX hands its interface address to followers)",
+          spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet")
+    check("multinode: still no host IPC or PID namespace", not spec.get("hostIPC") and not spec.get("hostPID"))
 
 
 if __name__ == "__main__":
