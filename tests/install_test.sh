@@ -38,7 +38,7 @@ fi
 "$prefix/bin/gpubrokerctl" --help >/dev/null  # finds its library through the install RPATH
 # The man page has every command, from the program's own help; the completion
 # script is the program's own.
-commands="status ls show create rm wait clients peers leases shutdown drain reload doctor top completion"
+commands="status ls show create rm wait clients peers follow unfollow leases shutdown drain reload doctor top completion"
 [ "$(grep '^\.SS [^"]' "$prefix/share/man/man1/gpubrokerctl.1" | cut -d' ' -f2 | tr '\n' ' ')" = "$commands " ] ||
   { echo "man page sections differ from the commands: $(grep '^\.SS ' "$prefix/share/man/man1/gpubrokerctl.1")"; exit 1; }
 cmp -s "$prefix/share/bash-completion/completions/gpubrokerctl" <("$prefix/bin/gpubrokerctl" completion bash) &&
