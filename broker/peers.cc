@@ -227,8 +227,8 @@ class PeersImpl final : public Peers {
       GPB_RETURN_IF_ERROR(worker_->Listen(addr.first, addr.second, [this](const std::shared_ptr<ucx::Endpoint>& ep) {
         OnAccepted(ep);
       }));
-      spdlog::info("peers: serving {} tree(s) to followers at {}:{}", config_.exports.size(), addr.first,
-                   worker_->listen_port());
+      spdlog::info("peers: serving {} tree(s) to followers at {}:{} (reachable from the cluster's nodes only: "
+                   "docs/SECURITY.md)", config_.exports.size(), addr.first, worker_->listen_port());
     }
     for (const FollowConfig& fc : config_.follow) {
       GPB_RETURN_IF_ERROR(Add(fc).Annotate("peers.follow '" + fc.tree + "'"));
