@@ -81,10 +81,6 @@ void RaiseOpenFileLimit() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // The peers' listener (docs/multinode.md) must bind its port again at
-  // once after a restart. A setting of UCX's TCP transport, which it reads
-  // from the environment only: set here, before any thread starts.
-  ::setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
   CLI::App app{"gpubrokerd: shares GPU and host buffers between processes, by name, zero-copy"};
   app.name("gpubrokerd");
   app.footer("Configuration: the embedded one (--print-default-config shows it) or --config FILE, then these "

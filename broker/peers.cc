@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <map>
 #include <optional>
@@ -26,12 +28,17 @@ using namespace std::chrono_literals;
 
 // ---- what peers say to each other (little-endian, fixed layouts) ----------
 
+// The handshake, on TCP (a Handshake): hello, challenge, proof, then
+// accept or refused. Then what the follower says goes on that TCP
+// connection, and what the source says on UCX, each message's body after
+// the follower's session token: one ordered channel each way.
 enum Msg : uint16_t {
-  kHello = 1,      // follower: kMagic, then its nonce
-  kChallenge = 2,  // source: its nonce, then its proof
-  kProof = 3,      // follower: its proof
+  kHello = 1,      // follower, TCP: kMagic, then its nonce
+  kChallenge = 2,  // source, TCP: its nonce, then its proof
+  kProof = 3,      // follower, TCP: its proof, its session token, its worker's address
   kFollow = 4,     // follower: FollowBody
-  kRefused = 5,    // either: why, as text; the connection ends
+  kRefused = 5,    // source, TCP: why, as text; the connection ends
+  kAccept = 16,    // source, TCP: empty
   kLayout = 6,     // source: SlotRecords of the tree, the arena first
   kTree = 7,       // source: TreeHead
   kVersion = 8,    // source: VersionBody; that version is pinned for this follower, its chunks follow
@@ -44,7 +51,21 @@ enum Msg : uint16_t {
   kPong = 15,      // source: the answer
 };
 
-constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '2'};
+constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '3'};
+
+// Names a follower's session: random, given to the source in the
+// handshake; a UCX message with a token no session has is dropped (anyone
+// who reaches the worker can send one).
+using Token = std::array<uint8_t, 16>;
+
+Token FreshToken() {
+  const Nonce n = FreshNonce();
+  Token t;
+  std::copy(n.begin(), n.begin() + t.size(), t.begin());
+  return t;
+}
+
+std::string TokenBytes(const Token& t) { return std::string(reinterpret_cast<const char*>(t.data()), t.size()); }
 
 struct FollowBody {
   uint64_t have;   // the source's version whose bytes the follower holds (0: none)
@@ -62,7 +83,7 @@ struct SlotRecord {
   uint8_t dtype_bits;
   uint16_t dtype_lanes;
 };
-constexpr size_t kRecordsPerMessage = ucx::kMaxMessage / sizeof(SlotRecord);
+constexpr size_t kRecordsPerMessage = (ucx::kMaxMessage - sizeof(Token)) / sizeof(SlotRecord);
 constexpr uint32_t kMaxTreeSlots = 4096;
 
 struct TreeHead {
@@ -97,7 +118,7 @@ struct VerdictBody {
 // accepts messages of a chunk and its head.
 constexpr size_t kChunkBytes = 16 * 1024;
 constexpr size_t kChunksInFlight = 256;
-constexpr size_t kChunkMessage = sizeof(ChunkHead) + kChunkBytes;
+constexpr size_t kChunkMessage = sizeof(Token) + sizeof(ChunkHead) + kChunkBytes;
 static_assert(kChunkMessage <= ucx::kMaxRaisedMessage);
 
 template <typename T>
@@ -106,7 +127,7 @@ std::string Bytes(const T& v) {
 }
 
 template <typename T>
-std::optional<T> Parse(const std::string& body) {
+std::optional<T> Parse(std::string_view body) {
   if (body.size() != sizeof(T)) return std::nullopt;
   T v;
   std::memcpy(&v, body.data(), sizeof v);
@@ -172,6 +193,92 @@ class InternalClient {
   uint32_t id_ = 0;
 };
 
+// ---- the handshake, on a TCP connection of its own --------------------------
+//
+// Frames of [u16 type][u32 length][body]. No UCX code sees a peer before
+// the handshake: a follower that proved it holds the cluster key gets the
+// source's worker address, the source gets the follower's, and each
+// connects to the other's worker (ucx.h). UCX's own listener, which parses
+// what anyone sends it, is not used.
+constexpr size_t kMaxHandshake = 8 * 1024;
+
+class Handshake : public std::enable_shared_from_this<Handshake> {
+ public:
+  using Frame = std::function<void(const Status&, uint16_t type, std::string body)>;
+  Handshake(boost::asio::ip::tcp::socket socket, std::string peer)
+      : socket_(std::move(socket)), peer_(std::move(peer)) {
+    NoDelay();
+  }
+  // Small messages go at once (a done waits for no acknowledgement).
+  void NoDelay() {
+    boost::system::error_code ec;
+    if (socket_.is_open()) socket_.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  }
+  const std::string& peer() const { return peer_; }
+  boost::asio::ip::tcp::socket& socket() { return socket_; }
+
+  // One frame; an error if the connection ends or the frame is too long.
+  void Read(Frame then) {
+    auto self = shared_from_this();
+    boost::asio::async_read(socket_, boost::asio::buffer(head_),
+                            [self, then = std::move(then)](const boost::system::error_code& ec, size_t) mutable {
+                              if (ec) return then(Unavailable("the handshake ended: " + ec.message()), 0, {});
+                              uint16_t type = 0;
+                              uint32_t length = 0;
+                              std::memcpy(&type, self->head_.data(), sizeof type);
+                              std::memcpy(&length, self->head_.data() + sizeof type, sizeof length);
+                              if (length > kMaxHandshake) {
+                                return then(ProtocolError("a handshake message of " + std::to_string(length) +
+                                                          " bytes"), 0, {});
+                              }
+                              self->body_.assign(length, '\0');
+                              boost::asio::async_read(
+                                  self->socket_, boost::asio::buffer(self->body_),
+                                  [self, type, then = std::move(then)](const boost::system::error_code& ec2,
+                                                                       size_t) mutable {
+                                    if (ec2) return then(Unavailable("the handshake ended: " + ec2.message()), 0, {});
+                                    then(Status::Ok(), type, std::move(self->body_));
+                                  });
+                            });
+  }
+
+  // Queues a frame; `then`, if given, once it is written (or failed).
+  // Frames go out one at a time, in order.
+  void Write(uint16_t type, std::string_view body, std::function<void()> then = {}) {
+    std::string frame(sizeof(uint16_t) + sizeof(uint32_t), '\0');
+    const uint32_t length = static_cast<uint32_t>(body.size());
+    std::memcpy(frame.data(), &type, sizeof type);
+    std::memcpy(frame.data() + sizeof type, &length, sizeof length);
+    frame.append(body);
+    out_.push_back({std::move(frame), std::move(then)});
+    if (out_.size() == 1) WriteNext();
+  }
+
+  void Close() {
+    boost::system::error_code ec;
+    socket_.close(ec);
+  }
+
+ private:
+  void WriteNext() {
+    auto self = shared_from_this();
+    boost::asio::async_write(socket_, boost::asio::buffer(out_.front().first),
+                             [self](const boost::system::error_code& ec, size_t) {
+                               auto then = std::move(self->out_.front().second);
+                               self->out_.pop_front();
+                               if (ec) self->out_.clear();  // the connection is gone: nothing more goes
+                               if (!self->out_.empty()) self->WriteNext();
+                               if (then) then();
+                             });
+  }
+
+  boost::asio::ip::tcp::socket socket_;
+  std::string peer_;
+  std::deque<std::pair<std::string, std::function<void()>>> out_;
+  std::array<uint8_t, sizeof(uint16_t) + sizeof(uint32_t)> head_{};
+  std::string body_;
+};
+
 class Mapping {
  public:
   Mapping() = default;
@@ -198,16 +305,26 @@ class PeersImpl final : public Peers {
   PeersImpl(boost::asio::io_context& io, RequestHandler& handler, PeersConfig config, ClusterKey key,
             std::unique_ptr<ucx::Worker> worker)
       : io_(io), handler_(handler), internal_(handler), config_(std::move(config)), key_(std::move(key)),
-        worker_(std::move(worker)), fd_(io, worker_->fd()), tick_(io) {}
+        worker_(std::move(worker)), fd_(io, worker_->fd()), tick_(io), accept_retry_(io) {}
 
   ~PeersImpl() override {
     stopping_ = true;
+    alive_.reset();
     tick_.cancel();
+    accept_retry_.cancel();
+    if (acceptor_) {
+      boost::system::error_code ec;
+      acceptor_->close(ec);
+    }
+    for (auto& h : handshakes_) h.hs->Close();
+    for (auto& f : following_) {
+      if (f.hs) f.hs->Close();
+    }
+    for (auto& f : leaving_) {
+      if (f.hs) f.hs->Close();
+    }
     fd_.release();  // UCX's descriptor: the worker closes it
     following_.splice(following_.end(), leaving_);
-    for (auto& f : following_) {
-      if (f.ep) f.ep->Close();
-    }
     worker_.reset();  // sends still in flight end here; stopping_ keeps their handlers quiet
     for (auto& [ep, s] : served_) {
       if (s.client != 0) handler_.OnDisconnect(s.client);
@@ -218,17 +335,28 @@ class PeersImpl final : public Peers {
   }
 
   Status Begin() {
-    worker_->OnMessage([this](const std::shared_ptr<ucx::Endpoint>& ep, uint16_t type, std::string body) {
-      OnMessage(ep, type, std::move(body));
+    worker_->OnMessage([this](const std::shared_ptr<ucx::Endpoint>&, uint16_t type, std::string body) {
+      OnMessage(type, body);
     });
     worker_->OnFailure([this](const std::shared_ptr<ucx::Endpoint>& ep, const Status& why) { OnFailure(ep, why); });
+    // Chunks come from the source's worker, on no endpoint of ours where
+    // UCX does not pair it with ours; a session's token says whose.
+    worker_->SetAnonymousMaxMessage(kChunkMessage);
     if (!config_.listen.empty()) {
       GPB_ASSIGN_OR_RETURN(auto addr, ParsePeerAddress(config_.listen, true));
-      GPB_RETURN_IF_ERROR(worker_->Listen(addr.first, addr.second, [this](const std::shared_ptr<ucx::Endpoint>& ep) {
-        OnAccepted(ep);
-      }));
+      namespace ip = boost::asio::ip;
+      boost::system::error_code ec;
+      const ip::tcp::endpoint at(ip::make_address_v4(addr.first, ec), addr.second);
+      acceptor_ = std::make_unique<ip::tcp::acceptor>(io_);
+      if (!ec) acceptor_->open(ip::tcp::v4(), ec);
+      if (!ec) acceptor_->set_option(ip::tcp::acceptor::reuse_address(true), ec);
+      if (!ec) acceptor_->bind(at, ec);
+      if (!ec) acceptor_->listen(boost::asio::socket_base::max_listen_connections, ec);
+      if (ec) return Unavailable("peers.listen " + config_.listen + ": " + ec.message());
+      listen_port_ = acceptor_->local_endpoint(ec).port();
+      Accept();
       spdlog::info("peers: serving {} tree(s) to followers at {}:{} (reachable from the cluster's nodes only: "
-                   "docs/SECURITY.md)", config_.exports.size(), addr.first, worker_->listen_port());
+                   "docs/SECURITY.md)", config_.exports.size(), addr.first, listen_port_);
     }
     for (const FollowConfig& fc : config_.follow) {
       GPB_RETURN_IF_ERROR(Add(fc).Annotate("peers.follow '" + fc.tree + "'"));
@@ -260,8 +388,8 @@ class PeersImpl final : public Peers {
     boost::asio::post(io_, [this, remove] {
       while (!leaving_.empty()) {
         Following& f = leaving_.front();
-        if (f.ep) f.ep->Close();
-        f.ep.reset();
+        if (f.hs) f.hs->Close();
+        f.hs.reset();
         AbortWrite(f);
         if (remove && f.client != 0 && LocalHolds(f)) (void)DestroyLocal(f);
         DropLocal(f);
@@ -273,7 +401,7 @@ class PeersImpl final : public Peers {
     return Status::Ok();
   }
 
-  uint16_t port() const override { return config_.listen.empty() ? 0 : worker_->listen_port(); }
+  uint16_t port() const override { return listen_port_; }
 
   // Called inside the handler's commit: the offers go from the loop, after it.
   void Committed(uint64_t allocation_id) override {
@@ -289,7 +417,6 @@ class PeersImpl final : public Peers {
   std::vector<PeerReport> Report() const override {
     std::vector<PeerReport> out;
     for (const auto& [ep, s] : served_) {
-      if (s.state != Served::kFollowing) continue;  // unproven connections are anyone's
       PeerReport r = s.report;
       r.role = "source";
       r.peer = s.ep->peer();
@@ -303,6 +430,7 @@ class PeersImpl final : public Peers {
       r.peer = f.config.from;
       static const char* kStates[] = {"retrying", "authenticating", "layout", "ready", "waiting for a buffer",
                                       "reading", "reading"};
+      static_assert(std::size(kStates) == Following::kVerdict + 1);
       r.state = kStates[f.state];
       out.push_back(std::move(r));
     }
@@ -317,12 +445,14 @@ class PeersImpl final : public Peers {
     int users = 0;
   };
 
+  // A follower that proved it holds the key: what it says comes on `ctl`
+  // (the handshake's TCP connection), what we say goes to its worker on `ep`.
   struct Served {
     std::shared_ptr<ucx::Endpoint> ep;
+    std::shared_ptr<Handshake> ctl;
     uint64_t serial = 0;  // sends in flight name their connection by this
-    enum State { kHello, kChallenged, kFollowing } state = kHello;
-    Nonce follower{}, source{};
-    Clock::time_point since = Clock::now();  // of the connection
+    Token peer_token{};   // the follower's: on what we send it
+    Clock::time_point since = Clock::now();  // of the session
     Clock::time_point heard = Clock::now();  // its last message
     Clock::time_point ponged{};
     uint64_t client = 0;  // the handler's, once following
@@ -343,31 +473,135 @@ class PeersImpl final : public Peers {
     PeerReport report;
   };
 
-  void OnAccepted(const std::shared_ptr<ucx::Endpoint>& ep) {
-    const std::string ip = IpOf(ep->peer());
-    size_t unproven = 0, from_ip = 0, unproven_from_ip = 0;
-    for (const auto& [e, s] : served_) {
-      const bool same = IpOf(s.ep->peer()) == ip;
-      unproven += s.state != Served::kFollowing;
-      from_ip += same;
-      unproven_from_ip += same && s.state != Served::kFollowing;
-    }
-    if (unproven >= kMaxUnproven || unproven_from_ip >= kMaxUnprovenPerIp || from_ip >= kMaxPerIp ||
-        served_.size() >= kMaxServed) {
-      LogRefusal(ep->peer(), "too many connections (from this address, or unauthenticated)");
-      ep->Close();
-      return;
-    }
-    Served& s = served_[ep.get()];
-    s.ep = ep;
-    s.serial = ++serial_;
+  // An unproven TCP connection on the source's side, until its handshake ends.
+  struct Pending {
+    std::shared_ptr<Handshake> hs;
+    Clock::time_point since = Clock::now();
+  };
+
+  void Accept() {
+    acceptor_->async_accept([this, alive = std::weak_ptr<int>(alive_)](const boost::system::error_code& ec,
+                                                                        boost::asio::ip::tcp::socket socket) {
+      if (alive.expired() || stopping_ || ec == boost::asio::error::operation_aborted) return;
+      if (ec) {  // out of descriptors, say: try again shortly rather than spin
+        LogRefusal("0.0.0.0:0", "accepting a connection: " + ec.message());
+        accept_retry_.expires_after(100ms);
+        accept_retry_.async_wait([this](const boost::system::error_code& e) {
+          if (!e) Accept();
+        });
+        return;
+      }
+      OnAccepted(std::move(socket));
+      Accept();
+    });
   }
 
-  void Refuse(const std::shared_ptr<ucx::Endpoint>& ep, const std::string& why) {
+  void OnAccepted(boost::asio::ip::tcp::socket socket) {
+    boost::system::error_code ec;
+    const auto remote = socket.remote_endpoint(ec);
+    if (ec) return;
+    const std::string ip = remote.address().to_string();
+    const std::string peer = ip + ":" + std::to_string(remote.port());
+    size_t unproven_from_ip = 0, from_ip = 0;
+    for (const Pending& p : handshakes_) unproven_from_ip += IpOf(p.hs->peer()) == ip;
+    for (const auto& [e, s] : served_) from_ip += IpOf(s.ep->peer()) == ip;
+    if (handshakes_.size() >= kMaxUnproven || unproven_from_ip >= kMaxUnprovenPerIp || from_ip >= kMaxPerIp ||
+        served_.size() >= kMaxServed) {
+      LogRefusal(peer, "too many connections (from this address, or unauthenticated)");
+      return;  // the socket closes here
+    }
+    auto hs = std::make_shared<Handshake>(std::move(socket), peer);
+    handshakes_.push_back(Pending{hs});
+    hs->Read([this, hs, alive = std::weak_ptr<int>(alive_)](const Status& st, uint16_t type, std::string body) {
+      if (alive.expired() || !Unproven(hs)) return;
+      if (!st.ok()) return EndHandshake(hs);
+      if (type != kHello || body.size() != sizeof kMagic + sizeof(Nonce) ||
+          std::memcmp(body.data(), kMagic, sizeof kMagic) != 0) {
+        return RefuseHandshake(hs, "the first message must be a gpubroker peer hello (version 3)");
+      }
+      Nonce follower{};
+      std::memcpy(follower.data(), body.data() + sizeof kMagic, sizeof(Nonce));
+      const Nonce source = FreshNonce();
+      const Mac proof = key_.Prove("source", follower, source);
+      std::string reply(reinterpret_cast<const char*>(source.data()), source.size());
+      reply.append(reinterpret_cast<const char*>(proof.data()), proof.size());
+      hs->Write(kChallenge, reply);
+      hs->Read([this, hs, follower, source, alive](const Status& st2, uint16_t type2, std::string body2) {
+        if (alive.expired() || !Unproven(hs)) return;
+        if (!st2.ok()) return EndHandshake(hs);
+        OnProof(hs, follower, source, type2, body2);
+      });
+    });
+  }
+
+  // The follower's proof, its token and its worker's address.
+  void OnProof(const std::shared_ptr<Handshake>& hs, const Nonce& follower, const Nonce& source, uint16_t type,
+               std::string_view body) {
+    if (type != kProof || body.size() <= sizeof(Mac) + sizeof(Token) ||
+        !key_.Verify("follower", follower, source, body.substr(0, sizeof(Mac)))) {
+      return RefuseHandshake(hs, "it did not prove it holds the cluster key");
+    }
+    Token peer_token{};
+    std::memcpy(peer_token.data(), body.data() + sizeof(Mac), sizeof peer_token);
+    auto ep = worker_->ConnectTo(body.substr(sizeof(Mac) + sizeof(Token)), hs->peer());
+    if (!ep.ok()) return RefuseHandshake(hs, "its worker address: " + ep.status().message());
+    Served& s = served_[ep->get()];
+    s.ep = *ep;
+    s.ctl = hs;
+    s.serial = ++serial_;
+    s.peer_token = peer_token;
+    EndHandshake(hs, false);
+    hs->Write(kAccept, "");
+    Listen(s);
+  }
+
+  // What the follower says, one message at a time; its connection's end
+  // ends the session.
+  void Listen(Served& s) {
+    ucx::Endpoint* key = s.ep.get();
+    const uint64_t serial = s.serial;
+    s.ctl->Read([this, key, serial, alive = std::weak_ptr<int>(alive_)](const Status& st, uint16_t type,
+                                                                        std::string body) {
+      if (alive.expired()) return;
+      auto it = served_.find(key);
+      if (it == served_.end() || it->second.serial != serial) return;
+      if (!st.ok()) {
+        if (it->second.client != 0) {
+          spdlog::info("peers: follower {} of '{}' gone: {}", it->second.ep->peer(), it->second.report.tree,
+                       st.message());
+        }
+        auto ep = it->second.ep;
+        Forget(it->second);
+        ep->Close();
+        return;
+      }
+      OnSourceMessage(it->second, type, body);
+      it = served_.find(key);  // it may have been dropped
+      if (it != served_.end() && it->second.serial == serial) Listen(it->second);
+    });
+  }
+
+  bool Unproven(const std::shared_ptr<Handshake>& hs) const {
+    return std::any_of(handshakes_.begin(), handshakes_.end(), [&](const Pending& p) { return p.hs == hs; });
+  }
+
+  void EndHandshake(const std::shared_ptr<Handshake>& hs, bool close = true) {
+    handshakes_.remove_if([&](const Pending& p) { return p.hs == hs; });
+    if (close) hs->Close();
+  }
+
+  void RefuseHandshake(const std::shared_ptr<Handshake>& hs, const std::string& why) {
+    LogRefusal(hs->peer(), why);
+    EndHandshake(hs, false);
+    hs->Write(kRefused, why, [hs] { hs->Close(); });
+  }
+
+  // Tells the follower why on its TCP connection, then closes it and, on a
+  // later tick (a forced close drops what UCX has not sent), our endpoint.
+  void Refuse(const std::shared_ptr<ucx::Endpoint>& ep, const std::shared_ptr<Handshake>& ctl,
+              const std::string& why) {
     LogRefusal(ep->peer(), why);
-    (void)ep->Send(kRefused, why);
-    // The refusal goes out before the close: UCX drops what a forced close
-    // finds unsent, so close on a later tick.
+    if (ctl) ctl->Write(kRefused, why, [ctl] { ctl->Close(); });
     closing_.push_back({ep, Clock::now() + 200ms});
   }
 
@@ -383,37 +617,12 @@ class PeersImpl final : public Peers {
     spdlog::warn("peers: refused {}: {}", peer, why);
   }
 
-  void OnSourceMessage(Served& s, uint16_t type, const std::string& body) {
+  void OnSourceMessage(Served& s, uint16_t type, std::string_view body) {
     s.heard = Clock::now();
-    switch (s.state) {
-      case Served::kHello: {
-        if (type != kHello || body.size() != sizeof kMagic + sizeof(Nonce) ||
-            std::memcmp(body.data(), kMagic, sizeof kMagic) != 0) {
-          return RefuseServed(s, "the first message must be a gpubroker peer hello (version 2)");
-        }
-        std::memcpy(s.follower.data(), body.data() + sizeof kMagic, sizeof(Nonce));
-        s.source = FreshNonce();
-        const Mac proof = key_.Prove("source", s.follower, s.source);
-        std::string reply(reinterpret_cast<const char*>(s.source.data()), s.source.size());
-        reply.append(reinterpret_cast<const char*>(proof.data()), proof.size());
-        s.state = Served::kChallenged;
-        (void)s.ep->Send(kChallenge, std::move(reply));
-        return;
-      }
-      case Served::kChallenged: {
-        if (type != kProof || !key_.Verify("follower", s.follower, s.source, body)) {
-          return RefuseServed(s, "it did not prove it holds the cluster key");
-        }
-        s.state = Served::kFollowing;
-        return;
-      }
-      case Served::kFollowing:
-        break;
-    }
     if (type == kPing && body.empty()) {
       if (s.heard - s.ponged >= 100ms) {  // at most ten answers a second, whatever it sends
         s.ponged = s.heard;
-        (void)s.ep->Send(kPong, "");
+        (void)SendTo(s, kPong, "");
       }
       return;
     }
@@ -451,9 +660,24 @@ class PeersImpl final : public Peers {
   void RefuseServed(Served& s, const std::string& why) {
     ++s.report.errors;
     auto ep = s.ep;
+    auto ctl = s.ctl;
+    s.ctl.reset();
+    Forget(s);
+    Refuse(ep, ctl, why);
+  }
+
+  // Ends a served session's bookkeeping and its TCP connection (its
+  // endpoint is the caller's to close).
+  void Forget(Served& s) {
     Drop(s);
-    served_.erase(ep.get());
-    Refuse(ep, why);
+    if (s.ctl) s.ctl->Close();
+    served_.erase(s.ep.get());
+  }
+
+  Status SendTo(Served& s, uint16_t type, std::string_view body, std::function<void(Status)> sent = {}) {
+    std::string m = TokenBytes(s.peer_token);
+    m.append(body);
+    return s.ep->Send(type, std::move(m), std::move(sent));
   }
 
   void ServeTree(Served& s, const std::string& tree, uint64_t have) {
@@ -503,9 +727,9 @@ class PeersImpl final : public Peers {
     }
     for (size_t i = 0; i < records.size(); i += kRecordsPerMessage) {
       const size_t n = std::min(kRecordsPerMessage, records.size() - i);
-      (void)s.ep->Send(kLayout, std::string(reinterpret_cast<const char*>(&records[i]), n * sizeof(SlotRecord)));
+      (void)SendTo(s, kLayout, std::string_view(reinterpret_cast<const char*>(&records[i]), n * sizeof(SlotRecord)));
     }
-    (void)s.ep->Send(kTree, Bytes(TreeHead{arena.buffer_bytes, arena.nbuffers, static_cast<uint32_t>(records.size())}));
+    (void)SendTo(s, kTree, Bytes(TreeHead{arena.buffer_bytes, arena.nbuffers, static_cast<uint32_t>(records.size())}));
     s.have = have;
     spdlog::info("peers: {} follows '{}' ({} buffers of {} bytes)", s.ep->peer(), tree, arena.nbuffers,
                  arena.buffer_bytes);
@@ -541,7 +765,7 @@ class PeersImpl final : public Peers {
     s.in_flight = 0;
     s.sent_all = {};
     s.report.source_version = got->version;
-    (void)s.ep->Send(kVersion, Bytes(VersionBody{got->version, got->buffer, 0}));
+    (void)SendTo(s, kVersion, Bytes(VersionBody{got->version, got->buffer, 0}));
     Push(s);
     return true;
   }
@@ -550,7 +774,7 @@ class PeersImpl final : public Peers {
   void Push(Served& s) {
     while (s.pin != 0 && s.in_flight < kChunksInFlight && s.offset < s.buffer_bytes) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, s.buffer_bytes - s.offset));
-      std::string body = Bytes(ChunkHead{s.pinned, s.offset});
+      std::string body = TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset});
       body.append(reinterpret_cast<const char*>(s.base + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset),
                   n);
       ucx::Endpoint* key = s.ep.get();
@@ -593,7 +817,7 @@ class PeersImpl final : public Peers {
         rel.pin = now->pin;
         (void)internal_.Call<wire::ReleaseReply>(s.client, rel);
       }
-      (void)s.ep->Send(kVerdict, Bytes(VerdictBody{s.pinned, whole ? 1u : 0u, 0}));
+      (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, whole ? 1u : 0u, 0}));
     }
     if (whole) {
       s.have = s.pinned;
@@ -631,8 +855,8 @@ class PeersImpl final : public Peers {
     // was told (kBusy), and a buffer is begun once one comes free (looked
     // at every tick), then the source is asked again (kWant).
     enum State { kRetrying, kHello, kLayout, kReady, kBuffer, kReading, kVerdict } state = kRetrying;
-    std::shared_ptr<ucx::Endpoint> ep;
-    Nonce nonce{};
+    std::shared_ptr<Handshake> hs;  // the TCP connection to the source: the handshake, then what we say
+    Token token{};                  // ours: on what the source sends us over UCX
     Clock::time_point retry_at;
     std::chrono::milliseconds backoff{100};
     Clock::time_point progress;  // the last message from the source
@@ -676,16 +900,90 @@ class PeersImpl final : public Peers {
     return Status::Ok();
   }
 
+  // The handshake on TCP; then our endpoint to the source's worker and the
+  // follow on it.
   void Connect(Following& f) {
-    auto ep = worker_->Connect(f.ip, f.port);
-    if (!ep.ok()) return Retry(f, ep.status());
-    f.ep = *ep;
-    f.nonce = FreshNonce();
-    std::string hello(kMagic, sizeof kMagic);
-    hello.append(reinterpret_cast<const char*>(f.nonce.data()), f.nonce.size());
+    namespace ip = boost::asio::ip;
+    boost::system::error_code ec;
+    const ip::tcp::endpoint to(ip::make_address_v4(f.ip, ec), f.port);
+    if (ec) return Retry(f, InvalidArgument("'" + f.config.from + "': " + ec.message()));
+    auto hs = std::make_shared<Handshake>(ip::tcp::socket(io_), f.config.from);
+    f.hs = hs;
+    f.token = FreshToken();
     f.state = Following::kHello;
     f.progress = f.pinged = Clock::now();
-    if (Status s = f.ep->Send(kHello, std::move(hello)); !s.ok()) return Retry(f, s);
+    auto alive = std::weak_ptr<int>(alive_);
+    hs->socket().async_connect(to, [this, hs, alive](const boost::system::error_code& e) {
+      Following* f = alive.expired() ? nullptr : Shaking(hs);
+      if (f == nullptr) return;
+      if (e) return Retry(*f, Unavailable("connecting: " + e.message()));
+      hs->NoDelay();
+      const Nonce nonce = FreshNonce();
+      std::string hello(kMagic, sizeof kMagic);
+      hello.append(reinterpret_cast<const char*>(nonce.data()), nonce.size());
+      hs->Write(kHello, hello);
+      hs->Read([this, hs, alive, nonce](const Status& st, uint16_t type, std::string body) {
+        Following* f = alive.expired() ? nullptr : Shaking(hs);
+        if (f == nullptr) return;
+        if (!st.ok()) return Retry(*f, st);
+        if (type == kRefused) return Retry(*f, PermissionDenied("the source refused: " + Clean(body)));
+        if (type != kChallenge || body.size() != sizeof(Nonce) + sizeof(Mac)) {
+          return Retry(*f, ProtocolError("the source did not answer hello with a challenge"));
+        }
+        Nonce source{};
+        std::memcpy(source.data(), body.data(), source.size());
+        if (!key_.Verify("source", nonce, source, std::string_view(body).substr(sizeof(Nonce)))) {
+          return Retry(*f, PermissionDenied("the source did not prove it holds the cluster key"));
+        }
+        const Mac proof = key_.Prove("follower", nonce, source);
+        std::string m(reinterpret_cast<const char*>(proof.data()), proof.size());
+        m += TokenBytes(f->token) + worker_->address();
+        hs->Write(kProof, m);
+        hs->Read([this, hs, alive](const Status& st2, uint16_t type2, std::string body2) {
+          Following* f = alive.expired() ? nullptr : Shaking(hs);
+          if (f == nullptr) return;
+          if (!st2.ok()) return Retry(*f, st2);
+          if (type2 == kRefused) return Retry(*f, PermissionDenied("the source refused: " + Clean(body2)));
+          if (type2 != kAccept || !body2.empty()) {
+            return Retry(*f, ProtocolError("the source did not accept or refuse the proof"));
+          }
+          Accepted(*f);
+        });
+      });
+    });
+  }
+
+  // The follower whose handshake `hs` is (none once it ended).
+  Following* Shaking(const std::shared_ptr<Handshake>& hs) {
+    for (auto& f : following_) {
+      if (f.hs == hs) return &f;
+    }
+    return nullptr;
+  }
+
+  // Proven both ways: ask for the tree, and listen on the TCP connection
+  // for its end (or a refusal); the source answers on UCX.
+  void Accepted(Following& f) {
+    FollowBody m{};
+    m.have = LocalHolds(f) ? f.source_have : 0;
+    std::memcpy(m.tree, f.config.tree.data(), std::min(f.config.tree.size(), sizeof m.tree - 1));
+    f.state = Following::kLayout;
+    f.progress = Clock::now();
+    (void)SendTo(f, kFollow, Bytes(m));
+    auto hs = f.hs;
+    hs->Read([this, hs, alive = std::weak_ptr<int>(alive_)](const Status& st, uint16_t type, std::string body) {
+      Following* f = alive.expired() ? nullptr : Shaking(hs);
+      if (f == nullptr) return;
+      if (!st.ok()) return Retry(*f, Unavailable("the source ended the connection"));
+      if (type == kRefused) return Retry(*f, PermissionDenied("the source refused: " + Clean(body)));
+      Retry(*f, ProtocolError("an unexpected message from the source on TCP"));
+    });
+  }
+
+  Status SendTo(Following& f, uint16_t type, std::string_view body) {
+    if (!f.hs) return Unavailable("not connected");
+    f.hs->Write(type, body);
+    return Status::Ok();
   }
 
   // Ends the connection, keeps the local tree's last whole version, and
@@ -702,8 +1000,8 @@ class PeersImpl final : public Peers {
                    f.failures > 1 ? " (" + std::to_string(f.failures) + " tries failed)" : "");
     }
     AbortWrite(f);
-    if (f.ep) f.ep->Close();
-    f.ep.reset();
+    if (f.hs) f.hs->Close();
+    f.hs.reset();
     f.state = Following::kRetrying;
     f.layout.clear();
     f.retry_at = now + f.backoff;
@@ -720,30 +1018,13 @@ class PeersImpl final : public Peers {
     f.buffer = -1;
   }
 
-  void OnFollowerMessage(Following& f, uint16_t type, std::string body) {
+  void OnFollowerMessage(Following& f, uint16_t type, std::string_view body) {
     f.progress = Clock::now();
     if (type == kRefused) return Retry(f, PermissionDenied("the source refused: " + Clean(body)));
     if (type == kPong && body.empty() && f.state >= Following::kReady) return;
     switch (f.state) {
-      case Following::kHello: {
-        if (type != kChallenge || body.size() != sizeof(Nonce) + sizeof(Mac)) {
-          return Retry(f, ProtocolError("the source did not answer hello with a challenge"));
-        }
-        Nonce source{};
-        std::memcpy(source.data(), body.data(), source.size());
-        if (!key_.Verify("source", f.nonce, source, std::string_view(body).substr(sizeof(Nonce)))) {
-          return Retry(f, PermissionDenied("the source did not prove it holds the cluster key"));
-        }
-        f.ep->SetMaxMessage(kChunkMessage);  // a proven source sends chunks
-        const Mac proof = key_.Prove("follower", f.nonce, source);
-        (void)f.ep->Send(kProof, std::string(reinterpret_cast<const char*>(proof.data()), proof.size()));
-        FollowBody m{};
-        m.have = LocalHolds(f) ? f.source_have : 0;
-        std::memcpy(m.tree, f.config.tree.data(), std::min(f.config.tree.size(), sizeof m.tree - 1));
-        (void)f.ep->Send(kFollow, Bytes(m));
-        f.state = Following::kLayout;
-        return;
-      }
+      case Following::kHello:
+        return Retry(f, ProtocolError("a message from the source before its handshake ended"));
       case Following::kLayout: {
         if (type == kLayout && body.size() % sizeof(SlotRecord) == 0 && !body.empty() &&
             f.layout.size() + body.size() / sizeof(SlotRecord) <= kMaxTreeSlots) {
@@ -935,7 +1216,7 @@ class PeersImpl final : public Peers {
     f.report.source_version = version;
     f.version = version;
     if (f.buffer < 0 && !BeginLocal(f)) {
-      (void)f.ep->Send(kBusy, Bytes(VersionBody{version, -1, 0}));
+      (void)SendTo(f, kBusy, Bytes(VersionBody{version, -1, 0}));
       f.state = Following::kBuffer;
       return;
     }
@@ -958,7 +1239,7 @@ class PeersImpl final : public Peers {
   }
 
   // A chunk: in order, within the buffer, of the version offered.
-  void Land(Following& f, const std::string& body) {
+  void Land(Following& f, std::string_view body) {
     ChunkHead head{};
     if (body.size() <= sizeof head) return Retry(f, ProtocolError("an empty chunk from the source"));
     std::memcpy(&head, body.data(), sizeof head);
@@ -973,12 +1254,12 @@ class PeersImpl final : public Peers {
     f.report.bytes += n;
     if (f.next < f.head.buffer_bytes) return;
     if (f.head.nbuffers == 1) {  // the source says whether it stayed whole
-      (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, -1, 0}));
+      (void)SendTo(f, kDone, Bytes(VersionBody{f.version, -1, 0}));
       f.state = Following::kVerdict;
       return;
     }
     CommitVersion(f);
-    (void)f.ep->Send(kDone, Bytes(VersionBody{f.version, -1, 0}));
+    (void)SendTo(f, kDone, Bytes(VersionBody{f.version, -1, 0}));
   }
 
   void CommitVersion(Following& f) {
@@ -997,10 +1278,17 @@ class PeersImpl final : public Peers {
 
   // ---- both --------------------------------------------------------------
 
-  void OnMessage(const std::shared_ptr<ucx::Endpoint>& ep, uint16_t type, std::string body) {
-    if (auto it = served_.find(ep.get()); it != served_.end()) return OnSourceMessage(it->second, type, body);
+  // A source's message to one of our followers, by the token before its
+  // body (from whichever endpoint UCX says it came, if any): anything else
+  // is dropped.
+  void OnMessage(uint16_t type, const std::string& message) {
+    if (message.size() < sizeof(Token)) return;
+    const std::string_view all(message);
+    Token t{};
+    std::copy_n(reinterpret_cast<const uint8_t*>(all.data()), t.size(), t.begin());
+    const std::string_view body = all.substr(t.size());
     for (auto& f : following_) {
-      if (f.ep == ep) return OnFollowerMessage(f, type, std::move(body));
+      if (f.hs && f.state >= Following::kLayout && f.token == t) return OnFollowerMessage(f, type, body);
     }
   }
 
@@ -1009,13 +1297,10 @@ class PeersImpl final : public Peers {
       if (it->second.client != 0) {  // an unproven peer's end is not worth a line (anyone can make many)
         spdlog::info("peers: follower {} of '{}' gone: {}", ep->peer(), it->second.report.tree, why.message());
       }
-      Drop(it->second);
-      served_.erase(it);
+      Forget(it->second);
       return;
     }
-    for (auto& f : following_) {
-      if (f.ep == ep) return Retry(f, why);
-    }
+
   }
 
   // Progresses the worker from the loop: until nothing is pending (a budget
@@ -1061,9 +1346,17 @@ class PeersImpl final : public Peers {
       }
     }
     std::vector<std::pair<Served*, std::string>> late;
+    for (const Pending& p : handshakes_) {
+      if (now - p.since > kProveWithin) late_handshakes_.push_back(p.hs);
+    }
+    for (auto& hs : late_handshakes_) {
+      LogRefusal(hs->peer(), "it did not authenticate in time");
+      EndHandshake(hs);
+    }
+    late_handshakes_.clear();
     for (auto& [ep, s] : served_) {
-      if (s.state != Served::kFollowing && now - s.since > kProveWithin) {
-        late.push_back({&s, "it did not authenticate in time"});
+      if (s.client == 0 && now - s.since > kProveWithin) {
+        late.push_back({&s, "it did not ask for a tree in time"});
       } else if (now - s.heard > stall) {  // a follower pings every stall_timeout_ms / 3
         late.push_back({&s, "it was not heard from within peers.stall_timeout_ms"});
       } else if (s.pin != 0 && s.sent_all != Clock::time_point{} && now - s.sent_all > stall) {
@@ -1077,6 +1370,9 @@ class PeersImpl final : public Peers {
     for (auto& f : following_) {
       if (f.state == Following::kRetrying) {
         if (now >= f.retry_at) Connect(f);
+      } else if (f.state == Following::kHello && now - f.progress > 2 * kProveWithin) {
+        Retry(f, Unavailable("the source did not finish the handshake within " +
+                             std::to_string(2 * kProveWithin.count()) + " s"));
       } else if (now - f.progress > stall) {
         // Nothing came for that long, a pong included: a link that went
         // down is not reported otherwise.
@@ -1084,12 +1380,12 @@ class PeersImpl final : public Peers {
                              " ms (peers.stall_timeout_ms)"));
       } else {
         if (f.state == Following::kBuffer && BeginLocal(f)) {
-          (void)f.ep->Send(kWant, Bytes(WantBody{f.source_have}));
+          (void)SendTo(f, kWant, Bytes(WantBody{f.source_have}));
           f.state = Following::kReady;
         }
         if (f.state >= Following::kReady && now - f.pinged > stall / 3) {
           f.pinged = now;
-          (void)f.ep->Send(kPing, "");
+          (void)SendTo(f, kPing, "");
         }
       }
     }
@@ -1114,6 +1410,12 @@ class PeersImpl final : public Peers {
   std::unique_ptr<ucx::Worker> worker_;
   boost::asio::posix::stream_descriptor fd_;
   boost::asio::steady_timer tick_;
+  boost::asio::steady_timer accept_retry_;
+  std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor_;
+  uint16_t listen_port_ = 0;
+  std::list<Pending> handshakes_;  // unproven connections to the source's port
+  std::vector<std::shared_ptr<Handshake>> late_handshakes_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // handshakes' handlers check it
   bool waiting_ = false;
   bool stopping_ = false;
   uint64_t serial_ = 0;
@@ -1129,7 +1431,7 @@ class PeersImpl final : public Peers {
 Result<std::unique_ptr<Peers>> Peers::Start(boost::asio::io_context& io, RequestHandler& handler,
                                             const PeersConfig& config) {
   GPB_ASSIGN_OR_RETURN(ClusterKey key, ClusterKey::Load(config.key_file));
-  std::vector<std::pair<std::string, std::string>> settings;  // UCX_TCP_CM_REUSEADDR: main.cc
+  std::vector<std::pair<std::string, std::string>> settings;
   if (!config.interface.empty()) settings.emplace_back("NET_DEVICES", config.interface);
   GPB_ASSIGN_OR_RETURN(auto worker, ucx::Worker::Make("gpubrokerd", settings));
   auto peers = std::make_unique<PeersImpl>(io, handler, config, std::move(key), std::move(worker));

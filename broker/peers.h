@@ -4,19 +4,32 @@
 // numbers, each version committed locally only once every byte of it has
 // landed, so local subscribers see whole versions as they do on one node.
 //
-// One connection per followed tree. The follower opens it and both sides
-// prove they hold the cluster key (broker/peer_auth.h) before anything
-// else: no layout, memory key or byte goes to a peer that has not. Then:
+// One session per followed tree. The follower opens a TCP connection to the
+// source's peers.listen, and both sides prove they hold the cluster key
+// (broker/peer_auth.h) on it before anything else: no layout, UCX address or
+// byte goes to a peer that has not, and no byte a peer sends reaches UCX
+// (UCX's own listener parses what anyone sends it, and was found to close
+// the broker's descriptors on garbage). Then:
 //
-//   follower                               source
-//   hello(nonce)                  ->
-//                                 <-       challenge(nonce, source's proof)
-//   proof, follow(tree, have)     ->       (checks the proof, then the export list)
-//                                 <-       layout records..., tree(head, memory key)
-//                                 <-       version(v, buffer)   v pinned for this follower
-//   reads the buffer (ucp_get), commits v locally
-//   done(v)                       ->       unpins; the newest next, if newer
+//   follower                                 source
+//   TCP  hello(nonce)                  ->
+//                                      <-    challenge(nonce, source's proof)
+//        proof, token, worker address  ->    (checks the proof; connects to that worker)
+//                                      <-    accept
+//        follow(tree, have)            ->    (checks the export list)
+//   UCX                                <-    layout records..., tree(head)
+//                                      <-    version(v, buffer), chunks...   v pinned for this follower
+//   commits v locally once every chunk landed
+//   TCP  done(v)                       ->    unpins; the newest next, if newer
 //
+// What the follower says goes on the TCP connection, what the source says
+// on UCX from its endpoint to the follower's worker (one ordered channel
+// each way; only the source makes endpoints, so UCX never pairs one
+// session's with another's). Each UCX message starts with the follower's
+// random session token: one with no session's token is dropped (anyone
+// who reaches the worker can send). Either connection's end ends the
+// session.
+
 // A one-buffer tree is written in place, so the source answers done(v) with
 // a verdict (whole: no write began while it was read) and the follower
 // commits only a whole one. The source pins one version per follower at a

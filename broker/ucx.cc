@@ -160,6 +160,11 @@ Result<std::unique_ptr<Worker>> Worker::Make(std::string name,
   if (ucs_status_t s = ucp_worker_create(w->context_, &wp, &w->worker_); s != UCS_OK) {
     return FromUcs(s, "making a UCX worker");
   }
+  ucp_worker_attr_t wa{};
+  wa.field_mask = UCP_WORKER_ATTR_FIELD_ADDRESS;
+  if (ucs_status_t s = ucp_worker_query(w->worker_, &wa); s != UCS_OK) return FromUcs(s, "the UCX worker's address");
+  w->address_.assign(reinterpret_cast<const char*>(wa.address), wa.address_length);
+  ucp_worker_release_address(w->worker_, wa.address);
   if (ucs_status_t s = ucp_worker_get_efd(w->worker_, &w->fd_); s != UCS_OK) {
     return FromUcs(s, "the UCX worker's wake-up descriptor");
   }
@@ -224,8 +229,13 @@ bool Worker::Progress(std::chrono::microseconds budget) {
         break;
       }
       case Event::kMessage: {  // a copy of the pointer: the handler may close the endpoint
+        if (!on_message_) break;
+        if (e.ep == nullptr) {
+          on_message_(nullptr, e.type, std::move(e.body));
+          break;
+        }
         auto it = endpoints_.find(e.ep);
-        if (it == endpoints_.end() || !on_message_) break;
+        if (it == endpoints_.end()) break;
         std::shared_ptr<Endpoint> ep = it->second;
         on_message_(ep, e.type, std::move(e.body));
         break;
@@ -277,6 +287,17 @@ Result<std::shared_ptr<Endpoint>> Worker::Connect(const std::string& ip, uint16_
   p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&a);
   p.sockaddr.addrlen = sizeof a;
   return Adopt(p, ip + ":" + std::to_string(port));
+}
+
+Result<std::shared_ptr<Endpoint>> Worker::ConnectTo(std::string_view address, std::string peer) {
+  if (address.empty() || address.size() > 4096) {
+    return InvalidArgument("a worker address of " + std::to_string(address.size()) + " bytes from " + peer);
+  }
+  const std::string copy(address);  // UCX reads it during the call only
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+  p.address = reinterpret_cast<const ucp_address_t*>(copy.data());
+  return Adopt(p, std::move(peer));
 }
 
 Result<std::unique_ptr<Registration>> Worker::Register(void* base, size_t bytes) {
@@ -353,11 +374,16 @@ void Worker::OnConnection(ucp_conn_request_h request, void* arg) {
 ucs_status_t Worker::OnActiveMessage(void* arg, const void* header, size_t header_length, void* data, size_t length,
                                      const ucp_am_recv_param_t* param) {
   auto* w = static_cast<Worker*>(arg);
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) return UCS_OK;  // not from an endpoint of ours
-  Event e{Event::kMessage, nullptr, param->reply_ep, 0, {}, Status::Ok(), {}};
-  auto known = w->endpoints_.find(param->reply_ep);
-  const size_t limit = known != w->endpoints_.end() ? known->second->max_message_ : kMaxMessage;
+  // From an endpoint of ours (a connection by socket address, either side),
+  // or from no endpoint of ours (a worker that connected by our address):
+  // that one is dropped if it breaks the rules, as there is nothing to end.
+  ucp_ep_h from = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
+  auto known = from != nullptr ? w->endpoints_.find(from) : w->endpoints_.end();
+  if (known == w->endpoints_.end()) from = nullptr;
+  Event e{Event::kMessage, nullptr, from, 0, {}, Status::Ok(), {}};
+  const size_t limit = from != nullptr ? known->second->max_message_ : w->anonymous_max_;
   if (header_length != sizeof e.type || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || length > limit) {
+    if (from == nullptr) return UCS_OK;
     e.kind = Event::kFailure;
     e.status = ProtocolError("a message with a " + std::to_string(header_length) + "-byte header and " +
                              std::to_string(length) + " bytes (the limit is " + std::to_string(limit) + ")");

@@ -1,8 +1,9 @@
 // UCX as brokers on different nodes will use it to replicate versioned trees
 // (issue 24; docs/multinode.md): one worker per broker thread, woken by a
-// file descriptor the broker's event loop watches; connections by socket
-// address; small control messages as UCX active messages; bulk bytes read
-// with ucp_get_nbx from memory the other side registered.
+// file descriptor the broker's event loop watches; connections by worker
+// address (the broker's) or socket address (UCX's listener: tests only, see
+// peers.h for why); messages as UCX active messages; bulk bytes read with
+// ucp_get_nbx from memory the other side registered (tests only).
 //
 // Everything happens on the thread that calls Progress: UCX's callbacks only
 // queue what happened, and Progress hands it to the owner's handlers after
@@ -158,6 +159,20 @@ class Worker {
   uint16_t listen_port() const { return listen_port_; }
   // Starts a connection; a peer that is not there fails it later (OnFailure).
   Result<std::shared_ptr<Endpoint>> Connect(const std::string& ip, uint16_t port);
+  // This worker's address, for a peer to connect to with ConnectTo: no
+  // listener of UCX's then takes connections from anyone (the broker hands
+  // it only to peers that proved who they are, over a channel of its own).
+  const std::string& address() const { return address_; }
+  // Connects to a worker by its address (at most 4096 bytes), naming the
+  // peer `peer` in errors. UCX parses the address: take it only from a
+  // peer that proved who it is.
+  Result<std::shared_ptr<Endpoint>> ConnectTo(std::string_view address, std::string peer);
+  // Messages that come on no endpoint of this side's (from a worker that
+  // connected with ConnectTo) reach OnMessage with a null endpoint; a
+  // longer one is dropped. kMaxMessage until raised.
+  void SetAnonymousMaxMessage(size_t bytes) {
+    anonymous_max_ = bytes < kMaxRaisedMessage ? bytes : kMaxRaisedMessage;
+  }
   // Registers [base, base + bytes) for peers to read.
   Result<std::unique_ptr<Registration>> Register(void* base, size_t bytes);
 
@@ -205,6 +220,8 @@ class Worker {
   Failed on_failure_;
   std::deque<Event> events_;
   std::map<ucp_ep_h, std::shared_ptr<Endpoint>> endpoints_;
+  std::string address_;
+  size_t anonymous_max_ = kMaxMessage;
   std::vector<void*> closing_;  // ucp_ep_close_nbx requests to free once done
 };
 

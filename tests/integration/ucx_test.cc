@@ -170,6 +170,49 @@ TEST(Ucx, MessagesAndReadsBothWaysCarryEveryByte) {
   client_key = RemoteKey();
 }
 
+// Connections by worker address, as brokers make them (a source connects
+// to its follower's worker, whose address came over the broker's own
+// handshake; no listener of UCX's): messages arrive on no endpoint of the
+// receiver's (or on its own, where UCX pairs two): fresh random bodies, each
+// checked whole, in order, both ways.
+TEST(Ucx, WorkersConnectedByAddressExchangeMessagesBothWays) {
+  auto a = Worker::Make("ucx_test a");
+  auto b = Worker::Make("ucx_test b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_FALSE((*a)->address().empty());
+  (*b)->SetAnonymousMaxMessage(64 * 1024);
+  auto ab = (*a)->ConnectTo((*b)->address(), "b");
+  auto ba = (*b)->ConnectTo((*a)->address(), "a");
+  ASSERT_TRUE(ab.ok() && ba.ok()) << ab.status().ToString() << ba.status().ToString();
+  (*ba)->SetMaxMessage(64 * 1024);
+  std::vector<std::string> to_b, to_a, at_b, at_a;
+  for (int i = 0; i < 64; ++i) {
+    auto r = RandomBytes(8 + (i * 997) % (60 * 1024));
+    to_b.emplace_back(r.begin(), r.end());
+    r = RandomBytes(8 + (i * 131) % 8000);
+    to_a.emplace_back(r.begin(), r.end());
+  }
+  int failures = 0;
+  (*a)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status&) { ++failures; });
+  (*b)->OnFailure([&](const std::shared_ptr<Endpoint>&, const Status&) { ++failures; });
+  (*a)->OnMessage([&](const std::shared_ptr<Endpoint>&, uint16_t type, std::string body) {
+    if (type == 7) at_a.push_back(std::move(body));
+  });
+  (*b)->OnMessage([&](const std::shared_ptr<Endpoint>&, uint16_t type, std::string body) {
+    if (type == 7) at_b.push_back(std::move(body));
+  });
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE((*ab)->Send(7, to_b[i]).ok());
+    ASSERT_TRUE((*ba)->Send(7, to_a[i]).ok());
+  }
+  ASSERT_TRUE(Drive({a->get(), b->get()}, [&] { return at_a.size() >= 64 && at_b.size() >= 64; }))
+      << at_a.size() << " at a, " << at_b.size() << " at b";
+  EXPECT_EQ(at_b, to_b) << "in order, every byte";
+  EXPECT_EQ(at_a, to_a);
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ((*a)->ConnectTo("", "nobody").status().code(), Code::kInvalidArgument);
+}
+
 TEST(Ucx, LimitsAndBadAddressesAreNamed) {
   auto w = Worker::Make("ucx_test limits");
   ASSERT_TRUE(w.ok()) << w.status().ToString();
