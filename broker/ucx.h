@@ -165,7 +165,10 @@ class Worker {
   const std::string& address() const { return address_; }
   // Connects to a worker by its address (at most 4096 bytes), naming the
   // peer `peer` in errors. UCX parses the address: take it only from a
-  // peer that proved who it is.
+  // peer that proved who it is. Let only one of two workers connect to the
+  // other: where both do, UCX pairs their endpoints by the order they were
+  // made, not by who asked for them, and closing one silently loses what
+  // the other side sends on its pair (seen with UCX 1.13).
   Result<std::shared_ptr<Endpoint>> ConnectTo(std::string_view address, std::string peer);
   // Messages that come on no endpoint of this side's (from a worker that
   // connected with ConnectTo) reach OnMessage with a null endpoint; a
