@@ -1346,14 +1346,14 @@ class PeersImpl final : public Peers {
       }
     }
     std::vector<std::pair<Served*, std::string>> late;
+    std::vector<std::shared_ptr<Handshake>> unproven;  // EndHandshake changes the list
     for (const Pending& p : handshakes_) {
-      if (now - p.since > kProveWithin) late_handshakes_.push_back(p.hs);
+      if (now - p.since > kProveWithin) unproven.push_back(p.hs);
     }
-    for (auto& hs : late_handshakes_) {
+    for (auto& hs : unproven) {
       LogRefusal(hs->peer(), "it did not authenticate in time");
       EndHandshake(hs);
     }
-    late_handshakes_.clear();
     for (auto& [ep, s] : served_) {
       if (s.client == 0 && now - s.since > kProveWithin) {
         late.push_back({&s, "it did not ask for a tree in time"});
@@ -1414,7 +1414,6 @@ class PeersImpl final : public Peers {
   std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor_;
   uint16_t listen_port_ = 0;
   std::list<Pending> handshakes_;  // unproven connections to the source's port
-  std::vector<std::shared_ptr<Handshake>> late_handshakes_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // handshakes' handlers check it
   bool waiting_ = false;
   bool stopping_ = false;
