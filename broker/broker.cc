@@ -276,6 +276,8 @@ class Broker final : public AllocationObserver {
       r.errors = p.errors;
       r.last_ns = static_cast<uint64_t>(p.last_seconds * 1e9);
       r.last_error.set(p.last_error);
+      r.passed_on = p.passed_on;
+      r.abandoned = p.abandoned;
       out.push_back(r);
     }
     return out;

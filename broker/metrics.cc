@@ -104,7 +104,9 @@ struct Metrics::Families {
                        "here, or read by the follower), behind (follower: versions the source has that are not "
                        "here yet), up (1 while connected and authenticated), bytes and versions (moved; a "
                        "follower's since the broker started, a source's since the follower connected), "
-                       "last_seconds and last_bytes_per_second (the last version's transfer), errors")
+                       "last_seconds and last_bytes_per_second (the last version's transfer), errors, passed_on "
+                       "(source: versions sent on while they still arrived here), abandoned (follower: versions "
+                       "the source gave up after sending them in part)")
                  .Register(r)) {}
 
   prometheus::Family<prometheus::Counter>& requests;
@@ -298,6 +300,7 @@ void Metrics::Peers(const std::vector<wire::PeerRecord>& peers) {
         {"last_seconds", seconds},
         {"last_bytes_per_second", seconds > 0 ? per_version / seconds : 0.0},
         {"errors", static_cast<double>(p.errors)},
+        {role == "source" ? "passed_on" : "abandoned", static_cast<double>(role == "source" ? p.passed_on : p.abandoned)},
     };
     for (const auto& [what, value] : values) {
       prometheus::Gauge& g = f_->peer.Add({{"role", role}, {"tree", tree}, {"peer", peer}, {"what", what}});

@@ -41,17 +41,19 @@ enum Msg : uint16_t {
   kAccept = 16,    // source, TCP: empty
   kLayout = 6,     // source: SlotRecords of the tree, the arena first
   kTree = 7,       // source: TreeHead
-  kVersion = 8,    // source: VersionBody; that version is pinned for this follower, its chunks follow
+  kVersion = 8,    // source: VersionBody; that version is pinned for this follower (or, kPassedOn, still
+                   // arriving at the source, which follows it from another), its chunks follow
   kChunk = 9,      // source: ChunkHead, then the bytes at that offset of the version's buffer
-  kDone = 10,      // follower: VersionBody; every chunk landed (and, for two buffers or more, is committed)
-  kVerdict = 11,   // source, one-buffer trees: VerdictBody
+  kDone = 10,      // follower: VersionBody; every chunk landed (and, for two buffers or more, is committed),
+                   // or a version passed on was given up (the answer to an early kVerdict)
+  kVerdict = 11,   // source, one-buffer trees and versions passed on: VerdictBody
   kBusy = 12,      // follower: VersionBody; no local buffer is free: unpin it, offer nothing until kWant
   kWant = 13,      // follower: WantBody; a local buffer is free again
-  kPing = 14,      // follower, every stall_timeout_ms / 3
+  kPing = 14,      // follower, every stall_timeout_ms / 3: PingBody
   kPong = 15,      // source: the answer
 };
 
-constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '3'};
+constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '4'};
 
 // Names a follower's session: random, given to the source in the
 // handshake; a UCX message with a token no session has is dropped (anyone
@@ -95,8 +97,15 @@ struct TreeHead {
 struct VersionBody {
   uint64_t version;
   int32_t buffer;  // the source's (for the logs)
-  uint32_t reserved;
+  uint32_t flags;
 };
+// The source follows this tree from another and passes the version on
+// while it still arrives there (chunk by chunk, as it lands): the follower
+// says done once every chunk landed and commits only on a whole verdict.
+// A verdict that it is not whole may come before the last chunk (the
+// source's own read of it failed); the follower then drops it and says
+// done all the same, so that each version offered is answered once.
+constexpr uint32_t kPassedOn = 1;
 
 struct ChunkHead {
   uint64_t version;
@@ -105,6 +114,14 @@ struct ChunkHead {
 
 struct WantBody {
   uint64_t have;
+};
+
+// How far the version being read has come: a source gives a follower that
+// makes no progress for stall_timeout_ms up (on a slow link, the last chunk
+// is handed to the network long before it lands).
+struct PingBody {
+  uint64_t version;  // being read (0: none)
+  uint64_t landed;   // bytes of it landed
 };
 
 struct VerdictBody {
@@ -420,7 +437,7 @@ class PeersImpl final : public Peers {
       PeerReport r = s.report;
       r.role = "source";
       r.peer = s.ep->peer();
-      r.state = s.pin != 0 ? "reading" : s.waiting ? "waiting for a buffer" : "ready";
+      r.state = s.arriving ? "passing on" : s.pin != 0 ? "reading" : s.waiting ? "waiting for a buffer" : "ready";
       out.push_back(std::move(r));
     }
     for (const auto& f : following_) {
@@ -439,6 +456,8 @@ class PeersImpl final : public Peers {
 
  private:
   // ---- the source's side -------------------------------------------------
+
+  struct Following;  // the follower's side, below: a tree followed here may be passed on as it arrives
 
   struct Exported {  // a tree's memory, mapped once while any follower reads it
     Mapping mapping;
@@ -468,8 +487,14 @@ class PeersImpl final : public Peers {
     int32_t buffer = -1;
     uint64_t offset = 0;
     size_t in_flight = 0;
-    Clock::time_point sent_all{};  // when the last chunk went; the follower has stall_timeout_ms to say done
-    bool torn = false;  // one-buffer trees: a write was under way at the pin
+    Clock::time_point sent_all{};  // when the last chunk went; the follower has stall_timeout_ms to say done...
+    Clock::time_point progressed{};  // ... from then or from its last ping that said more had landed
+    uint64_t landed = 0;             // the most its pings said had landed of the version sent
+    // Passed on while it arrives here (a tree we follow): `arriving` until
+    // our own follower commits it (then `pin` holds it), the chunks going
+    // as they land; the follower gets a verdict after its done.
+    bool passed_on = false, arriving = false, said_done = false;
+    uint64_t gave_up = 0;  // a version passed on that we could not finish: its answer (done or busy) is awaited
     PeerReport report;
   };
 
@@ -619,7 +644,14 @@ class PeersImpl final : public Peers {
 
   void OnSourceMessage(Served& s, uint16_t type, std::string_view body) {
     s.heard = Clock::now();
-    if (type == kPing && body.empty()) {
+    if (type == kPing) {
+      auto m = Parse<PingBody>(body);
+      if (!m) return RefuseServed(s, "a malformed ping");
+      if ((s.pin != 0 || s.arriving) && m->version == s.pinned && m->landed > s.landed &&
+          m->landed <= s.offset) {
+        s.landed = m->landed;
+        s.progressed = s.heard;
+      }
       if (s.heard - s.ponged >= 100ms) {  // at most ten answers a second, whatever it sends
         s.ponged = s.heard;
         (void)SendTo(s, kPong, "");
@@ -634,15 +666,33 @@ class PeersImpl final : public Peers {
     if (s.client == 0) return RefuseServed(s, "an unexpected message (type " + std::to_string(type) + ")");
     if (type == kDone) {
       auto m = Parse<VersionBody>(body);
-      if (!m || s.pin == 0 || m->version != s.pinned || s.offset < s.buffer_bytes || s.in_flight != 0) {
+      if (m && s.gave_up != 0 && m->version == s.gave_up) {  // the answer to the version we gave up
+        s.gave_up = 0;
+        Offer(s);
+        return;
+      }
+      if (!m || (s.pin == 0 && !s.arriving) || m->version != s.pinned || s.offset < s.buffer_bytes ||
+          s.in_flight != 0) {
         return RefuseServed(s, "done for a version it was not sent whole");
+      }
+      if (s.arriving) {  // its verdict once the version is whole here
+        s.said_done = true;
+        return;
       }
       return Finished(s);
     }
     if (type == kBusy) {
       auto m = Parse<VersionBody>(body);
-      if (!m || s.pin == 0 || m->version != s.pinned) return RefuseServed(s, "busy for a version it was not sent");
+      if (m && s.gave_up != 0 && m->version == s.gave_up) {
+        s.gave_up = 0;
+        s.waiting = true;
+        return;
+      }
+      if (!m || (s.pin == 0 && !s.arriving) || m->version != s.pinned) {
+        return RefuseServed(s, "busy for a version it was not sent");
+      }
       Unpin(s);  // chunks still in flight go out; the follower drops them
+      s.arriving = s.passed_on = false;
       s.waiting = true;
       return;
     }
@@ -745,7 +795,12 @@ class PeersImpl final : public Peers {
   // Pins the newest whole version for the follower, if it is not the one it
   // has and nothing is being sent to it, and starts sending it; true if so.
   bool Offer(Served& s) {
-    if (s.client == 0 || s.pin != 0 || s.waiting) return false;
+    if (s.client == 0 || s.pin != 0 || s.arriving || s.waiting || s.gave_up != 0) return false;
+    // A version still arriving here is the newest: it goes on as it lands.
+    if (const Following* f = Arriving(s.allocation_id); f != nullptr && f->commit_at != s.have) {
+      PassOn(s, *f);
+      return true;
+    }
     wire::AcquireRequest req{};
     req.allocation_id = s.allocation_id;
     auto got = internal_.Call<wire::AcquireReply>(s.client, req);
@@ -763,17 +818,43 @@ class PeersImpl final : public Peers {
     s.buffer = got->buffer;
     s.offset = 0;
     s.in_flight = 0;
-    s.sent_all = {};
+    s.sent_all = s.progressed = {};
+    s.landed = 0;
+    s.passed_on = false;
     s.report.source_version = got->version;
     (void)SendTo(s, kVersion, Bytes(VersionBody{got->version, got->buffer, 0}));
     Push(s);
     return true;
   }
 
-  // Hands UCX the next chunks of the pinned version, kChunksInFlight at a time.
+  // Sends the version `f` receives into our local tree as its chunks land
+  // (nothing pins it: it is our own write until `f` commits it).
+  void PassOn(Served& s, const Following& f) {
+    s.arriving = s.passed_on = true;
+    s.said_done = false;
+    s.pinned = f.commit_at;
+    s.writes = 0;
+    s.buffer = f.buffer;
+    s.offset = 0;
+    s.in_flight = 0;
+    s.sent_all = s.progressed = {};
+    s.landed = 0;
+    s.report.source_version = f.commit_at;
+    ++s.report.passed_on;
+    (void)SendTo(s, kVersion, Bytes(VersionBody{f.commit_at, f.buffer, kPassedOn}));
+    Push(s);
+  }
+
+  // Hands UCX the next chunks of the version sent, kChunksInFlight at a
+  // time; of one still arriving here, only what has landed.
   void Push(Served& s) {
-    while (s.pin != 0 && s.in_flight < kChunksInFlight && s.offset < s.buffer_bytes) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, s.buffer_bytes - s.offset));
+    uint64_t end = s.buffer_bytes;
+    if (s.arriving) {
+      const Following* f = Arriving(s.allocation_id);
+      end = f != nullptr && f->buffer == s.buffer ? f->next : 0;
+    }
+    while ((s.pin != 0 || s.arriving) && s.in_flight < kChunksInFlight && s.offset < end) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, end - s.offset));
       std::string body = TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset});
       body.append(reinterpret_cast<const char*>(s.base + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset),
                   n);
@@ -818,6 +899,8 @@ class PeersImpl final : public Peers {
         (void)internal_.Call<wire::ReleaseReply>(s.client, rel);
       }
       (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, whole ? 1u : 0u, 0}));
+    } else if (s.passed_on) {  // whole here now, as it is pinned
+      (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 1u, 0}));
     }
     if (whole) {
       s.have = s.pinned;
@@ -868,10 +951,13 @@ class PeersImpl final : public Peers {
     uint32_t local_buffers = 0;
     Mapping mapping;
     uint64_t source_have = 0;  // the source's version whose bytes the local tree's newest holds
-    // The version being received, into local `buffer` (-1: no write begun).
-    uint64_t version = 0;
+    // The version being received, into local `buffer` (-1: no write begun),
+    // to be committed as `commit_at`; `passed`: its source passes it on
+    // while it arrives there (a verdict follows).
+    uint64_t version = 0, commit_at = 0;
     int32_t buffer = -1;
     uint64_t next = 0;
+    bool passed = false;
     Clock::time_point started;
     uint64_t failures = 0;  // in a row
     Clock::time_point logged;
@@ -1016,6 +1102,69 @@ class PeersImpl final : public Peers {
     req.flags = wire::kCommitAbort;
     (void)internal_.Call<wire::CommitReply>(f.client, req);
     f.buffer = -1;
+    GaveUp(f.allocation_id);
+  }
+
+  // The follower receiving a version into our local tree `allocation_id`
+  // (begun, not yet committed), if any: what we pass on as it lands.
+  const Following* Arriving(uint64_t allocation_id) const {
+    for (const Following& f : following_) {
+      if (f.allocation_id == allocation_id && f.buffer >= 0 &&
+          (f.state == Following::kReading || f.state == Following::kVerdict)) {
+        return &f;
+      }
+    }
+    return nullptr;
+  }
+
+  // Our followers of `allocation_id` that are sent the version arriving
+  // there (the caller's lambda for each).
+  template <typename Fn>
+  void ForArriving(uint64_t allocation_id, Fn fn) {
+    for (auto& [ep, s] : served_) {
+      if (s.arriving && s.allocation_id == allocation_id) fn(s);
+    }
+  }
+
+  // The version arriving in `allocation_id` is committed: those it was
+  // passed on to pin it like any other, and hear it is whole once they said
+  // done.
+  void Arrived(uint64_t allocation_id) {
+    ForArriving(allocation_id, [&](Served& s) {
+      s.arriving = false;
+      wire::AcquireRequest req{};
+      req.allocation_id = s.allocation_id;
+      auto got = internal_.Call<wire::AcquireReply>(s.client, req);
+      if (got.ok() && (got->version != s.pinned || got->buffer != s.buffer)) {
+        wire::ReleaseRequest rel{};
+        rel.allocation_id = s.allocation_id;
+        rel.pin = got->pin;
+        (void)internal_.Call<wire::ReleaseReply>(s.client, rel);
+        got = gpubroker::Internal("another version is newest");
+      }
+      if (!got.ok()) {  // not what was sent: given up
+        (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
+        s.passed_on = false;
+        if (s.said_done) return (void)Offer(s);  // it answered already
+        s.gave_up = s.pinned;
+        return;
+      }
+      s.pin = got->pin;
+      s.writes = got->writes;
+      if (s.said_done) Finished(s);
+    });
+  }
+
+  // The version arriving in `allocation_id` will not be committed here
+  // (its source gave it up, or we lost it): those it was passed on to are
+  // told, and offered the next once they answered.
+  void GaveUp(uint64_t allocation_id) {
+    ForArriving(allocation_id, [&](Served& s) {
+      (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
+      s.arriving = s.passed_on = false;
+      if (s.said_done) return (void)Offer(s);  // it answered already
+      s.gave_up = s.pinned;
+    });
   }
 
   void OnFollowerMessage(Following& f, uint16_t type, std::string_view body) {
@@ -1047,15 +1196,30 @@ class PeersImpl final : public Peers {
       }
       case Following::kReady: {
         auto m = Parse<VersionBody>(body);
-        if (type != kVersion || !m) return Retry(f, ProtocolError("a malformed version message from the source"));
-        return StartVersion(f, m->version);
+        if (type != kVersion || !m || (m->flags & ~kPassedOn) != 0) {
+          return Retry(f, ProtocolError("a malformed version message from the source"));
+        }
+        return StartVersion(f, m->version, (m->flags & kPassedOn) != 0);
       }
       case Following::kBuffer:
-        if (type == kChunk) return;  // of the version refused for want of a buffer, sent before the source knew
+        // Of the version refused for want of a buffer, sent before the
+        // source knew (our busy answers its verdict too).
+        if (type == kChunk || type == kVerdict) return;
         return Retry(f, ProtocolError("an unexpected message from the source while waiting for a buffer"));
-      case Following::kReading:
+      case Following::kReading: {
         if (type == kChunk) return Land(f, body);
+        auto m = Parse<VerdictBody>(body);
+        if (type == kVerdict && m && f.passed && m->version == f.version && m->whole == 0) {
+          // The source could not finish what it passed on: the next comes
+          // once we answered.
+          AbortWrite(f);
+          ++f.report.abandoned;
+          f.state = Following::kReady;
+          (void)SendTo(f, kDone, Bytes(VersionBody{f.version, -1, 0}));
+          return;
+        }
         return Retry(f, ProtocolError("an unexpected message from the source while reading"));
+      }
       case Following::kVerdict: {
         auto m = Parse<VerdictBody>(body);
         if (type != kVerdict || !m || m->version != f.version) {
@@ -1063,6 +1227,7 @@ class PeersImpl final : public Peers {
         }
         if (m->whole) return CommitVersion(f);
         AbortWrite(f);  // torn: the next version comes
+        ++f.report.abandoned;
         f.state = Following::kReady;
         return;
       }
@@ -1212,17 +1377,27 @@ class PeersImpl final : public Peers {
 
   // A version is offered: receive it into a local buffer, begun now if none
   // is (kBusy to the source if every one is taken).
-  void StartVersion(Following& f, uint64_t version) {
+  void StartVersion(Following& f, uint64_t version, bool passed) {
     f.report.source_version = version;
     f.version = version;
+    f.passed = passed;
     if (f.buffer < 0 && !BeginLocal(f)) {
       (void)SendTo(f, kBusy, Bytes(VersionBody{version, -1, 0}));
       f.state = Following::kBuffer;
       return;
     }
+    // The source's number, unless it went back (the source's tree was made
+    // anew): local readers never see a version number go down.
+    f.commit_at = std::max(f.version, f.report.version + 1);
     f.next = 0;
     f.started = Clock::now();
     f.state = Following::kReading;
+    // Our own followers of this tree take it as it lands.
+    bool sent = false;
+    for (auto& [ep, s] : served_) {
+      if (s.allocation_id == f.allocation_id) sent |= Offer(s);
+    }
+    if (sent) Kick();
   }
 
   // False while every local buffer is taken; an error other than that retries.
@@ -1252,8 +1427,9 @@ class PeersImpl final : public Peers {
                 body.data() + sizeof head, n);
     f.next += n;
     f.report.bytes += n;
+    ForArriving(f.allocation_id, [&](Served& s) { Push(s); });
     if (f.next < f.head.buffer_bytes) return;
-    if (f.head.nbuffers == 1) {  // the source says whether it stayed whole
+    if (f.head.nbuffers == 1 || f.passed) {  // the source says whether it stayed whole
       (void)SendTo(f, kDone, Bytes(VersionBody{f.version, -1, 0}));
       f.state = Following::kVerdict;
       return;
@@ -1263,17 +1439,18 @@ class PeersImpl final : public Peers {
   }
 
   void CommitVersion(Following& f) {
-    // The source's number, unless it went back (the source's tree was made
-    // anew): local readers never see a version number go down.
-    const uint64_t at = std::max(f.version, f.report.version + 1);
-    auto committed = handler_.CommitAt(f.client, f.allocation_id, f.buffer, at);
+    auto committed = handler_.CommitAt(f.client, f.allocation_id, f.buffer, f.commit_at);
     f.buffer = -1;
-    if (!committed.ok()) return Retry(f, committed.status().Annotate("committing locally"));
+    if (!committed.ok()) {
+      GaveUp(f.allocation_id);
+      return Retry(f, committed.status().Annotate("committing locally"));
+    }
     f.source_have = f.version;
     f.report.version = *committed;
     ++f.report.versions;
     f.report.last_seconds = std::chrono::duration<double>(Clock::now() - f.started).count();
     f.state = Following::kReady;
+    Arrived(f.allocation_id);
   }
 
   // ---- both --------------------------------------------------------------
@@ -1324,7 +1501,7 @@ class PeersImpl final : public Peers {
 
   bool Sending() const {
     for (const auto& [ep, s] : served_) {
-      if (s.pin != 0 && s.in_flight != 0) return true;
+      if ((s.pin != 0 || s.arriving) && s.in_flight != 0) return true;
     }
     return false;
   }
@@ -1359,9 +1536,9 @@ class PeersImpl final : public Peers {
         late.push_back({&s, "it did not ask for a tree in time"});
       } else if (now - s.heard > stall) {  // a follower pings every stall_timeout_ms / 3
         late.push_back({&s, "it was not heard from within peers.stall_timeout_ms"});
-      } else if (s.pin != 0 && s.sent_all != Clock::time_point{} && now - s.sent_all > stall) {
+      } else if (s.pin != 0 && s.sent_all != Clock::time_point{} && now - std::max(s.sent_all, s.progressed) > stall) {
         late.push_back({&s, "it held version " + std::to_string(s.pinned) +
-                                " without saying done for peers.stall_timeout_ms after its last byte went"});
+                                " and neither read more of it nor said done for peers.stall_timeout_ms"});
       } else if (s.client != 0 && !Current(s)) {
         late.push_back({&s, "tree '" + s.report.tree + "' was replaced or removed here"});
       }
@@ -1385,7 +1562,8 @@ class PeersImpl final : public Peers {
         }
         if (f.state >= Following::kReady && now - f.pinged > stall / 3) {
           f.pinged = now;
-          (void)SendTo(f, kPing, "");
+          const bool reading = f.state == Following::kReading;
+          (void)SendTo(f, kPing, Bytes(PingBody{reading ? f.version : 0, reading ? f.next : 0}));
         }
       }
     }

@@ -32,7 +32,12 @@
 
 // A one-buffer tree is written in place, so the source answers done(v) with
 // a verdict (whole: no write began while it was read) and the follower
-// commits only a whole one. The source pins one version per follower at a
+// commits only a whole one. A broker that follows a tree and exports it
+// too passes each version on while it still arrives (chunks go on as they
+// land, so a chain of followers moves a version in about the time of one
+// link): its followers get a verdict after their done, once the version is
+// whole here, or before it, if this broker gave it up (its source failed
+// or said torn); they then answer with done and the next is offered. The source pins one version per follower at a
 // time: a follower that falls behind skips to the newest. A follower pings
 // every stall_timeout_ms / 3, even while it reads; a source drops a follower
 // it has not heard from for stall_timeout_ms (freeing its pin), and a
@@ -65,6 +70,9 @@ struct PeerReport {
   uint64_t versions = 0;        // versions moved
   uint64_t bytes = 0;           // bytes moved
   uint64_t errors = 0;          // connections lost or refused
+  uint64_t passed_on = 0;       // source: versions sent on while they still arrived here
+  uint64_t abandoned = 0;       // follower: versions read in part or whole and not committed, as the
+                                // source said (a one-buffer tree written meanwhile, a source that lost it)
   double last_seconds = 0;      // the last version's transfer time
   std::string last_error;
 };

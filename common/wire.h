@@ -22,7 +22,7 @@
 namespace gpubroker::wire {
 
 inline constexpr uint32_t kMagic = 0x4b524247;  // "GBRK"
-inline constexpr uint16_t kProtocolVersion = 5;
+inline constexpr uint16_t kProtocolVersion = 6;
 inline constexpr size_t kMaxMessageBytes = 64 * 1024;
 inline constexpr uint16_t kReplyBit = 0x8000;
 
@@ -480,8 +480,10 @@ struct PeerRecord {
   uint64_t errors;          // connections lost or refused
   uint64_t last_ns;         // the last version's transfer time
   Text<192> last_error;
+  uint64_t passed_on;       // source: versions sent on while they still arrived (version 6)
+  uint64_t abandoned;       // follower: versions the source gave up after sending them in part (version 6)
 };
-static_assert(sizeof(PeerRecord) == 480);
+static_assert(sizeof(PeerRecord) == 496);
 
 struct PeersReply {
   static constexpr MsgType kType = MsgType::kPeers;

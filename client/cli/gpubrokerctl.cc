@@ -161,7 +161,7 @@ int PeersCmd(Client& c, bool json) {
       out.push_back({{"role", p.role}, {"state", p.state}, {"tree", p.tree}, {"peer", p.peer},
                      {"version", p.version}, {"source_version", p.source_version}, {"versions", p.versions},
                      {"bytes", p.bytes}, {"errors", p.errors}, {"last_seconds", p.last_ns / 1e9},
-                     {"last_error", p.last_error}});
+                     {"last_error", p.last_error}, {"passed_on", p.passed_on}, {"abandoned", p.abandoned}});
     }
     std::cout << JsonText(out) << "\n";
     return kExitOk;

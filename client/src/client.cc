@@ -321,7 +321,7 @@ Result<std::vector<PeerInfo>> Client::Peers() {
   for (const auto& r : records) {
     out.push_back({Printable(r.role.view()), Printable(r.state.view()), Printable(r.tree.view()),
                    Printable(r.peer.view()), r.version, r.source_version, r.versions, r.bytes, r.errors, r.last_ns,
-                   Printable(r.last_error.view())});
+                   Printable(r.last_error.view()), r.passed_on, r.abandoned});
   }
   return out;
 }

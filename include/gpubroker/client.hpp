@@ -285,7 +285,7 @@ struct UidUsageInfo {
 // docs/multinode.md).
 struct PeerInfo {
   std::string role;   // "follower": a tree kept here from `peer`; "source": `peer` follows a tree of ours
-  std::string state;  // retrying, authenticating, layout, ready, waiting for a buffer, reading
+  std::string state;  // retrying, authenticating, layout, ready, waiting for a buffer, reading, passing on
   std::string tree;
   std::string peer;   // IPv4:PORT
   uint64_t version = 0;         // follower: newest committed here; source: newest the follower read
@@ -295,6 +295,8 @@ struct PeerInfo {
   uint64_t errors = 0;
   uint64_t last_ns = 0;  // the last version's transfer
   std::string last_error;
+  uint64_t passed_on = 0;  // source: versions sent on while they still arrived here (a tree followed)
+  uint64_t abandoned = 0;  // follower: versions read and not committed, as the source said
 };
 
 struct LeaseInfo {

@@ -186,8 +186,10 @@ def main():
         import struct
         raw = sockets.socket(sockets.AF_UNIX, sockets.SOCK_SEQPACKET)
         raw.connect(sock)
+        with open(os.path.join(SOURCE, "common", "wire.h")) as f:
+            protocol = int(re.search(r"kProtocolVersion = (\d+);", f.read()).group(1))
         for t in range(200, 260):
-            raw.send(struct.pack("<IHHII", 0x4b524247, 5, t, t, 0))  # header: magic, protocol 5, type, id, length
+            raw.send(struct.pack("<IHHII", 0x4b524247, protocol, t, t, 0))  # header: magic, protocol, type, id, length
             raw.recv(65536)  # the error reply
         raw.close()
         deadline = time.monotonic() + 20

@@ -301,6 +301,51 @@ def main():
               sorted(s.name for s in nodes[1].client().list() if s.name.startswith("policy")) ==
               sorted(["policy"] + [f"policy/{k}" for k, _, _ in LAYOUT]))
 
+        # ---- passed on as it arrives: node 0's link slowed (tc) so that a
+        # version takes seconds to reach node 1; node 2 is sent it by node 1
+        # chunk by chunk meanwhile, and commits it only once node 1 has it
+        # whole. Then node 0's link goes down while the next is half way:
+        # node 1 gives it up, node 2 is told and keeps its last whole one.
+        tc = lambda verb, *a: peer_nodes.run("ip", "netns", "exec", net.ns(0), "tc", "qdisc", verb, "dev", "eth0",
+                                             "root", *a)
+        served_by_1 = lambda: next((p for p in nodes[1].peers() if p["role"] == "source" and p["tree"] == "policy"),
+                                   {})
+        followed_by_2 = lambda: next((p for p in nodes[2].peers() if p["role"] == "follower" and
+                                      p["tree"] == "policy"), {})
+        tc("add", "tbf", "rate", "2mbit", "burst", "16kb", "latency", "400ms")  # 0.6 MiB a version: ~2.6 s
+        try:
+            v = latest_version_of(nodes[0], "policy") + 1
+            passed_before, abandoned_before = served_by_1().get("passed_on", 0), followed_by_2().get("abandoned", 0)
+            pub.update(stamp(base, v), wait=0)
+            midway = until(lambda: served_by_1().get("state") == "passing on" and
+                           served_by_1().get("source_version") == v and latest_version(nodes[1]) < v, 20, None)
+            check("node 1 sends node 2 a version while it still arrives from node 0", midway,
+                  f"{served_by_1()}; node 1 at {latest_version(nodes[1])}")
+            check("... node 2 commits it, whole, once node 1 has it",
+                  until(lambda: latest_version(nodes[2]) == v, 30, "node 2 at the version passed on") and
+                  latest_version(nodes[1]) == v and not watchers[1].bad, f"{latest_version(nodes[2])}: {watchers[1].bad}")
+            check("gpubrokerctl peers: node 1 counts the version passed on",
+                  served_by_1().get("passed_on", 0) > passed_before, served_by_1())
+            pub.update(stamp(base, v + 1), wait=0)
+            midway = until(lambda: served_by_1().get("state") == "passing on" and
+                           served_by_1().get("source_version") == v + 1, 20, None)
+            net.link(0, False)
+            check("... node 0's link goes down while node 1 passes the next on", midway, served_by_1())
+            check("node 2 is told node 1 gave it up (after the stall timeout)",
+                  until(lambda: followed_by_2().get("abandoned", 0) > abandoned_before, 20, "the abandon"),
+                  f"{followed_by_2()}; {nodes[1].tail()}")
+            check("... and keeps the last whole version", latest_version(nodes[2]) == v and not watchers[1].bad,
+                  f"{latest_version(nodes[2])}: {watchers[1].bad}")
+            abandoned_metric = lambda: nodes[2].metric({"role": "follower", "tree": "policy", "what": "abandoned"})
+            check("metrics: node 2's follower counts the version given up (the page is refreshed each second)",
+                  until(lambda: (abandoned_metric() or 0) > abandoned_before, 10, None), abandoned_metric())
+        finally:
+            net.link(0, True)
+            tc("del")
+        check("with node 0's link back, node 2 takes the version given up, whole",
+              until(lambda: latest_version(nodes[2]) == v + 1, 30, "node 2 after the link") and not watchers[1].bad,
+              f"{latest_version(nodes[2])}; {nodes[2].tail()}")
+
         # ---- a one-buffer tree, written in place while its followers read:
         # each follower version whole (the source says whether a write began
         # during the read; the follower keeps two buffers)

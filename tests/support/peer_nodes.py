@@ -69,6 +69,17 @@ class Net:
     def link(self, i, up):
         run("ip", "-n", self.ns(i), "link", "set", "eth0", "up" if up else "down")
 
+    def limit(self, i, rate):
+        """Limits node i's link to `rate` (tc's notation, e.g. 1gbit) each
+        way, as a NIC of that speed would; None lifts it."""
+        for ns, dev in ((self.ns(i), "eth0"), (self.names[0], f"{self.p}b{i}")):
+            if rate is None:
+                subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
+                               capture_output=True)
+            else:
+                run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                    "burst", "512kb", "latency", "50ms")
+
     def close(self):
         for ns in self.names:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
