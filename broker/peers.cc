@@ -352,7 +352,7 @@ class PeersImpl final : public Peers {
   }
 
   Status Begin() {
-    worker_->OnMessage([this](const std::shared_ptr<ucx::Endpoint>&, uint16_t type, std::string body) {
+    worker_->OnMessage([this](const std::shared_ptr<ucx::Endpoint>&, uint16_t type, std::string_view body) {
       OnMessage(type, body);
     });
     worker_->OnFailure([this](const std::shared_ptr<ucx::Endpoint>& ep, const Status& why) { OnFailure(ep, why); });
@@ -459,8 +459,8 @@ class PeersImpl final : public Peers {
 
   struct Following;  // the follower's side, below: a tree followed here may be passed on as it arrives
 
-  struct Exported {  // a tree's memory, mapped once while any follower reads it
-    Mapping mapping;
+  struct Exported {  // a tree's memory, mapped once while any follower reads it (or a send from it is in flight)
+    std::shared_ptr<const Mapping> mapping;
     int users = 0;
   };
 
@@ -478,7 +478,7 @@ class PeersImpl final : public Peers {
     uint64_t allocation_id = 0;
     uint64_t buffer_bytes = 0;
     uint32_t nbuffers = 0;
-    const uint8_t* base = nullptr;  // the exported mapping
+    std::shared_ptr<const Mapping> mapping;  // the exported tree's
     bool waiting = false;  // the follower has no free buffer: offer nothing until it wants
     uint64_t have = 0;     // the newest version the follower holds
     // The version being sent: pinned by `pin`, in `buffer`; `offset` bytes
@@ -749,13 +749,13 @@ class PeersImpl final : public Peers {
     s.nbuffers = arena.nbuffers;
     s.buffer_bytes = arena.buffer_bytes;
     Exported& e = exported_[s.allocation_id];
-    if (e.mapping.base() == nullptr) {
-      e.mapping = Mapping(mapped->base, mapped->bytes);
+    if (e.mapping == nullptr) {
+      e.mapping = std::make_shared<const Mapping>(mapped->base, mapped->bytes);
     } else {
       ::munmap(mapped->base, mapped->bytes);  // mapped already
     }
     ++e.users;
-    s.base = e.mapping.base();
+    s.mapping = e.mapping;
     s.report.tree = tree;
     std::vector<SlotRecord> records;
     const std::string under = tree + "/";
@@ -855,12 +855,13 @@ class PeersImpl final : public Peers {
     }
     while ((s.pin != 0 || s.arriving) && s.in_flight < kChunksInFlight && s.offset < end) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, end - s.offset));
-      std::string body = TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset});
-      body.append(reinterpret_cast<const char*>(s.base + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset),
-                  n);
+      // The bytes go from the mapping itself (UCX reads them in place):
+      // the pin keeps them, the mapping lives until the send is done.
+      const uint8_t* at = s.mapping->base() + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset;
       ucx::Endpoint* key = s.ep.get();
       const uint64_t serial = s.serial;
-      Status sent = s.ep->Send(kChunk, std::move(body), [this, key, serial](Status) {
+      Status sent = s.ep->Send(kChunk, TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset}), at, n,
+                               s.mapping, [this, key, serial](Status) {
         if (stopping_) return;
         auto it = served_.find(key);
         if (it == served_.end() || it->second.serial != serial) return;
@@ -923,7 +924,7 @@ class PeersImpl final : public Peers {
     s.client = 0;
     s.allocation_id = 0;
     s.pin = 0;
-    s.base = nullptr;
+    s.mapping.reset();
   }
 
   // ---- the follower's side -----------------------------------------------
@@ -1458,9 +1459,8 @@ class PeersImpl final : public Peers {
   // A source's message to one of our followers, by the token before its
   // body (from whichever endpoint UCX says it came, if any): anything else
   // is dropped.
-  void OnMessage(uint16_t type, const std::string& message) {
-    if (message.size() < sizeof(Token)) return;
-    const std::string_view all(message);
+  void OnMessage(uint16_t type, std::string_view all) {
+    if (all.size() < sizeof(Token)) return;
     Token t{};
     std::copy_n(reinterpret_cast<const uint8_t*>(all.data()), t.size(), t.begin());
     const std::string_view body = all.substr(t.size());

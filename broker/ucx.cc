@@ -60,19 +60,33 @@ RemoteKey::~RemoteKey() {
 Registration::~Registration() { ucp_mem_unmap(context_, memory_); }
 
 Status Endpoint::Send(uint16_t type, std::string body, std::function<void(Status)> done) {
+  return Send(type, std::move(body), nullptr, 0, nullptr, std::move(done));
+}
+
+Status Endpoint::Send(uint16_t type, std::string head, const void* data, size_t bytes,
+                      std::shared_ptr<const void> keep, std::function<void(Status)> done) {
   if (!open()) return error_.ok() ? Unavailable("the connection to " + peer_ + " is closed") : error_;
-  if (body.size() > kMaxRaisedMessage) {
-    return InvalidArgument("a message of " + std::to_string(body.size()) + " bytes is over the limit of " +
+  if (head.size() + bytes > kMaxRaisedMessage) {
+    return InvalidArgument("a message of " + std::to_string(head.size() + bytes) + " bytes is over the limit of " +
                            std::to_string(kMaxRaisedMessage));
   }
-  auto* sent = new Worker::Sent{worker_, type, std::move(body), std::move(done)};
+  auto* sent = new Worker::Sent{worker_, type, std::move(head), std::move(done), std::move(keep)};
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
   p.cb.send = &Worker::OnSent;
   p.user_data = sent;
-  void* r = ucp_am_send_nbx(ep_, kActiveMessage, &sent->type, sizeof sent->type, sent->body.data(),
-                            sent->body.size(), &p);
+  const void* buffer = sent->body.data();
+  size_t count = sent->body.size();
+  if (data != nullptr && bytes != 0) {  // two pieces, gathered by UCX
+    sent->iov[0] = {sent->body.data(), sent->body.size()};
+    sent->iov[1] = {const_cast<void*>(data), bytes};
+    p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+    p.datatype = ucp_dt_make_iov();
+    buffer = sent->iov;
+    count = 2;
+  }
+  void* r = ucp_am_send_nbx(ep_, kActiveMessage, &sent->type, sizeof sent->type, buffer, count, &p);
   if (r == nullptr) {  // sent already: the outcome still arrives through Progress
     if (sent->done) {
       worker_->events_.push_back(Worker::Event{Worker::Event::kDone, nullptr, nullptr, 0, {}, Status::Ok(),
@@ -174,7 +188,9 @@ Result<std::unique_ptr<Worker>> Worker::Make(std::string name,
   hp.id = kActiveMessage;
   hp.cb = &Worker::OnActiveMessage;
   hp.arg = w.get();
-  hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+  // Persistent: a message's bytes stay UCX's buffer until the handler has
+  // read them (Progress hands them back), rather than being copied first.
+  hp.flags = UCP_AM_FLAG_WHOLE_MSG | UCP_AM_FLAG_PERSISTENT_DATA;
   if (ucs_status_t s = ucp_worker_set_am_recv_handler(w->worker_, &hp); s != UCS_OK) {
     return FromUcs(s, "registering the message handler");
   }
@@ -192,6 +208,7 @@ Worker::~Worker() {
   // Every read still owed an outcome gets one; nothing else is told.
   for (Event& e : events_) {
     if (e.kind == Event::kDone && e.done) e.done(e.status.ok() ? Unavailable("this side is shutting down") : e.status);
+    if (e.held != nullptr) ucp_am_data_release(worker_, e.held);
   }
   events_.clear();
   for (int i = 0; i < 100000 && !closing_.empty(); ++i) {
@@ -229,15 +246,16 @@ bool Worker::Progress(std::chrono::microseconds budget) {
         break;
       }
       case Event::kMessage: {  // a copy of the pointer: the handler may close the endpoint
-        if (!on_message_) break;
-        if (e.ep == nullptr) {
-          on_message_(nullptr, e.type, std::move(e.body));
-          break;
+        const std::string_view body =
+            e.held != nullptr ? std::string_view(static_cast<const char*>(e.held), e.held_length) : e.body;
+        if (!on_message_) {
+        } else if (e.ep == nullptr) {
+          on_message_(nullptr, e.type, body);
+        } else if (auto it = endpoints_.find(e.ep); it != endpoints_.end()) {
+          std::shared_ptr<Endpoint> ep = it->second;
+          on_message_(ep, e.type, body);
         }
-        auto it = endpoints_.find(e.ep);
-        if (it == endpoints_.end()) break;
-        std::shared_ptr<Endpoint> ep = it->second;
-        on_message_(ep, e.type, std::move(e.body));
+        if (e.held != nullptr) ucp_am_data_release(worker_, e.held);
         break;
       }
       case Event::kFailure: {
@@ -389,6 +407,12 @@ ucs_status_t Worker::OnActiveMessage(void* arg, const void* header, size_t heade
                              std::to_string(length) + " bytes (the limit is " + std::to_string(limit) + ")");
   } else {
     std::memcpy(&e.type, header, sizeof e.type);  // UCX's headers are not aligned
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) != 0) {  // ours until released: no copy
+      e.held = data;
+      e.held_length = length;
+      w->events_.push_back(std::move(e));
+      return UCS_INPROGRESS;
+    }
     e.body.assign(static_cast<const char*>(data), length);
   }
   w->events_.push_back(std::move(e));

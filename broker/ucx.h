@@ -77,6 +77,10 @@ class Endpoint {
   // peer's raised limit), copied; `sent`, if given, runs on a later
   // Progress once UCX is done with it (the peer may not have it yet).
   Status Send(uint16_t type, std::string body, std::function<void(Status)> sent = {});
+  // The same with `head` then `bytes` bytes at `data`, which UCX reads in
+  // place (not copied here): `keep` holds that memory until `sent` runs.
+  Status Send(uint16_t type, std::string head, const void* data, size_t bytes, std::shared_ptr<const void> keep,
+              std::function<void(Status)> sent = {});
   // What this side accepts from the peer (a longer message ends the
   // connection): raise it only for a peer that proved who it is.
   void SetMaxMessage(size_t bytes) { max_message_ = bytes < kMaxRaisedMessage ? bytes : kMaxRaisedMessage; }
@@ -128,7 +132,8 @@ class Registration {
 class Worker {
  public:
   using Accepted = std::function<void(const std::shared_ptr<Endpoint>&)>;
-  using Message = std::function<void(const std::shared_ptr<Endpoint>&, uint16_t type, std::string body)>;
+  // `body` lives for the call only (often UCX's own buffer, handed back after).
+  using Message = std::function<void(const std::shared_ptr<Endpoint>&, uint16_t type, std::string_view body)>;
   using Failed = std::function<void(const std::shared_ptr<Endpoint>&, const Status&)>;
 
   // kUnavailable where UCX cannot start here, naming why. `settings` are
@@ -189,12 +194,18 @@ class Worker {
     std::string body;
     Status status = Status::Ok();
     std::function<void(Status)> done;
+    // A message whose bytes UCX lets us keep (not copied into `body`):
+    // handed back with ucp_am_data_release once handled.
+    void* held = nullptr;
+    size_t held_length = 0;
   };
   struct Sent {  // a send in flight: its header and body live until it completes
     Worker* worker;
     uint16_t type;
     std::string body;
     std::function<void(Status)> done;
+    std::shared_ptr<const void> keep;  // what `iov` points into beyond `body`
+    ucp_dt_iov_t iov[2] = {};
   };
   struct Read {
     Worker* worker;
