@@ -10,8 +10,10 @@ figure beside a baseline measured over the same link in the same run:
               baseline two UCX round trips (ucx_perftest -t ucp_am_lat)
   fan-out     a 64 MiB tree to 3 followers: the last to hold it, against one
               follower alone; all three from node 0 (a star), and down a
-              chain (node 1 follows node 0, node 2 node 1, node 3 node 2),
-              each version passed on as it arrives. On this machine every
+              chain that node 0 plans (each node serves a tree to one
+              follower itself, peers.fanout: 1, and sends others on to
+              those that serve it on: 0 -> 1 -> 2 -> 3), each version
+              passed on as it arrives. On this machine every
               node shares the same CPUs, so the links are also limited to
               1 Gbit/s each way (tc), as NICs limit real nodes: then the
               network, not the shared CPUs, is what fan-out divides
@@ -111,10 +113,11 @@ def main():
         f.write(os.urandom(32))
     os.chmod(key, 0o600)
     net = Net(4)
-    nodes = [Node(net, 0, root, key, exports=["big", "small", "fan", "chain"]),
-             Node(net, 1, root, key, exports=["chain"], follow=[("big", 0), ("small", 0), ("fan", 0), ("chain", 0)]),
-             Node(net, 2, root, key, exports=["chain"], follow=[("fan", 0), ("chain", 1)]),
-             Node(net, 3, root, key, follow=[("fan", 0), ("chain", 2)])]
+    nodes = [Node(net, 0, root, key, exports=["big", "small", "fan", "chain"], fanout=1),
+             Node(net, 1, root, key, exports=["chain"], follow=[("big", 0), ("small", 0), ("fan", 0), ("chain", 0)],
+                  fanout=1),
+             Node(net, 2, root, key, exports=["chain"], follow=[("fan", 0), ("chain", 0)], fanout=1),
+             Node(net, 3, root, key, exports=["chain"], follow=[("fan", 0), ("chain", 0)], fanout=1)]
     try:
         for n in nodes:
             if not n.start():
@@ -192,6 +195,9 @@ def main():
         for t in subs:
             for s in subs[t]:
                 held(s, fan, 1)
+        chain_of = {n.i: p["peer"] for n in nodes[1:] for p in n.peers() if p["role"] == "follower" and
+                    p["tree"] == "chain"}
+        print(f"  the chain node 0 planned (follower: where it takes it from): {chain_of}")
         v = {"fan": 2, "chain": 2}
 
         def last_holds(tree, followers):

@@ -220,7 +220,7 @@ class Reader {
 
   Status Peers(const YAML::Node& n, PeersConfig& p) const {
     GPB_RETURN_IF_ERROR(CheckKeys(n, "peers", {"listen", "key_file", "interface", "export", "follow",
-                                               "stall_timeout_ms"}));
+                                               "stall_timeout_ms", "fanout"}));
     if (n["listen"]) {
       GPB_ASSIGN_OR_RETURN(p.listen, String(n["listen"], "peers.listen"));
       if (!p.listen.empty()) {
@@ -232,6 +232,9 @@ class Reader {
     if (n["stall_timeout_ms"]) {
       GPB_ASSIGN_OR_RETURN(p.stall_timeout_ms, Unsigned<uint32_t>(n["stall_timeout_ms"], "peers.stall_timeout_ms",
                                                                    3600u * 1000u));
+    }
+    if (n["fanout"]) {
+      GPB_ASSIGN_OR_RETURN(p.fanout, Unsigned<uint32_t>(n["fanout"], "peers.fanout", 1024u));
     }
     if (n["export"]) {
       const YAML::Node& e = n["export"];

@@ -80,6 +80,11 @@ struct PeersConfig {
   // that went down is not reported otherwise); a follower that holds a
   // version this long without finishing it is dropped by its source.
   uint32_t stall_timeout_ms = 10000;
+  // The most followers this broker serves a tree to itself (0: no limit).
+  // Beyond it, a follower asking for the tree is sent to one of those that
+  // serve it on (their own peers.export lists it), so the source plans a
+  // tree of followers; with none that does, it is served here all the same.
+  uint32_t fanout = 0;
   bool enabled() const { return !listen.empty() || !follow.empty() || !key_file.empty(); }
 };
 

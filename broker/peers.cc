@@ -39,6 +39,7 @@ enum Msg : uint16_t {
   kFollow = 4,     // follower: FollowBody
   kRefused = 5,    // source, TCP: why, as text; the connection ends
   kAccept = 16,    // source, TCP: empty
+  kRedirect = 17,  // source, TCP: "IPv4:PORT" of a follower of ours that serves the tree on: ask there
   kLayout = 6,     // source: SlotRecords of the tree, the arena first
   kTree = 7,       // source: TreeHead
   kVersion = 8,    // source: VersionBody; that version is pinned for this follower (or, kPassedOn, still
@@ -72,7 +73,16 @@ std::string TokenBytes(const Token& t) { return std::string(reinterpret_cast<con
 struct FollowBody {
   uint64_t have;   // the source's version whose bytes the follower holds (0: none)
   char tree[128];  // NUL-terminated
+  uint16_t relay_port;  // the follower serves the tree on at this port of its address (0: it does not)
+  uint8_t redirects;    // how many sources sent it on before this one
+  uint8_t flags;        // kServeHere
+  uint32_t reserved;
 };
+// Serve it here, whatever peers.fanout says: the follower was sent on before
+// and that one failed it (so a broken relay costs one try, not a loop).
+constexpr uint8_t kServeHere = 1;
+// A follower is sent on at most this many times in a row, then served.
+constexpr uint8_t kMaxRedirects = 8;
 
 struct SlotRecord {
   char name[128];  // under the tree: "" for the tree's own slot (the arena), else the key
@@ -444,7 +454,7 @@ class PeersImpl final : public Peers {
       PeerReport r = f.report;
       r.role = "follower";
       r.tree = f.config.tree;
-      r.peer = f.config.from;
+      r.peer = f.via.empty() ? f.config.from : f.via;
       static const char* kStates[] = {"retrying", "authenticating", "layout", "ready", "waiting for a buffer",
                                       "reading", "reading"};
       static_assert(std::size(kStates) == Following::kVerdict + 1);
@@ -495,6 +505,8 @@ class PeersImpl final : public Peers {
     // as they land; the follower gets a verdict after its done.
     bool passed_on = false, arriving = false, said_done = false;
     uint64_t gave_up = 0;  // a version passed on that we could not finish: its answer (done or busy) is awaited
+    uint16_t relay_port = 0;  // it serves the tree on, there (peers.fanout sends others to it)
+    uint64_t sent_on = 0;     // followers we sent to it
     PeerReport report;
   };
 
@@ -661,7 +673,7 @@ class PeersImpl final : public Peers {
     if (type == kFollow && s.client == 0) {
       auto m = Parse<FollowBody>(body);
       if (!m || std::memchr(m->tree, 0, sizeof m->tree) == nullptr) return RefuseServed(s, "a malformed follow");
-      return ServeTree(s, m->tree, m->have);
+      return ServeTree(s, m->tree, *m);
     }
     if (s.client == 0) return RefuseServed(s, "an unexpected message (type " + std::to_string(type) + ")");
     if (type == kDone) {
@@ -730,10 +742,25 @@ class PeersImpl final : public Peers {
     return s.ep->Send(type, std::move(m), std::move(sent));
   }
 
-  void ServeTree(Served& s, const std::string& tree, uint64_t have) {
+  void ServeTree(Served& s, const std::string& tree, const FollowBody& asked) {
+    const uint64_t have = asked.have;
     if (std::find(config_.exports.begin(), config_.exports.end(), tree) == config_.exports.end()) {
       return RefuseServed(s, "tree '" + Clean(tree) + "' is not exported here (peers.export)");
     }
+    if (Served* relay = PlannedRelay(s, tree, asked)) {
+      ++relay->sent_on;
+      const std::string to = IpOf(relay->ep->peer()) + ":" + std::to_string(relay->relay_port);
+      spdlog::info("peers: {} asks for '{}': sent to {}, which serves it on (peers.fanout {})", s.ep->peer(), tree,
+                   to, config_.fanout);
+      auto ep = s.ep;
+      auto ctl = s.ctl;
+      s.ctl.reset();
+      Forget(s);
+      ctl->Write(kRedirect, to, [ctl] { ctl->Close(); });
+      closing_.push_back({ep, Clock::now() + 200ms});
+      return;
+    }
+    s.relay_port = asked.relay_port;
     auto slots = handler_.TreeSlots(tree);
     if (!slots.ok()) return RefuseServed(s, "tree '" + tree + "': " + slots.status().message());
     if (slots->size() > kMaxTreeSlots) {
@@ -784,6 +811,22 @@ class PeersImpl final : public Peers {
     spdlog::info("peers: {} follows '{}' ({} buffers of {} bytes)", s.ep->peer(), tree, arena.nbuffers,
                  arena.buffer_bytes);
     Offer(s);
+  }
+
+  // Where peers.fanout sends a follower of `tree` instead of serving it
+  // here: the follower of ours that serves the tree on and was sent the
+  // fewest, once we serve that many ourselves; none if we serve fewer, if
+  // none of ours serves it on, or if the follower may not be sent on.
+  Served* PlannedRelay(const Served& s, const std::string& tree, const FollowBody& asked) {
+    if (config_.fanout == 0 || (asked.flags & kServeHere) != 0 || asked.redirects >= kMaxRedirects) return nullptr;
+    size_t direct = 0;
+    Served* best = nullptr;
+    for (auto& [e, o] : served_) {
+      if (&o == &s || o.client == 0 || o.report.tree != tree) continue;
+      ++direct;
+      if (o.relay_port != 0 && (best == nullptr || o.sent_on < best->sent_on)) best = &o;
+    }
+    return direct >= config_.fanout ? best : nullptr;
   }
 
   // Whether the tree's name still names the allocation served.
@@ -931,8 +974,11 @@ class PeersImpl final : public Peers {
 
   struct Following {
     FollowConfig config;
-    std::string ip;
+    std::string ip;  // where it connects: the configured source, or `via`
     uint16_t port = 0;
+    std::string via;        // IPv4:PORT the source sent it to (peers.fanout); empty: the source itself
+    uint8_t redirects = 0;  // in a row
+    bool serve_here = false;  // ask the source to serve it itself: the last one it sent us to failed
     gid_t gid = 0;
     // kBuffer: a version was offered and every local buffer is pinned by
     // local readers (or followers of ours) or holds the newest: the source
@@ -994,7 +1040,7 @@ class PeersImpl final : public Peers {
     boost::system::error_code ec;
     const ip::tcp::endpoint to(ip::make_address_v4(f.ip, ec), f.port);
     if (ec) return Retry(f, InvalidArgument("'" + f.config.from + "': " + ec.message()));
-    auto hs = std::make_shared<Handshake>(ip::tcp::socket(io_), f.config.from);
+    auto hs = std::make_shared<Handshake>(ip::tcp::socket(io_), f.via.empty() ? f.config.from : f.via);
     f.hs = hs;
     f.token = FreshToken();
     f.state = Following::kHello;
@@ -1053,6 +1099,12 @@ class PeersImpl final : public Peers {
   void Accepted(Following& f) {
     FollowBody m{};
     m.have = LocalHolds(f) ? f.source_have : 0;
+    // We serve it on if we list it: a source with peers.fanout may send others here.
+    const bool relay = listen_port_ != 0 &&
+                       std::find(config_.exports.begin(), config_.exports.end(), f.config.tree) != config_.exports.end();
+    m.relay_port = relay ? listen_port_ : 0;
+    m.redirects = f.redirects;
+    m.flags = f.serve_here ? kServeHere : 0;
     std::memcpy(m.tree, f.config.tree.data(), std::min(f.config.tree.size(), sizeof m.tree - 1));
     f.state = Following::kLayout;
     f.progress = Clock::now();
@@ -1063,8 +1115,31 @@ class PeersImpl final : public Peers {
       if (f == nullptr) return;
       if (!st.ok()) return Retry(*f, Unavailable("the source ended the connection"));
       if (type == kRefused) return Retry(*f, PermissionDenied("the source refused: " + Clean(body)));
+      if (type == kRedirect && f->state == Following::kLayout) return Redirected(*f, Clean(body));
       Retry(*f, ProtocolError("an unexpected message from the source on TCP"));
     });
+  }
+
+  // The source serves the tree to as many as its peers.fanout allows and
+  // sends us to `to`, a follower of its that serves it on: we ask there at
+  // once (no back-off, no error), and go back to the source if that fails.
+  void Redirected(Following& f, const std::string& to) {
+    auto addr = ParsePeerAddress(to, false);
+    if (!addr.ok() || f.redirects >= kMaxRedirects) {
+      return Retry(f, ProtocolError("the source sent us on to '" + to + "'" +
+                                    (addr.ok() ? " after " + std::to_string(+kMaxRedirects) + " others" : "")));
+    }
+    spdlog::info("peers: following '{}': {} sends us to {}, which serves it on", f.config.tree,
+                 f.via.empty() ? f.config.from : f.via, to);
+    ++f.redirects;
+    f.via = to;
+    f.ip = addr->first;
+    f.port = addr->second;
+    if (f.hs) f.hs->Close();
+    f.hs.reset();
+    f.state = Following::kRetrying;
+    f.layout.clear();
+    f.retry_at = Clock::now();
   }
 
   Status SendTo(Following& f, uint16_t type, std::string_view body) {
@@ -1092,6 +1167,14 @@ class PeersImpl final : public Peers {
     f.state = Following::kRetrying;
     f.layout.clear();
     f.retry_at = now + f.backoff;
+    if (!f.via.empty()) {  // back to the source, asking it to serve us itself this time
+      auto addr = ParsePeerAddress(f.config.from, false);
+      f.ip = addr.ok() ? addr->first : f.ip;
+      f.port = addr.ok() ? addr->second : f.port;
+      f.via.clear();
+      f.serve_here = true;
+    }
+    f.redirects = 0;
     f.backoff = std::min<std::chrono::milliseconds>(f.backoff * 2, 2s);
   }
 
@@ -1189,6 +1272,7 @@ class PeersImpl final : public Peers {
           f.state = Following::kReady;
           f.backoff = 100ms;
           f.failures = 0;
+          if (f.via.empty()) f.serve_here = false;  // served by the source: it may plan again next time
           spdlog::info("peers: following '{}' from {} ({} slots, {} buffers of {} bytes)", f.config.tree,
                        f.config.from, f.layout.size(), f.local_buffers, f.head.buffer_bytes);
           return;

@@ -5,8 +5,10 @@ namespaces of its own, made here (`ip netns`, `unshare`): the nodes' eth0s
 are veth pairs on a bridge in a fifth namespace, with addresses assigned
 only there, so no byte leaves this machine. UCX runs over TCP.
 
-    node 0  source of "policy" (exports it); also holds "secret", not exported
-    node 1  follows "policy" from node 0, exports it on; asks for "secret" too
+    node 0  source of "policy" (exports it); also holds "secret", not exported;
+            serves "planned" to one follower itself (peers.fanout: 1)
+    node 1  follows "policy" from node 0, exports it on; asks for "secret" too;
+            follows "planned" from node 0 and serves it on
     node 2  follows "policy" from node 1 (a chain)
     node 3  holds the wrong cluster key; asks node 0 for "policy"
 
@@ -232,8 +234,9 @@ def main():
         os.chmod(path, 0o600)
     net = Net(4)
     nodes = [
-        Node(net, 0, root, key, exports=["policy", "onebuf"]),
-        Node(net, 1, root, key, exports=["policy"], follow=[("policy", 0), ("secret", 0), ("onebuf", 0)]),
+        Node(net, 0, root, key, exports=["policy", "onebuf", "planned"], fanout=1),
+        Node(net, 1, root, key, exports=["policy", "planned"],
+             follow=[("policy", 0), ("secret", 0), ("onebuf", 0), ("planned", 0)]),
         Node(net, 2, root, key, follow=[("policy", 1)]),
         Node(net, 3, root, wrong, follow=[("policy", 0)]),
     ]
@@ -459,6 +462,39 @@ def main():
         check("gpubrokerctl unfollow --remove: the local tree goes",
               r.returncode == 0 and until(lambda: latest_version_of(nodes[2], "onebuf") == 0, 10, None),
               f"{r.stderr} {latest_version_of(nodes[2], 'onebuf')}")
+
+        # ---- fan-out planned by the source: node 0 serves "planned" to one
+        # follower itself (peers.fanout: 1), node 1, which serves it on; node
+        # 2, asking node 0 for it at run time, is sent to node 1. When node 1
+        # stops serving it, node 2 goes back to node 0, which then serves it
+        # itself (the follower it sent on was failed by the one it sent it to)
+        planned = fresh_base()
+        ppub = publisher_client.publisher("planned", stamp(planned, 1), buffers=3)
+        check("node 1 follows planned from node 0",
+              until(lambda: latest_version_of(nodes[1], "planned") == 1, 30, "node 1's planned"), nodes[1].tail())
+        r = ctl(nodes[2], "follow", "planned", "--from", src)
+        whole, reached = follow_until(nodes[2], "planned", planned, 1, 30)
+        followed = lambda: node2_follows().get("planned", {})
+        served = lambda n: [p["peer"].rsplit(":", 1)[0] for p in n.peers() if p["role"] == "source" and
+                            p["tree"] == "planned"]
+        check("peers.fanout: node 2 asks node 0 for planned and is sent to node 1, which serves it on",
+              r.returncode == 0 and whole and reached and followed().get("peer") == f"{Net.ip(1)}:7400" and
+              served(nodes[0]) == [Net.ip(1)] and served(nodes[1]) == [Net.ip(2)],
+              f"{r.stderr} {whole} {reached} {followed()} {served(nodes[0])} {served(nodes[1])}")
+        check("... node 0 logs where it sent it", f"sent to {Net.ip(1)}:7400, which serves it on" in nodes[0].text(),
+              nodes[0].tail())
+        for v in range(2, 6):
+            ppub.update(stamp(planned, v), wait=0)
+        whole, reached = follow_until(nodes[2], "planned", planned, 5, 30)
+        check("... versions reach node 2 through node 1, whole", whole and reached, nodes[2].tail())
+        r = ctl(nodes[1], "unfollow", "planned", "--remove")
+        ppub.update(stamp(planned, 6), wait=0)
+        whole, reached = follow_until(nodes[2], "planned", planned, 6, 30)
+        check("node 1 stops serving planned: node 2 goes back to node 0, which serves it itself, whole",
+              r.returncode == 0 and whole and reached and followed().get("peer") == src and
+              served(nodes[0]) == [Net.ip(2)], f"{r.stderr} {followed()} {served(nodes[0])}; {nodes[2].tail()}")
+        ctl(nodes[2], "unfollow", "planned", "--remove")
+        ppub.close(destroy=True)
 
         # ---- a hostile host floods every port the source listens on (the
         # peer port and UCX's own) with connections that send random bytes,

@@ -86,7 +86,7 @@ class Net:
 
 
 class Node:
-    def __init__(self, net, i, root, key, exports=(), follow=()):
+    def __init__(self, net, i, root, key, exports=(), follow=(), fanout=0):
         self.net, self.i = net, i
         self.dir = os.path.join(root, f"node{i}")
         os.makedirs(self.dir, exist_ok=True)
@@ -103,6 +103,7 @@ peers:
   key_file: {key}
   interface: eth0
   stall_timeout_ms: {STALL_MS}
+  fanout: {fanout}
   export: [{", ".join(exports)}]
   follow: [{follows}]
 metrics: {{listen: '127.0.0.1:9464'}}

@@ -176,6 +176,7 @@ peers:
   interface: eth1
   export: [policy, critic]
   stall_timeout_ms: 2500
+  fanout: 2
   follow:
     - {tree: policy, from: 10.0.0.2:7400, group: "0", mode: "0640"}
 )", "test.yaml");
@@ -184,6 +185,8 @@ peers:
   EXPECT_EQ(c->peers.listen, "10.0.0.1:7400");
   EXPECT_EQ(c->peers.exports, (std::vector<std::string>{"policy", "critic"}));
   EXPECT_EQ(c->peers.stall_timeout_ms, 2500u);
+  EXPECT_EQ(c->peers.fanout, 2u);
+  EXPECT_EQ(ParseConfig("", "empty.yaml")->peers.fanout, 0u) << "no limit unless configured";
   ASSERT_EQ(c->peers.follow.size(), 1u);
   EXPECT_EQ(c->peers.follow[0].tree, "policy");
   EXPECT_EQ(c->peers.follow[0].from, "10.0.0.2:7400");
@@ -206,6 +209,8 @@ peers:
       {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1', owner: x}]}", "unknown key 'owner'"},
       {"peers: {key_file: /k, export: policy}", "peers.export must be a list"},
       {"peers: {key_file: /k, stall_timeout_ms: 10}", "at least 100"},
+      {"peers: {key_file: /k, fanout: 5000}", "peers.fanout"},
+      {"peers: {key_file: /k, fanout: -1}", "peers.fanout"},
       {"peers: {port: 1}", "unknown key 'port' in peers"},
       {"peers: {key_file: relative.key}", "absolute path of the cluster key"},  // a key alone is checked too
   };
