@@ -496,9 +496,11 @@ class PeersImpl final : public Peers {
     uint64_t pin = 0, pinned = 0, writes = 0;
     int32_t buffer = -1;
     uint64_t offset = 0;
-    size_t in_flight = 0;
+    size_t in_flight = 0;      // of the version sent (its generation's)
+    size_t all_in_flight = 0;  // of any version: what Watch progresses
+    uint64_t generation = 0;   // of the version sent: completions of sends of one before do not count
     Clock::time_point sent_all{};  // when the last chunk went; the follower has stall_timeout_ms to say done...
-    Clock::time_point progressed{};  // ... from then or from its last ping that said more had landed
+    Clock::time_point progressed{};  // ... from its offer or its last ping that said more had landed
     uint64_t landed = 0;             // the most its pings said had landed of the version sent
     // Passed on while it arrives here (a tree we follow): `arriving` until
     // our own follower commits it (then `pin` holds it), the chunks going
@@ -824,7 +826,12 @@ class PeersImpl final : public Peers {
     for (auto& [e, o] : served_) {
       if (&o == &s || o.client == 0 || o.report.tree != tree) continue;
       ++direct;
-      if (o.relay_port != 0 && (best == nullptr || o.sent_on < best->sent_on)) best = &o;
+      // One that holds at least what the follower has (a lagging one would
+      // hand it older bytes under a newer number), at another address.
+      if (o.relay_port != 0 && o.have >= asked.have && IpOf(o.ep->peer()) != IpOf(s.ep->peer()) &&
+          (best == nullptr || o.sent_on < best->sent_on)) {
+        best = &o;
+      }
     }
     return direct >= config_.fanout ? best : nullptr;
   }
@@ -861,7 +868,9 @@ class PeersImpl final : public Peers {
     s.buffer = got->buffer;
     s.offset = 0;
     s.in_flight = 0;
-    s.sent_all = s.progressed = {};
+    ++s.generation;
+    s.sent_all = {};
+    s.progressed = Clock::now();
     s.landed = 0;
     s.passed_on = false;
     s.report.source_version = got->version;
@@ -880,7 +889,9 @@ class PeersImpl final : public Peers {
     s.buffer = f.buffer;
     s.offset = 0;
     s.in_flight = 0;
-    s.sent_all = s.progressed = {};
+    ++s.generation;
+    s.sent_all = {};
+    s.progressed = Clock::now();
     s.landed = 0;
     s.report.source_version = f.commit_at;
     ++s.report.passed_on;
@@ -902,18 +913,20 @@ class PeersImpl final : public Peers {
       // the pin keeps them, the mapping lives until the send is done.
       const uint8_t* at = s.mapping->base() + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset;
       ucx::Endpoint* key = s.ep.get();
-      const uint64_t serial = s.serial;
+      const uint64_t serial = s.serial, generation = s.generation;
       Status sent = s.ep->Send(kChunk, TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset}), at, n,
-                               s.mapping, [this, key, serial](Status) {
+                               s.mapping, [this, key, serial, generation](Status) {
         if (stopping_) return;
         auto it = served_.find(key);
         if (it == served_.end() || it->second.serial != serial) return;
-        if (it->second.in_flight > 0) --it->second.in_flight;
+        if (it->second.all_in_flight > 0) --it->second.all_in_flight;
+        if (it->second.generation == generation && it->second.in_flight > 0) --it->second.in_flight;
         Push(it->second);
       });
       if (!sent.ok()) return;  // the connection is failing: OnFailure drops it
       s.offset += n;
       ++s.in_flight;
+      ++s.all_in_flight;
       s.report.bytes += n;
       if (s.offset >= s.buffer_bytes) s.sent_all = Clock::now();
     }
@@ -1125,6 +1138,10 @@ class PeersImpl final : public Peers {
   // once (no back-off, no error), and go back to the source if that fails.
   void Redirected(Following& f, const std::string& to) {
     auto addr = ParsePeerAddress(to, false);
+    if (addr.ok() && addr->second == listen_port_ && !config_.listen.empty() &&
+        IpOf(config_.listen) == addr->first) {
+      return Retry(f, ProtocolError("the source sent us on to our own address " + to));
+    }
     if (!addr.ok() || f.redirects >= kMaxRedirects) {
       return Retry(f, ProtocolError("the source sent us on to '" + to + "'" +
                                     (addr.ok() ? " after " + std::to_string(+kMaxRedirects) + " others" : "")));
@@ -1235,6 +1252,7 @@ class PeersImpl final : public Peers {
       }
       s.pin = got->pin;
       s.writes = got->writes;
+      s.progressed = Clock::now();  // its stall is counted from the pin (we were the slow one until now)
       if (s.said_done) Finished(s);
     });
   }
@@ -1280,6 +1298,9 @@ class PeersImpl final : public Peers {
         return Retry(f, ProtocolError("a malformed layout from the source"));
       }
       case Following::kReady: {
+        // Of a version before: sent before the source knew we were done
+        // with it (a busy, or a version it gave up while we said busy).
+        if (type == kChunk || type == kVerdict) return;
         auto m = Parse<VersionBody>(body);
         if (type != kVersion || !m || (m->flags & ~kPassedOn) != 0) {
           return Retry(f, ProtocolError("a malformed version message from the source"));
@@ -1585,7 +1606,7 @@ class PeersImpl final : public Peers {
 
   bool Sending() const {
     for (const auto& [ep, s] : served_) {
-      if ((s.pin != 0 || s.arriving) && s.in_flight != 0) return true;
+      if (s.all_in_flight != 0) return true;
     }
     return false;
   }
@@ -1620,7 +1641,7 @@ class PeersImpl final : public Peers {
         late.push_back({&s, "it did not ask for a tree in time"});
       } else if (now - s.heard > stall) {  // a follower pings every stall_timeout_ms / 3
         late.push_back({&s, "it was not heard from within peers.stall_timeout_ms"});
-      } else if (s.pin != 0 && s.sent_all != Clock::time_point{} && now - std::max(s.sent_all, s.progressed) > stall) {
+      } else if (s.pin != 0 && now - std::max(s.sent_all, s.progressed) > stall) {
         late.push_back({&s, "it held version " + std::to_string(s.pinned) +
                                 " and neither read more of it nor said done for peers.stall_timeout_ms"});
       } else if (s.client != 0 && !Current(s)) {

@@ -363,7 +363,12 @@ void Worker::Fail(std::shared_ptr<Endpoint> ep, Status why, bool tell) {
   // What this connection said and has not been handled yet goes with it: its
   // handle may name a new connection once UCX reuses it.
   for (auto it = events_.begin(); it != events_.end();) {
-    it = (it->ep == h && it->kind != Event::kDone) ? events_.erase(it) : std::next(it);
+    if (it->ep != h || it->kind == Event::kDone) {
+      ++it;
+      continue;
+    }
+    if (it->held != nullptr) ucp_am_data_release(worker_, it->held);  // UCX's buffer, handed back
+    it = events_.erase(it);
   }
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
