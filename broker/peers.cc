@@ -635,13 +635,20 @@ class PeersImpl final : public Peers {
     hs->Write(kRefused, why, [hs] { hs->Close(); });
   }
 
-  // Tells the follower why on its TCP connection, then closes it and, on a
-  // later tick (a forced close drops what UCX has not sent), our endpoint.
-  void Refuse(const std::shared_ptr<ucx::Endpoint>& ep, const std::shared_ptr<Handshake>& ctl,
-              const std::string& why) {
-    LogRefusal(ep->peer(), why);
-    if (ctl) ctl->Write(kRefused, why, [ctl] { ctl->Close(); });
+  // Ends a served session: its bookkeeping now; then `type` with `body` on
+  // its TCP connection, which closes after it, and our endpoint on a later
+  // tick (a forced close drops what UCX has not sent).
+  void EndServed(Served& s, uint16_t type, const std::string& body) {
+    auto ep = s.ep;
+    auto ctl = s.ctl;
+    s.ctl.reset();
+    Forget(s);
+    if (ctl) ctl->Write(type, body, [ctl] { ctl->Close(); });
     closing_.push_back({ep, Clock::now() + 200ms});
+  }
+
+  bool Exports(const std::string& tree) const {
+    return std::find(config_.exports.begin(), config_.exports.end(), tree) != config_.exports.end();
   }
 
   // One line per peer address and reason a minute at most: a peer that
@@ -723,11 +730,8 @@ class PeersImpl final : public Peers {
 
   void RefuseServed(Served& s, const std::string& why) {
     ++s.report.errors;
-    auto ep = s.ep;
-    auto ctl = s.ctl;
-    s.ctl.reset();
-    Forget(s);
-    Refuse(ep, ctl, why);
+    LogRefusal(s.ep->peer(), why);
+    EndServed(s, kRefused, why);
   }
 
   // Ends a served session's bookkeeping and its TCP connection (its
@@ -746,7 +750,7 @@ class PeersImpl final : public Peers {
 
   void ServeTree(Served& s, const std::string& tree, const FollowBody& asked) {
     const uint64_t have = asked.have;
-    if (std::find(config_.exports.begin(), config_.exports.end(), tree) == config_.exports.end()) {
+    if (!Exports(tree)) {
       return RefuseServed(s, "tree '" + Clean(tree) + "' is not exported here (peers.export)");
     }
     if (Served* relay = PlannedRelay(s, tree, asked)) {
@@ -754,13 +758,7 @@ class PeersImpl final : public Peers {
       const std::string to = IpOf(relay->ep->peer()) + ":" + std::to_string(relay->relay_port);
       spdlog::info("peers: {} asks for '{}': sent to {}, which serves it on (peers.fanout {})", s.ep->peer(), tree,
                    to, config_.fanout);
-      auto ep = s.ep;
-      auto ctl = s.ctl;
-      s.ctl.reset();
-      Forget(s);
-      ctl->Write(kRedirect, to, [ctl] { ctl->Close(); });
-      closing_.push_back({ep, Clock::now() + 200ms});
-      return;
+      return EndServed(s, kRedirect, to);
     }
     s.relay_port = asked.relay_port;
     auto slots = handler_.TreeSlots(tree);
@@ -863,39 +861,34 @@ class PeersImpl final : public Peers {
       Unpin(s);
       return false;
     }
-    s.pinned = got->version;
     s.writes = got->writes;
-    s.buffer = got->buffer;
-    s.offset = 0;
-    s.in_flight = 0;
-    ++s.generation;
-    s.sent_all = {};
-    s.progressed = Clock::now();
-    s.landed = 0;
-    s.passed_on = false;
-    s.report.source_version = got->version;
-    (void)SendTo(s, kVersion, Bytes(VersionBody{got->version, got->buffer, 0}));
-    Push(s);
+    StartSending(s, got->version, got->buffer, 0);
     return true;
   }
 
   // Sends the version `f` receives into our local tree as its chunks land
   // (nothing pins it: it is our own write until `f` commits it).
   void PassOn(Served& s, const Following& f) {
-    s.arriving = s.passed_on = true;
+    s.arriving = true;
     s.said_done = false;
-    s.pinned = f.commit_at;
     s.writes = 0;
-    s.buffer = f.buffer;
+    ++s.report.passed_on;
+    StartSending(s, f.commit_at, f.buffer, kPassedOn);
+  }
+
+  // Offers `version`, in `buffer`, to the follower and starts its chunks.
+  void StartSending(Served& s, uint64_t version, int32_t buffer, uint32_t flags) {
+    s.pinned = version;
+    s.buffer = buffer;
+    s.passed_on = (flags & kPassedOn) != 0;
     s.offset = 0;
     s.in_flight = 0;
     ++s.generation;
     s.sent_all = {};
     s.progressed = Clock::now();
     s.landed = 0;
-    s.report.source_version = f.commit_at;
-    ++s.report.passed_on;
-    (void)SendTo(s, kVersion, Bytes(VersionBody{f.commit_at, f.buffer, kPassedOn}));
+    s.report.source_version = version;
+    (void)SendTo(s, kVersion, Bytes(VersionBody{version, buffer, flags}));
     Push(s);
   }
 
@@ -1113,8 +1106,7 @@ class PeersImpl final : public Peers {
     FollowBody m{};
     m.have = LocalHolds(f) ? f.source_have : 0;
     // We serve it on if we list it: a source with peers.fanout may send others here.
-    const bool relay = listen_port_ != 0 &&
-                       std::find(config_.exports.begin(), config_.exports.end(), f.config.tree) != config_.exports.end();
+    const bool relay = listen_port_ != 0 && Exports(f.config.tree);
     m.relay_port = relay ? listen_port_ : 0;
     m.redirects = f.redirects;
     m.flags = f.serve_here ? kServeHere : 0;
@@ -1243,13 +1235,7 @@ class PeersImpl final : public Peers {
         (void)internal_.Call<wire::ReleaseReply>(s.client, rel);
         got = gpubroker::Internal("another version is newest");
       }
-      if (!got.ok()) {  // not what was sent: given up
-        (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
-        s.passed_on = false;
-        if (s.said_done) return (void)Offer(s);  // it answered already
-        s.gave_up = s.pinned;
-        return;
-      }
+      if (!got.ok()) return Abandon(s);  // not what was sent
       s.pin = got->pin;
       s.writes = got->writes;
       s.progressed = Clock::now();  // its stall is counted from the pin (we were the slow one until now)
@@ -1261,12 +1247,19 @@ class PeersImpl final : public Peers {
   // (its source gave it up, or we lost it): those it was passed on to are
   // told, and offered the next once they answered.
   void GaveUp(uint64_t allocation_id) {
-    ForArriving(allocation_id, [&](Served& s) {
-      (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
-      s.arriving = s.passed_on = false;
-      if (s.said_done) return (void)Offer(s);  // it answered already
-      s.gave_up = s.pinned;
-    });
+    ForArriving(allocation_id, [&](Served& s) { Abandon(s); });
+  }
+
+  // Tells one follower the version passed on to it will not be whole; the
+  // next is offered once it answered (done or busy), at once if it had.
+  void Abandon(Served& s) {
+    (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
+    s.arriving = s.passed_on = false;
+    if (s.said_done) {
+      Offer(s);
+      return;
+    }
+    s.gave_up = s.pinned;
   }
 
   void OnFollowerMessage(Following& f, uint16_t type, std::string_view body) {
