@@ -893,14 +893,16 @@ class PeersImpl final : public Peers {
   }
 
   // Hands UCX the next chunks of the version sent, kChunksInFlight at a
-  // time; of one still arriving here, only what has landed.
+  // time counting those of versions before still in flight (a follower
+  // that says busy and want over and over, never draining, grows nothing);
+  // of one still arriving here, only what has landed.
   void Push(Served& s) {
     uint64_t end = s.buffer_bytes;
     if (s.arriving) {
       const Following* f = Arriving(s.allocation_id);
       end = f != nullptr && f->buffer == s.buffer ? f->next : 0;
     }
-    while ((s.pin != 0 || s.arriving) && s.in_flight < kChunksInFlight && s.offset < end) {
+    while ((s.pin != 0 || s.arriving) && s.all_in_flight < kChunksInFlight && s.offset < end) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, end - s.offset));
       // The bytes go from the mapping itself (UCX reads them in place):
       // the pin keeps them, the mapping lives until the send is done.
