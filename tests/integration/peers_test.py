@@ -278,11 +278,12 @@ def main():
         check("gpubrokerctl peers: node 1's follow of a tree not exported shows why it fails",
               "not exported" in p1.get(("follower", "secret"), {}).get("last_error", ""), p1)
         follower = {"role": "follower", "tree": "policy", "peer": f"{Net.ip(0)}:7400"}
-        check("metrics: node 1's follower of policy is up at version 40, nothing behind",
-              until(lambda: nodes[1].metric({**follower, "what": "version"}) == 40, 10, "the metrics") and
-              nodes[1].metric({**follower, "what": "up"}) == 1 and nodes[1].metric({**follower, "what": "behind"}) == 0
-              and nodes[1].metric({**follower, "what": "bytes"}) > 0,
-              nodes[1].metric({**follower, "what": "version"}))
+        follower_metrics = lambda: {w: nodes[1].metric({**follower, "what": w}) for w in ("version", "up", "behind",
+                                                                                          "bytes")}
+        check("metrics: node 1's follower of policy is up at version 40, nothing behind (the page is refreshed "
+              "each second)",
+              until(lambda: (lambda m: m["version"] == 40 and m["up"] == 1 and m["behind"] == 0 and
+                             (m["bytes"] or 0) > 0)(follower_metrics()), 10, "the metrics"), follower_metrics())
         check("metrics: node 1 serves node 2 (by address, not port)",
               until(lambda: nodes[1].metric({"role": "source", "tree": "policy", "peer": Net.ip(2), "what": "up"})
                     == 1, 10, None))
