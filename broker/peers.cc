@@ -772,6 +772,13 @@ class PeersImpl final : public Peers {
     auto mapped = internal_.AttachMapped(s.client, tree, false);
     if (!mapped.ok()) return RefuseServed(s, mapped.status().message());
     const SlotDescriptor& arena = mapped->reply.slot;
+    if (arena.version == 0) {
+      // Still being made (a publisher makes the tree's slots one by one,
+      // then commits): a layout read now may lack views, and the follower
+      // would make a partial tree, then replace it. It asks again shortly.
+      ::munmap(mapped->base, mapped->bytes);
+      return RefuseServed(s, "tree '" + tree + "' has no version yet (its publisher is still making it)");
+    }
     s.allocation_id = arena.allocation_id;
     s.nbuffers = arena.nbuffers;
     s.buffer_bytes = arena.buffer_bytes;
