@@ -1,9 +1,12 @@
 // Both CUDA backends end to end on a real GPU: a real broker, the test
 // process as producer, consumers exec'd as separate processes. Skips (with the
 // reason) where there is no CUDA driver or device.
+#include <execinfo.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <random>
 #include <sstream>
@@ -20,6 +23,26 @@
 
 namespace gpubroker::testing {
 namespace {
+
+// For a case that hangs on the device (docs/gpu-testing.md, "Known open"):
+// each step of it on stderr with the time, and the stack of the thread that
+// takes SIGUSR1 (the main one, unless it blocks it) written there too.
+void Step(const char* what) {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  std::fprintf(stderr, "[step %ld.%03ld] %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000000, what);
+}
+
+void WriteStack(int) {
+  void* frames[64];
+  const int n = ::backtrace(frames, 64);
+  ::backtrace_symbols_fd(frames, n, STDERR_FILENO);
+}
+
+const bool kStackOnSigusr1 = [] {
+  ::signal(SIGUSR1, WriteStack);
+  return true;
+}();
 
 uint64_t FreshSeed() {
   static std::mt19937_64 rng(std::random_device{}());
@@ -292,6 +315,7 @@ TEST(GpuIpcHandles, OnlyWorldReadableSlotsExposeTheirHandle) {
 // new consumer reads every element; legacy cuda_ipc slots cannot survive.
 TEST(GpuService, WarmRestartKeepsVmmBuffers) {
   GPUBROKER_NEEDS_GPU(CudaDriver::Get().ok(), "no CUDA driver here");
+  Step("start");
   ServiceHarness manager;
   auto broker = BrokerProcess::Start(manager.Options());
   ASSERT_NE(broker, nullptr);
@@ -310,6 +334,7 @@ TEST(GpuService, WarmRestartKeepsVmmBuffers) {
   o.mode = 0666;
   auto v = holder->CreateAndAttach(o);
   ASSERT_TRUE(v.ok()) << v.status().ToString();
+  Step("created");
   uint64_t seed = FreshSeed();
   ASSERT_TRUE(gpu::SetDevice(v->device().ordinal));
   ASSERT_TRUE(gpu::FillPattern(v->data(), bytes, seed));
@@ -319,23 +344,32 @@ TEST(GpuService, WarmRestartKeepsVmmBuffers) {
   legacy.shape = {1024};
   ASSERT_TRUE(holder->Create(legacy).ok());
 
+  Step("filled; stopping the broker");
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  Step("stopped; checking the mapping");
   EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0) << "mapping lost while the broker was down";
+  Step("checked; restarting");
   auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
   ASSERT_NE(next, nullptr);
   ASSERT_TRUE(manager.Expect("READY=1"));
 
+  Step("ready again; the consumer");
   auto consumer = ChildProcess::Exec({GPU_PEER_PATH, next->socket(), "check", "warm/gpu", std::to_string(seed)});
   std::string line = consumer->channel().ReceiveLine();
+  Step("the consumer answered");
   EXPECT_EQ(line.rfind("mismatches 0 ", 0), 0u) << line;
   EXPECT_EQ(consumer->Wait(), 0);
+  Step("the consumer exited");
   EXPECT_EQ(gpu::CountMismatches(v->data(), bytes, seed), 0);
+  Step("consumer done; checked again, reconnecting");
   auto stat = holder->Stat("warm/gpu");  // reconnects, re-takes the lease
   ASSERT_TRUE(stat.ok()) << stat.status().ToString();
   EXPECT_EQ(stat->lease_count, 1u);
   EXPECT_EQ(holder->Stat("warm/legacy").status().code(), Code::kNotFound);
+  Step("reconnected; stopping");
   v->reset();
   EXPECT_EQ(next->Stop(SIGTERM), 0);
+  Step("done");
 }
 
 TEST(GpuDriver, WithoutADriverGpuRequestsFailCleanly) {
