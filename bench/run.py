@@ -173,6 +173,9 @@ def main():
                                  *(["--quick"] if a.quick else [])], 900, env)
         take("peers_bench", [py, os.path.join(HERE, "peers_bench.py"), build, *(["--quick"] if a.quick else [])],
              900, env)
+        if gpu:
+            take("peers_gpu_bench", [py, os.path.join(HERE, "peers_gpu_bench.py"), build,
+                                     *(["--quick"] if a.quick else [])], 600, env)
     elif not a.no_python:
         print("\n=== Python benchmarks: skipped (no interpreter with numpy and torch)")
 

@@ -250,7 +250,7 @@ class Reader {
       if (!f.IsSequence()) return At(f.Mark(), "peers.follow must be a list");
       std::set<std::string> trees;
       for (const auto& t : f) {
-        GPB_RETURN_IF_ERROR(CheckKeys(t, "a peers.follow entry", {"tree", "from", "group", "mode"}));
+        GPB_RETURN_IF_ERROR(CheckKeys(t, "a peers.follow entry", {"tree", "from", "group", "mode", "device"}));
         FollowConfig fc;
         if (!t["tree"] || !t["from"]) return At(t.Mark(), "a peers.follow entry needs tree and from");
         GPB_ASSIGN_OR_RETURN(fc.tree, String(t["tree"], "peers.follow.tree"));
@@ -261,6 +261,12 @@ class Reader {
         }
         if (t["group"]) { GPB_ASSIGN_OR_RETURN(fc.group, String(t["group"], "peers.follow.group")); }
         if (t["mode"]) { GPB_ASSIGN_OR_RETURN(fc.mode, Mode(t["mode"], "peers.follow.mode")); }
+        if (t["device"]) {
+          GPB_ASSIGN_OR_RETURN(std::string d, String(t["device"], "peers.follow.device"));
+          auto spec = ParseDevice(d);
+          if (!spec.ok()) return At(t["device"].Mark(), "peers.follow.device: " + spec.status().message());
+          fc.device = *spec;
+        }
         if (!trees.insert(fc.tree).second) return At(t.Mark(), "tree '" + fc.tree + "' is followed twice");
         p.follow.push_back(std::move(fc));
       }

@@ -65,6 +65,9 @@ struct FollowConfig {
   std::string from;   // IPv4:PORT, the source broker's peers.listen
   std::string group;  // owner group of the local tree; empty: the broker's
   uint32_t mode = 0644;
+  // Where the local tree lives: cpu (host memory) or a GPU (cuda_vmm);
+  // unset: like the source's, host memory or the broker's default GPU.
+  std::optional<DeviceSpec> device;
 };
 
 // Replication between brokers (docs/multinode.md); needs a build with UCX.

@@ -15,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "broker/device_stage.h"
 #include "broker/peer_auth.h"
 #include "broker/ucx.h"
 #include "common/validate.h"
@@ -54,7 +55,7 @@ enum Msg : uint16_t {
   kPong = 15,      // source: the answer
 };
 
-constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '4'};
+constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '5'};
 
 // Names a follower's session: random, given to the source in the
 // handshake; a UCX message with a token no session has is dropped (anyone
@@ -101,8 +102,11 @@ constexpr uint32_t kMaxTreeSlots = 4096;
 struct TreeHead {
   uint64_t buffer_bytes;
   uint32_t nbuffers;
-  uint32_t slots;  // records sent before this
+  uint32_t slots;   // records sent before this
+  uint32_t memory;  // where the source's tree lives: kHostMemory or kCudaMemory
+  uint32_t reserved;
 };
+constexpr uint32_t kHostMemory = 0, kCudaMemory = 1;
 
 struct VersionBody {
   uint64_t version;
@@ -172,6 +176,27 @@ std::string IpOf(const std::string& peer) { return peer.substr(0, peer.rfind(':'
 
 // ---- the broker's own client, through the handler --------------------------
 
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(uint8_t* base, size_t bytes) : base_(base), bytes_(bytes) {}
+  Mapping(Mapping&& o) noexcept : base_(std::exchange(o.base_, nullptr)), bytes_(o.bytes_) {}
+  Mapping& operator=(Mapping&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~Mapping() {
+    if (base_ != nullptr) ::munmap(base_, bytes_);
+  }
+  uint8_t* base() const { return base_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  uint8_t* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 class InternalClient {
  public:
   explicit InternalClient(RequestHandler& h) : h_(h) {}
@@ -188,31 +213,43 @@ class InternalClient {
     return wire::Decode<Rep>(f.payload);
   }
 
-  // Attaches `name` (write access if `write`) and maps the whole allocation.
+  // Attaches `name` (write access if `write`) and maps the whole
+  // allocation: host memory here, cuda_vmm memory through `stage` (made
+  // on first use; an error where there is no CUDA).
   struct Mapped {
     wire::AttachReply reply;
-    uint8_t* base = nullptr;
-    size_t bytes = 0;
+    Mapping host;
+    std::shared_ptr<const DeviceMemory> device;
   };
-  Result<Mapped> AttachMapped(uint64_t client, const std::string& name, bool write) {
+  Result<Mapped> AttachMapped(uint64_t client, const std::string& name, bool write,
+                              const std::function<Result<DeviceStage*>()>& stage) {
     wire::AttachRequest req{};
     req.name.set(name);
     req.flags = write ? wire::kAttachWriteRequired : wire::kAttachReadOnly;
     UniqueFd fd;
     GPB_ASSIGN_OR_RETURN(wire::AttachReply reply, (Call<wire::AttachReply>(client, req, &fd)));
-    if (reply.slot.backend != static_cast<uint16_t>(BackendKind::kHost) || !fd.valid()) {
-      return Unsupported("tree '" + name + "' is in " +
-                         std::string(BackendName(static_cast<BackendKind>(reply.slot.backend))) +
-                         " memory; replicating trees in CUDA memory is not built yet (host trees only)");
+    const SlotDescriptor& slot = reply.slot;
+    const uint64_t bytes = slot.buffer_bytes * slot.nbuffers;
+    if (slot.backend == static_cast<uint16_t>(BackendKind::kCudaVmm)) {
+      auto st = stage();
+      if (!st.ok()) return st.status().Annotate("tree '" + name + "' is in GPU memory");
+      DeviceUuid uuid;
+      std::memcpy(uuid.data(), slot.device_uuid, uuid.size());
+      GPB_ASSIGN_OR_RETURN(auto device, (*st)->Map(std::move(fd), slot.allocation_bytes, uuid, write));
+      if (device->bytes() < bytes) return gpubroker::Internal("the memory of '" + name + "' is smaller than its buffers");
+      return Mapped{reply, Mapping(), std::move(device)};
+    }
+    if (slot.backend != static_cast<uint16_t>(BackendKind::kHost) || !fd.valid()) {
+      return Unsupported("tree '" + name + "' is in " + std::string(BackendName(static_cast<BackendKind>(slot.backend))) +
+                         " memory; trees are replicated from host and cuda_vmm memory only");
     }
     struct stat st{};
-    if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) < reply.slot.buffer_bytes * reply.slot.nbuffers) {
+    if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) < bytes) {
       return gpubroker::Internal("the memory of '" + name + "' is smaller than its buffers");
     }
-    const size_t bytes = reply.slot.buffer_bytes * reply.slot.nbuffers;
     void* p = ::mmap(nullptr, bytes, write ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) return ResourceExhausted("mapping '" + name + "': " + std::strerror(errno));
-    return Mapped{reply, static_cast<uint8_t*>(p), bytes};
+    return Mapped{reply, Mapping(static_cast<uint8_t*>(p), bytes), nullptr};
   }
 
  private:
@@ -304,27 +341,6 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   std::deque<std::pair<std::string, std::function<void()>>> out_;
   std::array<uint8_t, sizeof(uint16_t) + sizeof(uint32_t)> head_{};
   std::string body_;
-};
-
-class Mapping {
- public:
-  Mapping() = default;
-  Mapping(uint8_t* base, size_t bytes) : base_(base), bytes_(bytes) {}
-  Mapping(Mapping&& o) noexcept : base_(std::exchange(o.base_, nullptr)), bytes_(o.bytes_) {}
-  Mapping& operator=(Mapping&& o) noexcept {
-    std::swap(base_, o.base_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  ~Mapping() {
-    if (base_ != nullptr) ::munmap(base_, bytes_);
-  }
-  uint8_t* base() const { return base_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  uint8_t* base_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 class PeersImpl final : public Peers {
@@ -470,7 +486,8 @@ class PeersImpl final : public Peers {
   struct Following;  // the follower's side, below: a tree followed here may be passed on as it arrives
 
   struct Exported {  // a tree's memory, mapped once while any follower reads it (or a send from it is in flight)
-    std::shared_ptr<const Mapping> mapping;
+    std::shared_ptr<const Mapping> mapping;      // host memory
+    std::shared_ptr<const DeviceMemory> device;  // or GPU memory, read through the stage
     int users = 0;
   };
 
@@ -488,17 +505,17 @@ class PeersImpl final : public Peers {
     uint64_t allocation_id = 0;
     uint64_t buffer_bytes = 0;
     uint32_t nbuffers = 0;
-    std::shared_ptr<const Mapping> mapping;  // the exported tree's
+    std::shared_ptr<const Mapping> mapping;      // the exported tree's, in host memory
+    std::shared_ptr<const DeviceMemory> device;  // or in GPU memory
     bool waiting = false;  // the follower has no free buffer: offer nothing until it wants
     uint64_t have = 0;     // the newest version the follower holds
     // The version being sent: pinned by `pin`, in `buffer`; `offset` bytes
-    // handed to UCX, `in_flight` chunks not yet done with.
+    // handed to UCX (GPU memory: to the stage, on their way to UCX).
     uint64_t pin = 0, pinned = 0, writes = 0;
     int32_t buffer = -1;
     uint64_t offset = 0;
-    size_t in_flight = 0;      // of the version sent (its generation's)
-    size_t all_in_flight = 0;  // of any version: what Watch progresses
-    uint64_t generation = 0;   // of the version sent: completions of sends of one before do not count
+    size_t all_in_flight = 0;  // chunks not yet done with, of any version: what Watch progresses
+    uint64_t generation = 0;   // of the version sent: a block copied from GPU memory for one before is not sent
     Clock::time_point sent_all{};  // when the last chunk went; the follower has stall_timeout_ms to say done...
     Clock::time_point progressed{};  // ... from its offer or its last ping that said more had landed
     uint64_t landed = 0;             // the most its pings said had landed of the version sent
@@ -692,8 +709,9 @@ class PeersImpl final : public Peers {
         Offer(s);
         return;
       }
-      if (!m || (s.pin == 0 && !s.arriving) || m->version != s.pinned || s.offset < s.buffer_bytes ||
-          s.in_flight != 0) {
+      // (UCX may report the last sends complete after the follower's done
+      // arrived: what was handed to it is what counts.)
+      if (!m || (s.pin == 0 && !s.arriving) || m->version != s.pinned || s.offset < s.buffer_bytes) {
         return RefuseServed(s, "done for a version it was not sent whole");
       }
       if (s.arriving) {  // its verdict once the version is whole here
@@ -769,27 +787,29 @@ class PeersImpl final : public Peers {
     auto client = handler_.ConnectInternal("peer " + s.ep->peer() + " follows " + tree);
     if (!client.ok()) return RefuseServed(s, client.status().message());
     s.client = *client;
-    auto mapped = internal_.AttachMapped(s.client, tree, false);
+    auto mapped = internal_.AttachMapped(s.client, tree, false, [this] { return Stage(); });
     if (!mapped.ok()) return RefuseServed(s, mapped.status().message());
     const SlotDescriptor& arena = mapped->reply.slot;
     if (arena.version == 0) {
       // Still being made (a publisher makes the tree's slots one by one,
       // then commits): a layout read now may lack views, and the follower
       // would make a partial tree, then replace it. It asks again shortly.
-      ::munmap(mapped->base, mapped->bytes);
       return RefuseServed(s, "tree '" + tree + "' has no version yet (its publisher is still making it)");
     }
     s.allocation_id = arena.allocation_id;
     s.nbuffers = arena.nbuffers;
     s.buffer_bytes = arena.buffer_bytes;
     Exported& e = exported_[s.allocation_id];
-    if (e.mapping == nullptr) {
-      e.mapping = std::make_shared<const Mapping>(mapped->base, mapped->bytes);
-    } else {
-      ::munmap(mapped->base, mapped->bytes);  // mapped already
+    if (e.mapping == nullptr && e.device == nullptr) {  // else mapped already: this one goes
+      if (mapped->device) {
+        e.device = std::move(mapped->device);
+      } else {
+        e.mapping = std::make_shared<const Mapping>(std::move(mapped->host));
+      }
     }
     ++e.users;
     s.mapping = e.mapping;
+    s.device = e.device;
     s.report.tree = tree;
     std::vector<SlotRecord> records;
     const std::string under = tree + "/";
@@ -813,7 +833,8 @@ class PeersImpl final : public Peers {
       const size_t n = std::min(kRecordsPerMessage, records.size() - i);
       (void)SendTo(s, kLayout, std::string_view(reinterpret_cast<const char*>(&records[i]), n * sizeof(SlotRecord)));
     }
-    (void)SendTo(s, kTree, Bytes(TreeHead{arena.buffer_bytes, arena.nbuffers, static_cast<uint32_t>(records.size())}));
+    (void)SendTo(s, kTree, Bytes(TreeHead{arena.buffer_bytes, arena.nbuffers, static_cast<uint32_t>(records.size()),
+                                          s.device ? kCudaMemory : kHostMemory, 0}));
     s.have = have;
     spdlog::info("peers: {} follows '{}' ({} buffers of {} bytes)", s.ep->peer(), tree, arena.nbuffers,
                  arena.buffer_bytes);
@@ -889,7 +910,6 @@ class PeersImpl final : public Peers {
     s.buffer = buffer;
     s.passed_on = (flags & kPassedOn) != 0;
     s.offset = 0;
-    s.in_flight = 0;
     ++s.generation;
     s.sent_all = {};
     s.progressed = Clock::now();
@@ -909,29 +929,82 @@ class PeersImpl final : public Peers {
       const Following* f = Arriving(s.allocation_id);
       end = f != nullptr && f->buffer == s.buffer ? f->next : 0;
     }
+    if (s.device) return PushStaged(s, end);
     while ((s.pin != 0 || s.arriving) && s.all_in_flight < kChunksInFlight && s.offset < end) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, end - s.offset));
       // The bytes go from the mapping itself (UCX reads them in place):
       // the pin keeps them, the mapping lives until the send is done.
       const uint8_t* at = s.mapping->base() + static_cast<uint64_t>(s.buffer) * s.buffer_bytes + s.offset;
-      ucx::Endpoint* key = s.ep.get();
-      const uint64_t serial = s.serial, generation = s.generation;
       Status sent = s.ep->Send(kChunk, TokenBytes(s.peer_token) + Bytes(ChunkHead{s.pinned, s.offset}), at, n,
-                               s.mapping, [this, key, serial, generation](Status) {
-        if (stopping_) return;
-        auto it = served_.find(key);
-        if (it == served_.end() || it->second.serial != serial) return;
-        if (it->second.all_in_flight > 0) --it->second.all_in_flight;
-        if (it->second.generation == generation && it->second.in_flight > 0) --it->second.in_flight;
-        Push(it->second);
-      });
+                               s.mapping, ChunksGone(s, 1));
       if (!sent.ok()) return;  // the connection is failing: OnFailure drops it
       s.offset += n;
-      ++s.in_flight;
       ++s.all_in_flight;
       s.report.bytes += n;
       if (s.offset >= s.buffer_bytes) s.sent_all = Clock::now();
     }
+  }
+
+  // What runs once `chunks` sent to `s` are done with (sent, or dropped
+  // unsent): they count no more, and more may go.
+  std::function<void(Status)> ChunksGone(const Served& s, size_t chunks) {
+    return [this, key = s.ep.get(), serial = s.serial, chunks](const Status&) {
+      if (stopping_) return;
+      auto it = served_.find(key);
+      if (it == served_.end() || it->second.serial != serial) return;
+      Served& o = it->second;
+      o.all_in_flight -= std::min(o.all_in_flight, chunks);
+      Push(o);
+    };
+  }
+
+  // A tree in GPU memory: a block at a time is copied into pinned host
+  // memory by the stage's thread, then sent from there as chunks; blocks
+  // are copied, and so sent, in order.
+  void PushStaged(Served& s, uint64_t end) {
+    while ((s.pin != 0 || s.arriving) && s.offset < end) {
+      const uint64_t n = std::min<uint64_t>(DeviceStage::kBlockBytes, end - s.offset);
+      const size_t chunks = static_cast<size_t>((n + kChunkBytes - 1) / kChunkBytes);
+      if (s.all_in_flight + chunks > kChunksInFlight) return;
+      std::shared_ptr<uint8_t> block = stage_->Block();
+      if (!block) return;  // every block is in use: the stage's `freed` pushes again
+      const uint64_t version = s.pinned, offset = s.offset;
+      stage_->ToHost(s.device, static_cast<uint64_t>(s.buffer) * s.buffer_bytes + offset, block, n,
+                     [this, key = s.ep.get(), serial = s.serial, generation = s.generation, version, offset, n,
+                      chunks, block, gone = ChunksGone(s, chunks)](const Status& copied) {
+        if (stopping_) return;
+        auto it = served_.find(key);
+        if (it == served_.end() || it->second.serial != serial) return;
+        Served& o = it->second;
+        if (!copied.ok()) {
+          spdlog::warn("peers: reading '{}' from GPU memory for {}: {}", o.report.tree, o.ep->peer(), copied.message());
+          ++o.report.errors;
+          return EndServed(o, kRefused, "the source could not read its tree: " + copied.message());
+        }
+        if (o.generation != generation) return gone(Status::Ok());  // a version given up: not sent
+        for (uint64_t at = 0; at < n; at += kChunkBytes) {
+          const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, n - at));
+          Status sent = o.ep->Send(kChunk, TokenBytes(o.peer_token) + Bytes(ChunkHead{version, offset + at}),
+                                   block.get() + at, len, block, ChunksGone(o, 1));
+          if (!sent.ok()) return;  // the connection is failing: OnFailure drops it
+          o.report.bytes += len;
+        }
+      });
+      s.offset += n;
+      s.all_in_flight += chunks;
+      if (s.offset >= s.buffer_bytes) s.sent_all = Clock::now();
+    }
+  }
+
+  // The stage, made when the first tree in GPU memory is served or followed.
+  Result<DeviceStage*> Stage() {
+    if (!stage_) {
+      GPB_ASSIGN_OR_RETURN(stage_, DeviceStage::Create(io_));
+      stage_->freed = [this] {
+        for (auto& [ep, s] : served_) Push(s);
+      };
+    }
+    return stage_.get();
   }
 
   void Unpin(Served& s) {
@@ -983,6 +1056,7 @@ class PeersImpl final : public Peers {
     s.allocation_id = 0;
     s.pin = 0;
     s.mapping.reset();
+    s.device.reset();
   }
 
   // ---- the follower's side -----------------------------------------------
@@ -1011,14 +1085,21 @@ class PeersImpl final : public Peers {
     uint64_t client = 0;         // the handler's, for the local tree
     uint64_t allocation_id = 0;  // the local tree's
     uint32_t local_buffers = 0;
-    Mapping mapping;
+    Mapping mapping;                             // the local tree, in host memory
+    std::shared_ptr<const DeviceMemory> device;  // or in GPU memory, written through the stage
+    uint64_t id = 0;       // names it to the stage's copies
+    uint64_t attempt = 0;  // of a write: copies of one before land nowhere
+    std::shared_ptr<uint8_t> block;  // GPU memory: chunks gathered for one copy, from `block_at`
+    uint64_t block_at = 0;
+    size_t block_fill = 0;
     uint64_t source_have = 0;  // the source's version whose bytes the local tree's newest holds
     // The version being received, into local `buffer` (-1: no write begun),
     // to be committed as `commit_at`; `passed`: its source passes it on
     // while it arrives there (a verdict follows).
     uint64_t version = 0, commit_at = 0;
     int32_t buffer = -1;
-    uint64_t next = 0;
+    uint64_t next = 0;      // bytes of it landed in the local tree
+    uint64_t received = 0;  // bytes of it received (GPU memory: some still being copied)
     bool passed = false;
     Clock::time_point started;
     uint64_t failures = 0;  // in a row
@@ -1040,6 +1121,7 @@ class PeersImpl final : public Peers {
       gid = *g;
     }
     Following& f = following_.emplace_back();
+    f.id = ++last_following_;
     f.config = fc;
     f.ip = addr.first;
     f.port = addr.second;
@@ -1204,7 +1286,16 @@ class PeersImpl final : public Peers {
     req.flags = wire::kCommitAbort;
     (void)internal_.Call<wire::CommitReply>(f.client, req);
     f.buffer = -1;
+    ++f.attempt;
+    f.block.reset();
     GaveUp(f.allocation_id);
+  }
+
+  Following* FindFollowing(uint64_t id) {
+    for (Following& f : following_) {
+      if (f.id == id) return &f;
+    }
+    return nullptr;
   }
 
   // The follower receiving a version into our local tree `allocation_id`
@@ -1385,12 +1476,14 @@ class PeersImpl final : public Peers {
     if (!existing.ok()) GPB_RETURN_IF_ERROR(CreateLocal(f));
     if (f.allocation_id == 0) {
       GPB_ASSIGN_OR_RETURN(uint64_t c, Client(f));
-      GPB_ASSIGN_OR_RETURN(auto mapped, internal_.AttachMapped(c, tree, true));
-      f.mapping = Mapping(mapped.base, mapped.bytes);
+      GPB_ASSIGN_OR_RETURN(auto mapped, internal_.AttachMapped(c, tree, true, [this] { return Stage(); }));
+      f.mapping = std::move(mapped.host);
+      f.device = std::move(mapped.device);
       f.allocation_id = mapped.reply.slot.allocation_id;
       f.report.version = mapped.reply.slot.version;
+      const uint64_t mapped_bytes = f.device ? f.device->bytes() : f.mapping.bytes();
       if (mapped.reply.slot.buffer_bytes != h.buffer_bytes || mapped.reply.slot.nbuffers != f.local_buffers ||
-          f.mapping.bytes() < h.buffer_bytes * f.local_buffers) {
+          mapped_bytes < h.buffer_bytes * f.local_buffers) {
         DropLocal(f);
         return gpubroker::Internal("the local tree's buffers differ from the source's");
       }
@@ -1409,6 +1502,7 @@ class PeersImpl final : public Peers {
   void DropLocal(Following& f) {
     AbortWrite(f);
     f.mapping = Mapping();
+    f.device.reset();
     f.allocation_id = 0;
     f.source_have = 0;
     if (f.client != 0) handler_.OnDisconnect(f.client);
@@ -1433,7 +1527,7 @@ class PeersImpl final : public Peers {
     if (have.size() != f.layout.size()) return false;
     const SlotDescriptor& arena = have.front();
     if (arena.nbuffers != f.local_buffers || arena.buffer_bytes != f.head.buffer_bytes ||
-        arena.backend != static_cast<uint16_t>(BackendKind::kHost) || arena.owner_uid != ::geteuid()) {
+        arena.backend != static_cast<uint16_t>(LocalBackend(f)) || arena.owner_uid != ::geteuid()) {
       return false;
     }
     // Both in the same order: the arena, then the views by name.
@@ -1450,6 +1544,13 @@ class PeersImpl final : public Peers {
     return true;
   }
 
+  // Where the local tree lives: peers.follow.device, else where the
+  // source's does (GPU memory: the broker's default device).
+  static BackendKind LocalBackend(const Following& f) {
+    const auto& d = f.config.device;
+    return (d ? d->cpu : f.head.memory != kCudaMemory) ? BackendKind::kHost : BackendKind::kCudaVmm;
+  }
+
   SlotSpec Spec(const Following& f, const SlotRecord& r) const {
     SlotSpec s;
     const bool arena = r.name[0] == '\0';
@@ -1460,7 +1561,14 @@ class PeersImpl final : public Peers {
     s.dtype = DType{r.dtype_code, r.dtype_bits, r.dtype_lanes};
     s.shape.assign(r.shape, r.shape + r.ndim);
     s.strides.assign(r.strides, r.strides + r.ndim);
-    s.backend = BackendKind::kHost;
+    s.backend = LocalBackend(f);
+    if (const auto& d = f.config.device; d && !d->cpu) {
+      s.device.ordinal = d->ordinal;
+      if (d->uuid) {
+        s.device.by_uuid = true;
+        s.device.uuid = *d->uuid;
+      }
+    }
     s.mode = f.config.mode;
     s.buffers = arena ? f.local_buffers : 0;
     return s;
@@ -1498,6 +1606,9 @@ class PeersImpl final : public Peers {
     // anew): local readers never see a version number go down.
     f.commit_at = std::max(f.version, f.report.version + 1);
     f.next = 0;
+    f.received = 0;
+    ++f.attempt;
+    f.block.reset();
     f.started = Clock::now();
     f.state = Following::kReading;
     // Our own followers of this tree take it as it lands.
@@ -1527,12 +1638,55 @@ class PeersImpl final : public Peers {
     if (body.size() <= sizeof head) return Retry(f, ProtocolError("an empty chunk from the source"));
     std::memcpy(&head, body.data(), sizeof head);
     const size_t n = body.size() - sizeof head;
-    if (head.version != f.version || head.offset != f.next || n > f.head.buffer_bytes - f.next) {
+    if (head.version != f.version || head.offset != f.received || n > f.head.buffer_bytes - f.received) {
       return Retry(f, ProtocolError("a chunk out of place from the source (version " + std::to_string(head.version) +
                                     ", offset " + std::to_string(head.offset) + ")"));
     }
-    std::memcpy(f.mapping.base() + static_cast<uint64_t>(f.buffer) * f.head.buffer_bytes + f.next,
-                body.data() + sizeof head, n);
+    const auto* data = reinterpret_cast<const uint8_t*>(body.data()) + sizeof head;
+    const uint64_t at = static_cast<uint64_t>(f.buffer) * f.head.buffer_bytes + f.received;
+    f.received += n;
+    if (f.device) return StageChunk(f, at, data, n);
+    std::memcpy(f.mapping.base() + at, data, n);
+    Landed(f, n);
+  }
+
+  // A chunk for a local tree in GPU memory: gathered into a pinned block
+  // that goes to the device (on the stage's thread) once full, or at the
+  // version's end. Should every block be in use, the copies queued are
+  // waited for and the chunk is copied at once.
+  void StageChunk(Following& f, uint64_t at, const uint8_t* data, size_t n) {
+    if (f.block && f.block_fill + n > DeviceStage::kBlockBytes) FlushBlock(f);
+    if (!f.block) {
+      f.block = stage_->Block();
+      if (!f.block) {
+        stage_->Drain();
+        if (Status s = stage_->ToDeviceNow(*f.device, at, data, n); !s.ok()) {
+          return Retry(f, s.Annotate("writing the local tree in GPU memory"));
+        }
+        return Landed(f, n);
+      }
+      f.block_at = at;
+      f.block_fill = 0;
+    }
+    std::memcpy(f.block.get() + f.block_fill, data, n);
+    f.block_fill += n;
+    if (f.block_fill == DeviceStage::kBlockBytes || f.received == f.head.buffer_bytes) FlushBlock(f);
+  }
+
+  void FlushBlock(Following& f) {
+    const size_t n = f.block_fill;
+    f.block_fill = 0;
+    stage_->ToDevice(f.device, f.block_at, std::move(f.block), n,
+                     [this, id = f.id, attempt = f.attempt, n](const Status& copied) {
+      Following* g = FindFollowing(id);
+      if (stopping_ || g == nullptr || g->attempt != attempt) return;  // a write given up since
+      if (!copied.ok()) return Retry(*g, copied.Annotate("writing the local tree in GPU memory"));
+      Landed(*g, n);
+    });
+  }
+
+  // `n` more bytes of the version being read are in the local tree.
+  void Landed(Following& f, size_t n) {
     f.next += n;
     f.report.bytes += n;
     ForArriving(f.allocation_id, [&](Served& s) { Push(s); });
@@ -1705,7 +1859,9 @@ class PeersImpl final : public Peers {
   uint64_t serial_ = 0;
   std::map<ucx::Endpoint*, Served> served_;
   std::map<uint64_t, Exported> exported_;  // by allocation id
+  std::unique_ptr<DeviceStage> stage_;     // trees in GPU memory: made on first use
   std::list<Following> following_;
+  uint64_t last_following_ = 0;
   std::list<Following> leaving_;  // unfollowed, ending on the loop
   std::vector<std::pair<std::shared_ptr<ucx::Endpoint>, Clock::time_point>> closing_;
   std::map<std::string, Clock::time_point> refusals_logged_;  // by peer address and reason

@@ -145,6 +145,22 @@ Result<ScopedDeviceContext> ScopedDeviceContext::Enter(const CudaDriver& driver,
   return s;
 }
 
+Result<CUdeviceptr> MapVmmFd(const CudaDriver& d, int fd, size_t size, size_t granularity) {
+  CUmemGenericAllocationHandle handle = 0;
+  GPB_RETURN_IF_ERROR(d.Check(d.cuMemImportFromShareableHandle(&handle, reinterpret_cast<void*>(static_cast<intptr_t>(fd)),
+                                                               CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                              "cuMemImportFromShareableHandle"));
+  CUdeviceptr ptr = 0;
+  Status s = d.Check(d.cuMemAddressReserve(&ptr, size, granularity, 0, 0), "cuMemAddressReserve");
+  if (s.ok()) {
+    s = d.Check(d.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap");
+    if (!s.ok()) d.cuMemAddressFree(ptr, size);
+  }
+  d.cuMemRelease(handle);  // the mapping holds the memory now
+  GPB_RETURN_IF_ERROR(s);
+  return ptr;
+}
+
 Result<std::optional<ScopedDeviceContext>> EnterUnlessCurrent(const CudaDriver& d, int ordinal) {
   CUcontext current = nullptr;
   CUdevice want = 0, have = 0;

@@ -62,7 +62,13 @@
   X(cuModuleGetFunction) \
   X(cuModuleUnload) \
   X(cuLaunchKernel) \
-  X(cuMemcpyHtoD)
+  X(cuMemcpyHtoD) \
+  X(cuMemcpyHtoDAsync) \
+  X(cuMemcpyDtoHAsync) \
+  X(cuMemHostAlloc) \
+  X(cuMemFreeHost) \
+  X(cuStreamCreate) \
+  X(cuStreamDestroy)
 
 namespace gpubroker {
 
@@ -131,5 +137,11 @@ inline CUmemAllocationProp VmmAllocationProperties(int ordinal) {
   prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
   return prop;
 }
+
+// Imports the cuda_vmm allocation a POSIX fd names and maps its first
+// `size` bytes (a multiple of `granularity`) at a range reserved for it;
+// the mapping holds the memory. Access is the caller's to grant
+// (cuMemSetAccess); cuMemUnmap and cuMemAddressFree undo it.
+Result<CUdeviceptr> MapVmmFd(const CudaDriver& d, int fd, size_t size, size_t granularity);
 
 }  // namespace gpubroker

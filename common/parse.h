@@ -28,6 +28,7 @@ Result<uint64_t> ParseUnsigned(std::string_view text, uint64_t max, std::string_
 // A device: "cpu" / "host" (no CUDA device), a CUDA ordinal "0" / "cuda:1",
 // or "GPU-<uuid>".
 struct DeviceSpec {
+  friend bool operator==(const DeviceSpec&, const DeviceSpec&) = default;
   bool cpu = false;
   int32_t ordinal = -1;  // -1: none given
   std::optional<DeviceUuid> uuid;

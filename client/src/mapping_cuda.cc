@@ -54,19 +54,7 @@ Result<std::unique_ptr<ClientMapping>> MapVmm(const CudaDriver& d, const SlotDes
   size_t size = (slot.allocation_bytes + granularity - 1) / granularity * granularity;
 
   auto map = [&]() -> Result<std::unique_ptr<VmmMapping>> {
-    CUmemGenericAllocationHandle handle = 0;
-    GPB_RETURN_IF_ERROR(d.Check(
-        d.cuMemImportFromShareableHandle(&handle, reinterpret_cast<void*>(static_cast<intptr_t>(fd.get())),
-                                         CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
-        "cuMemImportFromShareableHandle"));
-    CUdeviceptr ptr = 0;
-    Status s = d.Check(d.cuMemAddressReserve(&ptr, size, granularity, 0, 0), "cuMemAddressReserve");
-    if (s.ok()) {
-      s = d.Check(d.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap");
-      if (!s.ok()) d.cuMemAddressFree(ptr, size);
-    }
-    d.cuMemRelease(handle);  // the mapping holds the memory now
-    GPB_RETURN_IF_ERROR(s);
+    GPB_ASSIGN_OR_RETURN(CUdeviceptr ptr, MapVmmFd(d, fd.get(), size, granularity));
     std::vector<CUmemAccessDesc> descs;
     for (int ordinal : access_from) {
       CUmemAccessDesc a{};

@@ -16,6 +16,7 @@ if [ "$src" != "$root" ] && [ ! -e "$src" ]; then
 fi
 [ -e "$root/build-gpu" ] || ln -s "$root/.device/build-gpu" "$root/build-gpu"
 export LD_LIBRARY_PATH=$root/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+[ -x "$root/.device/bin/ucx_perftest" ] && export GPUBROKER_UCX_PERFTEST=$root/.device/bin/ucx_perftest
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv | tee "$out/gpus.txt"
 rc=0

@@ -25,6 +25,12 @@ if [ -n "$ucs" ]; then
   ldd build-gpu/broker/gpubrokerd "$ucs" | awk '/libuc[mpst]\.so/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
   mkdir -p .device/lib/ucx
   cp -L "$(dirname "$ucs")"/ucx/*.so.0 .device/lib/ucx/
+  # The raw-UCX baseline of bench/peers_gpu_bench.py (ucx-utils).
+  if command -v ucx_perftest >/dev/null; then
+    mkdir -p .device/bin
+    cp -L "$(command -v ucx_perftest)" .device/bin/
+    ldd .device/bin/ucx_perftest | awk '/libuc[mpst]\.so|libnuma|libgomp/ {print $3}' | sort -u | xargs -r -I{} cp -L {} .device/lib/
+  fi
 fi
 strip --strip-unneeded .device/build-gpu/broker/gpubrokerd $(ls .device/build-gpu/tests/* | grep -v gpu_backend_test) \
   .device/build-gpu/bench/* .device/build-gpu/client/gpubrokerctl 2>/dev/null || true

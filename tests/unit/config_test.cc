@@ -179,6 +179,8 @@ peers:
   fanout: 2
   follow:
     - {tree: policy, from: 10.0.0.2:7400, group: "0", mode: "0640"}
+    - {tree: critic, from: 10.0.0.2:7400, device: cpu}
+    - {tree: value, from: 10.0.0.2:7400, device: "cuda:1"}
 )", "test.yaml");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_TRUE(c->peers.enabled());
@@ -187,10 +189,16 @@ peers:
   EXPECT_EQ(c->peers.stall_timeout_ms, 2500u);
   EXPECT_EQ(c->peers.fanout, 2u);
   EXPECT_EQ(ParseConfig("", "empty.yaml")->peers.fanout, 0u) << "no limit unless configured";
-  ASSERT_EQ(c->peers.follow.size(), 1u);
+  ASSERT_EQ(c->peers.follow.size(), 3u);
   EXPECT_EQ(c->peers.follow[0].tree, "policy");
   EXPECT_EQ(c->peers.follow[0].from, "10.0.0.2:7400");
   EXPECT_EQ(c->peers.follow[0].mode, 0640u);
+  EXPECT_FALSE(c->peers.follow[0].device.has_value()) << "unset: where the source's tree is";
+  ASSERT_TRUE(c->peers.follow[1].device.has_value());
+  EXPECT_TRUE(c->peers.follow[1].device->cpu);
+  ASSERT_TRUE(c->peers.follow[2].device.has_value());
+  EXPECT_FALSE(c->peers.follow[2].device->cpu);
+  EXPECT_EQ(c->peers.follow[2].device->ordinal, 1);
   EXPECT_FALSE(ParseConfig("", "empty.yaml")->peers.enabled()) << "no peers unless configured";
   auto runtime_only = ParseConfig("peers: {key_file: /etc/gpubroker/cluster.key}", "key.yaml");
   ASSERT_TRUE(runtime_only.ok()) << runtime_only.status().ToString();
@@ -207,6 +215,7 @@ peers:
       {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1'}, {tree: p, from: '10.0.0.2:1'}]}",
        "followed twice"},
       {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1', owner: x}]}", "unknown key 'owner'"},
+      {"peers: {key_file: /k, follow: [{tree: p, from: '10.0.0.1:1', device: tpu}]}", "peers.follow.device"},
       {"peers: {key_file: /k, export: policy}", "peers.export must be a list"},
       {"peers: {key_file: /k, stall_timeout_ms: 10}", "at least 100"},
       {"peers: {key_file: /k, fanout: 5000}", "peers.fanout"},

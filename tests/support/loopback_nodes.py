@@ -1,0 +1,73 @@
+"""Brokers on this one machine as peers (docs/multinode.md), talking over
+loopback TCP: for the GPU tests and benchmarks of replication, where the
+namespaced nodes of peer_nodes.py are not needed (or not allowed).
+
+    node = Node(build, root, "source", key, listen=port, exports=["policy"])
+    Node(build, root, "gpu", key, follow=[{"tree": "policy", "from": f"127.0.0.1:{port}"}])
+"""
+import os
+import socket
+import subprocess
+import time
+
+TIMEOUT_S = 60
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until(condition, what):
+    """Polls `condition` (a broker's state seen from outside) until true."""
+    end = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Node:
+    def __init__(self, build, root, name, key, listen=None, exports=(), follow=()):
+        self.dir = os.path.join(root, name)
+        os.makedirs(self.dir)
+        self.socket = os.path.join(self.dir, "broker.sock")
+        self.log = os.path.join(self.dir, "broker.log")
+        config = os.path.join(self.dir, "gpubroker.yaml")
+        follows = ", ".join("{" + ", ".join(f"{k}: '{v}'" for k, v in f.items()) + "}" for f in follow)
+        with open(config, "w") as f:
+            f.write(f"""socket: {{path: {self.socket}}}
+registry: {{name: gpbpeersgpu-{os.getpid()}-{name}}}
+warm_restart: false
+peers:
+  {f"listen: '127.0.0.1:{listen}'" if listen else ""}
+  key_file: {key}
+  interface: lo
+  export: [{", ".join(exports)}]
+  follow: [{follows}]
+""")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([os.path.join(build, "broker", "gpubrokerd"), "--config", config],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        import gpubroker
+        until(lambda: self._answers(gpubroker), f"broker {name}")
+
+    def _answers(self, gpubroker):
+        if self.proc.poll() is not None:
+            raise SystemExit(f"broker exited ({self.proc.returncode}):\n{self.tail()}")
+        try:
+            gpubroker.connect(self.socket).close()
+            return True
+        except gpubroker.Error:
+            return False
+
+    def tail(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def stop(self):
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
