@@ -25,14 +25,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "python", "tests")]
 
 SETTLE_NS = 2_000_000
-# name: (device, tensors, shape, own streams)
+# name: (device, tensors, shape, own streams, busy: as bench/live_sync_bench
+# runs, the producer writes each version into the back buffer and the
+# consumer reads every tensor of the one it took, both untimed)
 CASES = {
-    "cuda-1000-default": ("cuda", 1000, (640, 1024), False),
-    "cuda-1000-own": ("cuda", 1000, (640, 1024), True),
-    "cuda-1-default": ("cuda", 1, (64,), False),
-    "cuda-1-own": ("cuda", 1, (64,), True),
-    "host-1000": ("cpu", 1000, (64,), False),
-    "host-1": ("cpu", 1, (64,), False),
+    "cuda-1000-default": ("cuda", 1000, (640, 1024), False, False),
+    "cuda-1000-busy": ("cuda", 1000, (640, 1024), False, True),
+    "cuda-1000-own": ("cuda", 1000, (640, 1024), True, False),
+    "cuda-1-default": ("cuda", 1, (64,), False, False),
+    "cuda-1-own": ("cuda", 1, (64,), True, False),
+    "host-1000": ("cpu", 1000, (64,), False, False),
 }
 PRODUCER_STEPS = ["stream", "commit call"]
 CONSUMER_STEPS = ["wait returned", "stream", "acquire call", "arrays", "dict"]
@@ -46,7 +48,7 @@ def consumer(conn, sock, case, rounds):
     import torch
     import gpubroker
     from gpubroker import _buffers, _capi
-    device, _, _, own = CASES[case]
+    device, _, _, own, busy = CASES[case]
     if device == "cuda":
         torch.empty(1, device="cuda")
         torch.cuda.synchronize()
@@ -62,11 +64,10 @@ def consumer(conn, sock, case, rounds):
         sub.wait(after=have, timeout=30)
         t = [mono()]
         tree = sub._live()
-        s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
+        s = _buffers.raw_stream(stream, tree.device_index) if tree.cuda else None
         t.append(mono())
         acquired = _capi.gpb_acquired()
-        _capi.check(_capi.lib.gpb_reader_acquire, tree.reader, s.cuda_stream if s is not None else None,
-                    ctypes.byref(acquired))
+        _capi.check(_capi.lib.gpb_reader_acquire, tree.reader, s, ctypes.byref(acquired))
         t.append(mono())
         sub._version, sub._buffer = acquired.version, acquired.buffer
         arrays = tree.arrays_in(acquired.buffer, sub._to)
@@ -76,6 +77,8 @@ def consumer(conn, sock, case, rounds):
         if acquired.version != have + 1:
             raise SystemExit(f"{case}: took version {acquired.version} after {have}")
         have = acquired.version
+        if busy:  # every tensor read, then synchronized
+            torch.stack([x.sum(dtype=torch.float64) for x in tensors.values()]).tolist()
         del tensors
         rows.append((t, acquired.committed_ns))
     conn.send(("rows", rows))
@@ -94,7 +97,7 @@ def run_case(case, rounds):
     import gpubroker
     from gpubroker import _buffers, _capi
     from broker import Broker
-    device, n, shape, own = CASES[case]
+    device, n, shape, own, busy = CASES[case]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     broker = Broker() if device == "cuda" else Broker("--max-host-bytes", "4GiB")
     proc = None
@@ -113,17 +116,20 @@ def run_case(case, rounds):
             if not mine.poll(60):
                 raise SystemExit(f"{case}: the consumer did not say ready")
             mine.recv()
-            pub.begin()
+            back = pub.begin()
+            if busy:  # the version written, as a trainer's step does
+                for x in sd.values():
+                    x.add_(1)
+                torch._foreach_copy_([back[k] for k in sd], list(sd.values()))
             if device == "cuda":
                 torch.cuda.synchronize()
             settle(mono() + SETTLE_NS)
             real0, t0 = time.time_ns(), mono()
-            s = _buffers.cuda_stream(stream, pub._device_index) if device == "cuda" else None
+            s = _buffers.raw_stream(stream, pub._device_index) if device == "cuda" else None
             t1 = mono()
             v = ctypes.c_uint64()
             try:
-                _capi.check(_capi.lib.gpb_writer_commit, pub._w(), s.cuda_stream if s is not None else None,
-                            ctypes.byref(v))
+                _capi.check(_capi.lib.gpb_writer_commit, pub._w(), s, ctypes.byref(v))
             finally:
                 pub._begun = None
             t2 = mono()

@@ -132,6 +132,22 @@ def cuda_stream(stream, device_index):
     return stream
 
 
+def raw_stream(stream, device_index):
+    """The CUstream handle (an int) of `stream` (a torch.cuda.Stream, or a
+    handle as an int), or of the device's current stream, made without a
+    torch Stream object: on PyTorch's default stream that object costs
+    ~13 us a call on an H100, the raw handle ~1 us."""
+    if isinstance(stream, int):
+        return stream
+    if stream is not None:
+        return stream.cuda_stream
+    import torch
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is None:  # an older torch
+        return torch.cuda.current_stream(device_index).cuda_stream
+    return raw(torch.cuda.current_device() if device_index is None else device_index)
+
+
 def on_stream(stream):
     """A context that makes `stream` current (no-op for None: host memory)."""
     if stream is None:

@@ -153,11 +153,10 @@ class Publisher:
         has run the writes queued on it; nothing waits here."""
         if self._begun is None:
             raise InvalidArgument("no buffer is begun: call begin() first")
-        s = _buffers.cuda_stream(stream, self._device_index) if self._cuda else None
+        s = _buffers.raw_stream(stream, self._device_index) if self._cuda else None
         version = ctypes.c_uint64()
         try:
-            check(lib.gpb_writer_commit, self._w(), s.cuda_stream if s is not None else None,
-                  ctypes.byref(version))
+            check(lib.gpb_writer_commit, self._w(), s, ctypes.byref(version))
         finally:
             self._begun = None  # committed, or given back by the library
         self._version = version.value
@@ -440,11 +439,10 @@ class Subscriber:
             tree = self._live()
             # The version held so far stays pinned until `stream` has done
             # the work queued on it (the library releases it then).
-            s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
+            s = _buffers.raw_stream(stream, tree.device_index) if tree.cuda else None
             acquired = gpb_acquired()
             try:
-                check(lib.gpb_reader_acquire, tree.reader, s.cuda_stream if s is not None else None,
-                      ctypes.byref(acquired))
+                check(lib.gpb_reader_acquire, tree.reader, s, ctypes.byref(acquired))
             except NotFound:
                 # Nothing whole to take: a one-buffer tree whose last write
                 # ended uncommitted. Wait for the commit that makes one (a
@@ -536,8 +534,8 @@ class Subscriber:
         if self._buffer is None or self._tree is None:
             return
         tree = self._tree
-        s = _buffers.cuda_stream(stream, tree.device_index) if tree.cuda else None
-        check(lib.gpb_reader_release, tree.reader, s.cuda_stream if s is not None else None)
+        s = _buffers.raw_stream(stream, tree.device_index) if tree.cuda else None
+        check(lib.gpb_reader_release, tree.reader, s)
         self._buffer = None
 
     def close(self) -> None:
