@@ -1545,10 +1545,12 @@ class PeersImpl final : public Peers {
   }
 
   // Where the local tree lives: peers.follow.device, else where the
-  // source's does (GPU memory: the broker's default device).
-  static BackendKind LocalBackend(const Following& f) {
-    const auto& d = f.config.device;
-    return (d ? d->cpu : f.head.memory != kCudaMemory) ? BackendKind::kHost : BackendKind::kCudaVmm;
+  // source's does (GPU memory: the broker's default device; host memory
+  // on a node without GPUs).
+  BackendKind LocalBackend(const Following& f) const {
+    if (const auto& d = f.config.device) return d->cpu ? BackendKind::kHost : BackendKind::kCudaVmm;
+    return f.head.memory == kCudaMemory && handler_.HasBackend(BackendKind::kCudaVmm) ? BackendKind::kCudaVmm
+                                                                                     : BackendKind::kHost;
   }
 
   SlotSpec Spec(const Following& f, const SlotRecord& r) const {

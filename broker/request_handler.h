@@ -172,6 +172,9 @@ class RequestHandler {
   Result<std::vector<SlotDescriptor>> TreeSlots(const std::string& prefix) const;
   // The allocation the slot `name` views.
   Result<uint64_t> SlotAllocation(std::string_view name) const;
+  // Whether this broker serves `kind` (a backend it could not start, or
+  // one of a build without it, is not).
+  bool HasBackend(BackendKind kind) const { return backends_.Get(kind).ok(); }
   // Creates a slot the broker owns, of group `gid`, as it does its pools.
   Status CreateOwned(const SlotSpec& spec, gid_t gid);
 
