@@ -157,6 +157,63 @@ def run_case(case, rounds):
     return {k: sorted(v)[len(v) // 2] for k, v in cols.items()}
 
 
+def copy_split(rounds):
+    """Where sub.copy_into's time goes (one process: publisher and
+    subscriber on one broker; 1,000 bf16 tensors on the GPU, the default
+    stream): the whole call plus a synchronize, and, timed apart in the same
+    rounds, the destinations' signature, one acquire and release, and the
+    copy of the same bytes by one plan launch; medians, us."""
+    import torch
+    import gpubroker
+    from gpubroker import _buffers
+    from broker import Broker
+    n, shape = 1000, (640, 1024)
+    broker = Broker()
+    try:
+        client = gpubroker.connect(broker.socket)
+        sd = {f"l{i}": torch.zeros(shape, dtype=torch.bfloat16, device="cuda") for i in range(n)}
+        pub = client.publisher("copy", sd, buffers=2)
+        sub = client.subscriber("copy")
+        params = {k: torch.empty_like(v) for k, v in sd.items()}
+        dsts = list(params.values())
+        cols = {"copy_into + synchronize": [], "signature of the destinations": [], "acquire (re-pin)": [],
+                "release": [], "plan launch + synchronize": [], "one contiguous copy + synchronize": []}
+        flat = torch.empty(n * shape[0] * shape[1], dtype=torch.bfloat16, device="cuda")
+        other = torch.empty_like(flat)
+        for _ in range(rounds):
+            pub.update(sd)
+            torch.cuda.synchronize()
+            sub.wait(after=sub.version, timeout=30)
+            t0 = mono()
+            sub.copy_into(params, timeout=30)
+            torch.cuda.synchronize()
+            cols["copy_into + synchronize"].append(mono() - t0)
+            t0 = mono()
+            _buffers.BatchedCopy.signature(dsts)
+            cols["signature of the destinations"].append(mono() - t0)
+            t0 = mono()
+            sub._take(None, None)
+            cols["acquire (re-pin)"].append(mono() - t0)
+            plan = next(iter(sub._copy_plans.values()))[3][1]
+            torch.cuda.synchronize()
+            t0 = mono()
+            plan.run(torch.cuda.current_stream())
+            torch.cuda.synchronize()
+            cols["plan launch + synchronize"].append(mono() - t0)
+            t0 = mono()
+            sub.release()
+            cols["release"].append(mono() - t0)
+            t0 = mono()
+            other.copy_(flat)
+            torch.cuda.synchronize()
+            cols["one contiguous copy + synchronize"].append(mono() - t0)
+        print(f"copy_into split: {rounds} rounds, {n} x {shape} bf16; median us")
+        for k, v in cols.items():
+            print(f"  {k:40} {sorted(v)[len(v) // 2] / 1e3:10.1f}")
+    finally:
+        broker.stop()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=200)
@@ -173,6 +230,8 @@ def main():
     print(f"  {'step':34}" + "".join(f"{c:>19}" for c in cases))
     for r in rows:
         print(f"  {r:34}" + "".join(f"{results[c][r]:19.1f}" for c in cases))
+    if torch.cuda.is_available():
+        copy_split(min(a.rounds, 50))
 
 
 if __name__ == "__main__":
