@@ -494,6 +494,45 @@ def main():
         check("node 1 stops serving planned: node 2 goes back to node 0, which serves it itself, whole",
               r.returncode == 0 and whole and reached and followed().get("peer") == src and
               served(nodes[0]) == [Net.ip(2)], f"{r.stderr} {followed()} {served(nodes[0])}; {nodes[2].tail()}")
+
+        # ---- a relay that lags is not planned: node 1 follows planned again
+        # (node 0 serves it itself: its other follower, node 2, does not
+        # serve it on) and falls behind, its readers pinning all three of
+        # its buffers; node 2, reconnecting with a newer version than node 1
+        # holds, is served by node 0, not sent to node 1 (which would hand
+        # it older bytes)
+        r = ctl(nodes[1], "follow", "planned", "--from", src)
+        check("node 1 follows planned again, from node 0 itself",
+              r.returncode == 0 and until(lambda: latest_version_of(nodes[1], "planned") == 6, 30, None),
+              f"{r.stderr} {nodes[1].tail()}")
+        pins = []
+        with nodes[1].client() as c1:
+            for v in (7, 8, 9):  # a reader per version on node 1 pins it: three buffers, then none is free
+                sub = c1.subscriber("planned", to="numpy", timeout=10)
+                sub.latest(timeout=10)
+                pins.append(sub)
+                ppub.update(stamp(planned, v), wait=0)
+                if v < 9:
+                    until(lambda: latest_version_of(nodes[1], "planned") == v, 30, f"node 1 at {v}")
+            whole, reached = follow_until(nodes[2], "planned", planned, 9, 30)
+            check("node 1 lags at 8 (every buffer pinned) while node 2 takes 9 from node 0",
+                  whole and reached and latest_version_of(nodes[1], "planned") == 8,
+                  f"{latest_version_of(nodes[1], 'planned')} {nodes[2].tail()}")
+            net.link(2, False)
+            try:
+                lost = until(lambda: followed().get("state") == "retrying", 20, None)
+            finally:
+                net.link(2, True)
+            ppub.update(stamp(planned, 10), wait=0)
+            whole, reached = follow_until(nodes[2], "planned", planned, 10, 30)
+            check("node 2, back with 9, is served by node 0 itself, not sent to node 1 (at 8)",
+                  lost and whole and reached and followed().get("peer") == src and Net.ip(2) in served(nodes[0])
+                  and served(nodes[1]) == [], f"{lost} {followed()} {served(nodes[0])} {served(nodes[1])}")
+            for sub in pins:
+                sub.close()
+        check("... and node 1 catches up once its readers let go",
+              until(lambda: latest_version_of(nodes[1], "planned") == 10, 30, None), nodes[1].tail())
+        ctl(nodes[1], "unfollow", "planned", "--remove")
         ctl(nodes[2], "unfollow", "planned", "--remove")
         ppub.close(destroy=True)
 
