@@ -12,10 +12,19 @@
 namespace gpubroker {
 namespace {
 
-// A device's primary context, retained for the stage's lifetime, and the
-// stream and event its copies use.
+// A device's primary context, retained until the last of the stage, the
+// memory it mapped and its pinned blocks lets go.
+struct ContextHold {
+  ContextHold(const CudaDriver& d, CUdevice device, CUcontext ctx) : d(d), device(device), ctx(ctx) {}
+  ~ContextHold() { d.cuDevicePrimaryCtxRelease(device); }
+  const CudaDriver& d;
+  CUdevice device;
+  CUcontext ctx;
+};
+
+// A device's context, and the stream and event the stage's copies use.
 struct DeviceContext {
-  CUdevice device = 0;
+  std::shared_ptr<ContextHold> hold;
   CUcontext ctx = nullptr;
   CUstream stream = nullptr;
   CUevent event = nullptr;
@@ -37,10 +46,10 @@ class Current {
 
 class VmmMemory final : public DeviceMemory {
  public:
-  VmmMemory(const CudaDriver& d, CUcontext ctx, int ordinal, CUdeviceptr ptr, uint64_t bytes)
-      : d_(d), ctx_(ctx), ordinal_(ordinal), ptr_(ptr), bytes_(bytes) {}
+  VmmMemory(const CudaDriver& d, std::shared_ptr<ContextHold> hold, int ordinal, CUdeviceptr ptr, uint64_t bytes)
+      : d_(d), hold_(std::move(hold)), ordinal_(ordinal), ptr_(ptr), bytes_(bytes) {}
   ~VmmMemory() override {
-    Current in(d_, ctx_);
+    Current in(d_, hold_->ctx);
     d_.cuMemUnmap(ptr_, bytes_);
     d_.cuMemAddressFree(ptr_, bytes_);
   }
@@ -50,7 +59,7 @@ class VmmMemory final : public DeviceMemory {
 
  private:
   const CudaDriver& d_;
-  CUcontext ctx_;
+  std::shared_ptr<ContextHold> hold_;
   int ordinal_;
   CUdeviceptr ptr_;
   uint64_t bytes_;
@@ -60,14 +69,16 @@ class VmmMemory final : public DeviceMemory {
 // pool lets go (a block held by a send outlives nothing it needs).
 struct Pool {
   const CudaDriver* d = nullptr;
-  CUcontext ctx = nullptr;  // any device's: the blocks are portable
+  std::shared_ptr<ContextHold> hold;  // any device's: the blocks are portable
   std::mutex mu;
   std::vector<uint8_t*> free;
   size_t made = 0;
   bool starved = false;
+  Status error;                    // the last cuMemHostAlloc's, while it fails
   std::function<void()> on_freed;  // posts the stage's `freed` to the loop
   ~Pool() {
-    Current in(*d, ctx);
+    if (!hold) return;
+    Current in(*d, hold->ctx);
     for (uint8_t* p : free) d->cuMemFreeHost(p);
   }
 };
@@ -101,8 +112,8 @@ class CudaStage final : public DeviceStage {
       d_.cuEventDestroy(c.event);
       d_.cuStreamDestroy(c.stream);
     }
-    pool_.reset();  // before the contexts go, unless a send still holds a block
-    for (auto& [ordinal, c] : devices_) d_.cuDevicePrimaryCtxRelease(c.device);
+    // The contexts stay retained while mapped memory or a block (held by a
+    // send, or by a peer's record) is alive: ContextHold.
   }
 
   Result<std::shared_ptr<const DeviceMemory>> Map(UniqueFd fd, uint64_t bytes, const DeviceUuid& uuid,
@@ -118,7 +129,7 @@ class CudaStage final : public DeviceStage {
         "cuMemGetAllocationGranularity"));
     const uint64_t size = (bytes + granularity - 1) / granularity * granularity;
     GPB_ASSIGN_OR_RETURN(CUdeviceptr ptr, MapVmmFd(d_, fd.get(), size, granularity));
-    auto memory = std::make_shared<const VmmMemory>(d_, c->ctx, ordinal, ptr, size);
+    auto memory = std::make_shared<const VmmMemory>(d_, c->hold, ordinal, ptr, size);
     CUmemAccessDesc access{};
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = ordinal;
@@ -135,10 +146,12 @@ class CudaStage final : public DeviceStage {
       if (!pool->free.empty()) {
         p = pool->free.back();
         pool->free.pop_back();
-      } else if (pool->made < kMaxBlocks && pool->ctx != nullptr) {
-        Current in(d_, pool->ctx);
+      } else if (pool->made < kMaxBlocks && pool->hold) {
+        Current in(d_, pool->hold->ctx);
         void* made = nullptr;
-        if (d_.cuMemHostAlloc(&made, kBlockBytes, CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS) {
+        pool->error = d_.Check(d_.cuMemHostAlloc(&made, kBlockBytes, CU_MEMHOSTALLOC_PORTABLE),
+                               "cuMemHostAlloc of a pinned staging block");
+        if (pool->error.ok()) {
           p = static_cast<uint8_t*>(made);
           ++pool->made;
         }
@@ -160,6 +173,11 @@ class CudaStage final : public DeviceStage {
     });
   }
 
+  Status BlockError() override {
+    std::lock_guard<std::mutex> lock(pool_->mu);
+    return pool_->made == pool_->free.size() ? pool_->error : Status::Ok();
+  }
+
   void Drain() override {
     std::unique_lock<std::mutex> lock(mu_);
     drained_.wait(lock, [this] { return jobs_.empty() && !busy_; });
@@ -177,7 +195,10 @@ class CudaStage final : public DeviceStage {
   Status ToDeviceNow(const DeviceMemory& memory, uint64_t offset, const void* from, size_t n) override {
     GPB_ASSIGN_OR_RETURN(DeviceContext * c, Context(memory.ordinal()));
     Current in(d_, c->ctx);
-    return d_.Check(d_.cuMemcpyHtoD(memory.address() + offset, from, n), "cuMemcpyHtoD");
+    GPB_RETURN_IF_ERROR(d_.Check(d_.cuMemcpyHtoD(memory.address() + offset, from, n), "cuMemcpyHtoD"));
+    // From pageable memory the call may return before the bytes reach the
+    // device: they count as landed only once they have.
+    return d_.Check(d_.cuCtxSynchronize(), "cuCtxSynchronize");
   }
 
   // The first device's context also makes the pinned blocks.
@@ -186,20 +207,21 @@ class CudaStage final : public DeviceStage {
     auto it = devices_.find(ordinal);
     if (it != devices_.end()) return &it->second;
     DeviceContext c;
-    GPB_RETURN_IF_ERROR(d_.Check(d_.cuDeviceGet(&c.device, ordinal), "cuDeviceGet"));
-    GPB_RETURN_IF_ERROR(d_.Check(d_.cuDevicePrimaryCtxRetain(&c.ctx, c.device), "cuDevicePrimaryCtxRetain"));
+    CUdevice device = 0;
+    GPB_RETURN_IF_ERROR(d_.Check(d_.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
+    GPB_RETURN_IF_ERROR(d_.Check(d_.cuDevicePrimaryCtxRetain(&c.ctx, device), "cuDevicePrimaryCtxRetain"));
+    c.hold = std::make_shared<ContextHold>(d_, device, c.ctx);
     Current in(d_, c.ctx);
     Status s = d_.Check(d_.cuStreamCreate(&c.stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
     // Blocking sync: the copier sleeps until a copy ends, never spins a core.
     if (s.ok()) s = d_.Check(d_.cuEventCreate(&c.event, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC), "cuEventCreate");
     if (!s.ok()) {
       if (c.stream != nullptr) d_.cuStreamDestroy(c.stream);
-      d_.cuDevicePrimaryCtxRelease(c.device);
       return s;
     }
     {
       std::lock_guard<std::mutex> pool_lock(pool_->mu);
-      if (pool_->ctx == nullptr) pool_->ctx = c.ctx;
+      if (!pool_->hold) pool_->hold = c.hold;
     }
     return &devices_.emplace(ordinal, c).first->second;
   }
@@ -257,8 +279,10 @@ class CudaStage final : public DeviceStage {
     GPB_RETURN_IF_ERROR(job.to_device
                             ? d_.Check(d_.cuMemcpyHtoDAsync(at, job.block.get(), job.n, c->stream), "cuMemcpyHtoDAsync")
                             : d_.Check(d_.cuMemcpyDtoHAsync(job.block.get(), at, job.n, c->stream), "cuMemcpyDtoHAsync"));
-    GPB_RETURN_IF_ERROR(d_.Check(d_.cuEventRecord(c->event, c->stream), "cuEventRecord"));
-    return d_.Check(d_.cuEventSynchronize(c->event), "cuEventSynchronize");
+    Status s = d_.Check(d_.cuEventRecord(c->event, c->stream), "cuEventRecord");
+    if (s.ok()) s = d_.Check(d_.cuEventSynchronize(c->event), "cuEventSynchronize");
+    if (!s.ok()) d_.cuCtxSynchronize();  // the block goes back to the pool: not while a copy may still use it
+    return s;
   }
 
   boost::asio::io_context& io_;

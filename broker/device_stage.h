@@ -42,6 +42,9 @@ class DeviceStage {
   // use; `freed` runs (on the loop) whenever one comes back after a null.
   virtual std::shared_ptr<uint8_t> Block() = 0;
   std::function<void()> freed;
+  // Why Block() returns null while no block is in use (pinned memory could
+  // not be had: none will come back); ok otherwise.
+  virtual Status BlockError() = 0;
   // Waits until every copy queued so far has ended (their `done` may still
   // be queued on the loop).
   virtual void Drain() = 0;
@@ -53,7 +56,8 @@ class DeviceStage {
   virtual void ToDevice(std::shared_ptr<const DeviceMemory> memory, uint64_t offset, std::shared_ptr<uint8_t> block,
                         size_t n, Done done) = 0;
   // The same from memory that is not the stage's (not pinned), on the
-  // caller's thread: for when every block is in use.
+  // caller's thread, returning once the bytes are on the device: for when
+  // every block is in use.
   virtual Status ToDeviceNow(const DeviceMemory& memory, uint64_t offset, const void* from, size_t n) = 0;
 };
 

@@ -573,7 +573,7 @@ class PeersImpl final : public Peers {
       if (!st.ok()) return EndHandshake(hs);
       if (type != kHello || body.size() != sizeof kMagic + sizeof(Nonce) ||
           std::memcmp(body.data(), kMagic, sizeof kMagic) != 0) {
-        return RefuseHandshake(hs, "the first message must be a gpubroker peer hello (version 3)");
+        return RefuseHandshake(hs, "the first message must be a gpubroker peer hello (version 5)");
       }
       Nonce follower{};
       std::memcpy(follower.data(), body.data() + sizeof kMagic, sizeof(Nonce));
@@ -966,8 +966,16 @@ class PeersImpl final : public Peers {
       const uint64_t n = std::min<uint64_t>(DeviceStage::kBlockBytes, end - s.offset);
       const size_t chunks = static_cast<size_t>((n + kChunkBytes - 1) / kChunkBytes);
       if (s.all_in_flight + chunks > kChunksInFlight) return;
-      std::shared_ptr<uint8_t> block = stage_->Block();
-      if (!block) return;  // every block is in use: the stage's `freed` pushes again
+      std::shared_ptr<uint8_t> block = TakeBlock(s);
+      if (!block) {
+        if (Status e = stage_->BlockError(); !e.ok()) {
+          spdlog::warn("peers: serving '{}' to {}: {}", s.report.tree, s.ep->peer(), e.message());
+          ++s.report.errors;
+          return EndServed(s, kRefused, "the source has no pinned memory to read its GPU tree through: " +
+                                            e.message());
+        }
+        return;  // every block is in use: the stage's `freed` pushes the waiters again
+      }
       const uint64_t version = s.pinned, offset = s.offset;
       stage_->ToHost(s.device, static_cast<uint64_t>(s.buffer) * s.buffer_bytes + offset, block, n,
                      [this, key = s.ep.get(), serial = s.serial, generation = s.generation, version, offset, n,
@@ -989,6 +997,7 @@ class PeersImpl final : public Peers {
           if (!sent.ok()) return;  // the connection is failing: OnFailure drops it
           o.report.bytes += len;
         }
+        Kick();  // sent from outside Watch: it may be asleep on the worker's descriptor
       });
       s.offset += n;
       s.all_in_flight += chunks;
@@ -996,19 +1005,47 @@ class PeersImpl final : public Peers {
     }
   }
 
+  // A block for `s` to read into, or null: while others wait for one, it
+  // waits behind them (a follower whose sends end must not take back, at
+  // once, every block its sends held, starving the rest).
+  std::shared_ptr<uint8_t> TakeBlock(Served& s) {
+    ucx::Endpoint* key = s.ep.get();
+    // Waiters exist only after the pool ran dry, so a block that comes
+    // back posts `freed`, which pushes them in order (this one included).
+    if (!block_waiters_.empty()) {
+      if (std::find(block_waiters_.begin(), block_waiters_.end(), key) == block_waiters_.end()) {
+        block_waiters_.push_back(key);
+      }
+      return nullptr;
+    }
+    std::shared_ptr<uint8_t> block = stage_->Block();
+    if (!block) block_waiters_.push_back(key);
+    return block;
+  }
+
+  // A block came back: the waiters, first come first served. One that runs
+  // out of blocks again waits first next time; those after it wait behind.
+  void PushWaiters() {
+    std::deque<ucx::Endpoint*> waiting;
+    waiting.swap(block_waiters_);
+    for (ucx::Endpoint* key : waiting) {
+      auto it = served_.find(key);
+      if (it != served_.end()) Push(it->second);
+    }
+  }
+
   // The stage, made when the first tree in GPU memory is served or followed.
   Result<DeviceStage*> Stage() {
     if (!stage_) {
       GPB_ASSIGN_OR_RETURN(stage_, DeviceStage::Create(io_));
-      stage_->freed = [this] {
-        for (auto& [ep, s] : served_) Push(s);
-      };
+      stage_->freed = [this] { PushWaiters(); };
     }
     return stage_.get();
   }
 
   void Unpin(Served& s) {
     if (s.pin == 0) return;
+    ++s.generation;  // blocks of it still being read from GPU memory are not sent
     wire::ReleaseRequest req{};
     req.allocation_id = s.allocation_id;
     req.pin = s.pin;
@@ -1353,6 +1390,7 @@ class PeersImpl final : public Peers {
   // Tells one follower the version passed on to it will not be whole; the
   // next is offered once it answered (done or busy), at once if it had.
   void Abandon(Served& s) {
+    ++s.generation;  // as for Unpin
     (void)SendTo(s, kVerdict, Bytes(VerdictBody{s.pinned, 0u, 0}));
     s.arriving = s.passed_on = false;
     if (s.said_done) {
@@ -1530,6 +1568,12 @@ class PeersImpl final : public Peers {
         arena.backend != static_cast<uint16_t>(LocalBackend(f)) || arena.owner_uid != ::geteuid()) {
       return false;
     }
+    if (const auto& d = f.config.device; d && !d->cpu) {  // on the GPU peers.follow.device names
+      if (d->uuid ? std::memcmp(arena.device_uuid, d->uuid->data(), d->uuid->size()) != 0
+                  : d->ordinal >= 0 && arena.device_ordinal != d->ordinal) {
+        return false;
+      }
+    }
     // Both in the same order: the arena, then the views by name.
     for (size_t i = 1; i < have.size(); ++i) {
       const SlotDescriptor& d = have[i];
@@ -1661,7 +1705,13 @@ class PeersImpl final : public Peers {
     if (!f.block) {
       f.block = stage_->Block();
       if (!f.block) {
+        // Every block is in use: once the copies queued have ended, those
+        // copied to the device are back; if none is, this chunk is copied
+        // at once (after the earlier ones, which it must not overtake).
         stage_->Drain();
+        f.block = stage_->Block();
+      }
+      if (!f.block) {
         if (Status s = stage_->ToDeviceNow(*f.device, at, data, n); !s.ok()) {
           return Retry(f, s.Annotate("writing the local tree in GPU memory"));
         }
@@ -1684,6 +1734,7 @@ class PeersImpl final : public Peers {
       if (stopping_ || g == nullptr || g->attempt != attempt) return;  // a write given up since
       if (!copied.ok()) return Retry(*g, copied.Annotate("writing the local tree in GPU memory"));
       Landed(*g, n);
+      Kick();  // our own followers' chunks, sent from outside Watch
     });
   }
 
@@ -1862,6 +1913,7 @@ class PeersImpl final : public Peers {
   std::map<ucx::Endpoint*, Served> served_;
   std::map<uint64_t, Exported> exported_;  // by allocation id
   std::unique_ptr<DeviceStage> stage_;     // trees in GPU memory: made on first use
+  std::deque<ucx::Endpoint*> block_waiters_;  // served followers waiting for one of its blocks
   std::list<Following> following_;
   uint64_t last_following_ = 0;
   std::list<Following> leaving_;  // unfollowed, ending on the loop
