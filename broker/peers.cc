@@ -55,7 +55,7 @@ enum Msg : uint16_t {
   kPong = 15,      // source: the answer
 };
 
-constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '5'};
+constexpr char kMagic[8] = {'G', 'P', 'B', 'P', 'E', 'E', 'R', '6'};
 
 // Names a follower's session: random, given to the source in the
 // handshake; a UCX message with a token no session has is dropped (anyone
@@ -146,11 +146,19 @@ struct VerdictBody {
 
 // A version moves as chunks of this size, this many in flight per follower
 // (sent, not yet handed to the network): after the proof, a follower
-// accepts messages of a chunk and its head.
-constexpr size_t kChunkBytes = 16 * 1024;
+// accepts messages of a chunk and its head. A chunk, its head and UCX's
+// own headers fit in one of UCX's TCP receive segments (64 KiB unless
+// UCX_TCP_RX_SEG_SIZE says otherwise), so UCX hands each message over
+// from the segment it arrived in: a message one byte larger arrives in two
+// and is copied whole again before the handler sees it, at a third of the
+// rate (docs/PERFORMANCE.md, section 11).
+constexpr size_t kChunkBytes = 64 * 1024 - 512;
 constexpr size_t kChunksInFlight = 256;
 constexpr size_t kChunkMessage = sizeof(Token) + sizeof(ChunkHead) + kChunkBytes;
 static_assert(kChunkMessage <= ucx::kMaxRaisedMessage);
+// A tree in GPU memory goes through pinned blocks of whole chunks.
+constexpr size_t kStagedBytes = DeviceStage::kBlockBytes / kChunkBytes * kChunkBytes;
+static_assert(kStagedBytes > 0);
 
 template <typename T>
 std::string Bytes(const T& v) {
@@ -573,7 +581,7 @@ class PeersImpl final : public Peers {
       if (!st.ok()) return EndHandshake(hs);
       if (type != kHello || body.size() != sizeof kMagic + sizeof(Nonce) ||
           std::memcmp(body.data(), kMagic, sizeof kMagic) != 0) {
-        return RefuseHandshake(hs, "the first message must be a gpubroker peer hello (version 5)");
+        return RefuseHandshake(hs, "the first message must be a gpubroker peer hello (version 6)");
       }
       Nonce follower{};
       std::memcpy(follower.data(), body.data() + sizeof kMagic, sizeof(Nonce));
@@ -790,10 +798,12 @@ class PeersImpl final : public Peers {
     auto mapped = internal_.AttachMapped(s.client, tree, false, [this] { return Stage(); });
     if (!mapped.ok()) return RefuseServed(s, mapped.status().message());
     const SlotDescriptor& arena = mapped->reply.slot;
-    if (arena.version == 0) {
+    if (arena.version == 0 && !MadeByFollowing(arena.allocation_id)) {
       // Still being made (a publisher makes the tree's slots one by one,
       // then commits): a layout read now may lack views, and the follower
       // would make a partial tree, then replace it. It asks again shortly.
+      // A tree we follow was made whole from its source's layout: it is
+      // served on while its first version arrives (Offer passes that on).
       return RefuseServed(s, "tree '" + tree + "' has no version yet (its publisher is still making it)");
     }
     s.allocation_id = arena.allocation_id;
@@ -963,7 +973,7 @@ class PeersImpl final : public Peers {
   // are copied, and so sent, in order.
   void PushStaged(Served& s, uint64_t end) {
     while ((s.pin != 0 || s.arriving) && s.offset < end) {
-      const uint64_t n = std::min<uint64_t>(DeviceStage::kBlockBytes, end - s.offset);
+      const uint64_t n = std::min<uint64_t>(kStagedBytes, end - s.offset);
       const size_t chunks = static_cast<size_t>((n + kChunkBytes - 1) / kChunkBytes);
       if (s.all_in_flight + chunks > kChunksInFlight) return;
       std::shared_ptr<uint8_t> block = TakeBlock(s);
@@ -1337,6 +1347,12 @@ class PeersImpl final : public Peers {
 
   // The follower receiving a version into our local tree `allocation_id`
   // (begun, not yet committed), if any: what we pass on as it lands.
+  // Whether `allocation_id` is a local tree one of our followings made.
+  bool MadeByFollowing(uint64_t allocation_id) const {
+    return std::any_of(following_.begin(), following_.end(),
+                       [&](const Following& f) { return f.allocation_id == allocation_id; });
+  }
+
   const Following* Arriving(uint64_t allocation_id) const {
     for (const Following& f : following_) {
       if (f.allocation_id == allocation_id && f.buffer >= 0 &&

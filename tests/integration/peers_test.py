@@ -536,6 +536,38 @@ def main():
         ctl(nodes[2], "unfollow", "planned", "--remove")
         ppub.close(destroy=True)
 
+        # ---- a relay serves on while its first version arrives: node 1
+        # follows planned before it exists; its link slowed, the first
+        # version takes seconds to land there, and node 2, asking node 0
+        # meanwhile, is sent to node 1, which passes the version on as it
+        # lands (a refusal for want of a version would send node 2 back to
+        # node 0, to be served by it: every follower that asks while the
+        # first version moves, as all do at start-up, would be)
+        r = ctl(nodes[1], "follow", "planned", "--from", src)
+        node1_planned = lambda: next((p for p in nodes[1].peers() if p["role"] == "follower" and
+                                      p["tree"] == "planned"), {})
+        net.limit(1, "40mbit")
+        try:
+            planned = fresh_base(LAYOUT_BIG)
+            ppub = publisher_client.publisher("planned", stamp(planned, 1), buffers=2)
+            arriving = until(lambda: node1_planned().get("state") == "reading", 30, None)
+            r2 = ctl(nodes[2], "follow", "planned", "--from", src)
+            sent_on = until(lambda: followed().get("peer") == f"{Net.ip(1)}:7400" and
+                            followed().get("state") == "reading", 30, None)
+            first = node1_planned().get("version")
+        finally:
+            net.limit(1, None)
+        whole, reached = follow_until(nodes[2], "planned", planned, 1, 60)
+        check("a relay whose first version is still arriving serves it on: node 2 is sent to node 1 and takes "
+              "version 1 from it, whole", r.returncode == 0 and r2.returncode == 0 and arriving and sent_on and
+              first == 0 and whole and reached and followed().get("peer") == f"{Net.ip(1)}:7400" and
+              served(nodes[0]) == [Net.ip(1)],
+              f"{r.stderr} {r2.stderr} {arriving} {sent_on} {first} {whole} {reached} {followed()} "
+              f"{served(nodes[0])}; {nodes[1].tail()}")
+        ctl(nodes[1], "unfollow", "planned", "--remove")
+        ctl(nodes[2], "unfollow", "planned", "--remove")
+        ppub.close(destroy=True)
+
         # ---- a hostile host floods every port the source listens on (the
         # peer port and UCX's own) with connections that send random bytes,
         # and others that send nothing: the source's loop serves its clients
