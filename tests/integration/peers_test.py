@@ -196,6 +196,39 @@ while time.monotonic() < end:
 print(made, "connections")
 """
 
+# A source that holds the cluster key, accepts a follower and sends it on
+# to the follower's own address (a key holder placing a loop): the wire
+# of broker/peers.cc's handshake, frames of (u16 type, u32 length, body).
+LURE = r"""
+import hashlib, hmac, os, socket, struct, sys
+host, port, key, to = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), sys.argv[4].encode()
+def frame(s, t, body):
+    s.sendall(struct.pack("<HI", t, len(body)) + body)
+def read(s):
+    head = b""
+    while len(head) < 6:
+        head += s.recv(6 - len(head))
+    t, n = struct.unpack("<HI", head)
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return t, body
+srv = socket.create_server((host, port))
+print("listening", flush=True)
+while True:                                 # each try of the follower's the same
+    c, _ = srv.accept()
+    t, hello = read(c)                      # kHello: magic, the follower's nonce
+    follower, source = hello[8:], os.urandom(32)
+    proof = hmac.new(key, b"gpubroker peer v1 source" + follower + source, hashlib.sha256).digest()
+    frame(c, 2, source + proof)             # kChallenge
+    read(c)                                 # kProof
+    frame(c, 16, b"")                       # kAccept
+    read(c)                                 # kFollow
+    frame(c, 17, to)                        # kRedirect: to the follower itself
+    c.recv(1)                               # until it hangs up
+    c.close()
+"""
+
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -567,6 +600,26 @@ def main():
         ctl(nodes[1], "unfollow", "planned", "--remove")
         ctl(nodes[2], "unfollow", "planned", "--remove")
         ppub.close(destroy=True)
+
+        # ---- a source that holds the key sends a follower on to the
+        # follower's own address: refused there, named, never dialled
+        lure = subprocess.Popen(["ip", "netns", "exec", net.ns(3), "/usr/bin/python3", "-c", LURE, Net.ip(3), "7401",
+                                 key, f"{Net.ip(2)}:7400"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            listening = lure.stdout.readline().strip() == "listening"
+            r = ctl(nodes[2], "follow", "lure", "--from", f"{Net.ip(3)}:7401")
+            lured = lambda: node2_follows().get("lure", {}).get("last_error", "")
+            refused = until(lambda: "sent us on to our own address" in lured(), 20, None)
+            check("a source sends a follower on to the follower's own address: refused, named",
+                  listening and r.returncode == 0 and refused and
+                  f"sent us on to our own address {Net.ip(2)}:7400" in lured() and
+                  "following 'lure'" in nodes[2].text() and f"sends us to {Net.ip(2)}:7400" not in nodes[2].text(),
+                  f"{listening} {r.stderr} {lured()} {nodes[2].tail()}")
+        finally:
+            lure.kill()
+            lure.wait()
+            ctl(nodes[2], "unfollow", "lure")
 
         # ---- a hostile host floods every port the source listens on (the
         # peer port and UCX's own) with connections that send random bytes,
