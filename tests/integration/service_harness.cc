@@ -68,9 +68,14 @@ void ServiceHarness::Drain() {
 }
 
 bool ServiceHarness::ReceiveOne(int timeout_ms) {
+  if (timeout_ms > 0) {
+    // The reader thread waits without the lock: held across its poll, it
+    // was taken again at once after each, and Drain waited behind it for
+    // ever (a warm-restart case hung so on the H100, 3 runs in 3).
+    pollfd p{socket_.get(), POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms) <= 0) return false;
+  }
   std::lock_guard receiving(receive_mu_);
-  pollfd p{socket_.get(), POLLIN, 0};
-  if (::poll(&p, 1, timeout_ms) <= 0) return false;
   std::vector<std::byte> buf(4096);
   auto r = ReceiveRecord(socket_.get(), buf, true);
   if (!r.ok() || r->would_block || r->size == 0) return false;

@@ -43,7 +43,7 @@ class ServiceHarness {
   void Drain();             // whatever is queued now
   std::string dir_, path_;
   UniqueFd socket_;
-  std::mutex receive_mu_;  // one receive at a time, from poll to stored
+  std::mutex receive_mu_;  // one receive at a time, from the socket to stored
   std::mutex mu_;
   std::condition_variable arrived_;
   std::vector<std::string> messages_;  // guarded by mu_
