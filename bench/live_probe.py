@@ -197,7 +197,7 @@ def copy_split(rounds):
             plan = next(iter(sub._copy_plans.values()))[3][1]
             torch.cuda.synchronize()
             t0 = mono()
-            plan.run(torch.cuda.current_stream())
+            plan.run(torch.cuda.current_stream().cuda_stream)
             torch.cuda.synchronize()
             cols["plan launch + synchronize"].append(mono() - t0)
             t0 = mono()
