@@ -1345,14 +1345,14 @@ class PeersImpl final : public Peers {
     return nullptr;
   }
 
-  // The follower receiving a version into our local tree `allocation_id`
-  // (begun, not yet committed), if any: what we pass on as it lands.
   // Whether `allocation_id` is a local tree one of our followings made.
   bool MadeByFollowing(uint64_t allocation_id) const {
     return std::any_of(following_.begin(), following_.end(),
                        [&](const Following& f) { return f.allocation_id == allocation_id; });
   }
 
+  // The follower receiving a version into our local tree `allocation_id`
+  // (begun, not yet committed), if any: what we pass on as it lands.
   const Following* Arriving(uint64_t allocation_id) const {
     for (const Following& f : following_) {
       if (f.allocation_id == allocation_id && f.buffer >= 0 &&
