@@ -19,7 +19,8 @@ processes); timestamps cross between them only after the fact.
      in the consumer.
  (b) live, copied into the consumer's own parameters: sub.copy_into(params)
      + torch.cuda.synchronize(), the version committed and visible before
-     the clock starts: acquire, one batched copy, release.
+     the clock starts: acquire, one batched copy, release. "... the call
+     returned" stops a second clock before the synchronize: the CPU's part.
  (c) baseline, per-tensor re-share: the producer sends reduce_tensor() of
      each of N fresh tensors (one pickled list through a pipe); the consumer
      rebuilds every tensor, copies them into its parameters
@@ -249,7 +250,7 @@ def consume_live(link, sub, values, have, cfg):
 def consume_copies(link, sub, values, params, local, cfg):
     """(b) and (e), alternating: durations."""
     import torch
-    device, named, out = cfg["device"], dict(zip(cfg["keys"], params)), {"b": [], "e": [], "f": []}
+    device, named, out = cfg["device"], dict(zip(cfg["keys"], params)), {"b": [], "b_call": [], "e": [], "f": []}
     # (f): the same bytes in one contiguous copy, the bandwidth floor.
     flat_src = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     flat_dst = torch.empty_like(flat_src)
@@ -260,6 +261,7 @@ def consume_copies(link, sub, values, params, local, cfg):
         sync(device)
         t0 = mono()
         got = sub.copy_into(named, timeout=TIMEOUT_S)
+        tc = mono()
         sync(device)
         t1 = mono()
         if got != v:
@@ -280,6 +282,7 @@ def consume_copies(link, sub, values, params, local, cfg):
         t5 = mono()
         if k >= cfg["warmup"]:
             out["b"].append(t1 - t0)
+            out["b_call"].append(tc - t0)
             out["e"].append(t3 - t2)
             out["f"].append(t5 - t4)
     return out
@@ -428,6 +431,7 @@ def run(cfg):
         "a_readable": us([t2 - t0 for t0, t2 in zip(t0_a, res["a_readable"])]),
         "commit": us(commit_ns),
         "b": us(res["b"]),
+        "b_call": us(res["b_call"]),
         "e": us(res["e"]),
         "f": us(res["f"]),
     }
@@ -450,6 +454,7 @@ def report(cfg, fig):
             ("a_woke", "    of which: commit -> sub.wait() returned"),
             ("a_readable", "    ... then torch.cuda.synchronize() in the consumer (CPU: none)"),
             ("b", "(b) live, sub.copy_into(own params) + synchronize"),
+            ("b_call", "    of which: the copy_into() call returned (the copy queued)"),
             ("c", "(c) per-tensor re-share: reduce_tensor x N -> rebuilt, copied, synced"),
             ("d", "(d) packed re-share: one fresh buffer -> rebuilt, views, copied, synced"),
             ("e", "(e) floor: in-process foreach copy + synchronize"),

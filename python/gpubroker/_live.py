@@ -316,7 +316,7 @@ class Subscriber:
         self._buffer = None    # the pinned buffer, None when nothing is pinned
         self._previous = None  # after a replace: (old tree, its pinned buffer) until the new tree's first version
         self._copy_plans = {}  # copy_into: (id of a buffer's arrays, keys) -> [those arrays, sources, their shapes,
-        # (the destinations' signature, their BatchedCopy or None)]
+        # (the destinations' Destinations, their BatchedCopy; each None where there is none)]
         _name(prefix, "prefix")
         self._tree = self._open(_buffers.deadline(timeout), NotFound)
 
@@ -501,11 +501,10 @@ class Subscriber:
             # One launch for the whole tree where it can (the same
             # destinations as last time, checked by address and shape),
             # else a copy per tensor, converting the element type.
-            signature = _buffers.BatchedCopy.signature(dsts) if tree.cuda else None
-            if batched is None or signature is None or batched[0] != signature:
+            if batched is None or batched[0] is None or not batched[0].holds(dsts):
                 _buffers.check_shapes(keys, dsts, shapes)
-                batched = plan[3] = (signature, _buffers.BatchedCopy.make(dsts, srcs, tree.device_index)
-                                     if tree.cuda else None)
+                batched = plan[3] = ((_buffers.Destinations.of(dsts), _buffers.BatchedCopy.make(
+                    dsts, srcs, tree.device_index)) if tree.cuda else (None, None))
             if batched[1] is not None:
                 batched[1].run(h)
             else:

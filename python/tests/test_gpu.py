@@ -211,12 +211,23 @@ class LiveCudaTest(unittest.TestCase):
                 fresh.close()
                 sub.close()
 
+    def test_copy_into_plans_are_made_again_for_changed_destinations(self):
+        """On CUDA tensors, both ways; torch's C++ check must be there from
+        torch 2.2 on (it is what keeps copy_into near its copy's time)."""
+        from destinations import check_destinations
+        check_destinations(self, torch, "cuda:0", _buffers._PythonDestinations)
+        if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 2):
+            self.assertIsNotNone(_buffers._native_checks(), f"torch {torch.__version__}: no C++ destination check")
+        if _buffers._native_checks() is not None:
+            check_destinations(self, torch, "cuda:0", _buffers._NativeDestinations)
+
     def test_copy_into_is_one_launch_where_it_can_be_and_exact_either_way(self):
         """copy_into on the default stream and on the consumer's own: one
         kernel launch for the whole tree while every destination matches
         its source (BatchedCopy.run counted), remade when a destination's
         storage changes, and a copy per tensor, converting, when one has
-        another dtype or is strided. One new version per round, every
+        another dtype or is strided; a destination of another shape over the
+        same bytes is refused, named. One new version per round, every
         element of every destination checked."""
         prefix = "cuda/live/copy"
         peer, base = self.start(prefix, 2, 1)
@@ -247,6 +258,13 @@ class LiveCudaTest(unittest.TestCase):
             self.assertEqual(peer.stdout.readline(), f"published {step}\n".encode())
             before = len(runs)
             stream = None if step % 2 else self.stream
+            if step % 8 == 7:  # another shape over the same bytes (same address and count): refused, named
+                other = params[key].view(tuple(reversed(base[key].shape)))
+                with self.assertRaisesRegex(gpubroker.InvalidArgument, r"'layers\.0\.weight': shape \(17, 33\) "
+                                            r"where \(33, 17\) is published"):
+                    sub.copy_into({**params, key: other}, timeout=60, stream=stream)
+                self.assertEqual(len(runs), before, f"step {step}: nothing copied")
+                continue
             self.assertEqual(sub.copy_into(params, timeout=60, stream=stream), step)
             self.assertEqual(len(runs) - before, 1 if one_launch else 0, f"step {step}: batched or not")
             torch.cuda.synchronize()

@@ -7,6 +7,7 @@ import unittest
 import numpy
 
 import gpubroker
+from gpubroker import _buffers
 from broker import Broker, finish
 from peer import stamp, stamped_base
 
@@ -303,6 +304,16 @@ class HostTest(unittest.TestCase):
         with self.assertRaisesRegex(gpubroker.AlreadyExists, r"replace=True"):
             self.c.publisher("py/live/twice", stamp(base, 1))
         pub.close(destroy=True)
+
+    @unittest.skipIf(torch is None, "needs PyTorch")
+    def test_copy_into_plans_are_made_again_for_changed_destinations(self):
+        """The check copy_into makes before it uses a batched copy's plan
+        again (CUDA trees; the check itself is the same on CPU tensors):
+        Python's always, torch's C++ one where this torch has it."""
+        from destinations import check_destinations
+        check_destinations(self, torch, "cpu", _buffers._PythonDestinations)
+        if _buffers._native_checks() is not None:
+            check_destinations(self, torch, "cpu", _buffers._NativeDestinations)
 
     @unittest.skipIf(torch is None, "needs PyTorch")
     def test_engine_recipes(self):
