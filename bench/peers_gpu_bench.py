@@ -18,7 +18,12 @@ beside it, measured in the same run on the same machine:
     processes with the brokers' UCX settings (UCX_NET_DEVICES=lo), at the
     replication's chunk (64 KiB less 512 B) and at 1 MiB.
 
-Usage: python3 bench/peers_gpu_bench.py BUILD_DIR [--quick] [--rounds N]
+--memory host runs the same with the tree in host memory on both brokers
+(no staging; its bytes go from the source's mapping and land in the
+follower's by the loop's copy): beside the GPU run, on the same machine, it
+says how much of the GPU figure the staging costs.
+
+Usage: python3 bench/peers_gpu_bench.py BUILD_DIR [--quick] [--rounds N] [--memory cuda|host]
 """
 import argparse
 import os
@@ -81,11 +86,14 @@ def main():
     p.add_argument("build")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int)
+    p.add_argument("--memory", choices=("cuda", "host"), default="cuda")
     a = p.parse_args()
     import torch
-    if not torch.cuda.is_available():
+    cuda = a.memory == "cuda"
+    if cuda and not torch.cuda.is_available():
         print("skipped: torch sees no CUDA device")
         return 0
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     os.environ.setdefault("GPUBROKER_LIBRARY", os.path.join(a.build, "client", "libgpubroker.so"))
     import gpubroker
     n, rounds = (100, a.rounds or 3) if a.quick else (1000, a.rounds or 7)
@@ -107,8 +115,9 @@ def main():
                         follow=[{"tree": "policy", "from": f"127.0.0.1:{port}", "mode": "0644"}])
         nodes.append(follower)
         pub_client = gpubroker.connect(source.socket)
-        gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-        values = {f"l{i}": torch.randn(shape, generator=gen, device="cuda").to(dtype) for i in range(n)}
+        device = "cuda" if cuda else "cpu"
+        gen = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        values = {f"l{i}": torch.randn(shape, generator=gen, device=device).to(dtype) for i in range(n)}
         pub = pub_client.publisher("policy", values, buffers=2, mode=0o644)
         sub_client = gpubroker.connect(follower.socket)
 
@@ -125,8 +134,9 @@ def main():
             for t in values.values():
                 t.add_(1)
             back = pub.begin()
-            torch._foreach_copy_([back[k] for k in values], list(values.values()))
-            torch.cuda.synchronize()
+            for k, t in values.items():
+                back[k].copy_(t)
+            sync()
             t0 = time.perf_counter()
             v = pub.commit()
             sub.wait(after=v - 1, timeout=120)
@@ -145,20 +155,31 @@ def main():
         for node in nodes:
             node.stop()
     ours = nbytes / statistics.median(times) / 1e9
+    raw_chunk = perftest(CHUNK_BYTES, 20000 if not a.quick else 2000)
+    raw1m = perftest(1 << 20, 2000 if not a.quick else 200)
+    raw = (f"ucx_perftest ucp_am_bw, UCX_NET_DEVICES=lo: {CHUNK_BYTES} B "
+           f"{raw_chunk if raw_chunk is None else round(raw_chunk, 3)} GB/s, "
+           f"1 MiB {raw1m if raw1m is None else round(raw1m, 3)} GB/s")
+    if not cuda:
+        label = f"{n} x {shape} bf16, {nbytes / 2**30:.2f} GiB, host memory"
+        print(f"replication, host tree between two brokers on this machine: {label}")
+        print(f"  commit -> seen on the follower: {[round(t * 1e3, 1) for t in times]} ms -> {ours:.3f} GB/s (median)")
+        print(f"  {raw}")
+        if raw_chunk is not None:
+            summary(f"replication of a host tree, two brokers on one machine (baseline: ucx_perftest ucp_am_bw, the "
+                    f"chunk's size, same path); {label}", ours, raw_chunk, "GB/s")
+        return 0
     flat = torch.empty(nbytes // 2, dtype=dtype, device="cuda")
     other = torch.empty_like(flat)
     pinned = torch.empty(nbytes // 2, dtype=dtype, pin_memory=True)
     d2d = nbytes / timed_copy(torch, other, flat) / 1e9
     d2h = nbytes / timed_copy(torch, pinned, flat) / 1e9
     h2d = nbytes / timed_copy(torch, flat, pinned) / 1e9
-    raw_chunk = perftest(CHUNK_BYTES, 20000 if not a.quick else 2000)
-    raw1m = perftest(1 << 20, 2000 if not a.quick else 200)
     label = f"{n} x {shape} bf16, {nbytes / 2**30:.2f} GiB ({torch.cuda.get_device_name(0)})"
     print(f"replication, GPU tree between two brokers on this machine: {label}")
     print(f"  commit -> seen on the follower: {[round(t * 1e3, 1) for t in times]} ms -> {ours:.3f} GB/s (median)")
     print(f"  device-to-device copy {d2d:.1f} GB/s; to pinned host {d2h:.1f} GB/s; from pinned host {h2d:.1f} GB/s")
-    print(f"  ucx_perftest ucp_am_bw, UCX_NET_DEVICES=lo: {CHUNK_BYTES} B {raw_chunk if raw_chunk is None else round(raw_chunk, 3)} GB/s, "
-          f"1 MiB {raw1m if raw1m is None else round(raw1m, 3)} GB/s")
+    print(f"  {raw}")
     summary(f"replication of a GPU tree between two brokers on one machine (baseline: one device-to-device copy); "
             f"{label}", ours, d2d, "GB/s")
     floor = 1 / (1 / d2h + 1 / h2d)
