@@ -177,7 +177,7 @@ def copy_split(rounds):
         sub = client.subscriber("copy")
         params = {k: torch.empty_like(v) for k, v in sd.items()}
         dsts = list(params.values())
-        cols = {"copy_into + synchronize": [], "destinations checked (Destinations.holds)": [], "acquire (re-pin)": [],
+        cols = {"copy_into + synchronize": [], "destinations checked (SameTensors.holds)": [], "acquire (re-pin)": [],
                 "release": [], "plan launch + synchronize": [], "one contiguous copy + synchronize": []}
         flat = torch.empty(n * shape[0] * shape[1], dtype=torch.bfloat16, device="cuda")
         other = torch.empty_like(flat)
@@ -192,7 +192,7 @@ def copy_split(rounds):
             t0 = mono()
             if not next(iter(sub._copy_plans.values()))[3][0].holds(dsts):
                 raise SystemExit("copy_into's plan does not hold for the destinations it was made for")
-            cols["destinations checked (Destinations.holds)"].append(mono() - t0)
+            cols["destinations checked (SameTensors.holds)"].append(mono() - t0)
             t0 = mono()
             sub._take(None, None)
             cols["acquire (re-pin)"].append(mono() - t0)

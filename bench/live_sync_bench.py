@@ -17,6 +17,11 @@ processes); timestamps cross between them only after the fact.
      the consumer's wake-up, its acquire (pin) and the tensors handed out.
      "... synchronize" stops a second clock after a torch.cuda.synchronize()
      in the consumer.
+ (g) live, the producer's whole step: from right before pub.update(sd)
+     (the new weights written into the producer's own tensors, its stream
+     idle) to the consumer's sub.latest() returning them: the copy into the
+     back buffer, the commit once the stream has run it, the wake-up, the
+     acquire. Aim: the in-process foreach copy (e) + 100 us.
  (b) live, copied into the consumer's own parameters: sub.copy_into(params)
      + torch.cuda.synchronize(), the version committed and visible before
      the clock starts: acquire, one batched copy, release. "... the call
@@ -218,6 +223,7 @@ def run_consumer(link, cfg):
         raise SystemExit(f"the subscriber holds version {sub.version}, the producer committed {have}")
     link.send("hello")
     out = consume_live(link, sub, values, have, cfg)
+    out["g"] = consume_updates(link, sub, values, cfg)
     out.update(consume_copies(link, sub, values, params, local, cfg))
     for how in RESHARES:
         out[how] = consume_reshare(link, how, values, params, cfg)
@@ -244,6 +250,23 @@ def consume_live(link, sub, values, have, cfg):
             out["a_woke"].append(tw)
             out["a_has"].append(t1)
             out["a_readable"].append(t2)
+    return out
+
+
+def consume_updates(link, sub, values, cfg):
+    """(g): the consumer's clock readings, when latest() returned a version made by update()."""
+    out = []
+    for k in range(cfg["warmup"] + cfg["iterations"]):
+        have = sub.version
+        link.send("ready_g", have)
+        tensors = sub.latest(timeout=TIMEOUT_S)  # asleep in it: the producer lets 2 ms pass
+        t1 = mono()
+        if sub.version != have + 1:
+            raise SystemExit(f"live, update: got version {sub.version} after {have}, expected {have + 1}")
+        values.check([tensors[key] for key in cfg["keys"]], have + 1, "live, update (sub.latest)")
+        del tensors
+        if k >= cfg["warmup"]:
+            out.append(t1)
     return out
 
 
@@ -318,33 +341,50 @@ def rebuilt(msg):
 
 # ---- the producer (this process) -------------------------------------------------------------
 
+def next_round(link, tag, version, values, sd):
+    """Waits for the consumer's `tag` (it holds `version`), writes the next
+    version's values into `sd` (untimed) and returns when the round may
+    start: 2 ms on, the consumer asleep in its wait by then."""
+    have = link.expect(tag)[1]
+    if have != version:
+        raise SystemExit(f"the consumer holds version {have}, the producer committed {version}")
+    not_before = mono() + SETTLE_NS
+    values.fill(list(sd.values()), version + 1)
+    return not_before
+
+
+def expect_version(got, want):
+    if got != want:
+        raise SystemExit(f"the producer committed version {got}, expected {want}")
+    return got
+
+
 def produce_live(link, pub, sd, values, version, cfg):
-    """(a), then (b): a new version per round, when the consumer is ready."""
+    """(a), then (g), then (b): a new version per round, when the consumer is ready."""
     device, rounds = cfg["device"], cfg["warmup"] + cfg["iterations"]
-    t0s, commit_ns = [], []
+    t0s, commit_ns, t0_g = [], [], []
     for k in range(rounds):
-        have = link.expect("ready_a")[1]
-        if have != version:
-            raise SystemExit(f"the consumer holds version {have}, the producer committed {version}")
-        not_before = mono() + SETTLE_NS
-        values.fill(list(sd.values()), version + 1)
+        not_before = next_round(link, "ready_a", version, values, sd)
         t0, got, call_ns = commit_version(pub, sd, device, not_before)
-        if got != version + 1:
-            raise SystemExit(f"the producer committed version {got}, expected {version + 1}")
-        version = got
+        version = expect_version(got, version + 1)
         if k >= cfg["warmup"]:
             t0s.append(t0)
             commit_ns.append(call_ns)
+    for k in range(rounds):
+        not_before = next_round(link, "ready_g", version, values, sd)
+        sync(device)  # the new weights are in the producer's tensors: update() copies them
+        settle(not_before)
+        t0 = mono()
+        version = expect_version(pub.update(sd), version + 1)
+        if k >= cfg["warmup"]:
+            t0_g.append(t0)
     for _ in range(rounds):
         link.expect("ready_b")
         values.fill(list(sd.values()), version + 1)
-        got = pub.update(sd)
+        version = expect_version(pub.update(sd), version + 1)
         sync(device)  # the copy is done: (b) times the consumer's side alone
-        if got != version + 1:
-            raise SystemExit(f"the producer committed version {got}, expected {version + 1}")
-        version = got
         link.send("committed", version)
-    return t0s, commit_ns
+    return t0s, commit_ns, t0_g
 
 
 def produce_reshare(link, how, values, cfg):
@@ -413,7 +453,7 @@ def run(cfg):
         link = Link(mine, proc)
         link.send("start", version)
         link.expect("hello")
-        t0_a, commit_ns = produce_live(link, pub, sd, values, version, cfg)
+        t0_a, commit_ns, t0_g = produce_live(link, pub, sd, values, version, cfg)
         t0_re = {how: produce_reshare(link, how, values, cfg) for how in RESHARES}
         res = link.expect("results")[1]
         proc.join(TIMEOUT_S)
@@ -430,6 +470,7 @@ def run(cfg):
         "a_woke": us([t1 - t0 for t0, t1 in zip(t0_a, res["a_woke"])]),
         "a_readable": us([t2 - t0 for t0, t2 in zip(t0_a, res["a_readable"])]),
         "commit": us(commit_ns),
+        "g": us([t1 - t0 for t0, t1 in zip(t0_g, res["g"])]),
         "b": us(res["b"]),
         "b_call": us(res["b_call"]),
         "e": us(res["e"]),
@@ -453,6 +494,7 @@ def report(cfg, fig):
     rows = [("a", "(a) live, zero copy: commit -> sub.latest() returned"),
             ("a_woke", "    of which: commit -> sub.wait() returned"),
             ("a_readable", "    ... then torch.cuda.synchronize() in the consumer (CPU: none)"),
+            ("g", "(g) live, pub.update(state dict) -> sub.latest() returned"),
             ("b", "(b) live, sub.copy_into(own params) + synchronize"),
             ("b_call", "    of which: the copy_into() call returned (the copy queued)"),
             ("c", "(c) per-tensor re-share: reduce_tensor x N -> rebuilt, copied, synced"),
@@ -470,6 +512,8 @@ def report(cfg, fig):
           f"{p['a'][0]:.2f}\t-\tus\tmax<100")
     print(f"summary\tweight sync, new version as tensors, p99 (baseline: packed re-share p99); {label}\t"
           f"{p['a'][1]:.2f}\t{p['d'][1]:.2f}\tus\t-")
+    print(f"summary\tweight sync, update() -> subscriber holds the new tensors, p50 (baseline: in-process foreach "
+          f"copy); {label}\t{p['g'][0]:.2f}\t{p['e'][0]:.2f}\tus\tplus<=100")
     print(f"summary\tweight sync, copied into own params, p50 (baseline: in-process foreach copy); {label}\t"
           f"{p['b'][0]:.2f}\t{p['e'][0]:.2f}\tus\tratio<=1.0")
     print(f"summary\tweight sync, copied into own params, p50 (baseline: one contiguous copy of the bytes); "

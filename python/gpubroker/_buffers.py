@@ -65,7 +65,7 @@ class BatchedCopy:
     matching dtype, contiguous. A copy each (torch._foreach_copy_) is
     launch-bound, 1,000 tensors taking about twice the time their bytes
     need. Made once for a set of sources and destinations, and used again
-    while Destinations says they are the same."""
+    while SameTensors says they are the same."""
 
     @staticmethod
     def make(dsts, srcs, device_index):
@@ -104,11 +104,12 @@ class BatchedCopy:
             lib.gpb_copy_plan_destroy(handle)
 
 
-class Destinations:
-    """What must stay the same for a BatchedCopy to be used again: each
-    destination's address, shape, strides and dtype (a freed tensor's
-    memory is handed to the next of its size, so an address alone could
-    name a transposed or retyped one). An engine checks it every step, for
+class SameTensors:
+    """What must stay the same for a BatchedCopy to be used again: the
+    address, shape, strides and dtype of each tensor it copies from or into
+    that is not ours (a freed tensor's memory is handed to the next of its
+    size, so an address alone could name a transposed or retyped one). An
+    engine's copy_into and a trainer's update() check it every step, for
     every parameter, so it is read as cheaply as the torch at hand allows:
     through torch's own C++ checks where it has them (torch 2.2 and later:
     those torch.compile and CUDA graphs check their inputs with; 1,000
@@ -116,22 +117,22 @@ class Destinations:
     Python (there ~450 us)."""
 
     @staticmethod
-    def of(dsts):
+    def of(tensors):
         """None where there is nothing to check (no torch tensors)."""
-        if not dsts or not is_torch(dsts[0]):
+        if not tensors or not is_torch(tensors[0]):
             return None
         if _native_checks() is not None:
             try:
-                return _NativeDestinations(dsts)
+                return _NativeSameTensors(tensors)
             except Exception:  # noqa: BLE001 - torch's private API: any failure means the Python way
                 pass
         try:
-            return _PythonDestinations(dsts)
+            return _PythonSameTensors(tensors)
         except TypeError:  # another kind of array among them: no plan (BatchedCopy.make says None)
             return None
 
 
-class _PythonDestinations:
+class _PythonSameTensors:
     def __init__(self, dsts):
         self._seen = self._read(dsts)
 
@@ -149,7 +150,7 @@ class _PythonDestinations:
             return False
 
 
-class _NativeDestinations:
+class _NativeSameTensors:
     def __init__(self, dsts):
         guards, same_addresses = _native_checks()
         self._guards = guards(*dsts, dynamic_dims_sizes=[list(d.size()) for d in dsts],
@@ -189,6 +190,17 @@ def _native_checks():
         except Exception:  # noqa: BLE001 - an older torch, or one whose private API changed
             pass
     return _native[0]
+
+
+def addresses_of(tensors):
+    """Each torch tensor's data pointer, or None if any is not a torch tensor."""
+    if not tensors or not is_torch(tensors[0]):
+        return None
+    import torch
+    try:
+        return list(map(torch.Tensor.data_ptr, tensors))
+    except TypeError:
+        return None
 
 
 def shapes_of(tensors):

@@ -180,6 +180,18 @@ class LiveCudaTest(unittest.TestCase):
             self.assertTrue(t.is_cuda)
         return wrong
 
+    def count_batched_runs(self):
+        """A list that gets an entry for every BatchedCopy.run, until the test ends."""
+        runs = []
+        batched_run = _buffers.BatchedCopy.run
+
+        def counted(plan, stream):
+            runs.append(plan)
+            batched_run(plan, stream)
+        self.addCleanup(setattr, _buffers.BatchedCopy, "run", batched_run)
+        _buffers.BatchedCopy.run = counted
+        return runs
+
     def start(self, prefix, buffers, count):
         seed = int.from_bytes(os.urandom(8), "little")
         peer = self.broker.peer("live-publish", prefix, str(buffers), str(seed), str(count), "cuda")
@@ -211,15 +223,16 @@ class LiveCudaTest(unittest.TestCase):
                 fresh.close()
                 sub.close()
 
-    def test_copy_into_plans_are_made_again_for_changed_destinations(self):
+    def test_batched_copy_plans_are_made_again_for_changed_tensors(self):
         """On CUDA tensors, both ways; torch's C++ check must be there from
-        torch 2.2 on (it is what keeps copy_into near its copy's time)."""
-        from destinations import check_destinations
-        check_destinations(self, torch, "cuda:0", _buffers._PythonDestinations)
+        torch 2.2 on (it is what keeps copy_into and update() near their
+        copy's time)."""
+        from same_tensors import check_same_tensors
+        check_same_tensors(self, torch, "cuda:0", _buffers._PythonSameTensors)
         if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 2):
-            self.assertIsNotNone(_buffers._native_checks(), f"torch {torch.__version__}: no C++ destination check")
+            self.assertIsNotNone(_buffers._native_checks(), f"torch {torch.__version__}: no C++ check of the tensors")
         if _buffers._native_checks() is not None:
-            check_destinations(self, torch, "cuda:0", _buffers._NativeDestinations)
+            check_same_tensors(self, torch, "cuda:0", _buffers._NativeSameTensors)
 
     def test_copy_into_is_one_launch_where_it_can_be_and_exact_either_way(self):
         """copy_into on the default stream and on the consumer's own: one
@@ -234,14 +247,7 @@ class LiveCudaTest(unittest.TestCase):
         self.assertEqual(peer.stdout.readline(), b"published 1\n")
         sub = self.c.subscriber(prefix, timeout=60)
         params = {k: torch.zeros_like(v) for k, v in base.items()}
-        runs = []
-        batched_run = _buffers.BatchedCopy.run
-
-        def counted(plan, stream):
-            runs.append(plan)
-            batched_run(plan, stream)
-        self.addCleanup(setattr, _buffers.BatchedCopy, "run", batched_run)
-        _buffers.BatchedCopy.run = counted
+        runs = self.count_batched_runs()
         key = "layers.0.weight"  # float32 (33, 17)
         for step in range(2, 26):
             if step % 5 == 0:  # new storage for one destination: the plan is remade
@@ -272,6 +278,56 @@ class LiveCudaTest(unittest.TestCase):
                 wrong = int((t.double() != base[k].double() + step).sum().item())
                 self.assertEqual(wrong, 0, f"step {step}, '{k}' ({t.dtype}, contiguous {t.is_contiguous()})")
         sub.close()
+
+    def test_update_is_one_launch_for_the_same_sources_and_exact_either_way(self):
+        """A trainer's update() from its own tensors, changed in place each
+        step: one kernel launch a version once the same sources came twice
+        (BatchedCopy.run counted), none where a source was replaced that
+        step, has another dtype (converted) or is strided, nor for a state
+        dict made anew at other addresses; a source of another shape is
+        refused, named, and nothing is published. Every element of every
+        version read back by a subscriber in this process."""
+        prefix = "cuda/live/update"
+        base = {k: torch.from_numpy(v).to("cuda:0") for k, v in stamped_base(seed(), "a").items()}
+        state = {k: v + 1 for k, v in base.items()}
+        pub = self.c.publisher(prefix, state, buffers=2)
+        sub = self.c.subscriber(prefix, timeout=60)
+        runs = self.count_batched_runs()
+        key = "layers.0.weight"  # float32 (33, 17)
+        # step: (what replaces state[key] first, or None; launches expected)
+        steps = {8: ("float64", 0), 9: (None, 0), 10: ("float32", 0), 11: (None, 1), 13: ("strided", 0),
+                 14: (None, 0), 15: ("float32", 0), 17: ("all anew", 0)}
+        kept = []
+        for step in range(2, 20):
+            change, launches = steps.get(step, (None, 1))
+            if change == "float64":
+                state[key] = torch.zeros(base[key].shape, dtype=torch.float64, device="cuda:0")
+            elif change == "float32":
+                state[key] = torch.zeros_like(base[key])
+            elif change == "strided":
+                state[key] = torch.zeros(tuple(reversed(base[key].shape)), device="cuda:0").t()
+            elif change == "all anew":
+                kept.append(state)  # alive: the new tensors cannot have the old addresses
+                state = {k: torch.empty_like(t) for k, t in state.items()}
+            for k, t in state.items():
+                t.copy_(base[k] + step)
+            before = len(runs)
+            self.assertEqual(pub.update(state), step)
+            self.assertEqual(len(runs) - before, launches, f"step {step}: batched or not")
+            tensors = sub.latest(timeout=60)
+            self.assertEqual(sub.version, step)
+            for k, t in tensors.items():
+                wrong = int((t.double() != base[k].double() + step).sum().item())
+                self.assertEqual(wrong, 0, f"step {step}, '{k}'")
+        other = dict(state)
+        other[key] = state[key].view(tuple(reversed(base[key].shape)))
+        with self.assertRaisesRegex(gpubroker.InvalidArgument,
+                                    r"'layers\.0\.weight': shape \(17, 33\) where \(33, 17\) is published"):
+            pub.update(other)
+        self.assertEqual(pub.version, 19)
+        self.assertEqual(pub.update(state), 20)
+        sub.close()
+        pub.close(destroy=True)
 
     def test_replace_on_the_gpu_is_followed(self):
         prefix = "cuda/live/replace"

@@ -306,14 +306,14 @@ class HostTest(unittest.TestCase):
         pub.close(destroy=True)
 
     @unittest.skipIf(torch is None, "needs PyTorch")
-    def test_copy_into_plans_are_made_again_for_changed_destinations(self):
-        """The check copy_into makes before it uses a batched copy's plan
-        again (CUDA trees; the check itself is the same on CPU tensors):
-        Python's always, torch's C++ one where this torch has it."""
-        from destinations import check_destinations
-        check_destinations(self, torch, "cpu", _buffers._PythonDestinations)
+    def test_batched_copy_plans_are_made_again_for_changed_tensors(self):
+        """The check copy_into and update() make before they use a batched
+        copy's plan again (CUDA trees; the check itself is the same on CPU
+        tensors): Python's always, torch's C++ one where this torch has it."""
+        from same_tensors import check_same_tensors
+        check_same_tensors(self, torch, "cpu", _buffers._PythonSameTensors)
         if _buffers._native_checks() is not None:
-            check_destinations(self, torch, "cpu", _buffers._NativeDestinations)
+            check_same_tensors(self, torch, "cpu", _buffers._NativeSameTensors)
 
     @unittest.skipIf(torch is None, "needs PyTorch")
     def test_engine_recipes(self):

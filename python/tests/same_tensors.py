@@ -1,7 +1,8 @@
-"""The changes to a copy_into destination that must make its plan be made
-again (gpubroker._buffers.Destinations), for test_host.py (CPU tensors) and
-test_gpu.py (CUDA tensors): each a list of destinations that differs from
-the first list in one tensor."""
+"""The changes to the tensors a batched copy reads or writes (copy_into's
+destinations, update()'s sources) that must make its plan be made again
+(gpubroker._buffers.SameTensors), for test_host.py (CPU tensors) and
+test_gpu.py (CUDA tensors): each a list that differs from the first list in
+one tensor."""
 
 
 def changed_lists(torch, device):
@@ -24,8 +25,8 @@ def changed_lists(torch, device):
     return base, out
 
 
-def check_destinations(test, torch, device, kind):
-    """`kind` (a Destinations class) made for a list holds for that list and
+def check_same_tensors(test, torch, device, kind):
+    """`kind` (a SameTensors class) made for a list holds for that list and
     no changed one."""
     base, changed = changed_lists(torch, device)
     d = kind(base)
