@@ -128,7 +128,7 @@ class SameTensors:
                 pass
         try:
             return _PythonSameTensors(tensors)
-        except TypeError:  # another kind of array among them: no plan (BatchedCopy.make says None)
+        except (TypeError, RuntimeError):  # another kind of array, or a tensor with no storage: no plan
             return None
 
 
@@ -140,13 +140,15 @@ class _PythonSameTensors:
     def _read(dsts):
         import torch
         t = torch.Tensor
+        # The conjugate and negative bits too: such a view has the address,
+        # shape, strides and dtype of the tensor under it.
         return (list(map(t.data_ptr, dsts)), list(map(t.size, dsts)), list(map(t.stride, dsts)),
-                [d.dtype for d in dsts])
+                [(d.dtype, d.is_conj(), d.is_neg()) for d in dsts])
 
     def holds(self, dsts):
         try:
             return self._read(dsts) == self._seen
-        except TypeError:
+        except (TypeError, RuntimeError):
             return False
 
 
@@ -180,10 +182,14 @@ def _native_checks():
             import torch
             from torch._C._dynamo.guards import TensorGuards
             same_addresses = torch._C._tensors_data_ptrs_at_indices_equal
-            a = torch.zeros((2, 3))
+            a, sq, c = torch.zeros((2, 3)), torch.zeros((3, 3)), torch.zeros((2,), dtype=torch.complex64)
             guards = TensorGuards(a, dynamic_dims_sizes=[[2, 3]], dynamic_dims_strides=[[3, 1]])
+            on_sq = TensorGuards(sq, dynamic_dims_sizes=[[3, 3]], dynamic_dims_strides=[[3, 1]])
+            on_c = TensorGuards(c, dynamic_dims_sizes=[[2]], dynamic_dims_strides=[[1]])
             told = [guards.check(a), not guards.check(a.view(3, 2)), not guards.check(a.t()),
                     not guards.check(a.view(torch.int32)), not guards.check(a.view(1, 2, 3)),
+                    not guards.check(a[:1].expand(2, 3)), on_sq.check(sq), not on_sq.check(sq.t()),
+                    on_c.check(c), not on_c.check(c.conj()),
                     same_addresses([a], [a.data_ptr()], [0]), not same_addresses([a[1:]], [a.data_ptr()], [0])]
             if all(told):
                 _native[0] = (TensorGuards, same_addresses)
@@ -199,7 +205,7 @@ def addresses_of(tensors):
     import torch
     try:
         return list(map(torch.Tensor.data_ptr, tensors))
-    except TypeError:
+    except (TypeError, RuntimeError):
         return None
 
 

@@ -191,11 +191,16 @@ class Publisher:
         (a trainer's parameters, or tensors made again at the same
         addresses); else a copy per tensor, converting."""
         srcs = self._ordered(state_dict)
+        # Checked before begin(): a refused update takes no buffer (with one
+        # buffer, a write begun and given up leaves no whole version).
+        same = self._seen is not None and self._seen.holds(srcs)
+        if not same:
+            _buffers.check_shapes(self._keys, srcs, self._shapes)
         s, raw = self._stream(stream, srcs)
         buffer = self._begin(wait)
         try:
             dsts = self._buffer_arrays(buffer)
-            batched = self._copy_in(buffer, dsts, srcs)
+            batched = self._copy_in(buffer, dsts, srcs, same)
             if batched is not None:
                 batched.run(raw)
             else:
@@ -206,19 +211,18 @@ class Publisher:
             raise
         return self.commit(raw)
 
-    def _copy_in(self, buffer, dsts, srcs):
-        """The BatchedCopy of `srcs` into `buffer`, or None: a copy each.
-        Plans are made per buffer for sources seen twice running (by their
-        addresses, ~0.1 ms for 1,000 tensors), then used while SameTensors
-        says they are the same: sources made anew each call at other
-        addresses cost neither a plan nor its check. Checks the shapes
-        wherever the sources may have changed."""
-        if self._seen is not None and self._seen.holds(srcs):
+    def _copy_in(self, buffer, dsts, srcs, same):
+        """The BatchedCopy of `srcs` (their shapes checked) into `buffer`, or
+        None: a copy each. `same`: SameTensors said the sources are those
+        of the plans kept. Plans are made per buffer for sources seen twice
+        running (by their addresses, ~0.1 ms for 1,000 tensors), then used
+        while SameTensors says they are the same: sources made anew each
+        call at other addresses cost neither a plan nor its check."""
+        if same:
             batched = self._copy_plans.get(buffer, False)
             if batched is False:
                 batched = self._copy_plans[buffer] = _buffers.BatchedCopy.make(dsts, srcs, self._device_index)
             return batched
-        _buffers.check_shapes(self._keys, srcs, self._shapes)
         self._copy_plans.clear()
         self._seen = None
         if self._cuda:
@@ -258,6 +262,7 @@ class Publisher:
         if writer:
             lib.gpb_writer_close(writer)  # aborts a write not committed
         self._arrays, self._views = {}, {}
+        self._copy_plans, self._seen, self._addresses = {}, None, None  # the plans' device tables go now
 
     def close(self, destroy: bool = False) -> None:
         """Stops writing; destroy=True also removes the tree."""

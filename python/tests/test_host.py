@@ -298,6 +298,29 @@ class HostTest(unittest.TestCase):
             text = "".join(traceback.format_exception_only(type(e), e))
         self.assertTrue(text.startswith("gpubroker.NotFound: not_found: "), text)
 
+    def test_an_update_of_the_wrong_shape_takes_no_buffer(self):
+        """Refused before any buffer is begun: on a one-buffer tree the last
+        version stays whole and readable (a write begun and given up would
+        leave none), and the next update is the next version."""
+        base = stamped_base(fresh_seed(), "a")
+        pub = self.c.publisher("py/live/shape", stamp(base, 1), buffers=1)
+        sub = self.c.subscriber("py/live/shape")
+        wrong = dict(stamp(base, 2))
+        wrong["layers.0.weight"] = wrong["layers.0.weight"].T.copy()
+        with self.assertRaisesRegex(gpubroker.InvalidArgument,
+                                    r"'layers\.0\.weight': shape \(17, 33\) where \(33, 17\) is published"):
+            pub.update(wrong)
+        got = sub.latest(timeout=5)
+        self.assertEqual(sub.version, 1)
+        self.assertTrue(sub.unchanged())
+        for k, v in stamp(base, 1).items():
+            numpy.testing.assert_array_equal(got[k], v, k)
+        del got
+        sub.release()
+        self.assertEqual(pub.update(stamp(base, 2)), 2)
+        sub.close()
+        pub.close(destroy=True)
+
     def test_a_second_publisher_is_pointed_at_replace(self):
         base = stamped_base(fresh_seed(), "a")
         pub = self.c.publisher("py/live/twice", stamp(base, 1))

@@ -80,13 +80,24 @@ class Net:
                 run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                     "burst", "512kb", "latency", "50ms")
 
+    def lose_inbound(self, i, lose):
+        """Drops every packet the bridge sends node i (what reaches it, not
+        what it sends: a link that lost one direction), or stops. A token
+        bucket of 8 bits a second, one byte deep: this kernel has no netem."""
+        dev = f"{self.p}b{i}"
+        if lose:
+            run("ip", "netns", "exec", self.names[0], "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
+                "8bit", "burst", "1600", "limit", "1")
+        else:
+            run("ip", "netns", "exec", self.names[0], "tc", "qdisc", "del", "dev", dev, "root")
+
     def close(self):
         for ns in self.names:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 class Node:
-    def __init__(self, net, i, root, key, exports=(), follow=(), fanout=0):
+    def __init__(self, net, i, root, key, exports=(), follow=(), fanout=0, stall_ms=STALL_MS):
         self.net, self.i = net, i
         self.dir = os.path.join(root, f"node{i}")
         os.makedirs(self.dir, exist_ok=True)
@@ -102,7 +113,7 @@ peers:
   listen: '{Net.ip(i)}:7400'
   key_file: {key}
   interface: eth0
-  stall_timeout_ms: {STALL_MS}
+  stall_timeout_ms: {stall_ms}
   fanout: {fanout}
   export: [{", ".join(exports)}]
   follow: [{follows}]
