@@ -17,9 +17,10 @@ beside it, measured in the same run on the same machine:
   - raw UCX over the same path: ucx_perftest ucp_am_bw between two
     processes with the brokers' UCX settings (UCX_TLS=tcp,
     UCX_NET_DEVICES=lo), at the replication's chunk (64 KiB less 512 B) and
-    at 1 MiB; the better of the two is the baseline. UCX_TLS=tcp is set for the brokers too: without it, two
-    processes of one machine may be given UCX's shared-memory transports,
-    which no two nodes have (the raw figure was 3-4x the TCP one so).
+    at 1 MiB; the better of the two is the baseline. UCX_TLS=tcp is set
+    for the brokers too: without it, two processes of one machine may be
+    given UCX's shared-memory transports, which no two nodes have (the raw
+    figure was 3-4x the TCP one so).
 
 --memory host runs the same with the tree in host memory on both brokers
 (no staging; its bytes go from the source's mapping and land in the
