@@ -35,8 +35,13 @@ CASES = {
     "cuda-1-default": ("cuda", 1, (64,), False, False),
     "cuda-1-own": ("cuda", 1, (64,), True, False),
     "host-1000": ("cpu", 1000, (64,), False, False),
+    # The producer publishes by update() from its own tensors, as
+    # bench/live_sync_bench's (g): each of update()'s steps stamped.
+    "cuda-1000-update": ("cuda", 1000, (640, 1024), False, True),
+    "host-1000-update": ("cpu", 1000, (64,), False, False),
 }
 PRODUCER_STEPS = ["stream", "commit call"]
+UPDATE_STEPS = ["sources listed", "sources checked", "stream", "begin", "copy launched", "commit call"]
 CONSUMER_STEPS = ["wait returned", "stream", "acquire call", "arrays", "dict"]
 
 
@@ -112,10 +117,19 @@ def run_case(case, rounds):
         proc.start()
         mine.send(pub.version)
         produced = []
+        update = case.endswith("-update")
         for _ in range(rounds):
             if not mine.poll(60):
                 raise SystemExit(f"{case}: the consumer did not say ready")
             mine.recv()
+            if update:
+                for x in sd.values():
+                    x.add_(1)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                settle(mono() + SETTLE_NS)
+                produced.append(stamped_update(pub, sd))
+                continue
             back = pub.begin()
             if busy:  # the version written, as a trainer's step does
                 for x in sd.values():
@@ -144,17 +158,44 @@ def run_case(case, rounds):
         broker.stop()
     # Every step as microseconds after t0 (right before commit()), medians.
     cols = {"broker's commit stamp": []}
-    for name in PRODUCER_STEPS:
+    for name in (UPDATE_STEPS if case.endswith("-update") else PRODUCER_STEPS):
         cols["producer: " + name] = []
     for name in CONSUMER_STEPS:
         cols["consumer: " + name] = []
     for (t0, real0, pt), (ct, committed_real) in zip(produced, rows):
         cols["broker's commit stamp"].append((committed_real - real0) / 1e3)
-        for name, x in zip(PRODUCER_STEPS, pt):
+        for name, x in zip(UPDATE_STEPS if case.endswith("-update") else PRODUCER_STEPS, pt):
             cols["producer: " + name].append((x - t0) / 1e3)
         for name, x in zip(CONSUMER_STEPS, ct):
             cols["consumer: " + name].append((x - t0) / 1e3)
     return {k: sorted(v)[len(v) // 2] for k, v in cols.items()}
+
+
+def stamped_update(pub, sd):
+    """Publisher.update(sd) step by step (python/gpubroker/_live.py), on
+    the current stream: (t0, the wall clock at t0, each step's end)."""
+    from gpubroker import _buffers
+    real0, t0 = time.time_ns(), mono()
+    srcs = pub._ordered(sd)
+    t = [mono()]
+    same = pub._seen is not None and pub._seen.holds(srcs)
+    if not same:
+        _buffers.check_shapes(pub._keys, srcs, pub._shapes)
+    t.append(mono())
+    _, raw = pub._stream(None, srcs)
+    t.append(mono())
+    buffer = pub._begin(None)
+    t.append(mono())
+    dsts = pub._buffer_arrays(buffer)
+    batched = pub._copy_in(buffer, dsts, srcs, same)
+    if batched is None:
+        _buffers.copy_all(dsts, srcs)
+    else:
+        batched.run(raw)
+    t.append(mono())
+    pub.commit(raw)
+    t.append(mono())
+    return t0, real0, t
 
 
 def copy_split(rounds):
@@ -228,11 +269,12 @@ def main():
         torch.empty(1, device="cuda")
     results = {c: run_case(c, a.rounds) for c in cases}
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    print(f"live_probe: {a.rounds} rounds per case ({name}); median us after the producer's commit() starts")
-    rows = list(next(iter(results.values())).keys())
+    print(f"live_probe: {a.rounds} rounds per case ({name}); median us after the producer's commit() starts (-update: its update())")
+    rows = (["broker's commit stamp"] + ["producer: " + n for n in dict.fromkeys(UPDATE_STEPS + PRODUCER_STEPS)]
+            + ["consumer: " + n for n in CONSUMER_STEPS])
     print(f"  {'step':34}" + "".join(f"{c:>19}" for c in cases))
     for r in rows:
-        print(f"  {r:34}" + "".join(f"{results[c][r]:19.1f}" for c in cases))
+        print(f"  {r:34}" + "".join(f"{results[c][r]:19.1f}" if r in results[c] else f"{'-':>19}" for c in cases))
     if torch.cuda.is_available():
         copy_split(min(a.rounds, 50))
 

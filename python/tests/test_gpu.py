@@ -285,8 +285,12 @@ class LiveCudaTest(unittest.TestCase):
         (BatchedCopy.run counted), none where a source was replaced that
         step, has another dtype (converted) or is strided, nor for a state
         dict made anew at other addresses; a source of another shape is
-        refused, named, and nothing is published. Every element of every
-        version read back by a subscriber in this process."""
+        refused, named, and nothing is published. Sources replaced stay
+        alive and are set to -1 every step: a plan still reading one would
+        publish it. Some steps copy on a stream of their own, with the
+        sources written on the current stream behind a long kernel: the copy
+        must wait for them. Every element of every version read back by a
+        subscriber in this process."""
         prefix = "cuda/live/update"
         base = {k: torch.from_numpy(v).to("cuda:0") for k, v in stamped_base(seed(), "a").items()}
         state = {k: v + 1 for k, v in base.items()}
@@ -297,28 +301,36 @@ class LiveCudaTest(unittest.TestCase):
         # step: (what replaces state[key] first, or None; launches expected)
         steps = {8: ("float64", 0), 9: (None, 0), 10: ("float32", 0), 11: (None, 1), 13: ("strided", 0),
                  14: (None, 0), 15: ("float32", 0), 17: ("all anew", 0)}
-        kept = []
+        on_side_stream = {5, 6, 9, 12, 16}  # batched (5, 6, 12, 16) and not (9)
+        stale = []  # the sources replaced, kept alive: their memory holds -1, never a stamped value
         for step in range(2, 20):
             change, launches = steps.get(step, (None, 1))
+            if change == "all anew":
+                stale.extend(state.values())
+                state = {k: torch.empty_like(t) for k, t in state.items()}
+            elif change is not None:
+                stale.append(state[key])
             if change == "float64":
                 state[key] = torch.zeros(base[key].shape, dtype=torch.float64, device="cuda:0")
             elif change == "float32":
                 state[key] = torch.zeros_like(base[key])
             elif change == "strided":
                 state[key] = torch.zeros(tuple(reversed(base[key].shape)), device="cuda:0").t()
-            elif change == "all anew":
-                kept.append(state)  # alive: the new tensors cannot have the old addresses
-                state = {k: torch.empty_like(t) for k, t in state.items()}
+            for t in stale:
+                t.fill_(-1)
+            side = step in on_side_stream
+            if side:
+                torch.cuda._sleep(20_000_000)  # ~10 ms on the current stream before the sources are written
             for k, t in state.items():
                 t.copy_(base[k] + step)
             before = len(runs)
-            self.assertEqual(pub.update(state), step)
+            self.assertEqual(pub.update(state, stream=self.stream if side else None), step)
             self.assertEqual(len(runs) - before, launches, f"step {step}: batched or not")
             tensors = sub.latest(timeout=60)
             self.assertEqual(sub.version, step)
             for k, t in tensors.items():
                 wrong = int((t.double() != base[k].double() + step).sum().item())
-                self.assertEqual(wrong, 0, f"step {step}, '{k}'")
+                self.assertEqual(wrong, 0, f"step {step}, '{k}'{' (a stream of its own)' if side else ''}")
         other = dict(state)
         other[key] = state[key].view(tuple(reversed(base[key].shape)))
         with self.assertRaisesRegex(gpubroker.InvalidArgument,
