@@ -3,7 +3,8 @@
 // restart carried over, and the live record readers see in the registry.
 // Every transition is a method; each says which waiters the registry must
 // wake; CheckInvariants() says whether the pieces still agree (debug builds
-// check after every transition, and so does the handler fuzzer).
+// and GPUBROKER_CHECK_VERSIONS builds, the sanitized ones CI runs, check after
+// every transition and end the broker if one broke; so does the handler fuzzer).
 #pragma once
 
 #include <sys/types.h>
@@ -81,7 +82,7 @@ class Versions {
 
  private:
   void EndWrite(Wake& wake);
-  void Checked() const;
+  void Checked() const;  // CheckInvariants() after a transition, where built in (above)
 
   LiveState s_{};
   uint64_t writer_ = 0;
