@@ -223,6 +223,58 @@ class LiveCudaTest(unittest.TestCase):
                 fresh.close()
                 sub.close()
 
+    def test_stamped_versions_on_the_default_stream(self):
+        """latest() and copy_into() with no stream given, PyTorch's default
+        stream, as most engines run: each version read on that stream stays
+        pinned until the stream has read it, so every one is whole."""
+        prefix, count = "cuda/live/default-stream", 200
+        peer, base = self.start(prefix, 2, count)
+        sub = self.c.subscriber(prefix, timeout=60)
+        seen = 0
+        while seen < count:
+            tensors = sub.latest(timeout=60)
+            self.assertGreaterEqual(sub.version, seen, "versions only grow")
+            seen = sub.version
+            wrong = sum(int((t != base[k] + seen).sum().item()) for k, t in tensors.items())
+            self.assertEqual(wrong, 0, f"version {seen}")
+        self.assertEqual(peer.stdout.readline(), f"published {count}\n".encode())
+        params = {k: torch.zeros_like(v) for k, v in base.items()}
+        fresh = self.c.subscriber(prefix)
+        self.assertEqual(fresh.copy_into(params, timeout=60), count)
+        self.assertEqual(sum(int((t != base[k] + count).sum().item()) for k, t in params.items()), 0)
+        fresh.close()
+        sub.close()
+
+    def test_a_closed_subscriber_keeps_its_version_until_its_stream_has_read_it(self):
+        """close() (and a subscriber dropped) with a read still queued on its
+        stream behind a long kernel: the version's buffer stays pinned, so
+        the publisher cannot begin a write into it, until the stream is done."""
+        for how in ("close", "del"):
+            with self.subTest(how=how):
+                prefix = f"cuda/live/close-{how}"
+                pub = self.c.publisher(prefix, {"w": torch.zeros(1 << 16, device="cuda:0")}, buffers=2)
+                self.assertEqual(pub.update({"w": torch.full((1 << 16,), 2.0, device="cuda:0")}), 2)
+                sub = self.c.subscriber(prefix, timeout=60)
+                with torch.cuda.stream(self.stream):
+                    tensors = sub.latest(timeout=60, stream=self.stream)  # version 2, pinned
+                    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time before the read
+                    total = tensors["w"].sum()
+                if how == "close":
+                    sub.close()
+                else:
+                    del sub
+                    gc.collect()
+                # Version 3 goes into the other buffer; a write after it
+                # needs version 2's, which the queued read still holds.
+                self.assertEqual(pub.update({"w": torch.full((1 << 16,), 3.0, device="cuda:0")}), 3)
+                with self.assertRaises(gpubroker.Busy):
+                    pub.begin(wait=0)
+                self.stream.synchronize()
+                self.assertEqual(total.item(), 2.0 * (1 << 16))  # the read saw version 2, whole
+                pub.begin(wait=60)  # the pin goes once the stream is done
+                pub.abort()
+                pub.close(destroy=True)
+
     def test_batched_copy_plans_are_made_again_for_changed_tensors(self):
         """On CUDA tensors, both ways; torch's C++ check must be there from
         torch 2.2 on (it is what keeps copy_into and update() near their
