@@ -1,10 +1,13 @@
 #include "client/src/live_cuda.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <system_error>
+#include <utility>
 #include <thread>
 
 #include "common/cuda_driver.h"
@@ -12,8 +15,13 @@
 namespace gpubroker {
 namespace {
 
-// One thread per process waits for writers' and readers' streams, in order,
-// and runs what was to happen after each.
+// Waits for writers' and readers' streams and runs what was to happen after
+// each: one thread per stream with something pending (by device and stream
+// handle), so what waits for one stream never waits behind another, slower
+// one (a reader's release behind a long kernel holds up no commit). Items of
+// one stream finish in the order they were queued, as its work does. A
+// thread that has had nothing to wait for for kIdle ends; the next item on
+// its stream starts another.
 class StreamWatcher {
  public:
   static StreamWatcher& Get() {
@@ -26,50 +34,65 @@ class StreamWatcher {
   // (a cuda_vmm client maps without keeping a context) would otherwise drop
   // the last one on return, and the context, with the event recorded in it,
   // would go before the watcher's thread retained it.
-  Status Add(const CudaDriver& driver, int ordinal, CUevent event, std::function<void(Status)> done) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = contexts_.find(ordinal);
-      if (it == contexts_.end()) {
-        CUdevice device = 0;
-        CUcontext ctx = nullptr;
-        GPB_RETURN_IF_ERROR(driver.Check(driver.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
-        GPB_RETURN_IF_ERROR(
-            driver.Check(driver.cuDevicePrimaryCtxRetain(&ctx, device), "cuDevicePrimaryCtxRetain"));
-        it = contexts_.emplace(ordinal, ctx).first;  // kept: the watcher lives as long as the process
-      }
-      queue_.push_back(Item{&driver, it->second, event, std::move(done)});
-      if (!started_) {
-        std::thread([this] { Run(); }).detach();
-        started_ = true;
-      }
+  Status Add(const CudaDriver& driver, int ordinal, void* stream, CUevent event, std::function<void(Status)> done) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = contexts_.find(ordinal);
+    if (it == contexts_.end()) {
+      CUdevice device = 0;
+      CUcontext ctx = nullptr;
+      GPB_RETURN_IF_ERROR(driver.Check(driver.cuDeviceGet(&device, ordinal), "cuDeviceGet"));
+      GPB_RETURN_IF_ERROR(driver.Check(driver.cuDevicePrimaryCtxRetain(&ctx, device), "cuDevicePrimaryCtxRetain"));
+      it = contexts_.emplace(ordinal, ctx).first;  // kept: the watcher lives as long as the process
     }
-    cv_.notify_one();
+    const Key key{ordinal, stream};
+    std::shared_ptr<Lane>& lane = lanes_[key];
+    if (!lane) {
+      auto fresh = std::make_shared<Lane>();
+      try {
+        std::thread([this, key, fresh] { Run(key, fresh); }).detach();
+      } catch (const std::system_error& e) {
+        lanes_.erase(key);
+        return ResourceExhausted(std::string("no thread to wait for the stream: ") + e.what());
+      }
+      lane = std::move(fresh);
+    }
+    lane->queue.push_back(Item{&driver, it->second, event, std::move(done)});
+    lane->cv.notify_one();
     return Status::Ok();
   }
 
  private:
+  static constexpr std::chrono::seconds kIdle{10};
+  using Key = std::pair<int, void*>;  // device ordinal, stream handle (0: that device's legacy stream)
   struct Item {
     const CudaDriver* driver;
     CUcontext context;  // the device's primary context, retained by Add
     CUevent event;
     std::function<void(Status)> done;
   };
+  struct Lane {
+    std::condition_variable cv;  // with mu_
+    std::deque<Item> queue;      // under mu_
+  };
 
-  void Run() {
+  void Run(Key key, std::shared_ptr<Lane> lane) {
+    CUcontext current = nullptr;
     while (true) {
       Item item;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty(); });
-        item = std::move(queue_.front());
-        queue_.pop_front();
+        if (!lane->cv.wait_for(lock, kIdle, [&lane] { return !lane->queue.empty(); })) {
+          lanes_.erase(key);  // under the lock, empty: no item is lost
+          return;
+        }
+        item = std::move(lane->queue.front());
+        lane->queue.pop_front();
       }
       const CudaDriver& d = *item.driver;
       Status s = Status::Ok();
-      if (current_ != item.context) {
+      if (current != item.context) {
         s = d.Check(d.cuCtxSetCurrent(item.context), "cuCtxSetCurrent");
-        if (s.ok()) current_ = item.context;
+        if (s.ok()) current = item.context;
       }
       if (s.ok()) s = d.Check(d.cuEventSynchronize(item.event), "cuEventSynchronize");
       d.cuEventDestroy(item.event);
@@ -78,12 +101,8 @@ class StreamWatcher {
   }
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Item> queue_;
-  bool started_ = false;
-  std::map<int, CUcontext> contexts_;  // by ordinal, under mu_
-  // Touched by the watcher thread alone.
-  CUcontext current_ = nullptr;
+  std::map<int, CUcontext> contexts_;             // by ordinal, under mu_
+  std::map<Key, std::shared_ptr<Lane>> lanes_;  // a thread's each, under mu_
 };
 
 }  // namespace
@@ -110,7 +129,7 @@ Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> don
     driver->cuEventDestroy(e);
     return s;
   }
-  if (Status s = StreamWatcher::Get().Add(*driver, ordinal, e, std::move(done)); !s.ok()) {
+  if (Status s = StreamWatcher::Get().Add(*driver, ordinal, stream, e, std::move(done)); !s.ok()) {
     driver->cuEventDestroy(e);
     return s;
   }

@@ -18,9 +18,10 @@ namespace gpubroker {
 // legacy stream of an H100, bench/stream_probe); an error if that work failed.
 Result<bool> StreamIdle(int ordinal, void* stream);
 
-// Runs `done` on a background thread (one per process, in order) once the
-// work queued on `stream` of device `ordinal` so far has finished; `done`
-// gets the wait's outcome. Returns at once.
+// Runs `done` on a background thread once the work queued on `stream` of
+// device `ordinal` so far has finished; `done` gets the wait's outcome.
+// Returns at once. One thread per stream with something pending: `done`s of
+// one stream run in the order queued, and none waits for another stream.
 Status WhenStreamDone(int ordinal, void* stream, std::function<void(Status)> done);
 
 }  // namespace gpubroker

@@ -248,7 +248,10 @@ class LiveCudaTest(unittest.TestCase):
     def test_a_closed_subscriber_keeps_its_version_until_its_stream_has_read_it(self):
         """close() (and a subscriber dropped) with a read still queued on its
         stream behind a long kernel: the version's buffer stays pinned, so
-        the publisher cannot begin a write into it, until the stream is done."""
+        the publisher cannot begin a write into it, until the stream is done;
+        and the publisher's commit on another stream, in the same process,
+        does not wait behind that release (the library waits for each stream
+        on a thread of its own)."""
         for how in ("close", "del"):
             with self.subTest(how=how):
                 prefix = f"cuda/live/close-{how}"
