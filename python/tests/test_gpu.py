@@ -252,11 +252,13 @@ class LiveCudaTest(unittest.TestCase):
         and the publisher's commit on another stream, in the same process,
         does not wait behind that release (the library waits for each stream
         on a thread of its own)."""
+        mine = torch.cuda.Stream()  # the publisher's: no legacy default stream, which waits for other streams
         for how in ("close", "del"):
-            with self.subTest(how=how):
+            with self.subTest(how=how), torch.cuda.stream(mine):
                 prefix = f"cuda/live/close-{how}"
                 pub = self.c.publisher(prefix, {"w": torch.zeros(1 << 16, device="cuda:0")}, buffers=2)
                 self.assertEqual(pub.update({"w": torch.full((1 << 16,), 2.0, device="cuda:0")}), 2)
+                mine.synchronize()
                 sub = self.c.subscriber(prefix, timeout=60)
                 with torch.cuda.stream(self.stream):
                     tensors = sub.latest(timeout=60, stream=self.stream)  # version 2, pinned
@@ -270,6 +272,8 @@ class LiveCudaTest(unittest.TestCase):
                 # Version 3 goes into the other buffer; a write after it
                 # needs version 2's, which the queued read still holds.
                 self.assertEqual(pub.update({"w": torch.full((1 << 16,), 3.0, device="cuda:0")}), 3)
+                mine.synchronize()
+                self.assertFalse(self.stream.query(), "the subscriber's stream ended too soon for the test")
                 with self.assertRaises(gpubroker.Busy):
                     pub.begin(wait=0)
                 self.stream.synchronize()
