@@ -262,7 +262,8 @@ class LiveCudaTest(unittest.TestCase):
                 sub = self.c.subscriber(prefix, timeout=60)
                 with torch.cuda.stream(self.stream):
                     tensors = sub.latest(timeout=60, stream=self.stream)  # version 2, pinned
-                    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time before the read
+                    for _ in range(5):
+                        torch.cuda._sleep(2_000_000_000)  # GPU time before the read (the premise is checked below)
                     total = tensors["w"].sum()
                 if how == "close":
                     sub.close()
