@@ -3,9 +3,11 @@
 // pause (a yield, then sleeps doubling up to 1 ms). It gives up when the
 // sequence word it watches has not moved for kStuck (a writer that died
 // mid-write, or a scribbled segment: no wait makes that whole) or after
-// kLimit in all; while the word keeps moving (churn of creates and destroys,
-// a broker thread preempted and resumed) it goes on, up to kLimit. The clock
-// is read only once spinning is over, so the common read costs nothing.
+// kLimit in all; while the word keeps moving (churn of creates and destroys)
+// it goes on, up to kLimit. kStuck outlasts a broker thread stopped in the
+// middle of a write by the scheduler: a container's CPU quota throttles it
+// for up to a period (100 ms by default). The clock is read only once
+// spinning is over, so the common read costs nothing.
 #pragma once
 
 #include <algorithm>
@@ -18,7 +20,7 @@ namespace gpubroker {
 class Backoff {
  public:
   static constexpr int kSpins = 64;
-  static constexpr std::chrono::milliseconds kStuck{20};
+  static constexpr std::chrono::milliseconds kStuck{500};
   static constexpr std::chrono::milliseconds kLimit{2000};
 
   // True while another try is due; `seq`: the sequence word as last read.

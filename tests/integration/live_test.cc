@@ -158,6 +158,51 @@ TEST_F(LiveTest, AProducerKilledMidWriteLeavesTheLastVersionWholeAndItsBufferRec
   EXPECT_EQ(again->Wait(), 0);
 }
 
+// One buffer: the write is in place, so a writer killed halfway leaves no
+// whole version at all. A reader that held the last one learns that what it
+// read may be torn; an acquire finds nothing to take (not version 5 with half
+// of the next one in it) until the next commit; nothing stays pinned.
+TEST_F(LiveTest, AOneBufferProducerKilledMidWriteLeavesNoVersionCalledWhole) {
+  CreateStateDict("weights", 1);
+  auto first = Peer({"produce", "weights", S(kTensors), "5", S(seed_)});
+  ASSERT_EQ(first->channel().ReceiveLine(), "done 5");
+  ASSERT_EQ(first->Wait(), 0);
+  auto reader = client_->OpenReader("weights");
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto held = reader->Acquire();
+  ASSERT_TRUE(held.ok()) << held.status().ToString();
+  EXPECT_EQ(held->version, 5u);
+  auto unchanged = reader->Unchanged();
+  ASSERT_TRUE(unchanged.ok());
+  EXPECT_TRUE(*unchanged);
+  auto stalled = Peer({"stall-writer", "weights", S(kTensors), S(seed_)});
+  std::string begun = stalled->channel().ReceiveLine();
+  ASSERT_EQ(begun.rfind("begun ", 0), 0u) << begun;
+  stalled->Kill(SIGKILL);
+  stalled->Wait();
+  ASSERT_TRUE(WaitFor([&] { return LiveOf("weights").writing == -1; }));
+  unchanged = reader->Unchanged();
+  ASSERT_TRUE(unchanged.ok());
+  EXPECT_FALSE(*unchanged) << "a write began in the one buffer after version 5 was acquired";
+  auto again = reader->Acquire();
+  ASSERT_FALSE(again.ok()) << "acquired version " << again->version << " of a buffer written halfway";
+  EXPECT_EQ(again.status().code(), Code::kNotFound) << again.status().ToString();
+  EXPECT_TRUE(reader->Release().ok());
+  EXPECT_EQ(LiveOf("weights").pins[0], 0u) << "the pin of version 5 is given back";
+  // The next producer's first commit makes a whole version again.
+  auto next = Peer({"produce", "weights", S(kTensors), "3", S(seed_)});
+  EXPECT_EQ(next->channel().ReceiveLine(), "done 8");
+  EXPECT_EQ(next->Wait(), 0);
+  auto check = Peer({"consume", "weights", S(kTensors), "8", S(seed_)});
+  EXPECT_EQ(check->channel().ReceiveLine(), "seen 1 first 8 last 8");
+  EXPECT_EQ(check->Wait(), 0);
+  auto taken = reader->Acquire();
+  ASSERT_TRUE(taken.ok()) << taken.status().ToString();
+  EXPECT_EQ(taken->version, 8u);
+  EXPECT_TRUE(reader->Release().ok());
+  EXPECT_EQ(LiveOf("weights").pins[0], 0u);
+}
+
 // Killed right after its last commit call: on the GPU the writes behind it
 // may not have run yet. Readers still only ever see whole versions (the last
 // one, or the one before it) and nobody is left waiting on the dead writer.
