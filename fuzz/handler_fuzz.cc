@@ -6,8 +6,15 @@
 // match the connections' pins, and once everyone is gone none remain.
 //
 // Input: records of [op u8][client u8][length u16][length bytes]. op & 3:
-// 0 connect, 1 disconnect, 2 raw bytes, 3 a valid header of type bytes[0]
-// around the rest (so payload decoders are reached often).
+// 0 connect, 1 disconnect (with op's top bit: a warm restart instead, below),
+// 2 raw bytes, 3 a valid header of type bytes[0] around the rest (so payload
+// decoders are reached often).
+//
+// A warm restart: every connection ends with the broker; a new handler over a
+// new registry adopts the slots and live records the old one left (their
+// memory "from the fd store"), pins carried over. Clients then connect anew
+// and may claim carried pins with any buffer and version they like.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <array>
@@ -43,7 +50,28 @@ class SmallBackend final : public Backend {
     if (r.bytes > (1u << 20)) return ResourceExhausted("fuzz backend holds at most 1 MiB");
     return std::unique_ptr<BackendMemory>(new Memory(r.bytes));
   }
+  Result<std::unique_ptr<BackendMemory>> Adopt(UniqueFd, uint64_t bytes, const Device&) override {
+    return std::unique_ptr<BackendMemory>(new Memory(bytes));
+  }
 };
+
+// What a warm restart hands the next broker: the slots, the live records,
+// an fd per allocation (the fuzz backend's memory has none: any fd does).
+struct Handover {
+  std::vector<SlotDescriptor> slots;
+  std::map<uint64_t, LiveState> live;
+  std::map<uint64_t, UniqueFd> fds;
+};
+
+Handover HandOver(const RequestHandler& h, const Registry& registry) {
+  Handover out;
+  registry.Scan(0, UINT32_MAX, [&](const SlotDescriptor& d) { out.slots.push_back(d); });
+  for (const auto& [aid, a] : h.leases().allocations()) {
+    if (a.live_index != kNoLiveRecord) out.live[aid] = a.versions.state();
+    out.fds.emplace(aid, UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)));
+  }
+  return out;
+}
 
 void CheckLeases(const RequestHandler& h, const Registry& registry) {
   const LeaseTable& t = h.leases();
@@ -94,8 +122,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ho.limits.max_bytes_per_uid = 4u << 20;
   ho.limits.max_host_bytes = 64u << 20;
   ho.admin_group = 4242;
-  RequestHandler handler(**registry, backends, ho);
+  auto handler = std::make_unique<RequestHandler>(**registry, backends, ho);
   std::map<uint8_t, uint64_t> clients;
+  int restarts = 0;
   size_t pos = 0;
   while (pos + 4 <= size) {
     uint8_t op = data[pos], who = data[pos + 1] % 6;
@@ -112,13 +141,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           static const PeerCredentials peers[] = {{1, 0, 0, {}}, {2, 1000, 1000, {}}, {3, 1001, 1000, {}},
                                                   {4, 2000, 2000, {4242}}, {5, 65534, 65534, {}},
                                                   {6, 1000, 1000, {}}};
-          auto id = handler.OnConnect(peers[who]);
+          auto id = handler->OnConnect(peers[who]);
           if (id.ok()) clients[who] = *id;
         }
         break;
       case 1:
-        if (auto it = clients.find(who); it != clients.end()) {
-          handler.OnDisconnect(it->second);
+        if (op & 0x80) {
+          if (restarts++ == 4) break;  // a few per input: each makes a registry
+          Handover last = HandOver(*handler, **registry);
+          clients.clear();  // their connections ended with the broker
+          handler.reset();
+          RegistryOptions next = ro;
+          next.name = ro.name + "-" + std::to_string(restarts);
+          registry = Registry::Create(next);
+          Require(registry.ok());
+          handler = std::make_unique<RequestHandler>(**registry, backends, ho);
+          handler->Adopt(last.slots, last.live, std::move(last.fds));
+          if (len > 0 && body[0] & 1) {  // the carried pins' time may be up
+            handler->ExpireCarriedPins(std::chrono::steady_clock::now() + std::chrono::hours(1));
+          }
+        } else if (auto it = clients.find(who); it != clients.end()) {
+          handler->OnDisconnect(it->second);
           clients.erase(it);
         }
         break;
@@ -131,15 +174,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         } else {
           message.assign(reinterpret_cast<const std::byte*>(body), reinterpret_cast<const std::byte*>(body) + len);
         }
-        Reply reply = handler.Handle(it->second, message);
+        Reply reply = handler->Handle(it->second, message);
         Require(wire::ParseFrame(reply.bytes).ok());
         break;
       }
     }
-    CheckLeases(handler, **registry);
+    CheckLeases(*handler, **registry);
   }
-  for (auto& [who, id] : clients) handler.OnDisconnect(id);
-  Require(handler.leases().total_leases() == 0);
-  Require(handler.leases().clients().empty());
+  for (auto& [who, id] : clients) handler->OnDisconnect(id);
+  Require(handler->leases().total_leases() == 0);
+  Require(handler->leases().clients().empty());
   return 0;
 }
