@@ -450,7 +450,8 @@ TEST_F(LiveTest, AReaderOfAKilledBrokerTakesNoVersionOfTheTreeMadeAgainAfterIt) 
 
 // Closing a reader gives its pin back once the stream of its last acquire
 // has run the work queued on it, not at once: a writer must not take a
-// buffer a kernel still reads. (Host memory has no stream: at once.)
+// buffer a kernel still reads. (Host memory has no stream: at once.) Both
+// ways a reader closes: its destructor, and another reader moved over it.
 TEST_F(LiveTest, ClosingAReaderReleasesOnceItsStreamIsDone) {
   CreateStateDict("weights", 2);
   auto writer = client_->OpenWriter("weights");
@@ -459,36 +460,47 @@ TEST_F(LiveTest, ClosingAReaderReleasesOnceItsStreamIsDone) {
   ASSERT_TRUE(begun.ok()) << begun.status().ToString();
   auto committed = writer->Commit();
   ASSERT_TRUE(committed.ok()) << committed.status().ToString();
-  void* stream = nullptr;
 #if GPUBROKER_GPU_KERNELS
   const bool gpu = TestBackend() != BackendKind::kHost;
-  if (gpu) stream = gpu::NewStream();
 #else
   const bool gpu = false;
 #endif
-  uint32_t buffer = 0;
-  {
-    auto reader = client_->OpenReader("weights");
-    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
-    ASSERT_TRUE(reader->Wait(0, 10000).ok());
-    auto held = reader->Acquire(stream);
-    ASSERT_TRUE(held.ok()) << held.status().ToString();
-    buffer = held->buffer;
-    ASSERT_EQ(LiveOf("weights").pins[buffer], 1u);
+  for (const bool by_move : {false, true}) {
+    SCOPED_TRACE(by_move ? "another reader moved over it" : "its destructor");
+    void* stream = nullptr;
 #if GPUBROKER_GPU_KERNELS
+    if (gpu) stream = gpu::NewStream();
+#endif
+    uint32_t buffer = 0;
+    {
+      auto reader = client_->OpenReader("weights");
+      ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+      ASSERT_TRUE(reader->Wait(0, 10000).ok());
+      auto held = reader->Acquire(stream);
+      ASSERT_TRUE(held.ok()) << held.status().ToString();
+      buffer = held->buffer;
+      ASSERT_EQ(LiveOf("weights").pins[buffer], 1u);
+#if GPUBROKER_GPU_KERNELS
+      if (gpu) {
+        ASSERT_TRUE(gpu::Spin(stream, 2'000'000'000));  // a kernel still "reading" for 2 s
+      }
+#endif
+      if (by_move) {
+        auto other = client_->OpenReader("weights");
+        ASSERT_TRUE(other.ok()) << other.status().ToString();
+        *reader = std::move(*other);  // closes the reader that pinned
+        if (gpu) EXPECT_EQ(LiveOf("weights").pins[buffer], 1u) << "moved over with a kernel queued: released at once";
+      }
+    }  // the reader closes here (after a move: the other one, which pins nothing)
     if (gpu) {
-      ASSERT_TRUE(gpu::Spin(stream, 2'000'000'000));  // a kernel still "reading" for 2 s
-    }
-#endif
-  }  // the reader closes here
-  if (gpu) {
-    EXPECT_EQ(LiveOf("weights").pins[buffer], 1u) << "closed with a kernel queued: released at once";
+      EXPECT_EQ(LiveOf("weights").pins[buffer], 1u) << "closed with a kernel queued: released at once";
 #if GPUBROKER_GPU_KERNELS
-    ASSERT_TRUE(gpu::SyncStream(stream));
-    gpu::FreeStream(stream);
+      ASSERT_TRUE(gpu::SyncStream(stream));
+      gpu::FreeStream(stream);
 #endif
+    }
+    EXPECT_TRUE(WaitFor([&] { return LiveOf("weights").pins[buffer] == 0; })) << "the pin was never given back";
   }
-  EXPECT_TRUE(WaitFor([&] { return LiveOf("weights").pins[buffer] == 0; })) << "the pin was never given back";
 }
 
 }  // namespace
