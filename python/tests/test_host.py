@@ -371,11 +371,14 @@ class HostTest(unittest.TestCase):
 
         def refresh():
             nonlocal loaded
+            try:
+                sub.wait(after=loaded, timeout=0)  # anything newer? (no message, no pin)
+            except gpubroker.Timeout:
+                return
             weights = sub.latest(timeout=0)
-            if sub.version != loaded:
-                engine.load_weights(weights.items())
-                sub.release()
-                loaded = sub.version
+            engine.load_weights(weights.items())
+            sub.release()
+            loaded = sub.version
 
         def same(module):
             return all(torch.equal(a, b) for a, b in zip(module.state_dict().values(),
@@ -400,7 +403,17 @@ class HostTest(unittest.TestCase):
             self.assertTrue(same(plain), f"version {step}: load_state_dict")
         refresh()  # nothing newer: nothing loaded again
         self.assertEqual(engine.calls, 3)
-        self.assertEqual(pub.update(trainer.state_dict(), wait=0), 4, "released pins leave the trainer free")
+        # An engine that loaded version 4 and refreshes while idle holds no
+        # pin: the trainer's next versions never wait for it (two buffers:
+        # version 6 goes into version 4's buffer).
+        for step in (4, 5, 6):
+            self.assertEqual(pub.update(trainer.state_dict(), wait=0), step, "an idle engine kept the trainer waiting")
+            if step == 4:
+                refresh()
+                refresh()
+        self.assertEqual((loaded, engine.calls), (4, 4))
+        refresh()
+        self.assertEqual((loaded, engine.calls), (6, 5))
         sub.close()
         client.close()
         pub.close(destroy=True)
