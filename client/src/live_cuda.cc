@@ -7,8 +7,8 @@
 #include <mutex>
 #include <optional>
 #include <system_error>
-#include <utility>
 #include <thread>
+#include <utility>
 
 #include "common/cuda_driver.h"
 
