@@ -5,7 +5,6 @@
 // purpose. A unit test of the logic, not of CUDA: the GPU machine runs the
 // same paths on real streams (live_test, python_gpu_test).
 #include <cuda.h>
-#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -18,29 +17,6 @@
 namespace gpubroker::testing {
 namespace {
 
-struct FakeDriver {
-  void (*hold)(void*) = nullptr;
-  void (*finish)(void*) = nullptr;
-  void (*fail)(const char*, int, int) = nullptr;
-  uint64_t (*calls)(const char*) = nullptr;
-};
-
-// The fake's controls, from the libcuda.so.1 this process loads; nullptr
-// where that is not the fake (the run must not pass on a real driver).
-const FakeDriver* Fake() {
-  static FakeDriver fake;
-  static const FakeDriver* found = [] () -> const FakeDriver* {
-    void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr) return nullptr;
-    fake.hold = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_hold"));
-    fake.finish = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_finish"));
-    fake.fail = reinterpret_cast<void (*)(const char*, int, int)>(::dlsym(lib, "gpbfake_fail"));
-    fake.calls = reinterpret_cast<uint64_t (*)(const char*)>(::dlsym(lib, "gpbfake_calls"));
-    return fake.hold && fake.finish && fake.fail && fake.calls ? &fake : nullptr;
-  }();
-  return found;
-}
-
 // Streams are any handles to the fake: these two are the test's.
 void* const kStreamA = reinterpret_cast<void*>(0xa000);
 void* const kStreamB = reinterpret_cast<void*>(0xb000);
@@ -49,7 +25,7 @@ constexpr uint64_t kBytes = 64 << 10;
 class FakeCudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    fake_ = Fake();
+    fake_ = FakeCudaDriver();
     ASSERT_NE(fake_, nullptr) << "libcuda.so.1 here is not the test's fake (LD_LIBRARY_PATH must name "
                                  "tests/fake_cuda of the build)";
     broker_ = BrokerProcess::Start();
@@ -120,7 +96,7 @@ class FakeCudaTest : public ::testing::Test {
         << "version " << expect << " is not what was written";
   }
 
-  const FakeDriver* fake_ = nullptr;
+  const FakeCuda* fake_ = nullptr;
   std::unique_ptr<BrokerProcess> broker_;
   std::optional<Client> client_;
   std::optional<Writer> writer_;

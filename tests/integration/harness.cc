@@ -1,5 +1,6 @@
 #include "tests/integration/harness.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
@@ -41,6 +42,20 @@ BackendKind TestBackend() {
     std::exit(2);
   }
   return *kind;
+}
+
+const FakeCuda* FakeCudaDriver() {
+  static const FakeCuda* found = []() -> const FakeCuda* {
+    static FakeCuda fake;
+    void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) return nullptr;
+    fake.hold = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_hold"));
+    fake.finish = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_finish"));
+    fake.fail = reinterpret_cast<void (*)(const char*, int, int)>(::dlsym(lib, "gpbfake_fail"));
+    fake.calls = reinterpret_cast<uint64_t (*)(const char*)>(::dlsym(lib, "gpbfake_calls"));
+    return fake.hold && fake.finish && fake.fail && fake.calls ? &fake : nullptr;
+  }();
+  return found;
 }
 
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {

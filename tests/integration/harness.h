@@ -23,6 +23,19 @@ std::vector<uint8_t> RandomBytes(size_t n);
 // (host, cuda_vmm, cuda_ipc), host by default. The GPU runner sets it.
 BackendKind TestBackend();
 
+// The controls of the test's fake CUDA driver (tests/support/fake_cuda.cc)
+// when it is the libcuda.so.1 this process loads; nullptr otherwise (no
+// driver, or a real one). Streams are any handles to it: `hold` keeps what
+// is queued on one from finishing until `finish`; `fail` makes the next
+// `times` calls of the entry point `name` return `code`; `calls` counts them.
+struct FakeCuda {
+  void (*hold)(void* stream) = nullptr;
+  void (*finish)(void* stream) = nullptr;
+  void (*fail)(const char* name, int times, int code) = nullptr;
+  uint64_t (*calls)(const char* name) = nullptr;
+};
+const FakeCuda* FakeCudaDriver();
+
 // Polls `done` until it holds or `limit` passes; returns its last value.
 bool WaitFor(const std::function<bool()>& done,
              std::chrono::milliseconds limit = std::chrono::seconds(10));
