@@ -44,10 +44,15 @@ BackendKind TestBackend() {
   return *kind;
 }
 
+void* PreloadCudaLibrary() {
+  static void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);  // kept for the process's life
+  return lib;
+}
+
 const FakeCuda* FakeCudaDriver() {
   static const FakeCuda* found = []() -> const FakeCuda* {
     static FakeCuda fake;
-    void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    void* lib = PreloadCudaLibrary();
     if (lib == nullptr) return nullptr;
     fake.hold = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_hold"));
     fake.finish = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_finish"));

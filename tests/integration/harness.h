@@ -36,6 +36,12 @@ struct FakeCuda {
 };
 const FakeCuda* FakeCudaDriver();
 
+// Loads libcuda.so.1, without initialising it, into this process (once), so
+// that children it forks to act as other uids have it: they may not be able
+// to read its directory (the fake driver in a 0700 checkout's build). The
+// library's handle; nullptr where there is none.
+void* PreloadCudaLibrary();
+
 // Polls `done` until it holds or `limit` passes; returns its last value.
 bool WaitFor(const std::function<bool()>& done,
              std::chrono::milliseconds limit = std::chrono::seconds(10));
