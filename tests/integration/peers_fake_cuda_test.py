@@ -20,7 +20,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "..", "python"), os.path.join(HERE, "..", "support")]
-from loopback_nodes import Node, free_port, until  # noqa: E402
+from loopback_nodes import Node, exists, free_port, stop_all, until  # noqa: E402
 
 VERSIONS = 12
 TENSORS = 5
@@ -80,7 +80,7 @@ def main():
         followers = {"gpu": gpu, "host": host, "hop": hop}
         for name, n in followers.items():
             fc = gpubroker.connect(n.socket)
-            until(lambda: _exists(gpubroker, fc, "weights/0"), f"the tree on {name}")
+            until(lambda: exists(fc, "weights/0"), f"the tree on {name}")
             want = "cpu" if n is host else "cuda"
             got = fc.stat("weights").device
             check(got.startswith(want), f"{name} keeps its copy in {'host' if n is host else 'GPU'} memory ({got})")
@@ -95,22 +95,10 @@ def main():
             check(ok, f"{name}: every version it took was whole, under its number, up to {VERSIONS}",
                   f"{out.strip()} (exit {p.returncode}); {followers[name].tail()}")
     finally:
-        for n in nodes:
-            code = n.stop()
-            if code != 0:
-                failures.append(f"{n.dir}: broker exited {code}")
-                print(n.tail())
+        stop_all(nodes, failures)
         shutil.rmtree(root, ignore_errors=True)
     print(f"{len(passes)} passed, {len(failures)} failed")
     sys.exit(1 if failures else 0)
-
-
-def _exists(gpubroker, client, name):
-    try:
-        client.stat(name)
-        return True
-    except gpubroker.NotFound:
-        return False
 
 
 if __name__ == "__main__":

@@ -71,3 +71,20 @@ peers:
         return self.proc.wait(timeout=30)
 
 
+def exists(client, name):
+    """Whether `name` is a slot on the client's broker."""
+    import gpubroker
+    try:
+        client.stat(name)
+        return True
+    except gpubroker.NotFound:
+        return False
+
+
+def stop_all(nodes, failures):
+    """Stops every node; a broker that exits other than 0 is a failure, its log printed."""
+    for n in nodes:
+        code = n.stop()
+        if code != 0:
+            failures.append(f"{n.dir}: broker exited {code}")
+            print(n.tail())
