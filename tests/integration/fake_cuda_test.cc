@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "tests/integration/harness.h"
+#include "tests/integration/service_harness.h"
 
 namespace gpubroker::testing {
 namespace {
@@ -260,6 +261,73 @@ TEST_F(FakeCudaTest, ACommitWhoseStreamFailsEndsTheWrite) {
     AcquireWhole(nullptr, *v);
     ASSERT_TRUE(reader_->Release().ok());
   }
+}
+
+// Item 8: a release the stream watcher sends late, after the client has
+// reconnected to a warm-restarted broker, names a pin of the broker before;
+// it must not drop the pin another reader of the same client took from the
+// broker after (pin ids are unique over the broker's restarts, not counted
+// again from the same base on each connection).
+TEST(FakeCudaRestart, ALateReleaseAfterAWarmRestartDropsNoOtherReadersPin) {
+  const FakeCuda* fake = FakeCudaDriver();
+  ASSERT_NE(fake, nullptr) << "libcuda.so.1 here is not the test's fake";
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  ConnectOptions options = broker->Options("late release");
+  options.reconnect_timeout_ms = 10000;
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  CreateOptions o;
+  o.name = "weights";
+  o.shape = {static_cast<int64_t>(kBytes)};
+  o.backend = BackendKind::kCudaVmm;
+  o.buffers = 3;
+  ASSERT_TRUE(client->Create(o).ok());
+  auto writer = client->OpenWriter("weights");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin(0).ok());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  auto first = client->OpenReader("weights");
+  ASSERT_TRUE(first.ok());
+  auto held = first->Acquire(kStreamA);
+  ASSERT_TRUE(held.ok()) << held.status().ToString();
+  fake->hold(kStreamA);
+  ASSERT_TRUE(first->Release(kStreamA).ok());  // sent once stream A is done: after the restart
+
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  auto second = client->OpenReader("weights");  // the client reconnects
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto taken = second->Acquire();
+  ASSERT_TRUE(taken.ok()) << taken.status().ToString();
+  ASSERT_EQ(taken->version, 1u);
+  ASSERT_EQ(taken->buffer, held->buffer);
+  auto pins = [&] {
+    auto registry = next->OpenRegistry();
+    auto d = registry.ok() ? registry->Lookup("weights") : Result<SlotDescriptor>(registry.status());
+    auto s = d.ok() ? registry->Live(*d) : Result<LiveState>(d.status());
+    return s.ok() ? s->pins[held->buffer] : ~0u;
+  };
+  ASSERT_EQ(pins(), 2u) << "the first reader's pin, carried over the restart, and the second's";
+  // A commit queued on stream A behind the late release: once it is seen,
+  // the release has reached the broker before it (one thread per stream,
+  // in order, on the client's one connection).
+  ASSERT_TRUE(writer->Begin(10000).ok());
+  auto v2 = writer->Commit(kStreamA);
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  fake->finish(kStreamA);
+  auto seen = second->Wait(1, 10000);
+  ASSERT_TRUE(seen.ok()) << seen.status().ToString();
+  ASSERT_EQ(*seen, *v2);
+  EXPECT_EQ(pins(), 2u) << "the late release of the old broker's pin dropped the second reader's";
+  auto unchanged = second->Unchanged();
+  ASSERT_TRUE(unchanged.ok());
+  EXPECT_TRUE(*unchanged);
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
 }
 
 }  // namespace
