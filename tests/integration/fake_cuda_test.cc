@@ -29,6 +29,7 @@ class FakeCudaTest : public ::testing::Test {
     fake_ = FakeCudaDriver();
     ASSERT_NE(fake_, nullptr) << "libcuda.so.1 here is not the test's fake (LD_LIBRARY_PATH must name "
                                  "tests/fake_cuda of the build)";
+    fake_->reset();  // whatever a case before left held or failing
     broker_ = BrokerProcess::Start();
     ASSERT_NE(broker_, nullptr);
     auto c = broker_->Connect();
@@ -52,13 +53,7 @@ class FakeCudaTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (fake_ != nullptr) {
-      fake_->finish(kStreamA);
-      fake_->finish(kStreamB);
-      fake_->fail("cuStreamQuery", 0, 0);
-      fake_->fail("cuEventRecord", 0, 0);
-      fake_->fail("cuEventCreate", 0, 0);
-    }
+    if (fake_ != nullptr) fake_->reset();
   }
 
   // Writes fresh random bytes into a begun buffer and commits them on
@@ -251,6 +246,7 @@ TEST_F(FakeCudaTest, ACommitWhoseStreamFailsEndsTheWrite) {
     auto failed = writer_->Commit(kStreamA);
     ASSERT_FALSE(failed.ok()) << "the commit went ahead";
     EXPECT_NE(failed.status().message().find(what), std::string::npos) << failed.status().ToString();
+    EXPECT_EQ(writer_->next_version(), 0u) << "the failed commit left the write begun";
     EXPECT_TRUE(writer_->Abort().ok()) << "nothing is begun: an abort has nothing to do";
     fake_->finish(kStreamA);
     auto latest = reader_->Latest();
@@ -258,6 +254,7 @@ TEST_F(FakeCudaTest, ACommitWhoseStreamFailsEndsTheWrite) {
     EXPECT_EQ(*latest, *before) << "a version whose writes failed was published";
     auto v = Publish(nullptr, 1000);
     ASSERT_TRUE(v.ok()) << "the writer cannot begin again: " << v.status().ToString();
+    EXPECT_EQ(*v, *before + 1) << "the failed version took a number (it was committed after all)";
     AcquireWhole(nullptr, *v);
     ASSERT_TRUE(reader_->Release().ok());
   }
@@ -271,6 +268,11 @@ TEST_F(FakeCudaTest, ACommitWhoseStreamFailsEndsTheWrite) {
 TEST(FakeCudaRestart, ALateReleaseAfterAWarmRestartDropsNoOtherReadersPin) {
   const FakeCuda* fake = FakeCudaDriver();
   ASSERT_NE(fake, nullptr) << "libcuda.so.1 here is not the test's fake";
+  fake->reset();
+  struct Reset {
+    const FakeCuda* fake;
+    ~Reset() { fake->reset(); }  // a failed assertion leaves nothing held for the next case
+  } reset{fake};
   ServiceHarness manager;
   auto broker = BrokerProcess::Start(manager.Options());
   ASSERT_NE(broker, nullptr);
@@ -319,10 +321,17 @@ TEST(FakeCudaRestart, ALateReleaseAfterAWarmRestartDropsNoOtherReadersPin) {
   ASSERT_TRUE(writer->Begin(10000).ok());
   auto v2 = writer->Commit(kStreamA);
   ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  auto before = client->Info();
+  ASSERT_TRUE(before.ok());
   fake->finish(kStreamA);
   auto seen = second->Wait(1, 10000);
   ASSERT_TRUE(seen.ok()) << seen.status().ToString();
   ASSERT_EQ(*seen, *v2);
+  auto after = client->Info();
+  ASSERT_TRUE(after.ok());
+  // Answered between the two: the late release, the commit, one Info. A
+  // release never sent would leave nothing here to drop a pin.
+  EXPECT_EQ(after->requests - before->requests, 3u) << "the late release did not reach the broker";
   EXPECT_EQ(pins(), 2u) << "the late release of the old broker's pin dropped the second reader's";
   auto unchanged = second->Unchanged();
   ASSERT_TRUE(unchanged.ok());

@@ -58,7 +58,8 @@ const FakeCuda* FakeCudaDriver() {
     fake.finish = reinterpret_cast<void (*)(void*)>(::dlsym(lib, "gpbfake_finish"));
     fake.fail = reinterpret_cast<void (*)(const char*, int, int)>(::dlsym(lib, "gpbfake_fail"));
     fake.calls = reinterpret_cast<uint64_t (*)(const char*)>(::dlsym(lib, "gpbfake_calls"));
-    return fake.hold && fake.finish && fake.fail && fake.calls ? &fake : nullptr;
+    fake.reset = reinterpret_cast<void (*)()>(::dlsym(lib, "gpbfake_reset"));
+    return fake.hold && fake.finish && fake.fail && fake.calls && fake.reset ? &fake : nullptr;
   }();
   return found;
 }
@@ -274,6 +275,7 @@ std::string Channel::ReceiveLine() {
 }
 
 ChildProcess::ChildProcess(const std::function<int(Channel&)>& body) {
+  PreloadCudaLibrary();  // a child that becomes another uid may not read the fake driver's directory
   int to_child[2], from_child[2];
   if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) return;
   pid_ = ::fork();

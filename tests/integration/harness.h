@@ -33,6 +33,7 @@ struct FakeCuda {
   void (*finish)(void* stream) = nullptr;
   void (*fail)(const char* name, int times, int code) = nullptr;
   uint64_t (*calls)(const char* name) = nullptr;
+  void (*reset)() = nullptr;  // every stream finished, every failure forgotten
 };
 const FakeCuda* FakeCudaDriver();
 

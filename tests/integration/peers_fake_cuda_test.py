@@ -35,8 +35,10 @@ def check(ok, what, detail=""):
 def main():
     build = os.path.abspath(sys.argv[1])
     fake = os.path.join(build, "tests", "fake_cuda")
-    if os.environ.get("LD_LIBRARY_PATH") != fake:  # the loader reads it at start: this process too
-        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, LD_LIBRARY_PATH=fake))
+    paths = os.environ.get("LD_LIBRARY_PATH", "")
+    if paths.split(":")[0] != fake:  # the loader reads it at start: this process too
+        os.execve(sys.executable, [sys.executable] + sys.argv,
+                  dict(os.environ, LD_LIBRARY_PATH=fake + (":" + paths if paths else "")))
     if not os.path.exists(os.path.join(fake, "libcuda.so.1")):
         sys.exit(f"no fake driver at {fake}: build the gpubroker_fake_cuda target")
     os.environ.setdefault("GPUBROKER_LIBRARY", os.path.join(build, "client", "libgpubroker.so"))
@@ -49,7 +51,7 @@ def main():
     os.chmod(key, 0o600)
     seed = str(int.from_bytes(os.urandom(6), "little"))
     source_port, hop_port = free_port(), free_port()
-    nodes = []
+    nodes, consumers = [], {}
     try:
         source = Node(build, root, "source", key, listen=source_port, exports=["weights"])
         nodes.append(source)
@@ -95,6 +97,10 @@ def main():
             check(ok, f"{name}: every version it took was whole, under its number, up to {VERSIONS}",
                   f"{out.strip()} (exit {p.returncode}); {followers[name].tail()}")
     finally:
+        for p in consumers.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         stop_all(nodes, failures)
         shutil.rmtree(root, ignore_errors=True)
     print(f"{len(passes)} passed, {len(failures)} failed")

@@ -56,7 +56,6 @@ std::string Code(const Status& s) { return s.ok() ? "ok" : std::string(CodeName(
 
 // Runs `body` as `uid` in a child; the child's lines come back in order.
 std::vector<std::string> RunAs(uid_t uid, const std::function<void(Channel&)>& body) {
-  PreloadCudaLibrary();  // the child may not read the directory of the test's fake driver
   ChildProcess child([&](Channel& ch) {
     if (!Become(uid)) return 90;
     body(ch);

@@ -16,11 +16,14 @@
 namespace gpubroker::testing {
 namespace {
 
+// On the run's backend (host; cuda_vmm on the fake driver in CI: warm
+// restarts that carry CUDA memory in the fd store).
 CreateOptions Bytes(const std::string& name, size_t n) {
   CreateOptions o;
   o.name = name;
   o.shape = {static_cast<int64_t>(n)};
   o.mode = 0644;
+  o.backend = TestBackend();
   return o;
 }
 
@@ -70,6 +73,7 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
   auto data = RandomBytes(1 << 20);
   auto a = holder.CreateAndAttach(Bytes("warm/a", data.size()));
   ASSERT_TRUE(a.ok());
+  ASSERT_EQ(a->device().type == Device::kCuda, TestBackend() != BackendKind::kHost) << "not on the run's backend";
   std::memcpy(a->data(), data.data(), data.size());
   ASSERT_TRUE(holder.Create(Bytes("warm/arena", 64 * 1024)).ok());
   CreateOptions v = Bytes("warm/arena/v", 4096);

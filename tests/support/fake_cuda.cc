@@ -14,11 +14,19 @@
 //   finishes it; cuStreamQuery says CUDA_ERROR_NOT_READY meanwhile and
 //   cuEventSynchronize blocks.
 // - failures: the next N calls of a named entry point fail.
+// - contexts: one primary context per device, counted; stream queries and
+//   events need a current context, and an event whose context was released
+//   for good can no longer be waited on.
 // Kernels, legacy IPC (cuda_ipc) and anything else: CUDA_ERROR_NOT_SUPPORTED.
+// Where it is looser than the driver: every stream handle, the legacy one (0)
+// included, is a stream of its own that waits for no other (as streams made
+// with CU_STREAM_NON_BLOCKING); handles need not be made first; copies run
+// at once; cuMemSetAccess reads only its first descriptor.
 //
 // The test's controls (extern "C", found with dlsym on the same library):
 //   gpbfake_hold(stream), gpbfake_finish(stream), gpbfake_fail(name, times,
-//   code), gpbfake_calls(name).
+//   code), gpbfake_calls(name), gpbfake_reset() (every stream finished,
+//   every failure forgotten).
 // GPBFAKE_DEVICES sets the number of devices (default 1).
 #include <cuda.h>
 #include <fcntl.h>
@@ -26,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -48,6 +57,8 @@ struct Event {
   CUstream stream = nullptr;
   bool pending = false;  // recorded while its stream was held
   uint64_t at = 0;       // the stream's `finished` then
+  CUcontext context = nullptr;  // current when it was made
+  uint64_t life = 0;            // that context's life then (see Fake::lives)
 };
 
 struct Fake {
@@ -58,6 +69,8 @@ struct Fake {
   std::map<CUmemGenericAllocationHandle, int> allocations;  // handle -> memfd
   std::map<std::string, std::pair<int, CUresult>> failures;  // name -> (times left, code)
   std::map<std::string, uint64_t> calls;
+  std::map<CUcontext, int> retained;   // primary contexts: retains less releases
+  std::map<CUcontext, uint64_t> lives;  // times each went (its last release)
   uintptr_t next = 1;
   size_t used = 0;
 };
@@ -92,6 +105,9 @@ int Devices() {
 
 CUcontext ContextOf(CUdevice d) { return reinterpret_cast<CUcontext>(static_cast<uintptr_t>(0x1000 + d)); }
 
+// Whether `ctx` is a primary context retained now.
+bool Alive(Fake& f, CUcontext ctx) { return ctx != nullptr && f.retained[ctx] > 0; }
+
 bool Done(const Fake& f, const Event& e) {
   if (!e.pending) return true;
   auto s = f.streams.find(e.stream);
@@ -123,6 +139,17 @@ __attribute__((visibility("default"))) void gpbfake_fail(const char* name, int t
   Fake& f = F();
   std::lock_guard<std::mutex> lock(f.mu);
   f.failures[name] = {times, static_cast<CUresult>(code)};
+}
+
+__attribute__((visibility("default"))) void gpbfake_reset() {
+  Fake& f = F();
+  std::lock_guard<std::mutex> lock(f.mu);
+  for (auto& [handle, stream] : f.streams) {
+    if (stream.held) ++stream.finished;
+    stream.held = false;
+  }
+  f.failures.clear();
+  f.cv.notify_all();
 }
 
 __attribute__((visibility("default"))) uint64_t gpbfake_calls(const char* name) {
@@ -160,11 +187,24 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute, CUdevice) 
 }
 
 CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice device) {
+  if (device < 0 || device >= Devices()) return CUDA_ERROR_INVALID_DEVICE;
+  Fake& f = F();
+  std::lock_guard<std::mutex> lock(f.mu);
   *ctx = ContextOf(device);
+  ++f.retained[*ctx];
   return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice device) {
+  if (device < 0 || device >= Devices()) return CUDA_ERROR_INVALID_DEVICE;
+  Fake& f = F();
+  std::lock_guard<std::mutex> lock(f.mu);
+  int& n = f.retained[ContextOf(device)];
+  if (n <= 0) return CUDA_ERROR_INVALID_CONTEXT;
+  if (--n == 0) ++f.lives[ContextOf(device)];  // gone: its events with it
+  return CUDA_SUCCESS;
+}
+
 
 CUresult CUDAAPI cuCtxGetCurrent(CUcontext* ctx) {
   *ctx = current;
@@ -214,6 +254,7 @@ CUresult CUDAAPI cuMemGetAllocationGranularity(size_t* granularity, const CUmemA
 CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size, const CUmemAllocationProp*,
                              unsigned long long) {
   FAKE_ENTER("cuMemCreate");
+  if (size == 0 || size % kGranularity != 0) return CUDA_ERROR_INVALID_VALUE;
   Fake& f = F();
   {
     std::lock_guard<std::mutex> lock(f.mu);
@@ -290,6 +331,9 @@ CUresult CUDAAPI cuMemAddressFree(CUdeviceptr ptr, size_t size) {
 
 CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
                           unsigned long long) {
+  if (ptr % kGranularity != 0 || size % kGranularity != 0 || offset % kGranularity != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
   Fake& f = F();
   int fd;
   {
@@ -365,18 +409,15 @@ CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int) {
   return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuStreamDestroy(CUstream stream) {
-  Fake& f = F();
-  std::lock_guard<std::mutex> lock(f.mu);
-  f.streams.erase(stream);
-  f.cv.notify_all();
-  return CUDA_SUCCESS;
+CUresult CUDAAPI cuStreamDestroy(CUstream) {
+  return CUDA_SUCCESS;  // its work still runs (kept, until the test finishes a held one)
 }
 
 CUresult CUDAAPI cuStreamQuery(CUstream stream) {
   FAKE_ENTER("cuStreamQuery");
   Fake& f = F();
   std::lock_guard<std::mutex> lock(f.mu);
+  if (!Alive(f, current)) return CUDA_ERROR_INVALID_CONTEXT;
   auto it = f.streams.find(stream);
   return it != f.streams.end() && it->second.held ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
 }
@@ -387,8 +428,11 @@ CUresult CUDAAPI cuEventCreate(CUevent* event, unsigned int) {
   FAKE_ENTER("cuEventCreate");
   Fake& f = F();
   std::lock_guard<std::mutex> lock(f.mu);
+  if (!Alive(f, current)) return CUDA_ERROR_INVALID_CONTEXT;
   *event = reinterpret_cast<CUevent>(0x200000 + f.next++);
-  f.events[*event];
+  Event& e = f.events[*event];
+  e.context = current;
+  e.life = f.lives[current];
   return CUDA_SUCCESS;
 }
 
@@ -398,6 +442,7 @@ CUresult CUDAAPI cuEventRecord(CUevent event, CUstream stream) {
   std::lock_guard<std::mutex> lock(f.mu);
   auto it = f.events.find(event);
   if (it == f.events.end()) return CUDA_ERROR_INVALID_HANDLE;
+  if (!Alive(f, current) || current != it->second.context) return CUDA_ERROR_INVALID_CONTEXT;
   auto s = f.streams.find(stream);
   it->second.stream = stream;
   it->second.pending = s != f.streams.end() && s->second.held;
@@ -419,7 +464,10 @@ CUresult CUDAAPI cuEventSynchronize(CUevent event) {
   std::unique_lock<std::mutex> lock(f.mu);
   auto it = f.events.find(event);
   if (it == f.events.end()) return CUDA_ERROR_INVALID_HANDLE;
-  f.cv.wait(lock, [&] { return Done(f, f.events[event]); });
+  // An event of a context that went (its last release) is gone with it.
+  auto gone = [&] { return f.lives[it->second.context] != it->second.life; };
+  if (gone()) return CUDA_ERROR_INVALID_CONTEXT;
+  f.cv.wait(lock, [&] { return Done(f, it->second); });
   return CUDA_SUCCESS;
 }
 
