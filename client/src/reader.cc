@@ -110,8 +110,18 @@ struct Reader::State {
   }
 
   // At close: the pin held goes once the last acquire's stream is done with it.
+  // Closing never reconnects (a destructor must not wait for a broker to come
+  // back): with the broker gone, what it granted went with it, or a restarted
+  // broker carries the pin until its grace ends. Already reconnected to one
+  // that carries it, the pin is taken over and released at once.
   void Close() GPB_EXCLUDES(mu) {
     MutexLock lock(mu);
+    if (channel->PeerHungUp()) {
+      unreleased.clear();
+      pin = 0;
+      return;
+    }
+    TakeOverPinLocked();
     for (uint64_t p : unreleased) channel->CallDroppingReply(wire::ReleaseRequest{allocation_id(), p});
     unreleased.clear();
     if (pin == 0) return;

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <optional>
 
 #include "tests/integration/harness.h"
 #include "tests/integration/service_harness.h"
@@ -260,6 +262,77 @@ TEST(Service, AReadersPinSurvivesAWarmRestart) {
   auto* q = static_cast<const uint8_t*>(reader->view().data(moved->buffer));
   EXPECT_TRUE(std::equal(v2.begin(), v2.end(), q)) << "version 2, pinned now, untouched by the commit of 3";
   EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+// Closing a reader after a warm restart, its client already reconnected:
+// the pin the new broker carries for it is taken over and given back at once,
+// not held until the carried pins' grace ends (the writer of a two-buffer
+// tree would wait that long for its buffer).
+TEST(Service, AReaderClosedAfterAWarmRestartGivesItsCarriedPinBack) {
+  ServiceHarness manager;
+  auto broker = BrokerProcess::Start(manager.Options());
+  ASSERT_NE(broker, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  Client producer = Connect(*broker, 10000);
+  CreateOptions live = Bytes("warm/closed", 4096);
+  live.buffers = 2;
+  ASSERT_TRUE(producer.Create(live).ok());
+  auto writer = producer.OpenWriter("warm/closed");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  Client consumer = Connect(*broker, 10000);
+  std::optional<Reader> reader;
+  {
+    auto r = consumer.OpenReader("warm/closed");
+    ASSERT_TRUE(r.ok());
+    reader.emplace(std::move(r).value());
+  }
+  auto pinned = reader->Acquire();
+  ASSERT_TRUE(pinned.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_EQ(*writer->Commit(), 2u);
+  EXPECT_EQ(broker->Stop(SIGTERM), 0);
+
+  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(manager.Expect("READY=1"));
+  ASSERT_TRUE(consumer.Info().ok());  // the consumer's client reconnects
+  EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy) << "the carried pin holds";
+  reader.reset();
+  auto registry = next->OpenRegistry();
+  ASSERT_TRUE(registry.ok());
+  auto d = registry->Lookup("warm/closed");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(registry->Live(*d)->pins[pinned->buffer], 0u) << "the closed reader's carried pin is still held";
+  auto buffer = writer->Begin(0);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  EXPECT_EQ(*buffer, pinned->buffer);
+  EXPECT_EQ(next->Stop(SIGTERM), 0);
+}
+
+// Closing a reader whose broker is gone returns at once: it does not wait
+// for a broker to come back (however long the client would reconnect for),
+// as what it held went with the broker.
+TEST(Service, ClosingAReaderWhoseBrokerIsGoneDoesNotWaitForIt) {
+  auto broker = BrokerProcess::Start();
+  ASSERT_NE(broker, nullptr);
+  Client producer = Connect(*broker);
+  CreateOptions live = Bytes("gone/closed", 4096);
+  live.buffers = 2;
+  ASSERT_TRUE(producer.Create(live).ok());
+  auto writer = producer.OpenWriter("gone/closed");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->Begin().ok());
+  ASSERT_EQ(*writer->Commit(), 1u);
+  Client consumer = Connect(*broker, 120000);
+  auto reader = consumer.OpenReader("gone/closed");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_TRUE(reader->Acquire().ok());
+  broker->Stop(SIGKILL);
+  auto closed = std::async(std::launch::async, [r = std::move(reader).value()]() mutable { Reader gone = std::move(r); });
+  EXPECT_EQ(closed.wait_for(std::chrono::seconds(30)), std::future_status::ready)
+      << "closing the reader waits for the broker to come back";
 }
 
 // A restart with the configuration's pools already adopted from the fd store
