@@ -264,6 +264,19 @@ TEST(Service, AReadersPinSurvivesAWarmRestart) {
   EXPECT_EQ(next->Stop(SIGTERM), 0);
 }
 
+// A two-buffer live slot `name` on the run's backend with version 1
+// committed: its writer.
+Result<Writer> TwoBuffersAtVersionOne(Client& c, const std::string& name) {
+  CreateOptions live = Bytes(name, 4096);
+  live.buffers = 2;
+  GPB_RETURN_IF_ERROR(c.Create(live).status());
+  GPB_ASSIGN_OR_RETURN(Writer w, c.OpenWriter(name));
+  GPB_RETURN_IF_ERROR(w.Begin().status());
+  GPB_ASSIGN_OR_RETURN(uint64_t v, w.Commit());
+  if (v != 1) return Internal("the first commit made version " + std::to_string(v));
+  return w;
+}
+
 // Closing a reader after a warm restart, its client already reconnected:
 // the pin the new broker carries for it is taken over and given back at once,
 // not held until the carried pins' grace ends (the writer of a two-buffer
@@ -274,13 +287,8 @@ TEST(Service, AReaderClosedAfterAWarmRestartGivesItsCarriedPinBack) {
   ASSERT_NE(broker, nullptr);
   ASSERT_TRUE(manager.Expect("READY=1"));
   Client producer = Connect(*broker, 10000);
-  CreateOptions live = Bytes("warm/closed", 4096);
-  live.buffers = 2;
-  ASSERT_TRUE(producer.Create(live).ok());
-  auto writer = producer.OpenWriter("warm/closed");
-  ASSERT_TRUE(writer.ok());
-  ASSERT_TRUE(writer->Begin().ok());
-  ASSERT_EQ(*writer->Commit(), 1u);
+  auto writer = TwoBuffersAtVersionOne(producer, "warm/closed");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
   Client consumer = Connect(*broker, 10000);
   std::optional<Reader> reader;
   {
@@ -318,13 +326,8 @@ TEST(Service, ClosingAReaderWhoseBrokerIsGoneDoesNotWaitForIt) {
   auto broker = BrokerProcess::Start();
   ASSERT_NE(broker, nullptr);
   Client producer = Connect(*broker);
-  CreateOptions live = Bytes("gone/closed", 4096);
-  live.buffers = 2;
-  ASSERT_TRUE(producer.Create(live).ok());
-  auto writer = producer.OpenWriter("gone/closed");
-  ASSERT_TRUE(writer.ok());
-  ASSERT_TRUE(writer->Begin().ok());
-  ASSERT_EQ(*writer->Commit(), 1u);
+  auto writer = TwoBuffersAtVersionOne(producer, "gone/closed");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
   Client consumer = Connect(*broker, 120000);
   auto reader = consumer.OpenReader("gone/closed");
   ASSERT_TRUE(reader.ok());
