@@ -131,10 +131,16 @@ def main():
             check(f"a create while draining is refused (exit 9), phase {phase}", refused.returncode == 9,
                   refused.stderr)
             ctl(sock, "drain", "--off")
-            ctl(sock, "show", "dash/missing")  # an error outcome
+            time.sleep(2.5); ctl(sock, "show", "dash/missing")
             # The counters move at once, the gauges at the broker's next tick.
+            # Wait for a scrape that holds every step of the phase, the last
+            # (the show) included: the rates below see only the rise from
+            # phase 1 to phase 2, so a scrape taken before the show would
+            # leave its error and its latency out of the window.
             until(f"Prometheus sees phase {phase}",
                   lambda: scalar('gpubroker_refusals_total{reason="draining"}') == phase and
+                  scalar('sum(gpubroker_requests_total{type="stat",outcome="not_found"})') == phase and
+                  scalar('sum(gpubroker_request_duration_seconds_count{type="stat"})') == phase and
                   scalar("gpubroker_slots") == 3 * phase and scalar("gpubroker_draining") == 0)
         # Every metric a query names is on the page (after use: labelled
         # families appear with their first sample) and documented.
