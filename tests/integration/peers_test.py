@@ -305,7 +305,15 @@ def main():
             check(f"node {w.node.i}: every version carries the source's number", not same, f"{same[:5]}")
             check(f"node {w.node.i}: its subscriber acquires version 40",
                   until(lambda: w.newest() == 40, 10, "the subscriber"), f"{w.seen[-3:]}")
-        p1 = {(p["role"], p["tree"]): p for p in nodes[1].peers()}
+        # Node 2 commits a version before it tells node 1 it is done, so node
+        # 1's record of what it served may lag node 2's by a moment.
+        p1 = {}
+
+        def node1_served_40():
+            p1.clear()
+            p1.update({(p["role"], p["tree"]): p for p in nodes[1].peers()})
+            return p1.get(("source", "policy"), {}).get("version") == 40
+        until(node1_served_40, 10, "node 1 to record version 40 served")
         f = p1.get(("follower", "policy"), {})
         check("gpubrokerctl peers: node 1 follows policy at version 40, ready, with its bytes counted",
               f.get("version") == 40 and f.get("state") == "ready" and f.get("peer") == f"{Net.ip(0)}:7400" and
