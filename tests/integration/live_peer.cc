@@ -6,6 +6,7 @@
 //   live_peer SOCKET produce NAME COUNT VERSIONS SEED [die]  commit VERSIONS versions of NAME/0..COUNT-1
 //                                                       (die: SIGKILL itself right after the last commit call)
 //   live_peer SOCKET consume NAME COUNT FINAL SEED      follow versions up to FINAL, checking each whole
+//                                                       (says "ready" once attached, before its first wait)
 //   live_peer SOCKET stall-writer NAME COUNT SEED       begin a version, write half of it, hold
 //   live_peer SOCKET stall-reader NAME                  pin the newest version, hold
 #include <atomic>
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
     auto tensors = Tensors(*client, name, count);
     if (!tensors.ok()) return Fail(tensors.status().ToString());
     Gpu d = Open(reader->view());
+    std::cout << "ready" << std::endl;
     uint64_t first = 0, last = 0, seen = 0;
     while (last < final_version) {
       auto newer = reader->Wait(last, 60000);

@@ -79,6 +79,13 @@ class LiveTest : public ::testing::Test {
     return ChildProcess::Exec(args);
   }
 
+  // A consumer of "weights" up to version `final`, attached and about to wait.
+  std::unique_ptr<ChildProcess> Consumer(uint64_t final) {
+    auto c = Peer({"consume", "weights", S(kTensors), S(final), S(seed_)});
+    EXPECT_EQ(c->channel().ReceiveLine(), "ready");
+    return c;
+  }
+
   LiveState LiveOf(const std::string& name) {
     auto registry = broker_->OpenRegistry();
     EXPECT_TRUE(registry.ok()) << registry.status().ToString();
@@ -102,8 +109,10 @@ TEST_F(LiveTest, FourConsumersSeeOnlyWholeVersionsThatOnlyGrow) {
   CreateStateDict("weights", 2);  // double buffering: every hold of a reader counts
   const uint64_t versions = Versions();
   std::vector<std::unique_ptr<ChildProcess>> consumers;
+  // Each consumer attached and waiting before the first version: the
+  // producer races all four from its first commit.
   for (int i = 0; i < 4; ++i) {
-    consumers.push_back(Peer({"consume", "weights", S(kTensors), S(versions), S(seed_)}));
+    consumers.push_back(Consumer(versions));
   }
   auto producer = Peer({"produce", "weights", S(kTensors), S(versions), S(seed_)});
   EXPECT_EQ(producer->channel().ReceiveLine(), "done " + S(versions));
@@ -153,13 +162,13 @@ TEST_F(LiveTest, AProducerKilledMidWriteLeavesTheLastVersionWholeAndItsBufferRec
   EXPECT_EQ(s.version, 5u);
   EXPECT_EQ(s.writer_pid, 0);
   // Version 5 reads whole, and the next producer carries on from it.
-  auto check = Peer({"consume", "weights", S(kTensors), "5", S(seed_)});
+  auto check = Consumer(5);
   EXPECT_EQ(check->channel().ReceiveLine(), "seen 1 first 5 last 5");
   EXPECT_EQ(check->Wait(), 0);
   auto next = Peer({"produce", "weights", S(kTensors), "3", S(seed_)});
   EXPECT_EQ(next->channel().ReceiveLine(), "done 8");
   EXPECT_EQ(next->Wait(), 0);
-  auto again = Peer({"consume", "weights", S(kTensors), "8", S(seed_)});
+  auto again = Consumer(8);
   EXPECT_EQ(again->channel().ReceiveLine(), "seen 1 first 8 last 8");
   EXPECT_EQ(again->Wait(), 0);
 }
@@ -199,7 +208,7 @@ TEST_F(LiveTest, AOneBufferProducerKilledMidWriteLeavesNoVersionCalledWhole) {
   auto next = Peer({"produce", "weights", S(kTensors), "3", S(seed_)});
   EXPECT_EQ(next->channel().ReceiveLine(), "done 8");
   EXPECT_EQ(next->Wait(), 0);
-  auto check = Peer({"consume", "weights", S(kTensors), "8", S(seed_)});
+  auto check = Consumer(8);
   EXPECT_EQ(check->channel().ReceiveLine(), "seen 1 first 8 last 8");
   EXPECT_EQ(check->Wait(), 0);
   auto taken = reader->Acquire();
@@ -217,7 +226,7 @@ TEST_F(LiveTest, AProducerKilledRightAfterCommittingLeavesOnlyWholeVersions) {
   auto dying = Peer({"produce", "weights", S(kTensors), "20", S(seed_), "die"});
   ASSERT_EQ(dying->channel().ReceiveLine(), "dying after 20");
   dying->Wait();
-  auto check = Peer({"consume", "weights", S(kTensors), "19", S(seed_)});
+  auto check = Consumer(19);
   std::string seen = check->channel().ReceiveLine();
   EXPECT_TRUE(seen == "seen 1 first 19 last 19" || seen == "seen 1 first 20 last 20") << seen;
   EXPECT_EQ(check->Wait(), 0);
@@ -292,8 +301,13 @@ TEST_F(LiveTest, LookupsAndAWaitGoOnThroughCreateAndDestroyChurn) {
   auto churner = broker_->Connect("churn");
   ASSERT_TRUE(churner.ok());
   std::string churn_failed;
+  // 3000 rounds, or fewer where they would outlast the wait's 60 s (a loaded
+  // machine, the fake driver's memfds): the wait must end at the commit.
+  const auto churn_end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  int rounds = 0;
   std::thread churn([&] {
-    for (int i = 0; i < 3000 && churn_failed.empty(); ++i) {
+    for (; rounds < 3000 && churn_failed.empty() && std::chrono::steady_clock::now() < churn_end; ++rounds) {
+      const int i = rounds;
       CreateOptions o;
       o.name = "churn/" + std::to_string(i % 64);
       o.shape = {64};
@@ -322,8 +336,8 @@ TEST_F(LiveTest, LookupsAndAWaitGoOnThroughCreateAndDestroyChurn) {
   waiter.join();
   ASSERT_TRUE(waited.ok()) << waited.status().ToString();
   EXPECT_EQ(*waited, 1u);
-  std::printf("  %llu lookups during 3000 creates and destroys, none failed\n",
-              static_cast<unsigned long long>(lookups));
+  std::printf("  %llu lookups during %d creates and destroys, none failed\n", static_cast<unsigned long long>(lookups),
+              rounds);
 }
 
 // Anyone who maps the registry can wake a record's waiters at will. A

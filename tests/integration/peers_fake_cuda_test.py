@@ -93,7 +93,8 @@ def main():
         for name, p in consumers.items():
             out, _ = p.communicate(timeout=120)
             words = out.split()
-            ok = p.returncode == 0 and len(words) == 6 and words[0] == "seen" and words[5] == str(VERSIONS)
+            ok = (p.returncode == 0 and len(words) == 7 and words[0] == "ready" and words[1] == "seen" and
+                  words[6] == str(VERSIONS))
             check(ok, f"{name}: every version it took was whole, under its number, up to {VERSIONS}",
                   f"{out.strip()} (exit {p.returncode}); {followers[name].tail()}")
     finally:
