@@ -14,7 +14,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,18 +25,14 @@ BUILD = os.path.abspath(sys.argv[1])
 SOURCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CTL = os.path.join(BUILD, "client", "gpubrokerctl")
 DASHBOARD = os.path.join(SOURCE, "deploy", "grafana", "gpubroker-dashboard.json")
+sys.path.insert(0, os.path.join(SOURCE, "tests", "support"))
+from loopback_nodes import free_port  # noqa: E402
 failures, passes = [], []
 
 
 def check(what, condition, detail=""):
     print(f"{'PASS' if condition else 'FAIL'}: {what}" + ("" if condition else f" ({detail})"))
     (passes if condition else failures).append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url, timeout=10):

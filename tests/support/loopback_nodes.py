@@ -6,17 +6,34 @@ namespaced nodes of peer_nodes.py are not needed (or not allowed).
     Node(build, root, "gpu", key, follow=[{"tree": "policy", "from": f"127.0.0.1:{port}"}])
 """
 import os
+import random
 import socket
 import subprocess
 import time
 
 TIMEOUT_S = 60
+_handed_out = set()  # ports free_port() gave: none twice, though not yet bound
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port free now, below the kernel's ephemeral range: the
+    caller binds it later (a broker, Prometheus), and no connection's
+    automatic local port can take it meanwhile, as one from bind(0) could."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral = int(f.read().split()[0])
+    low = min(10000, ephemeral // 2)
+    for _ in range(200):
+        port = random.randrange(low, ephemeral)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port in {low}..{ephemeral - 1}")
 
 
 def until(condition, what):
