@@ -598,9 +598,15 @@ def main():
             ppub = publisher_client.publisher("planned", stamp(planned, 1), buffers=2)
             arriving = until(lambda: node1_planned().get("state") == "reading", 30, None)
             r2 = ctl(nodes[2], "follow", "planned", "--from", src)
-            sent_on = until(lambda: followed().get("peer") == f"{Net.ip(1)}:7400" and
-                            followed().get("state") == "reading", 30, None)
-            first = node1_planned().get("version")
+            first = None
+
+            def sent_on_to_node1():
+                # Node 1's version read with node 2's state, not a poll later.
+                nonlocal first
+                f = followed()
+                first = node1_planned().get("version")
+                return f.get("peer") == f"{Net.ip(1)}:7400" and f.get("state") == "reading"
+            sent_on = until(sent_on_to_node1, 30, None)
         finally:
             net.limit(1, None)
         whole, reached = follow_until(nodes[2], "planned", planned, 1, 60)
