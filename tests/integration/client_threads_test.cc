@@ -188,9 +188,7 @@ TEST(ClientThreads, TwoThreadsShareOneWriter) {
 
 // Slots kept across warm restarts of a broker under the service harness.
 std::unique_ptr<BrokerProcess> StartWarm(ServiceHarness& manager) {
-  auto broker = BrokerProcess::Start(manager.Options({"--capacity", "4096", "--default-backend", "host"}));
-  if (broker && !manager.Expect("READY=1")) return nullptr;
-  return broker;
+  return manager.StartBroker({"--capacity", "4096", "--default-backend", "host"});
 }
 
 // A client that reconnects by itself for up to `reconnect_ms`.
@@ -204,9 +202,8 @@ Result<Client> ConnectReconnecting(const BrokerProcess& broker, const std::strin
 // owns the directory, so every one stays in `brokers` until the test ends.
 bool RestartWarm(ServiceHarness& manager, std::vector<std::unique_ptr<BrokerProcess>>& brokers) {
   if (brokers.back()->Stop(SIGTERM) != 0) return false;
-  auto next = BrokerProcess::Restart(*brokers.back(),
-                                     manager.RestartOptions({"--capacity", "4096", "--default-backend", "host"}));
-  if (!next || !manager.Expect("READY=1")) return false;
+  auto next = manager.RestartBroker(*brokers.back(), {"--capacity", "4096", "--default-backend", "host"});
+  if (!next) return false;
   brokers.push_back(std::move(next));
   return true;
 }

@@ -274,9 +274,8 @@ TEST(FakeCudaRestart, ALateReleaseAfterAWarmRestartDropsNoOtherReadersPin) {
     ~Reset() { fake->reset(); }  // a failed assertion leaves nothing held for the next case
   } reset{fake};
   ServiceHarness manager;
-  auto broker = BrokerProcess::Start(manager.Options());
+  auto broker = manager.StartBroker();
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   ConnectOptions options = broker->Options("late release");
   options.reconnect_timeout_ms = 10000;
   auto client = Client::Connect(options);
@@ -299,9 +298,8 @@ TEST(FakeCudaRestart, ALateReleaseAfterAWarmRestartDropsNoOtherReadersPin) {
   ASSERT_TRUE(first->Release(kStreamA).ok());  // sent once stream A is done: after the restart
 
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
-  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  auto next = manager.RestartBroker(*broker);
   ASSERT_NE(next, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   auto second = client->OpenReader("weights");  // the client reconnects
   ASSERT_TRUE(second.ok()) << second.status().ToString();
   auto taken = second->Acquire();

@@ -48,6 +48,17 @@ LaunchOptions ServiceHarness::RestartOptions(std::vector<std::string> args) {
   return o;
 }
 
+std::unique_ptr<BrokerProcess> ServiceHarness::StartBroker(std::vector<std::string> args) {
+  auto broker = BrokerProcess::Start(Options(std::move(args)));
+  return broker && Expect("READY=1") ? std::move(broker) : nullptr;
+}
+
+std::unique_ptr<BrokerProcess> ServiceHarness::RestartBroker(const BrokerProcess& previous,
+                                                             std::vector<std::string> args) {
+  auto broker = BrokerProcess::Restart(previous, RestartOptions(std::move(args)));
+  return broker && Expect("READY=1") ? std::move(broker) : nullptr;
+}
+
 std::vector<std::string> ServiceHarness::StoredNames() {
   Drain();
   std::lock_guard lock(mu_);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -30,6 +31,13 @@ class ServiceHarness {
   // Same, with the fd store handed over (a restart): every notification sent
   // before is taken into account, as the manager would have.
   LaunchOptions RestartOptions(std::vector<std::string> args = {});
+
+  // A broker started under this manager, once it has said READY=1; nullptr
+  // if it did not start or did not say so.
+  std::unique_ptr<BrokerProcess> StartBroker(std::vector<std::string> args = {});
+  // The same for a warm restart in place of `previous` (stopped), handed the
+  // fd store.
+  std::unique_ptr<BrokerProcess> RestartBroker(const BrokerProcess& previous, std::vector<std::string> args = {});
 
   // Waits for a notification, after the last one Expect matched, that
   // contains `needle`; false on timeout.

@@ -68,9 +68,8 @@ TEST(Service, NotifiesReadyStatusWatchdogReloadAndStopping) {
 
 TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
   ServiceHarness manager;
-  auto broker = BrokerProcess::Start(manager.Options());
+  auto broker = manager.StartBroker();
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client holder = Connect(*broker, 10000);
   auto data = RandomBytes(1 << 20);
   auto a = holder.CreateAndAttach(Bytes("warm/a", data.size()));
@@ -136,9 +135,8 @@ TEST(Service, WarmRestartKeepsEveryBufferAndTheClientsLeases) {
 // is woken by the stopping broker and finds the new one by itself.
 TEST(Service, WarmRestartKeepsCommittedVersions) {
   ServiceHarness manager;
-  auto broker = BrokerProcess::Start(manager.Options());
+  auto broker = manager.StartBroker();
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client producer = Connect(*broker, 10000);
   CreateOptions live = Bytes("warm/live", 4096);
   live.buffers = 2;
@@ -164,9 +162,8 @@ TEST(Service, WarmRestartKeepsCommittedVersions) {
   ASSERT_EQ(reader->Acquire()->version, 3u);
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 
-  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  auto next = manager.RestartBroker(*broker);
   ASSERT_NE(next, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client newcomer = Connect(*next);
   EXPECT_EQ(newcomer.Stat("warm/live")->version, 3u);
   EXPECT_EQ(newcomer.Lookup("warm/live")->version, 3u);
@@ -205,9 +202,8 @@ TEST(Service, WarmRestartKeepsCommittedVersions) {
 // the writer gets the buffer.
 TEST(Service, AReadersPinSurvivesAWarmRestart) {
   ServiceHarness manager;
-  auto broker = BrokerProcess::Start(manager.Options());
+  auto broker = manager.StartBroker();
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client producer = Connect(*broker, 10000);
   CreateOptions live = Bytes("warm/pinned", 4096);
   live.buffers = 2;
@@ -233,9 +229,8 @@ TEST(Service, AReadersPinSurvivesAWarmRestart) {
   EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy) << "the reader pins one buffer, version 2 is the other";
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 
-  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  auto next = manager.RestartBroker(*broker);
   ASSERT_NE(next, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   auto registry = next->OpenRegistry();
   ASSERT_TRUE(registry.ok());
   auto d = registry->Lookup("warm/pinned");
@@ -283,9 +278,8 @@ Result<Writer> TwoBuffersAtVersionOne(Client& c, const std::string& name) {
 // tree would wait that long for its buffer).
 TEST(Service, AReaderClosedAfterAWarmRestartGivesItsCarriedPinBack) {
   ServiceHarness manager;
-  auto broker = BrokerProcess::Start(manager.Options());
+  auto broker = manager.StartBroker();
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client producer = Connect(*broker, 10000);
   auto writer = TwoBuffersAtVersionOne(producer, "warm/closed");
   ASSERT_TRUE(writer.ok()) << writer.status().ToString();
@@ -302,9 +296,8 @@ TEST(Service, AReaderClosedAfterAWarmRestartGivesItsCarriedPinBack) {
   ASSERT_EQ(*writer->Commit(), 2u);
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
 
-  auto next = BrokerProcess::Restart(*broker, manager.RestartOptions());
+  auto next = manager.RestartBroker(*broker);
   ASSERT_NE(next, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   ASSERT_TRUE(consumer.Info().ok());  // the consumer's client reconnects
   EXPECT_EQ(writer->Begin(0).status().code(), Code::kBusy) << "the carried pin holds";
   reader.reset();
@@ -353,9 +346,8 @@ TEST(Service, WarmRestartKeepsConfiguredPoolsAndAppliesChangedOnes) {
     return "  - name: " + name + "\n    bytes: " + std::to_string(bytes) + "\n    mode: \"0644\"\n";
   };
   WriteFile(path, "pools:\n" + pool("pool/keep", 65536) + pool("pool/resize", 64) + pool("pool/drop", 64));
-  auto broker = BrokerProcess::Start(manager.Options({"--config", path}));
+  auto broker = manager.StartBroker({"--config", path});
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client holder = Connect(*broker, 10000);
   auto keep = holder.Attach("pool/keep");
   ASSERT_TRUE(keep.ok()) << keep.status().ToString();
@@ -368,9 +360,8 @@ TEST(Service, WarmRestartKeepsConfiguredPoolsAndAppliesChangedOnes) {
   EXPECT_EQ(broker->Stop(SIGTERM), 0);
   std::vector<std::unique_ptr<BrokerProcess>> brokers;
   brokers.push_back(std::move(broker));
-  brokers.push_back(BrokerProcess::Restart(*brokers.back(), manager.RestartOptions({"--config", path})));
-  ASSERT_NE(brokers.back(), nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1")) << "the restarted broker did not come up with its own pools adopted";
+  brokers.push_back(manager.RestartBroker(*brokers.back(), {"--config", path}));
+  ASSERT_NE(brokers.back(), nullptr) << "the restarted broker did not come up with its own pools adopted";
   auto same = holder.Stat("pool/keep");
   ASSERT_TRUE(same.ok()) << same.status().ToString();
   EXPECT_EQ(same->allocation_id, before->allocation_id);
@@ -379,9 +370,8 @@ TEST(Service, WarmRestartKeepsConfiguredPoolsAndAppliesChangedOnes) {
   // Then one pool resized and one dropped while the broker was down.
   WriteFile(path, "pools:\n" + pool("pool/keep", 65536) + pool("pool/resize", 128));
   EXPECT_EQ(brokers.back()->Stop(SIGTERM), 0);
-  brokers.push_back(BrokerProcess::Restart(*brokers.back(), manager.RestartOptions({"--config", path})));
+  brokers.push_back(manager.RestartBroker(*brokers.back(), {"--config", path}));
   ASSERT_NE(brokers.back(), nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client newcomer = Connect(*brokers.back());
   auto again = newcomer.Attach("pool/keep");
   ASSERT_TRUE(again.ok()) << again.status().ToString();
@@ -441,9 +431,8 @@ TEST(Service, ReloadAppliesAValidConfigAndRejectsAnInvalidOne) {
   std::string path = probe->dir() + "/gpubroker.yaml";
   WriteFile(path, "pools:\n  - name: pool/one\n    bytes: 4096\n    mode: \"0644\"\n");
   probe->Stop(SIGTERM);
-  auto broker = BrokerProcess::Start(manager.Options({"--config", path}));
+  auto broker = manager.StartBroker({"--config", path});
   ASSERT_NE(broker, nullptr);
-  ASSERT_TRUE(manager.Expect("READY=1"));
   Client c = Connect(*broker);
   ASSERT_TRUE(c.Stat("pool/one").ok());
 
